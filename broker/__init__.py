@@ -1,0 +1,1 @@
+"""The broker: balances client events over workers and forwards their replies."""

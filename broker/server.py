@@ -1,0 +1,228 @@
+"""The broker's poll loop: four sockets, one thread.
+
+    frontend  ROUTER  <- gateways' DEALERs: [gateway, event]  and heartbeats
+    backend   ROUTER  <- workers' DEALERs:  [worker, Ready | Done | Heartbeat]
+                      -> [worker, event, event, ...] | [worker, Heartbeat]
+    pub-out   XPUB    -> gateways' SUBs:    [topic "<gateway>:", Batch]
+    pub-in    XSUB    <- other publishers, forwarded to pub-out as they come
+
+A `Done` is published on pub-out before its events are marked finished, and
+all of it goes out before any other reply: every gateway sees replies in
+one order, the broker's. Messages are drained in bursts before dispatching,
+so under load one dispatch carries many events (adaptive batching).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import zmq
+
+from broker.liveness import Liveness
+from broker.scheduler import Scheduler
+from protocol import codec
+from protocol.errors import DecodeError
+from protocol.messages import (
+    Connected,
+    Disconnected,
+    Done,
+    GatewayLost,
+    Heartbeat,
+    Lines,
+    Ready,
+    event_key,
+    gateway_of,
+    topic_of,
+)
+from stack.process import Stopping
+
+log = logging.getLogger("chat.broker")
+
+BURST = 1000  # messages read from one socket before looking at the others
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    frontend: str = "tcp://127.0.0.1:5555"
+    backend: str = "tcp://127.0.0.1:5556"
+    pub_in: str = "tcp://127.0.0.1:5557"
+    pub_out: str = "tcp://127.0.0.1:5558"
+    heartbeat: float = 1.0
+    liveness: int = 3
+    hwm: int = 100_000
+
+
+class Broker:
+    def __init__(self, config: BrokerConfig, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.config = config
+        self.frontend = self._bind(ctx, zmq.ROUTER, config.frontend)
+        self.backend = self._bind(ctx, zmq.ROUTER, config.backend)
+        self.pub_in = self._bind(ctx, zmq.XSUB, config.pub_in)
+        self.pub_out = self._bind(ctx, zmq.XPUB, config.pub_out)
+        self.scheduler = Scheduler()
+        self.workers = Liveness(config.heartbeat, config.liveness)
+        self.gateways = Liveness(config.heartbeat, config.liveness)
+        self.counts: Counter[str] = Counter()
+        self._heartbeat = codec.encode(Heartbeat("broker"))
+
+    def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str) -> zmq.Socket[bytes]:
+        sock = ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self.config.hwm)
+        sock.setsockopt(zmq.RCVHWM, self.config.hwm)
+        if kind == zmq.ROUTER:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if kind == zmq.XSUB:
+            sock.send(b"\x01")  # subscribe to everything
+        sock.bind(endpoint)
+        return sock
+
+    def endpoints(self) -> dict[str, str]:
+        return {
+            name: sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            for name, sock in (
+                ("frontend", self.frontend),
+                ("backend", self.backend),
+                ("pub-in", self.pub_in),
+                ("pub-out", self.pub_out),
+            )
+        }
+
+    def close(self) -> None:
+        for sock in (self.frontend, self.backend, self.pub_in, self.pub_out):
+            sock.close()
+        if self.counts:
+            log.info("broker counters: %s", dict(self.counts))
+
+    # --- the loop -------------------------------------------------------------
+
+    def run(self, stopping: Stopping) -> None:
+        poller = zmq.Poller()
+        handlers = {
+            self.frontend: self._on_frontend,
+            self.backend: self._on_backend,
+            self.pub_in: self._on_pub_in,
+            self.pub_out: self._on_subscription,
+        }
+        for sock in handlers:
+            poller.register(sock, zmq.POLLIN)
+        next_beat = time.monotonic()
+        while not stopping.requested:
+            for sock, _ in poller.poll(self.config.heartbeat * 1000 / 2):
+                self._drain(sock, handlers[sock])
+            self._dispatch()
+            now = time.monotonic()
+            if now >= next_beat:
+                self._housekeeping(now)
+                next_beat = now + self.config.heartbeat
+
+    def _drain(self, sock: zmq.Socket[bytes], handle) -> None:  # type: ignore[no-untyped-def]
+        for _ in range(BURST):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            handle(frames)
+
+    # --- gateways ---------------------------------------------------------------
+
+    def _on_frontend(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self._drop("frontend: wrong frame count")
+            return
+        gateway, body = frames
+        try:
+            msg = codec.decode(body)
+        except DecodeError as exc:
+            self._drop(f"frontend: {exc}")
+            return
+        self.gateways.heard(gateway, time.monotonic())
+        if isinstance(msg, (Connected, Lines, Disconnected)):
+            if gateway_of(msg.cid).encode() != gateway:
+                self._drop("frontend: a connection ID of another gateway")
+                return
+            self.scheduler.submit(msg.cid, msg.seq, body)
+        elif not isinstance(msg, Heartbeat):
+            self._drop(f"frontend: unexpected {type(msg).__name__}")
+
+    # --- workers ------------------------------------------------------------------
+
+    def _on_backend(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self._drop("backend: wrong frame count")
+            return
+        worker, body = frames
+        try:
+            msg = codec.decode(body)
+        except DecodeError as exc:
+            self._drop(f"backend: {exc}")
+            return
+        if isinstance(msg, Ready):
+            self.workers.heard(worker, time.monotonic())
+            self.scheduler.ready(worker, msg.credit)
+            log.info("worker %s ready (credit %d)", worker.decode(errors="replace"), msg.credit)
+            return
+        if worker not in self.workers:
+            self._drop("backend: message from an unknown worker")
+            return
+        self.workers.heard(worker, time.monotonic())
+        if isinstance(msg, Done):
+            self._publish(msg)
+            self.scheduler.done(worker, list(msg.events))
+        elif not isinstance(msg, Heartbeat):
+            self._drop(f"backend: unexpected {type(msg).__name__}")
+
+    def _publish(self, done: Done) -> None:
+        for gateway, batch in done.publish:
+            try:
+                self.pub_out.send_multipart([topic_of(gateway), batch], zmq.NOBLOCK)
+            except zmq.Again:
+                self._drop("pub-out: high-water mark")
+
+    def _dispatch(self) -> None:
+        for worker, frames in self.scheduler.dispatch():
+            try:
+                self.backend.send_multipart([worker, *frames], zmq.NOBLOCK)
+            except zmq.ZMQError as exc:  # unroutable or at the high-water mark
+                self._drop(f"backend: {exc}")
+                self.workers.forget(worker)
+                self.scheduler.lose_worker(worker)
+
+    # --- pub-in forwarding ----------------------------------------------------------
+
+    def _on_pub_in(self, frames: list[bytes]) -> None:
+        try:
+            self.pub_out.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            self._drop("pub-out: high-water mark (pub-in)")
+
+    def _on_subscription(self, frames: list[bytes]) -> None:
+        self.pub_in.send_multipart(frames)
+
+    # --- liveness ---------------------------------------------------------------------
+
+    def _housekeeping(self, now: float) -> None:
+        for worker in self.workers.expired(now):
+            lost = self.scheduler.lose_worker(worker)
+            log.warning("worker %s lost: %d events go out again", worker.decode(errors="replace"), lost)
+        for gateway in self.gateways.expired(now):
+            name = gateway.decode(errors="replace")
+            log.warning("gateway %s lost: freeing its connections", name)
+            cid, seq = event_key(GatewayLost(name))
+            self.scheduler.submit(cid, seq, codec.encode(GatewayLost(name)))
+        self._beat(self.backend, self.workers)
+        self._beat(self.frontend, self.gateways)
+
+    def _beat(self, sock: zmq.Socket[bytes], peers: Liveness) -> None:
+        for peer in peers:
+            try:
+                sock.send_multipart([peer, self._heartbeat], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # gone or busy: its liveness will tell
+
+    def _drop(self, cause: str) -> None:
+        self.counts[cause] += 1
+        log.warning("dropped: %s (%d so far)", cause, self.counts[cause])

@@ -1,0 +1,1 @@
+"""The gateway: a Trio TCP server that holds client connections and nothing else."""

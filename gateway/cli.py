@@ -1,0 +1,88 @@
+"""`chat-gateway`: options -> GatewayConfig -> run."""
+
+from __future__ import annotations
+
+import logging
+import re
+import signal
+
+import click
+import trio
+import zmq
+
+from gateway.client import ClientLimits
+from gateway.server import Gateway, GatewayConfig
+from stack.process import setup_logging
+
+log = logging.getLogger("chat.gateway")
+
+SHUTDOWN_NOTICE = b"* server shutting down, please reconnect\n"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def run(config: GatewayConfig) -> None:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    gateway = Gateway(config, ctx)
+    try:
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(gateway.serve)
+            print(f"chat-gateway {gateway.instance} listening on {host}:{port}", flush=True)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    log.info("%s: closing %d clients", signal.Signals(signum).name, len(gateway.clients))
+                    await shut_down(gateway)
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        gateway.close()
+        ctx.term()
+
+
+async def shut_down(gateway: Gateway, grace: float = 3.0) -> None:
+    """Tell every client, let the writers flush, and give the broker our goodbyes."""
+    for client in list(gateway.clients.values()):
+        client.close_after(SHUTDOWN_NOTICE, "server shutting down")
+    with trio.move_on_after(grace):
+        while gateway.clients or len(gateway.to_broker):
+            await trio.sleep(0.05)
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--listen", default="0.0.0.0:7000", envvar="CHAT_LISTEN", show_envvar=True,
+              help="HOST:PORT for clients (port 0: any free port).")
+@click.option("--frontend", default="tcp://127.0.0.1:5555", envvar="CHAT_FRONTEND", show_envvar=True,
+              help="The broker's frontend endpoint.")
+@click.option("--pub-out", default="tcp://127.0.0.1:5558", envvar="CHAT_PUB_OUT", show_envvar=True,
+              help="The broker's pub-out endpoint.")
+@click.option("--id", "name", default="", envvar="CHAT_GATEWAY_ID", show_envvar=True,
+              help="Gateway name (letters, digits, _ . -); a random tag is added per run. Default: gw-HOST-PID.")
+@click.option("--max-line", default=4096, envvar="CHAT_MAX_LINE", show_envvar=True, type=click.IntRange(16, 1 << 20),
+              help="Longest line a client may send, in bytes.")
+@click.option("--max-queue-lines", default=1000, envvar="CHAT_MAX_QUEUE_LINES", show_envvar=True,
+              type=click.IntRange(1), help="Lines queued for a client before it is disconnected as too slow.")
+@click.option("--max-queue-bytes", default=1 << 20, envvar="CHAT_MAX_QUEUE_BYTES", show_envvar=True,
+              type=click.IntRange(1024), help="Bytes queued for a client before it is disconnected as too slow.")
+@click.option("--heartbeat", default=1.0, envvar="CHAT_HEARTBEAT", show_envvar=True, type=click.FloatRange(0.05),
+              help="Seconds between heartbeats to the broker.")
+@click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
+def main(listen: str, frontend: str, pub_out: str, name: str, max_line: int, max_queue_lines: int,
+         max_queue_bytes: int, heartbeat: float, log_level: str) -> None:
+    """Accept chat clients over TCP and bridge them to the broker."""
+    if name and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        raise click.BadParameter("letters, digits, _ . - only", param_hint="--id")
+    setup_logging("chat-gateway", log_level)
+    host, port = parse_listen(listen)
+    limits = ClientLimits(max_line=max_line, max_queue_lines=max_queue_lines, max_queue_bytes=max_queue_bytes)
+    config = GatewayConfig(host=host, port=port, frontend=frontend, pub_out=pub_out, name=name,
+                           heartbeat=heartbeat, limits=limits)
+    trio.run(run, config)
+
+
+if __name__ == "__main__":
+    main()

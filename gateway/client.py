@@ -1,0 +1,102 @@
+"""One client connection: a reader task, a writer task, a bounded output queue.
+
+The reader turns bytes into lines (`protocol.lines`) and hands every batch
+of lines that one read completed to the gateway as one event. Bad lines
+are answered here, at once, and never leave the gateway. The writer sends
+everything queued in one `send_all`. The queue is bounded in lines and in
+bytes: a client that does not read is told why and disconnected, instead
+of growing the gateway's memory.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+
+from protocol.lines import LineBuffer, LineError
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    max_line: int = 4096
+    max_queue_lines: int = 1000
+    max_queue_bytes: int = 1 << 20
+    close_grace: float = 2.0  # how long a closing client gets to take its last lines
+
+
+class Client:
+    __slots__ = (
+        "cid", "stream", "limits", "json", "seq", "_queue", "_queued_bytes",
+        "_wake", "closing",
+    )
+
+    def __init__(self, cid: str, stream: trio.abc.Stream, limits: ClientLimits) -> None:
+        self.cid = cid
+        self.stream = stream
+        self.limits = limits
+        self.json = False
+        self.seq = 1  # the next line's number; 0 is the connect event
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._wake = trio.lowlevel.ParkingLot()
+        self.closing: str | None = None
+
+    # --- output -------------------------------------------------------------
+
+    def push(self, data: bytes) -> bool:
+        """Queue bytes for the client; False if its queue is full."""
+        if self.closing is not None:
+            return True  # what comes after a close is not for this client
+        limits = self.limits
+        if len(self._queue) >= limits.max_queue_lines or self._queued_bytes + len(data) > limits.max_queue_bytes:
+            return False
+        self._queue.append(data)
+        self._queued_bytes += len(data)
+        self._wake.unpark_all()
+        return True
+
+    def close_after(self, last: bytes, reason: str) -> None:
+        """Send `last` after what is queued, then close; later output is dropped."""
+        if self.closing is not None:
+            return
+        if last:
+            self._queue.append(last)
+            self._queued_bytes += len(last)
+        self.closing = reason
+        self._wake.unpark_all()
+
+    async def write_loop(self) -> None:
+        """Send queued output until the client is closed."""
+        while True:
+            while not self._queue and self.closing is None:
+                await self._wake.park()
+            if self._queue:
+                data = b"".join(self._queue)
+                self._queue.clear()
+                self._queued_bytes = 0
+                if self.closing is None:
+                    await self.stream.send_all(data)
+                    continue
+                with trio.move_on_after(self.limits.close_grace):
+                    await self.stream.send_all(data)
+            return
+
+    # --- input ------------------------------------------------------------------
+
+    async def read_loop(self, on_lines) -> None:  # type: ignore[no-untyped-def]
+        """Read until EOF; `on_lines(client, lines)` gets each read's lines."""
+        buffer = LineBuffer(self.limits.max_line)
+        while self.closing is None:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return
+            lines: list[str] = []
+            for item in buffer.feed(data):
+                if isinstance(item, LineError):
+                    self.push(f"! {item.message()}\n".encode())
+                else:
+                    lines.append(item)
+            if lines:
+                await on_lines(self, lines)

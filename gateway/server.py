@@ -1,0 +1,200 @@
+"""The gateway: TCP clients on one side, the broker on the other.
+
+    clients --TCP--> Client.read_loop --Lines--> DEALER pump --> broker frontend
+    clients <--TCP-- Client.write_loop <-- on_batch <-- SUB pump <-- broker pub-out
+
+Each connection gets an ID `<instance>:<n>`, where the instance name is
+unique to this run of the process, so a restarted gateway never reuses an
+ID. The gateway subscribes to its own topic only. It keeps the open
+connections and nothing else: the chat's state is the workers'.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import os
+import secrets
+import socket
+from collections import Counter
+from dataclasses import dataclass, field
+
+import trio
+import zmq
+
+from gateway.client import Client, ClientLimits
+from gateway.zmq_pump import ZmqPump
+from protocol import codec
+from protocol.errors import DecodeError
+from protocol.messages import (
+    Batch,
+    Close,
+    Connected,
+    Deliver,
+    Disconnected,
+    Heartbeat,
+    Lines,
+    Message,
+    SetMode,
+    topic_of,
+)
+from protocol.render import is_own_echo, render_json, render_text
+
+log = logging.getLogger("chat.gateway")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    host: str = "0.0.0.0"
+    port: int = 7000
+    frontend: str = "tcp://127.0.0.1:5555"
+    pub_out: str = "tcp://127.0.0.1:5558"
+    name: str = ""
+    heartbeat: float = 1.0
+    limits: ClientLimits = field(default_factory=ClientLimits)
+
+
+def instance_name(name: str) -> str:
+    """A name unique to this run: the given --id (or host-pid) plus a random tag."""
+    base = name or f"gw-{socket.gethostname()}-{os.getpid()}"
+    return f"{base}.{secrets.token_hex(3)}"
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.config = config
+        self.instance = instance_name(config.name)
+        self.clients: dict[str, Client] = {}
+        self.counts: Counter[str] = Counter()
+        self._numbers = itertools.count(1)
+        self.dealer = ctx.socket(zmq.DEALER)
+        self.dealer.setsockopt_string(zmq.IDENTITY, self.instance)
+        self.sub = ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, topic_of(self.instance))
+        for sock in (self.dealer, self.sub):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, 100_000)
+            sock.setsockopt(zmq.SNDHWM, 100_000)
+        self.dealer.connect(config.frontend)
+        self.sub.connect(config.pub_out)
+        self.to_broker = ZmqPump(self.dealer, self._on_broker)
+        self.from_broker = ZmqPump(self.sub, self._on_batch)
+
+    def close(self) -> None:
+        self.dealer.close()
+        self.sub.close()
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.to_broker.run)
+            nursery.start_soon(self.from_broker.run)
+            nursery.start_soon(self._heartbeat)
+            serve = functools.partial(trio.serve_tcp, host=self.config.host)
+            listeners = await nursery.start(serve, self._handle, self.config.port)
+            task_status.started(listeners[0].socket.getsockname()[:2])
+
+    # --- the broker side ------------------------------------------------------
+
+    def _send(self, msg: Message) -> None:
+        self.to_broker.put_nowait([codec.encode(msg)])
+
+    async def _heartbeat(self) -> None:
+        beat = codec.encode(Heartbeat(self.instance))
+        while True:
+            self.to_broker.put_nowait([beat])
+            await trio.sleep(self.config.heartbeat)
+
+    def _on_broker(self, frames: list[bytes]) -> None:
+        """Heartbeats from the broker (its liveness matters in a later step)."""
+
+    def _on_batch(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self._count("pub-out: wrong frame count")
+            return
+        try:
+            batch = codec.decode(frames[1])
+        except DecodeError as exc:
+            self._count(f"pub-out: {exc}")
+            return
+        if not isinstance(batch, Batch):
+            self._count("pub-out: not a batch")
+            return
+        for item in batch.items:
+            if isinstance(item, Deliver):
+                self._deliver(item)
+            elif isinstance(item, SetMode):
+                if (client := self.clients.get(item.cid)) is not None:
+                    client.json = item.json
+            elif isinstance(item, Close):
+                if (client := self.clients.get(item.cid)) is not None:
+                    client.close_after(b"", item.reason)
+
+    def _deliver(self, item: Deliver) -> None:
+        event = item.event
+        text: bytes | None = None
+        as_json: bytes | None = None
+        for cid in item.cids:
+            client = self.clients.get(cid)
+            if client is None:
+                self.counts["delivery to a closed connection"] += 1
+                continue
+            if client.json:
+                as_json = as_json or render_json(event)
+                data = as_json
+            elif is_own_echo(event, cid):
+                continue
+            else:
+                text = text or render_text(event)
+                data = text
+            if not client.push(data):
+                self._kick(client, "output queue full: you are not reading")
+
+    def _kick(self, client: Client, reason: str) -> None:
+        log.info("closing %s: %s", client.cid, reason)
+        self.counts[f"closed: {reason}"] += 1
+        client.close_after(f"! {reason}; disconnecting\n".encode(), reason)
+
+    def _count(self, cause: str) -> None:
+        self.counts[cause] += 1
+        log.warning("dropped: %s (%d so far)", cause, self.counts[cause])
+
+    # --- the client side ------------------------------------------------------------
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        cid = f"{self.instance}:{next(self._numbers)}"
+        client = Client(cid, stream, self.config.limits)
+        self.clients[cid] = client
+        broken: list[str] = []
+        try:
+            self._send(Connected(cid, 0, _peer(stream)))
+            async with trio.open_nursery() as nursery:
+                scope = nursery.cancel_scope
+                nursery.start_soon(_until_broken, client.read_loop, (self._on_lines,), broken, scope)
+                nursery.start_soon(_until_broken, client.write_loop, (), broken, scope)
+        finally:
+            del self.clients[cid]
+            self._send(Disconnected(cid, client.seq, client.closing or "".join(broken[:1])))
+
+    async def _on_lines(self, client: Client, lines: list[str]) -> None:
+        msg = Lines(client.cid, client.seq, tuple(lines))
+        client.seq += len(lines)
+        await self.to_broker.put([codec.encode(msg)])
+
+
+async def _until_broken(run, args, broken: list[str], scope: trio.CancelScope) -> None:  # type: ignore[no-untyped-def]
+    """Run one side of a connection; when it ends, for any reason, end the other."""
+    try:
+        await run(*args)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        broken.append("connection reset")
+    finally:
+        scope.cancel()
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"

@@ -1,0 +1,169 @@
+"""Messages <-> bytes (msgpack), one frame per message.
+
+Every message is a msgpack array whose first element is its tag:
+
+    [1, cid, seq, addr]                 Connected
+    [2, cid, seq, [line, ...]]          Lines
+    [3, cid, seq, reason]               Disconnected
+    [4, gateway]                        GatewayLost
+    [5, credit]                         Ready
+    [6, [[cid, seq], ...], [[gateway, batch_bytes], ...]]   Done
+    [7, sender]                         Heartbeat
+    [8, [item, ...]]                    Batch, whose items are
+        [0, [cid, ...], [type, text, room, sender, to, id, ts, origin, of]]
+        [1, cid, json]                                                   SetMode
+        [2, cid, reason]                                                 Close
+
+Strings are UTF-8 msgpack str, `batch_bytes` is msgpack bin. `decode`
+checks every field's type and raises only `DecodeError`: a malformed frame
+from any peer is reported, never a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from protocol.errors import DecodeError
+from protocol.messages import (
+    Batch,
+    BatchItem,
+    ChatEvent,
+    Close,
+    Connected,
+    Deliver,
+    Disconnected,
+    Done,
+    EventType,
+    GatewayLost,
+    Heartbeat,
+    Lines,
+    Message,
+    Ready,
+    SetMode,
+)
+
+def _str(value: Any) -> str:
+    if type(value) is not str:
+        raise DecodeError(f"expected str, got {type(value).__name__}")
+    return value
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int:
+        raise DecodeError(f"expected int, got {type(value).__name__}")
+    return value
+
+
+def _bytes(value: Any) -> bytes:
+    if type(value) is not bytes:
+        raise DecodeError(f"expected bytes, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, size: int | None = None) -> list[Any]:
+    if type(value) is not list or (size is not None and len(value) != size):
+        raise DecodeError(f"expected an array of {size or 'any'} items")
+    return value
+
+
+def _event_to_wire(e: ChatEvent) -> list[Any]:
+    return [e.type.value, e.text, e.room, e.sender, e.to, e.id, e.ts, e.origin, e.of]
+
+
+def _event_from_wire(raw: Any) -> ChatEvent:
+    t, text, room, sender, to, id_, ts, origin, of = _list(raw, 9)
+    try:
+        kind = EventType(t)
+    except ValueError:
+        raise DecodeError(f"unknown event type {t!r}") from None
+    if type(ts) not in (float, int):
+        raise DecodeError("expected a number for ts")
+    return ChatEvent(
+        kind, _str(text), _str(room), _str(sender), _str(to), _str(id_), float(ts), _str(origin),
+        _str(of),
+    )
+
+
+def _item_to_wire(item: BatchItem) -> list[Any]:
+    if isinstance(item, Deliver):
+        return [0, list(item.cids), _event_to_wire(item.event)]
+    if isinstance(item, SetMode):
+        return [1, item.cid, item.json]
+    return [2, item.cid, item.reason]
+
+
+def _item_from_wire(raw: Any) -> BatchItem:
+    fields = _list(raw)
+    if len(fields) == 3 and fields[0] == 0:
+        cids = tuple(_str(c) for c in _list(fields[1]))
+        return Deliver(cids, _event_from_wire(fields[2]))
+    if len(fields) == 3 and fields[0] == 1 and type(fields[2]) is bool:
+        return SetMode(_str(fields[1]), fields[2])
+    if len(fields) == 3 and fields[0] == 2:
+        return Close(_str(fields[1]), _str(fields[2]))
+    raise DecodeError("unknown batch item")
+
+
+def to_wire(msg: Message) -> list[Any]:
+    """The msgpack-ready array for `msg` (see the module docstring)."""
+    match msg:
+        case Connected(cid, seq, addr):
+            return [1, cid, seq, addr]
+        case Lines(cid, seq, lines):
+            return [2, cid, seq, list(lines)]
+        case Disconnected(cid, seq, reason):
+            return [3, cid, seq, reason]
+        case GatewayLost(gateway):
+            return [4, gateway]
+        case Ready(credit):
+            return [5, credit]
+        case Done(events, publish):
+            return [6, [list(e) for e in events], [list(p) for p in publish]]
+        case Heartbeat(sender):
+            return [7, sender]
+        case Batch(items):
+            return [8, [_item_to_wire(i) for i in items]]
+    raise TypeError(f"not a message: {msg!r}")
+
+
+def _done(events: Any, publish: Any) -> Done:
+    done = tuple((_str(c), _int(s)) for c, s in (_list(e, 2) for e in _list(events)))
+    pub = tuple((_str(g), _bytes(b)) for g, b in (_list(p, 2) for p in _list(publish)))
+    return Done(done, pub)
+
+
+_DECODERS: dict[tuple[int, int], Callable[..., Message]] = {
+    (1, 3): lambda c, s, a: Connected(_str(c), _int(s), _str(a)),
+    (2, 3): lambda c, s, ls: Lines(_str(c), _int(s), tuple(_str(x) for x in _list(ls))),
+    (3, 3): lambda c, s, r: Disconnected(_str(c), _int(s), _str(r)),
+    (4, 1): lambda g: GatewayLost(_str(g)),
+    (5, 1): lambda n: Ready(_int(n)),
+    (6, 2): _done,
+    (7, 1): lambda s: Heartbeat(_str(s)),
+    (8, 1): lambda items: Batch(tuple(_item_from_wire(i) for i in _list(items))),
+}
+
+
+def encode(msg: Message) -> bytes:
+    return msgpack.packb(to_wire(msg), use_bin_type=True)
+
+
+def decode(frame: bytes) -> Message:
+    """One frame -> a message; raises DecodeError for anything malformed."""
+    try:
+        raw = msgpack.unpackb(frame, raw=False)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"not msgpack: {exc}") from None
+    if type(raw) is not list or not raw or type(raw[0]) is not int:
+        raise DecodeError("not a tagged array")
+    decoder = _DECODERS.get((raw[0], len(raw) - 1))
+    if decoder is None:
+        raise DecodeError(f"unknown message tag {raw[0]} with {len(raw) - 1} fields")
+    try:
+        return decoder(*raw[1:])
+    except (TypeError, ValueError) as exc:  # wrong arity inside nested arrays
+        raise DecodeError(f"malformed message: {exc}") from None

@@ -1,0 +1,171 @@
+"""The vocabulary between processes: frozen, slotted dataclasses.
+
+Gateway -> broker -> worker: the *client events* of one connection, each
+numbered by the gateway (`cid`, `seq`): `Connected`, `Lines`,
+`Disconnected`. The pair (cid, seq) is the event's unique ID. A connection
+ID names the gateway instance that owns it: `<gateway>:<n>` (see
+`gateway_of`), so a worker can address a reply without asking anyone.
+
+Broker -> worker also carries `GatewayLost` (the broker saw a gateway's
+heartbeats stop).
+
+Worker -> broker: `Ready` (credit to take events), `Done` (events finished,
+with what to publish: one payload per gateway), `Heartbeat`.
+
+Broker -> gateway, on pub-out under the gateway's topic: a `Batch` of
+`Deliver` (an event for some connections) and `Close` items, in order.
+
+Gateway <-> broker: `Heartbeat` both ways keeps each alive to the other.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+def gateway_of(cid: str) -> str:
+    """The gateway instance that owns connection `cid`."""
+    return cid.rpartition(":")[0]
+
+
+class EventType(str, enum.Enum):
+    """The `type` of what a client is sent (PROTOCOL.md, JSON mode)."""
+
+    MESSAGE = "message"
+    ACTION = "action"
+    PRIVATE = "private"
+    JOIN = "join"
+    PART = "part"
+    QUIT = "quit"
+    NICK = "nick"
+    INFO = "info"
+    ERROR = "error"
+    HISTORY = "history"
+
+
+# --- client events: gateway -> broker -> worker ---------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    cid: str
+    seq: int
+    addr: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lines:
+    """Every line that one read of the client's socket completed."""
+
+    cid: str
+    seq: int
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    cid: str
+    seq: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayLost:
+    """A gateway stopped: free everything its connections held."""
+
+    gateway: str
+
+
+ClientEvent = Connected | Lines | Disconnected
+WorkItem = Connected | Lines | Disconnected | GatewayLost
+
+
+# --- worker <-> broker ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A worker can take `credit` more events."""
+
+    credit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """Events finished (by (cid, seq)); `publish` holds (gateway, Batch bytes)."""
+
+    events: tuple[tuple[str, int], ...]
+    publish: tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    sender: str
+
+
+# --- broker -> gateway -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChatEvent:
+    """One thing a client is shown; rendered by the gateway per connection mode.
+
+    `origin` is the connection whose line caused it: a text-mode client
+    does not get its own messages back.
+    """
+
+    type: EventType
+    text: str = ""
+    room: str = ""
+    sender: str = ""
+    to: str = ""
+    id: str = ""
+    ts: float = 0.0
+    origin: str = ""
+    of: str = ""  # for HISTORY: the type of the message it replays
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    cids: tuple[str, ...]
+    event: ChatEvent
+
+
+@dataclass(frozen=True, slots=True)
+class SetMode:
+    """Switch a connection's rendering (`json=True` after /json)."""
+
+    cid: str
+    json: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Flush what is queued for the connection, then close it."""
+
+    cid: str
+    reason: str
+
+
+BatchItem = Deliver | SetMode | Close
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    items: tuple[BatchItem, ...]
+
+
+Message = Connected | Lines | Disconnected | GatewayLost | Ready | Done | Heartbeat | Batch
+
+
+def event_key(item: WorkItem) -> tuple[str, int]:
+    """The unique ID of a work item: (cid, seq); a gateway's loss is ('!gw', 0)."""
+    if isinstance(item, GatewayLost):
+        return ("!" + item.gateway, 0)
+    return (item.cid, item.seq)
+
+
+def topic_of(gateway: str) -> bytes:
+    """The pub-out topic of a gateway; the ':' keeps 'gw1' from matching 'gw10'."""
+    return gateway.encode() + b":"

@@ -1,0 +1,102 @@
+"""`chat-stack`: the whole system on one machine, for trying it out.
+
+Starts the embedded Valkey (unless --redis-url), the broker on ipc://
+endpoints in a private temporary directory, `chat-worker -n N`, and G
+gateways on consecutive ports. Ctrl-C or SIGTERM stops them in order
+(gateways first, so clients hear why) and removes the directory. If a part
+dies, the stack stops the rest and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from stack.children import Child, ChildFailed, python_module, start, stop
+from stack.process import Stopping
+from stack.valkey import start_valkey
+
+
+def start_parts(run_dir: Path, data_dir: Path, port: int, host: str, gateways: int, workers: int,
+                redis_url: str | None, extra_gateway_args: tuple[str, ...] = ()) -> list[Child]:
+    children: list[Child] = []
+    try:
+        if redis_url is None:
+            valkey, redis_url = start_valkey(data_dir)
+            children.append(valkey)
+        ep = {name: f"ipc://{run_dir}/{name}" for name in ("frontend", "backend", "pub-in", "pub-out")}
+        children.append(start("broker", python_module(
+            "broker.cli", "--frontend", ep["frontend"], "--backend", ep["backend"],
+            "--pub-in", ep["pub-in"], "--pub-out", ep["pub-out"]), "chat-broker ready"))
+        children.append(start("workers", python_module(
+            "workers.cli", "-n", str(workers), "--backend", ep["backend"], "--redis-url", redis_url),
+            "chat-worker started"))
+        for i in range(gateways):
+            children.append(start(f"gateway-{i + 1}", python_module(
+                "gateway.cli", "--listen", f"{host}:{port + i}", "--frontend", ep["frontend"],
+                "--pub-out", ep["pub-out"], "--id", f"gw{i + 1}", *extra_gateway_args), "chat-gateway"))
+    except BaseException:
+        stop_all(children)
+        raise
+    return children
+
+
+def stop_all(children: list[Child]) -> None:
+    """Gateways first (they tell their clients), then workers, broker, Valkey."""
+    for child in reversed(children):
+        stop(child)
+
+
+def watch(children: list[Child], stopping: Stopping) -> Child | None:
+    """Wait until stopped (-> None) or until a part exits (-> that part)."""
+    while not stopping.requested:
+        for child in children:
+            if child.proc.poll() is not None:
+                return child
+        time.sleep(0.2)  # a supervisor's poll interval
+    return None
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--port", default=7000, envvar="CHAT_PORT", show_envvar=True, type=click.IntRange(1, 65535),
+              help="Client port of the first gateway; the others take the next ports.")
+@click.option("--host", default="0.0.0.0", envvar="CHAT_HOST", show_envvar=True, help="Address the gateways listen on.")
+@click.option("--gateways", default=1, envvar="CHAT_GATEWAYS", show_envvar=True, type=click.IntRange(1, 64))
+@click.option("--workers", default=os.cpu_count() or 1, envvar="CHAT_WORKERS", show_envvar=True,
+              type=click.IntRange(1, 256), help="Worker processes (default: the CPU count).")
+@click.option("--redis-url", default=None, envvar="CHAT_REDIS_URL", show_envvar=True,
+              help="Use this Redis instead of starting the embedded Valkey.")
+@click.option("--data-dir", default=None, envvar="CHAT_DATA_DIR", show_envvar=True, type=click.Path(file_okay=False),
+              help="Where the embedded Valkey keeps its append-only file (default: a temporary directory).")
+def main(port: int, host: str, gateways: int, workers: int, redis_url: str | None, data_dir: str | None) -> None:
+    """Run the whole chat backend on this machine."""
+    stopping = Stopping().install()
+    run_dir = Path(tempfile.mkdtemp(prefix="chat-stack-"))
+    data = Path(data_dir) if data_dir else run_dir / "valkey"
+    try:
+        children = start_parts(run_dir, data, port, host, gateways, workers, redis_url)
+    except ChildFailed as exc:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise click.ClickException(str(exc)) from None
+    ports = ", ".join(str(port + i) for i in range(gateways))
+    print(f"chat-stack ready: {gateways} gateway(s) on port(s) {ports}, {workers} worker(s). "
+          f"Connect with: nc localhost {port}   (Ctrl-C stops everything)", flush=True)
+    try:
+        died = watch(children, stopping)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        stop_all(children)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if died is not None:
+        raise click.ClickException(f"{died.name} exited with {died.proc.returncode}; stopped the rest")
+    print("chat-stack stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The chat logic: workers that take client events and publish what they cause."""

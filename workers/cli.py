@@ -1,0 +1,43 @@
+"""`chat-worker -n N`: options -> WorkerConfig -> a supervised pool."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from stack.process import Stopping, setup_logging
+from workers.pool import Pool
+from workers.worker import WorkerConfig
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("-n", "--processes", default=1, envvar="CHAT_WORKERS", show_envvar=True, type=click.IntRange(1, 256),
+              help="How many worker processes to run.")
+@click.option("--backend", default="tcp://127.0.0.1:5556", envvar="CHAT_BACKEND", show_envvar=True,
+              help="The broker's backend endpoint.")
+@click.option("--redis-url", default="redis://127.0.0.1:6379/0", envvar="CHAT_REDIS_URL", show_envvar=True,
+              help="Redis (or Valkey) holding the chat's state: redis://, rediss:// or unix://.")
+@click.option("--prefix", default="chat:", envvar="CHAT_PREFIX", show_envvar=True,
+              help="Prefix of every Redis key, so deployments can share one Redis.")
+@click.option("--credit", default=16, envvar="CHAT_CREDIT", show_envvar=True, type=click.IntRange(1, 10_000),
+              help="Events a worker may hold at once.")
+@click.option("--heartbeat", default=1.0, envvar="CHAT_HEARTBEAT", show_envvar=True, type=click.FloatRange(0.05),
+              help="Seconds between heartbeats.")
+@click.option("--liveness", default=3, envvar="CHAT_LIVENESS", show_envvar=True, type=click.IntRange(1),
+              help="Missed heartbeats before the broker is taken for dead and reconnected.")
+@click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
+def main(processes: int, backend: str, redis_url: str, prefix: str, credit: int, heartbeat: float,
+         liveness: int, log_level: str) -> None:
+    """Run the chat logic: N processes taking events from the broker."""
+    setup_logging("chat-worker", log_level)
+    config = WorkerConfig(backend=backend, redis_url=redis_url, prefix=prefix, credit=credit,
+                          heartbeat=heartbeat, liveness=liveness)
+    stopping = Stopping().install()
+    pool = Pool(config, processes, logging.getLogger().level)
+    print(f"chat-worker started {processes} worker process(es)", flush=True)
+    pool.run(stopping)
+
+
+if __name__ == "__main__":
+    main()
