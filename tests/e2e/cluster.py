@@ -1,0 +1,78 @@
+"""Real processes for the end-to-end tests: Valkey, broker, workers, gateways.
+
+Every endpoint is on 127.0.0.1 with a port chosen by the OS; every process
+is stopped by its PID in teardown.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stack.children import Child, python_module, start, stop
+from stack.valkey import start_valkey
+
+
+def _field(line: str, name: str) -> str:
+    match = re.search(rf"{name}=(\S+)", line)
+    assert match, f"no {name}= in {line!r}"
+    return match.group(1)
+
+
+def start_broker(*args: str) -> tuple[Child, dict[str, str]]:
+    child = start("broker", python_module(
+        "broker.cli", "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*",
+        "--pub-in", "tcp://127.0.0.1:*", "--pub-out", "tcp://127.0.0.1:*", *args), "chat-broker ready")
+    eps = {name: _field(child.ready_line, name) for name in ("frontend", "backend", "pub-in", "pub-out")}
+    return child, eps
+
+
+def start_workers(n: int, backend: str, redis_url: str, *args: str) -> Child:
+    return start("workers", python_module(
+        "workers.cli", "-n", str(n), "--backend", backend, "--redis-url", redis_url, *args),
+        "chat-worker started")
+
+
+def gateway_instance(child: Child) -> str:
+    """The instance name a gateway announced: its pub-out topic without the ':'."""
+    return child.ready_line.split()[1]
+
+
+def start_gateway(eps: dict[str, str], name: str, *args: str) -> tuple[Child, int]:
+    child = start(name, python_module(
+        "gateway.cli", "--listen", "127.0.0.1:0", "--frontend", eps["frontend"],
+        "--pub-out", eps["pub-out"], "--id", name, *args), "chat-gateway")
+    port = int(child.ready_line.rsplit(":", 1)[1])
+    return child, port
+
+
+@dataclass
+class Cluster:
+    redis_url: str
+    endpoints: dict[str, str]
+    ports: list[int]
+    children: dict[str, Child] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        for name in reversed(list(self.children)):
+            stop(self.children[name])
+
+
+def start_cluster(data_dir: Path, workers: int = 2, gateways: int = 2,
+                  redis_url: str | None = None) -> Cluster:
+    children: dict[str, Child] = {}
+    try:
+        if redis_url is None:
+            children["valkey"], redis_url = start_valkey(data_dir)
+        children["broker"], eps = start_broker()
+        children["workers"] = start_workers(workers, eps["backend"], redis_url)
+        ports = []
+        for i in range(gateways):
+            children[f"gw{i + 1}"], port = start_gateway(eps, f"gw{i + 1}")
+            ports.append(port)
+    except BaseException:
+        for child in reversed(list(children.values())):
+            stop(child)
+        raise
+    return Cluster(redis_url, eps, ports, children)

@@ -1,0 +1,42 @@
+"""`chat-stack` itself: it starts, serves a client, and stops leaving nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+
+import psutil
+
+from stack.children import Child, python_module, start, stop
+from tests.e2e.chatclient import ChatClient
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_stack_serves_and_stops_cleanly(tmp_path) -> None:
+    port = _free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    child: Child = start("stack", python_module(
+        "stack.cli", "--port", str(port), "--host", "127.0.0.1", "--workers", "1", "--gateways", "2"),
+        "chat-stack ready", timeout=60, env=env)
+    try:
+        parts = psutil.Process(child.pid).children(recursive=True)
+        assert len(parts) >= 5  # valkey, broker, pool + 1 worker, 2 gateways
+        with ChatClient(port) as a, ChatClient(port + 1) as b:
+            a.send("/nick stackA")
+            a.expect("* you are now stackA")
+            b.send("/msg stackA over the stack")
+            a.expect(lambda l: l.endswith("* over the stack"))
+        child.proc.send_signal(signal.SIGTERM)
+        assert child.proc.wait(30) == 0
+        gone, alive = psutil.wait_procs(parts, timeout=10)
+        assert not alive, f"left running: {alive}"
+        assert not list(tmp_path.iterdir()), "temporary files left behind"
+    finally:
+        stop(child)
