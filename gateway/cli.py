@@ -68,19 +68,32 @@ async def shut_down(gateway: Gateway, grace: float = 3.0) -> None:
               type=click.IntRange(1), help="Lines queued for a client before it is disconnected as too slow.")
 @click.option("--max-queue-bytes", default=1 << 20, envvar="CHAT_MAX_QUEUE_BYTES", show_envvar=True,
               type=click.IntRange(1024), help="Bytes queued for a client before it is disconnected as too slow.")
+@click.option("--rate-limit", default=20.0, envvar="CHAT_RATE_LIMIT", show_envvar=True, type=click.FloatRange(0),
+              help="Lines a second a client may send; more wait (0: no limit, for benchmarks).")
+@click.option("--rate-burst", default=100, envvar="CHAT_RATE_BURST", show_envvar=True, type=click.IntRange(1),
+              help="Lines a client may send at once before the rate limit applies.")
+@click.option("--max-waiting-lines", default=1000, envvar="CHAT_MAX_WAITING_LINES", show_envvar=True,
+              type=click.IntRange(1), help="Lines held back by the rate limit before a flooder is disconnected.")
+@click.option("--max-connections", default=20_000, envvar="CHAT_MAX_CONNECTIONS", show_envvar=True,
+              type=click.IntRange(0), help="Clients this gateway accepts at once (0: no limit).")
+@click.option("--max-per-address", default=256, envvar="CHAT_MAX_PER_ADDRESS", show_envvar=True,
+              type=click.IntRange(0), help="Clients from one IP address at once (0: no limit).")
 @click.option("--heartbeat", default=1.0, envvar="CHAT_HEARTBEAT", show_envvar=True, type=click.FloatRange(0.05),
               help="Seconds between heartbeats to the broker.")
 @click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
 def main(listen: str, frontend: str, pub_out: str, name: str, max_line: int, max_queue_lines: int,
-         max_queue_bytes: int, heartbeat: float, log_level: str) -> None:
+         max_queue_bytes: int, rate_limit: float, rate_burst: int, max_waiting_lines: int,
+         max_connections: int, max_per_address: int, heartbeat: float, log_level: str) -> None:
     """Accept chat clients over TCP and bridge them to the broker."""
     if name and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         raise click.BadParameter("letters, digits, _ . - only", param_hint="--id")
     setup_logging("chat-gateway", log_level)
     host, port = parse_listen(listen)
-    limits = ClientLimits(max_line=max_line, max_queue_lines=max_queue_lines, max_queue_bytes=max_queue_bytes)
+    limits = ClientLimits(max_line=max_line, max_queue_lines=max_queue_lines, max_queue_bytes=max_queue_bytes,
+                          rate=rate_limit, burst=rate_burst, max_waiting_lines=max_waiting_lines)
     config = GatewayConfig(host=host, port=port, frontend=frontend, pub_out=pub_out, name=name,
-                           heartbeat=heartbeat, limits=limits)
+                           heartbeat=heartbeat, max_connections=max_connections,
+                           max_per_address=max_per_address, limits=limits)
     trio.run(run, config)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import trio
 
+from gateway.ratelimit import TokenBucket
 from protocol.lines import LineBuffer, LineError
 
 
@@ -24,6 +25,9 @@ class ClientLimits:
     max_queue_lines: int = 1000
     max_queue_bytes: int = 1 << 20
     close_grace: float = 2.0  # how long a closing client gets to take its last lines
+    rate: float = 20.0  # lines a second; 0: no limit
+    burst: int = 100
+    max_waiting_lines: int = 1000  # read but held back by the rate limit: past this, disconnect
 
 
 class Client:
@@ -86,8 +90,13 @@ class Client:
     # --- input ------------------------------------------------------------------
 
     async def read_loop(self, on_lines) -> None:  # type: ignore[no-untyped-def]
-        """Read until EOF; `on_lines(client, lines)` gets each read's lines."""
+        """Read until EOF; `on_lines(client, lines)` gets each read's lines.
+
+        Lines over the rate limit wait here, and while they wait nothing more
+        is read: the client's own TCP window then holds it back.
+        """
         buffer = LineBuffer(self.limits.max_line)
+        bucket = TokenBucket(self.limits.rate, self.limits.burst, trio.current_time())
         while self.closing is None:
             data = await self.stream.receive_some(65536)
             if not data:
@@ -98,5 +107,13 @@ class Client:
                     self.push(f"! {item.message()}\n".encode())
                 else:
                     lines.append(item)
-            if lines:
-                await on_lines(self, lines)
+            if len(lines) > self.limits.max_waiting_lines and self.limits.rate > 0:
+                self.close_after(b"! flooding: too many lines at once; disconnecting\n", "flooding")
+                return
+            while lines and self.closing is None:
+                granted = bucket.take(len(lines), trio.current_time())
+                if granted:
+                    await on_lines(self, lines[:granted])
+                    del lines[:granted]
+                if lines:
+                    await trio.sleep(bucket.delay(trio.current_time()))

@@ -52,6 +52,8 @@ class GatewayConfig:
     pub_out: str = "tcp://127.0.0.1:5558"
     name: str = ""
     heartbeat: float = 1.0
+    max_connections: int = 20_000  # 0: no limit
+    max_per_address: int = 256  # 0: no limit
     limits: ClientLimits = field(default_factory=ClientLimits)
 
 
@@ -67,6 +69,7 @@ class Gateway:
         self.instance = instance_name(config.name)
         self.clients: dict[str, Client] = {}
         self.counts: Counter[str] = Counter()
+        self.per_address: Counter[str] = Counter()
         self._numbers = itertools.count(1)
         self.dealer = ctx.socket(zmq.DEALER)
         self.dealer.setsockopt_string(zmq.IDENTITY, self.instance)
@@ -161,13 +164,38 @@ class Gateway:
 
     # --- the client side ------------------------------------------------------------
 
+    def _refusal(self, address: str) -> bytes | None:
+        config = self.config
+        if config.max_connections and len(self.clients) >= config.max_connections:
+            return f"! server full ({config.max_connections} connections): try again later\n".encode()
+        if config.max_per_address and self.per_address[address] >= config.max_per_address:
+            return f"! too many connections from your address (max {config.max_per_address})\n".encode()
+        return None
+
     async def _handle(self, stream: trio.SocketStream) -> None:
+        peer = _peer(stream)
+        address = peer.rpartition(":")[0]
+        refusal = self._refusal(address)
+        if refusal is not None:
+            self.counts["refused: " + refusal.decode()[2:].split(" (")[0]] += 1
+            with trio.move_on_after(1.0):
+                await stream.send_all(refusal)
+            return
+        self.per_address[address] += 1
+        try:
+            await self._serve_client(stream, peer)
+        finally:
+            self.per_address[address] -= 1
+            if not self.per_address[address]:
+                del self.per_address[address]
+
+    async def _serve_client(self, stream: trio.SocketStream, peer: str) -> None:
         cid = f"{self.instance}:{next(self._numbers)}"
         client = Client(cid, stream, self.config.limits)
         self.clients[cid] = client
         broken: list[str] = []
         try:
-            self._send(Connected(cid, 0, _peer(stream)))
+            self._send(Connected(cid, 0, peer))
             async with trio.open_nursery() as nursery:
                 scope = nursery.cancel_scope
                 nursery.start_soon(_until_broken, client.read_loop, (self._on_lines,), broken, scope)

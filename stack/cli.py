@@ -72,15 +72,21 @@ def watch(children: list[Child], stopping: Stopping) -> Child | None:
               type=click.IntRange(1, 256), help="Worker processes (default: the CPU count).")
 @click.option("--redis-url", default=None, envvar="CHAT_REDIS_URL", show_envvar=True,
               help="Use this Redis instead of starting the embedded Valkey.")
+@click.option("--rate-limit", default=20.0, envvar="CHAT_RATE_LIMIT", show_envvar=True, type=click.FloatRange(0),
+              help="Lines a second a client may send (0: no limit, for benchmarks).")
+@click.option("--max-per-address", default=256, envvar="CHAT_MAX_PER_ADDRESS", show_envvar=True,
+              type=click.IntRange(0), help="Clients from one IP address per gateway (0: no limit).")
 @click.option("--data-dir", default=None, envvar="CHAT_DATA_DIR", show_envvar=True, type=click.Path(file_okay=False),
               help="Where the embedded Valkey keeps its append-only file (default: a temporary directory).")
-def main(port: int, host: str, gateways: int, workers: int, redis_url: str | None, data_dir: str | None) -> None:
+def main(port: int, host: str, gateways: int, workers: int, redis_url: str | None, rate_limit: float,
+         max_per_address: int, data_dir: str | None) -> None:
     """Run the whole chat backend on this machine."""
     stopping = Stopping().install()
     run_dir = Path(tempfile.mkdtemp(prefix="chat-stack-"))
     data = Path(data_dir) if data_dir else run_dir / "valkey"
     try:
-        children = start_parts(run_dir, data, port, host, gateways, workers, redis_url)
+        gateway_args = ("--rate-limit", str(rate_limit), "--max-per-address", str(max_per_address))
+        children = start_parts(run_dir, data, port, host, gateways, workers, redis_url, gateway_args)
     except ChildFailed as exc:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise click.ClickException(str(exc)) from None

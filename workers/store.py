@@ -11,6 +11,8 @@ worker never sees a key. Keys, under a configurable prefix `p`:
     p room:<room>:history    stream, capped, fields id from text ts kind
     p rooms                  set of rooms that have members
     p gw:<gateway>:conns     set of cids on that gateway
+    p gwdead:<gateway>       set when a gateway was lost: it may not connect clients again
+    p res:<cid>              the results of the connection's current event (see `replayable`)
 
 Rooms arrive canonical (lower case); nicks are ASCII, so Lua's
 string.lower folds them as Python does.
@@ -23,6 +25,7 @@ from typing import Any
 
 import redis
 
+RESULT_TTL = 3600  # seconds a connection's last results are kept for replays
 HISTORY_KEEP = 100  # at least; the stream is trimmed approximately
 
 _CONNECT = """
@@ -30,6 +33,7 @@ local p, cid, gw, addr = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ck = p..'conn:'..cid
 local nick = redis.call('HGET', ck, 'nick')
 if nick then return nick end
+if redis.call('EXISTS', p..'gwdead:'..gw) == 1 then return false end
 for _ = 1, 50 do
   nick = 'guest-'..redis.call('INCR', p..'guests')
   if redis.call('SET', p..'nick:'..nick, cid, 'NX') then
@@ -108,7 +112,7 @@ local mk = p..'room:'..room..':members'
 if redis.call('SISMEMBER', mk, cid) == 0 then return {'notin', room} end
 redis.call('XADD', p..'room:'..room..':history', 'MAXLEN', '~', keep, '*',
            'id', id, 'from', nick, 'text', text, 'ts', ts, 'kind', kind)
-return {'ok', nick, room, redis.call('SMEMBERS', mk)}
+return {'ok', nick, room, redis.call('SMEMBERS', mk), ts}
 """
 
 _PRIVATE = """
@@ -171,6 +175,49 @@ return {nick, out}
 """
 
 
+_REPLAYABLE = """
+local rk = p..'res:'..cid
+local event, line = ARGV[#ARGV - 1], ARGV[#ARGV]
+if redis.call('HGET', rk, 'event') == event then
+  local hit = redis.call('HGET', rk, line)
+  if hit then return cjson.decode(hit) end
+else
+  redis.call('DEL', rk)
+  redis.call('HSET', rk, 'event', event)
+end
+local result = op()
+if type(result) ~= 'table' or result[1] ~= 'gone' then
+  redis.call('HSET', rk, line, cjson.encode(result))
+  redis.call('EXPIRE', rk, RESULT_TTL)
+end
+return result
+"""
+
+
+def replayable(script: str) -> str:
+    """Make a mutating script idempotent per line of a connection.
+
+    The script's first line binds ARGV (p and cid first); the rest becomes
+    `op()`. Its result is kept under `p res:<cid>`, field = the line's number,
+    for the connection's current event only (one event of a connection is
+    in flight at a time, so only that one can be replayed). Run again for
+    the same line, as when the broker gives a dead worker's event to
+    another, the script returns the first result and changes nothing: the
+    replay publishes exactly what the first run would have.
+    """
+    first, _, body = script.strip().partition("\n")
+    return f"{first}\nlocal function op()\n{body}\nend\n" + _REPLAYABLE.replace(
+        "RESULT_TTL", str(RESULT_TTL)
+    )
+
+
+Op = tuple[int, int]  # (the event's seq, the line's seq): what makes a call replayable
+
+
+class Gone(Exception):
+    """The connection is unknown to Redis: reaped, or Redis lost its data."""
+
+
 @dataclass(frozen=True, slots=True)
 class Failed:
     """An operation that did not happen; `why` is the script's reason word."""
@@ -187,49 +234,52 @@ class Store:
         self._p = prefix
         reg = client.register_script
         self._connect = reg(_CONNECT)
-        self._nick = reg(_NICK)
-        self._join = reg(_JOIN)
-        self._part = reg(_PART)
-        self._say = reg(_SAY)
+        self._nick = reg(replayable(_NICK))
+        self._join = reg(replayable(_JOIN))
+        self._part = reg(replayable(_PART))
+        self._say = reg(replayable(_SAY))
         self._private = reg(_PRIVATE)
         self._who = reg(_WHO)
         self._rooms = reg(_ROOMS)
         self._current_room = reg(_CURRENT_ROOM)
-        self._leave = reg(_LEAVE)
+        self._leave = reg(replayable(_LEAVE))
 
     def _run(self, script: Any, *args: object) -> Any:
-        return script(args=[self._p, *args])
+        result = script(args=[self._p, *args])
+        if result == ["gone"]:
+            raise Gone(str(args[0]))
+        return result
 
     def connect(self, cid: str, gateway: str, addr: str) -> str | None:
         """Register a connection under a fresh guest nick (idempotent)."""
         nick = self._run(self._connect, cid, gateway, addr)
         return nick or None
 
-    def set_nick(self, cid: str, nick: str) -> Failed | tuple[str, list[str]]:
+    def set_nick(self, op: Op, cid: str, nick: str) -> Failed | tuple[str, list[str]]:
         """-> (old nick, cids sharing a room) or Failed('taken' | 'gone')."""
-        res = self._run(self._nick, cid, nick)
+        res = self._run(self._nick, cid, nick, *op)
         return (res[1], res[2]) if res[0] == "ok" else Failed(res[0])
 
-    def join(self, cid: str, room: str) -> Failed | tuple[str, bool, list[str], list[str]]:
+    def join(self, op: Op, cid: str, room: str) -> Failed | tuple[str, bool, list[str], list[str]]:
         """-> (nick, newly joined, member cids, member nicks)."""
-        res = self._run(self._join, cid, room)
+        res = self._run(self._join, cid, room, *op)
         return (res[1], bool(res[2]), res[3], res[4]) if res[0] == "ok" else Failed(res[0])
 
-    def part(self, cid: str, room: str | None) -> Failed | tuple[str, str, str, list[str]]:
+    def part(self, op: Op, cid: str, room: str | None) -> Failed | tuple[str, str, str, list[str]]:
         """-> (nick, room left, new current room, remaining member cids)."""
-        res = self._run(self._part, cid, room or "")
+        res = self._run(self._part, cid, room or "", *op)
         if res[0] != "ok":
             return Failed(res[0], res[1] if len(res) > 1 else "")
         return res[1], res[2], res[3], res[4]
 
     def say(
-        self, cid: str, room: str | None, text: str, msg_id: str, ts: float, kind: str
-    ) -> Failed | tuple[str, str, list[str]]:
-        """Append to the room's history -> (nick, room, member cids)."""
-        res = self._run(self._say, cid, room or "", text, msg_id, repr(ts), kind, HISTORY_KEEP)
+        self, op: Op, cid: str, room: str | None, text: str, msg_id: str, ts: float, kind: str
+    ) -> Failed | tuple[str, str, list[str], float]:
+        """Append to the room's history -> (nick, room, member cids, ts as first stored)."""
+        res = self._run(self._say, cid, room or "", text, msg_id, repr(ts), kind, HISTORY_KEEP, *op)
         if res[0] != "ok":
             return Failed(res[0], res[1] if len(res) > 1 else "")
-        return res[1], res[2], res[3]
+        return res[1], res[2], res[3], float(res[4])
 
     def private(self, cid: str, target: str) -> Failed | tuple[str, str, str]:
         """-> (sender nick, target cid, target nick as spelled)."""
@@ -253,10 +303,14 @@ class Store:
         entries = self._client.xrevrange(key, count=count)
         return [fields for _, fields in reversed(entries)]
 
-    def leave(self, cid: str) -> tuple[str, list[str]] | None:
+    def leave(self, op: Op, cid: str) -> tuple[str, list[str]] | None:
         """Forget a connection -> (its nick, cids that shared a room) or None."""
-        res = self._run(self._leave, cid)
+        res = self._run(self._leave, cid, *op)
         return (res[0], res[1]) if res else None
 
     def gateway_conns(self, gateway: str) -> list[str]:
         return sorted(self._client.smembers(f"{self._p}gw:{gateway}:conns"))
+
+    def bury_gateway(self, gateway: str, ttl: int = 86_400) -> None:
+        """A lost gateway stays lost: its late connects are refused (no ghosts)."""
+        self._client.set(f"{self._p}gwdead:{gateway}", 1, ex=ttl)

@@ -85,12 +85,20 @@ def handle_frames(chat: Chat, frames: list[bytes], now: float) -> tuple[Done, bo
 
 
 def _handle_one(chat: Chat, item: WorkItem, fx: Effects, now: float) -> None:
+    """Handle one event; whatever goes wrong stays with this event and its sender."""
     try:
         fx.items.extend(chat.handle(item, now).items)
     except redis.RedisError as exc:
         log.warning("redis failed on %s: %s", event_key(item), exc)
-        if isinstance(item, (Connected, Lines)):
-            fx.error(item.cid, UNAVAILABLE)
+        _tell_sender(item, fx, UNAVAILABLE)
+    except Exception:  # a bug must cost one event, not the worker: log it whole
+        log.exception("failed to handle %s", event_key(item))
+        _tell_sender(item, fx, "internal error: the line was not handled")
+
+
+def _tell_sender(item: WorkItem, fx: Effects, text: str) -> None:
+    if isinstance(item, (Connected, Lines)):
+        fx.error(item.cid, text)
 
 
 def _open_backend(ctx: zmq.Context[zmq.Socket[bytes]], config: WorkerConfig) -> zmq.Socket[bytes]:

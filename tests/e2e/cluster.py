@@ -59,8 +59,11 @@ class Cluster:
             stop(self.children[name])
 
 
+GATEWAY_ARGS = ("--rate-limit", "0")  # the tests send faster than people type
+
+
 def start_cluster(data_dir: Path, workers: int = 2, gateways: int = 2,
-                  redis_url: str | None = None) -> Cluster:
+                  redis_url: str | None = None, gateway_args: tuple[str, ...] = GATEWAY_ARGS) -> Cluster:
     children: dict[str, Child] = {}
     try:
         if redis_url is None:
@@ -69,7 +72,7 @@ def start_cluster(data_dir: Path, workers: int = 2, gateways: int = 2,
         children["workers"] = start_workers(workers, eps["backend"], redis_url)
         ports = []
         for i in range(gateways):
-            children[f"gw{i + 1}"], port = start_gateway(eps, f"gw{i + 1}")
+            children[f"gw{i + 1}"], port = start_gateway(eps, f"gw{i + 1}", *gateway_args)
             ports.append(port)
     except BaseException:
         for child in reversed(list(children.values())):
