@@ -43,14 +43,20 @@ class Scheduler:
 
     # --- inputs -------------------------------------------------------------
 
-    def submit(self, cid: str, seq: int, frame: bytes) -> None:
+    def submit(self, cid: str, seq: int, frame: bytes) -> bool:
+        """Queue an event -> False if that very event is queued or in flight already."""
         conn = self._conns.get(cid)
         if conn is None:
             conn = self._conns[cid] = _Conn()
+        elif (conn.in_flight is not None and conn.in_flight[0] == seq) or any(
+            s == seq for s, _ in conn.waiting
+        ):
+            return False  # a gateway sent it again while we still had it
         conn.waiting.append((seq, frame))
         self.queued += 1
         if conn.in_flight is None and len(conn.waiting) == 1:
             self._runnable.append(cid)
+        return True
 
     def ready(self, worker: bytes, credit: int) -> None:
         """A worker (new or reconnected) can take `credit` events at once."""

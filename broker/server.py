@@ -15,6 +15,7 @@ so under load one dispatch carries many events (adaptive batching).
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -66,7 +67,8 @@ class Broker:
         self.workers = Liveness(config.heartbeat, config.liveness)
         self.gateways = Liveness(config.heartbeat, config.liveness)
         self.counts: Counter[str] = Counter()
-        self._heartbeat = codec.encode(Heartbeat("broker"))
+        self.name = f"broker.{secrets.token_hex(4)}"  # new each run: peers see a restart
+        self._heartbeat = codec.encode(Heartbeat(self.name))
 
     def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str) -> zmq.Socket[bytes]:
         sock = ctx.socket(kind)
@@ -144,7 +146,8 @@ class Broker:
             if gateway_of(msg.cid).encode() != gateway:
                 self._drop("frontend: a connection ID of another gateway")
                 return
-            self.scheduler.submit(msg.cid, msg.seq, body)
+            if not self.scheduler.submit(msg.cid, msg.seq, body):
+                self.counts["duplicate events ignored"] += 1
         elif not isinstance(msg, Heartbeat):
             self._drop(f"frontend: unexpected {type(msg).__name__}")
 
@@ -166,7 +169,10 @@ class Broker:
             log.info("worker %s ready (credit %d)", worker.decode(errors="replace"), msg.credit)
             return
         if worker not in self.workers:
-            self._drop("backend: message from an unknown worker")
+            if isinstance(msg, Heartbeat):  # a worker of a broker before us: tell it we are new
+                self._beat_one(self.backend, worker)
+            else:
+                self._drop("backend: message from an unknown worker")
             return
         self.workers.heard(worker, time.monotonic())
         if isinstance(msg, Done):
@@ -218,10 +224,13 @@ class Broker:
 
     def _beat(self, sock: zmq.Socket[bytes], peers: Liveness) -> None:
         for peer in peers:
-            try:
-                sock.send_multipart([peer, self._heartbeat], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # gone or busy: its liveness will tell
+            self._beat_one(sock, peer)
+
+    def _beat_one(self, sock: zmq.Socket[bytes], peer: bytes) -> None:
+        try:
+            sock.send_multipart([peer, self._heartbeat], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # gone or busy: its liveness will tell
 
     def _drop(self, cause: str) -> None:
         self.counts[cause] += 1

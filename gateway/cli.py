@@ -80,10 +80,15 @@ async def shut_down(gateway: Gateway, grace: float = 3.0) -> None:
               type=click.IntRange(0), help="Clients from one IP address at once (0: no limit).")
 @click.option("--heartbeat", default=1.0, envvar="CHAT_HEARTBEAT", show_envvar=True, type=click.FloatRange(0.05),
               help="Seconds between heartbeats to the broker.")
+@click.option("--liveness", default=3, envvar="CHAT_LIVENESS", show_envvar=True, type=click.IntRange(1),
+              help="Missed broker heartbeats before the broker is taken for down.")
+@click.option("--resend-after", default=5.0, envvar="CHAT_RESEND_AFTER", show_envvar=True,
+              type=click.FloatRange(0.1), help="Seconds an unanswered event waits before it is sent again.")
 @click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
 def main(listen: str, frontend: str, pub_out: str, name: str, max_line: int, max_queue_lines: int,
          max_queue_bytes: int, rate_limit: float, rate_burst: int, max_waiting_lines: int,
-         max_connections: int, max_per_address: int, heartbeat: float, log_level: str) -> None:
+         max_connections: int, max_per_address: int, heartbeat: float, liveness: int,
+         resend_after: float, log_level: str) -> None:
     """Accept chat clients over TCP and bridge them to the broker."""
     if name and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         raise click.BadParameter("letters, digits, _ . - only", param_hint="--id")
@@ -92,7 +97,8 @@ def main(listen: str, frontend: str, pub_out: str, name: str, max_line: int, max
     limits = ClientLimits(max_line=max_line, max_queue_lines=max_queue_lines, max_queue_bytes=max_queue_bytes,
                           rate=rate_limit, burst=rate_burst, max_waiting_lines=max_waiting_lines)
     config = GatewayConfig(host=host, port=port, frontend=frontend, pub_out=pub_out, name=name,
-                           heartbeat=heartbeat, max_connections=max_connections,
+                           heartbeat=heartbeat, liveness=liveness, resend_after=resend_after,
+                           max_connections=max_connections,
                            max_per_address=max_per_address, limits=limits)
     trio.run(run, config)
 

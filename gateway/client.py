@@ -32,8 +32,8 @@ class ClientLimits:
 
 class Client:
     __slots__ = (
-        "cid", "stream", "limits", "json", "seq", "_queue", "_queued_bytes",
-        "_wake", "closing",
+        "cid", "stream", "limits", "json", "_queue", "_queued_bytes",
+        "_wake", "_reader", "closing",
     )
 
     def __init__(self, cid: str, stream: trio.abc.Stream, limits: ClientLimits) -> None:
@@ -41,10 +41,10 @@ class Client:
         self.stream = stream
         self.limits = limits
         self.json = False
-        self.seq = 1  # the next line's number; 0 is the connect event
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._wake = trio.lowlevel.ParkingLot()
+        self._reader = trio.lowlevel.ParkingLot()
         self.closing: str | None = None
 
     # --- output -------------------------------------------------------------
@@ -86,6 +86,14 @@ class Client:
                 with trio.move_on_after(self.limits.close_grace):
                     await self.stream.send_all(data)
             return
+
+    def wake_reader(self) -> None:
+        self._reader.unpark_all()
+
+    async def wait_for_reader_wakeup(self, timeout: float) -> None:
+        """Park the reader until `wake_reader` (or `timeout`, to look around again)."""
+        with trio.move_on_after(timeout):
+            await self._reader.park()
 
     # --- input ------------------------------------------------------------------
 

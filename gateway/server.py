@@ -1,12 +1,13 @@
 """The gateway: TCP clients on one side, the broker on the other.
 
-    clients --TCP--> Client.read_loop --Lines--> DEALER pump --> broker frontend
+    clients --TCP--> Client.read_loop --> Session --event--> DEALER pump --> broker frontend
     clients <--TCP-- Client.write_loop <-- on_batch <-- SUB pump <-- broker pub-out
 
 Each connection gets an ID `<instance>:<n>`, where the instance name is
 unique to this run of the process, so a restarted gateway never reuses an
 ID. The gateway subscribes to its own topic only. It keeps the open
-connections and nothing else: the chat's state is the workers'.
+connections and their sessions with the broker (`gateway.session`), and
+nothing else: the chat's state is the workers'.
 """
 
 from __future__ import annotations
@@ -24,24 +25,25 @@ import trio
 import zmq
 
 from gateway.client import Client, ClientLimits
+from gateway.session import SeenEvents, Session
 from gateway.zmq_pump import ZmqPump
 from protocol import codec
 from protocol.errors import DecodeError
 from protocol.messages import (
     Batch,
     Close,
-    Connected,
     Deliver,
-    Disconnected,
     Heartbeat,
-    Lines,
-    Message,
+    Mark,
     SetMode,
+    gateway_of,
     topic_of,
 )
 from protocol.render import is_own_echo, render_json, render_text
 
 log = logging.getLogger("chat.gateway")
+
+UNAVAILABLE = b"! service temporarily unavailable\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +54,15 @@ class GatewayConfig:
     pub_out: str = "tcp://127.0.0.1:5558"
     name: str = ""
     heartbeat: float = 1.0
+    liveness: int = 3
+    resend_after: float = 5.0
     max_connections: int = 20_000  # 0: no limit
     max_per_address: int = 256  # 0: no limit
     limits: ClientLimits = field(default_factory=ClientLimits)
 
 
 def instance_name(name: str) -> str:
-    """A name unique to this run: the given --id (or host-pid) plus a random tag."""
+    """A name unique to this run: the given --id (or gw-host-pid) plus a random tag."""
     base = name or f"gw-{socket.gethostname()}-{os.getpid()}"
     return f"{base}.{secrets.token_hex(3)}"
 
@@ -68,8 +72,12 @@ class Gateway:
         self.config = config
         self.instance = instance_name(config.name)
         self.clients: dict[str, Client] = {}
+        self.sessions: dict[str, Session] = {}
+        self.seen = SeenEvents()
         self.counts: Counter[str] = Counter()
         self.per_address: Counter[str] = Counter()
+        self.broker_id = ""
+        self.broker_heard = trio.current_time()
         self._numbers = itertools.count(1)
         self.dealer = ctx.socket(zmq.DEALER)
         self.dealer.setsockopt_string(zmq.IDENTITY, self.instance)
@@ -92,24 +100,63 @@ class Gateway:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.to_broker.run)
             nursery.start_soon(self.from_broker.run)
-            nursery.start_soon(self._heartbeat)
+            nursery.start_soon(self._tick)
             serve = functools.partial(trio.serve_tcp, host=self.config.host)
             listeners = await nursery.start(serve, self._handle, self.config.port)
             task_status.started(listeners[0].socket.getsockname()[:2])
 
     # --- the broker side ------------------------------------------------------
 
-    def _send(self, msg: Message) -> None:
-        self.to_broker.put_nowait([codec.encode(msg)])
+    @property
+    def broker_down(self) -> bool:
+        silent = trio.current_time() - self.broker_heard
+        return silent > self.config.heartbeat * self.config.liveness
 
-    async def _heartbeat(self) -> None:
+    async def _tick(self) -> None:
+        """Heartbeat the broker; send again what it left unanswered too long."""
         beat = codec.encode(Heartbeat(self.instance))
         while True:
             self.to_broker.put_nowait([beat])
+            now = trio.current_time()
+            for session in self.sessions.values():
+                frame = session.overdue(now, self.config.resend_after)
+                if frame is not None:
+                    self.counts["events sent again"] += 1
+                    self.to_broker.put_nowait([frame])
             await trio.sleep(self.config.heartbeat)
 
     def _on_broker(self, frames: list[bytes]) -> None:
-        """Heartbeats from the broker (its liveness matters in a later step)."""
+        try:
+            msg = codec.decode(frames[-1])
+        except DecodeError as exc:
+            self._count(f"frontend: {exc}")
+            return
+        if not isinstance(msg, Heartbeat):
+            self._count(f"frontend: unexpected {type(msg).__name__}")
+            return
+        self.broker_heard = trio.current_time()
+        if msg.sender != self.broker_id:
+            if self.broker_id:
+                log.warning("the broker restarted (%s): sending unanswered events again", msg.sender)
+                self._resend_all()
+            self.broker_id = msg.sender
+
+    def _resend_all(self) -> None:
+        now = trio.current_time()
+        for session in self.sessions.values():
+            frame = session.resend(now)
+            if frame is not None:
+                self.to_broker.put_nowait([frame])
+
+    def _advance(self, session: Session) -> None:
+        """Send the session's next event if it may go now."""
+        frame = session.next_frame(trio.current_time())
+        if frame is not None:
+            self.to_broker.put_nowait([frame])
+        if session.finished:
+            del self.sessions[session.cid]
+        elif (client := self.clients.get(session.cid)) is not None:
+            client.wake_reader()
 
     def _on_batch(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -123,8 +170,13 @@ class Gateway:
         if not isinstance(batch, Batch):
             self._count("pub-out: not a batch")
             return
+        skipping = False
         for item in batch.items:
-            if isinstance(item, Deliver):
+            if isinstance(item, Mark):
+                skipping = not self._on_mark(item)
+            elif skipping:
+                continue
+            elif isinstance(item, Deliver):
                 self._deliver(item)
             elif isinstance(item, SetMode):
                 if (client := self.clients.get(item.cid)) is not None:
@@ -132,6 +184,17 @@ class Gateway:
             elif isinstance(item, Close):
                 if (client := self.clients.get(item.cid)) is not None:
                     client.close_after(b"", item.reason)
+
+    def _on_mark(self, mark: Mark) -> bool:
+        """-> False if this event was shown already (a replay)."""
+        if not self.seen.first_time(mark.cid, mark.seq):
+            self.counts["replayed events dropped"] += 1
+            return False
+        if gateway_of(mark.cid) == self.instance:
+            session = self.sessions.get(mark.cid)
+            if session is not None and session.answered(mark.seq):
+                self._advance(session)
+        return True
 
     def _deliver(self, item: Deliver) -> None:
         event = item.event
@@ -177,7 +240,7 @@ class Gateway:
         address = peer.rpartition(":")[0]
         refusal = self._refusal(address)
         if refusal is not None:
-            self.counts["refused: " + refusal.decode()[2:].split(" (")[0]] += 1
+            self.counts["connections refused"] += 1
             with trio.move_on_after(1.0):
                 await stream.send_all(refusal)
             return
@@ -192,22 +255,34 @@ class Gateway:
     async def _serve_client(self, stream: trio.SocketStream, peer: str) -> None:
         cid = f"{self.instance}:{next(self._numbers)}"
         client = Client(cid, stream, self.config.limits)
+        session = Session(cid, peer, trio.current_time())
         self.clients[cid] = client
+        self.sessions[cid] = session
+        assert session.in_flight is not None
+        self.to_broker.put_nowait([session.in_flight.frame])
         broken: list[str] = []
         try:
-            self._send(Connected(cid, 0, peer))
             async with trio.open_nursery() as nursery:
                 scope = nursery.cancel_scope
                 nursery.start_soon(_until_broken, client.read_loop, (self._on_lines,), broken, scope)
                 nursery.start_soon(_until_broken, client.write_loop, (), broken, scope)
         finally:
             del self.clients[cid]
-            self._send(Disconnected(cid, client.seq, client.closing or "".join(broken[:1])))
+            session.leave(client.closing or "".join(broken[:1]))
+            self._advance(session)
 
     async def _on_lines(self, client: Client, lines: list[str]) -> None:
-        msg = Lines(client.cid, client.seq, tuple(lines))
-        client.seq += len(lines)
-        await self.to_broker.put([codec.encode(msg)])
+        """Hand a client's lines to its session; wait while too many are pending."""
+        session = self.sessions[client.cid]
+        hold = self.config.limits.max_waiting_lines
+        while len(session.pending) >= hold:
+            if self.broker_down:
+                self.counts["lines refused: service unavailable"] += len(lines)
+                client.push(UNAVAILABLE)
+                return
+            await client.wait_for_reader_wakeup(self.config.heartbeat)
+        session.add_lines(lines)
+        self._advance(session)
 
 
 async def _until_broken(run, args, broken: list[str], scope: trio.CancelScope) -> None:  # type: ignore[no-untyped-def]

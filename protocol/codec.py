@@ -13,6 +13,7 @@ Every message is a msgpack array whose first element is its tag:
         [0, [cid, ...], [type, text, room, sender, to, id, ts, origin, of]]
         [1, cid, json]                                                   SetMode
         [2, cid, reason]                                                 Close
+        [3, cid, seq]                                                    Mark
 
 Strings are UTF-8 msgpack str, `batch_bytes` is msgpack bin. `decode`
 checks every field's type and raises only `DecodeError`: a malformed frame
@@ -40,6 +41,7 @@ from protocol.messages import (
     GatewayLost,
     Heartbeat,
     Lines,
+    Mark,
     Message,
     Ready,
     SetMode,
@@ -92,6 +94,8 @@ def _item_to_wire(item: BatchItem) -> list[Any]:
         return [0, list(item.cids), _event_to_wire(item.event)]
     if isinstance(item, SetMode):
         return [1, item.cid, item.json]
+    if isinstance(item, Mark):
+        return [3, item.cid, item.seq]
     return [2, item.cid, item.reason]
 
 
@@ -104,6 +108,8 @@ def _item_from_wire(raw: Any) -> BatchItem:
         return SetMode(_str(fields[1]), fields[2])
     if len(fields) == 3 and fields[0] == 2:
         return Close(_str(fields[1]), _str(fields[2]))
+    if len(fields) == 3 and fields[0] == 3:
+        return Mark(_str(fields[1]), _int(fields[2]))
     raise DecodeError("unknown batch item")
 
 

@@ -13,7 +13,9 @@ Worker -> broker: `Ready` (credit to take events), `Done` (events finished,
 with what to publish: one payload per gateway), `Heartbeat`.
 
 Broker -> gateway, on pub-out under the gateway's topic: a `Batch` of
-`Deliver` (an event for some connections) and `Close` items, in order.
+`Mark` (whose event the next items belong to, and the acknowledgement of
+the gateway's own events), `Deliver` (an event for some connections),
+`SetMode` and `Close` items, in order.
 
 Gateway <-> broker: `Heartbeat` both ways keeps each alive to the other.
 """
@@ -148,7 +150,20 @@ class Close:
     reason: str
 
 
-BatchItem = Deliver | SetMode | Close
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """The items after it (up to the next Mark) are the effects of event (cid, seq).
+
+    To the gateway that owns `cid` it is also the event's acknowledgement.
+    A gateway skips the items of an event it has already seen: that is how
+    an event handled twice (re-sent after a broker restart) shows once.
+    """
+
+    cid: str
+    seq: int
+
+
+BatchItem = Deliver | SetMode | Close | Mark
 
 
 @dataclass(frozen=True, slots=True)

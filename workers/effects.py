@@ -1,8 +1,10 @@
 """What handling events causes, as data: the worker loop publishes it.
 
-`Effects` collects batch items in the order they happen; `by_gateway`
-splits them into one `Batch` per gateway, keeping that order, so each
-gateway gets everything one dispatch caused as a single message.
+`Effects` collects batch items in the order they happen, each event's
+items after its `Mark`. `by_gateway` splits them into one `Batch` per
+gateway, keeping that order: a gateway gets an event's Mark before its
+items, and the gateway that sent the event always gets its Mark, which
+is its acknowledgement.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from protocol.messages import (
     Close,
     Deliver,
     EventType,
+    Mark,
     SetMode,
     gateway_of,
 )
@@ -27,6 +30,10 @@ class Effects:
 
     def __init__(self) -> None:
         self.items: list[BatchItem] = []
+
+    def mark(self, cid: str, seq: int) -> None:
+        """What follows is the effect of event (cid, seq)."""
+        self.items.append(Mark(cid, seq))
 
     def deliver(self, cids: Iterable[str], event: ChatEvent) -> None:
         cids = tuple(cids)
@@ -47,12 +54,28 @@ class Effects:
 
     def by_gateway(self) -> dict[str, list[BatchItem]]:
         out: dict[str, list[BatchItem]] = {}
+        mark: Mark | None = None
+        marked: set[str] = set()  # gateways that got the current mark
+
+        def to(gateway: str, item: BatchItem) -> None:
+            items = out.setdefault(gateway, [])
+            if mark is not None and gateway not in marked:
+                items.append(mark)
+                marked.add(gateway)
+            items.append(item)
+
         for item in self.items:
-            if isinstance(item, Deliver):
+            if isinstance(item, Mark):
+                mark, marked = item, set()
+                origin = gateway_of(item.cid)
+                if not item.cid.startswith("!"):  # a gateway's loss has no one to acknowledge
+                    out.setdefault(origin, []).append(item)
+                    marked.add(origin)
+            elif isinstance(item, Deliver):
                 for gateway, cids in _split_cids(item.cids).items():
-                    out.setdefault(gateway, []).append(Deliver(cids, item.event))
+                    to(gateway, Deliver(cids, item.event))
             else:
-                out.setdefault(gateway_of(item.cid), []).append(item)
+                to(gateway_of(item.cid), item)
         return out
 
     def encoded(self) -> tuple[tuple[str, bytes], ...]:

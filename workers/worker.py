@@ -63,11 +63,11 @@ def worker_name() -> str:
     return f"w-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
-def handle_frames(chat: Chat, frames: list[bytes], now: float) -> tuple[Done, bool]:
-    """Decode and handle one dispatch -> (the Done to send, whether a heartbeat came)."""
+def handle_frames(chat: Chat, frames: list[bytes], now: float) -> tuple[Done, str]:
+    """Decode and handle one dispatch -> (the Done to send, the broker's name if it beat)."""
     fx = Effects()
     done: list[tuple[str, int]] = []
-    heard = False
+    heard = ""
     for frame in frames:
         try:
             msg = codec.decode(frame)
@@ -75,10 +75,12 @@ def handle_frames(chat: Chat, frames: list[bytes], now: float) -> tuple[Done, bo
             log.warning("dropped a malformed frame from the broker: %s", exc)
             continue
         if isinstance(msg, Heartbeat):
-            heard = True
+            heard = msg.sender
         elif isinstance(msg, (Connected, Lines, Disconnected, GatewayLost)):
+            key = event_key(msg)
+            fx.mark(*key)
             _handle_one(chat, msg, fx, now)
-            done.append(event_key(msg))
+            done.append(key)
         else:
             log.warning("dropped an unexpected %s from the broker", type(msg).__name__)
     return Done(tuple(done), fx.encoded()), heard
@@ -118,14 +120,19 @@ def serve_broker(
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     last_heard = last_sent = time.monotonic()
+    broker = ""
     while not stopping.requested:
         if poller.poll(config.heartbeat * 1000):
             frames = sock.recv_multipart()
             last_heard = time.monotonic()
-            done, _ = handle_frames(chat, frames, time.time())
+            done, sender = handle_frames(chat, frames, time.time())
             if done.events:
                 sock.send(codec.encode(done))
                 last_sent = time.monotonic()
+            if sender and broker and sender != broker:
+                log.warning("a new broker (%s): reconnecting", sender)
+                return
+            broker = sender or broker
         now = time.monotonic()
         if now - last_heard > config.heartbeat * config.liveness:
             log.warning("broker silent for %.1fs: reconnecting", now - last_heard)

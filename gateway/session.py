@@ -1,0 +1,106 @@
+"""A connection's side of the conversation with the broker, as pure code.
+
+One event per connection is in flight at a time: the next goes out when
+the broker's answer (the `Mark` of that event) comes back, and carries
+every line that arrived meanwhile. That keeps a connection's events in
+order whatever happens behind the broker (a worker dies, the broker
+restarts) and batches lines under load by itself. An event not answered
+within the resend timeout goes out again, unchanged: the workers replay
+it idempotently and gateways drop what they have already shown.
+
+The session outlives the socket: its `Disconnected` event must be
+answered too, so that a connection's departure is never lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol import codec
+from protocol.messages import ClientEvent, Connected, Disconnected, Lines
+
+
+@dataclass(slots=True)
+class InFlight:
+    seq: int
+    frame: bytes
+    sent: float
+
+
+class Session:
+    __slots__ = ("cid", "next_seq", "pending", "in_flight", "leaving", "finished")
+
+    def __init__(self, cid: str, addr: str, now: float) -> None:
+        self.cid = cid
+        self.next_seq = 1
+        self.pending: list[str] = []
+        self.leaving: str | None = None  # the reason, once the client is gone
+        self.finished = False  # Disconnected answered: nothing more to say
+        self.in_flight: InFlight | None = None
+        self._send(Connected(cid, 0, addr), now)
+
+    def _send(self, event: ClientEvent, now: float) -> bytes:
+        frame = codec.encode(event)
+        self.in_flight = InFlight(event.seq, frame, now)
+        return frame
+
+    def add_lines(self, lines: list[str]) -> None:
+        self.pending.extend(lines)
+
+    def leave(self, reason: str) -> None:
+        if self.leaving is None:
+            self.leaving = reason
+
+    def next_frame(self, now: float) -> bytes | None:
+        """The next event to send, if none is in flight."""
+        if self.in_flight is not None or self.finished:
+            return None
+        if self.pending:
+            lines, self.pending = tuple(self.pending), []
+            seq, self.next_seq = self.next_seq, self.next_seq + len(lines)
+            return self._send(Lines(self.cid, seq, lines), now)
+        if self.leaving is not None:
+            return self._send(Disconnected(self.cid, self.next_seq, self.leaving), now)
+        return None
+
+    def answered(self, seq: int) -> bool:
+        """The broker answered event `seq` -> True if that was the one in flight."""
+        if self.in_flight is None or self.in_flight.seq != seq:
+            return False
+        if self.leaving is not None and seq == self.next_seq and not self.pending:
+            self.finished = True
+        self.in_flight = None
+        return True
+
+    def overdue(self, now: float, timeout: float) -> bytes | None:
+        """The in-flight frame again if it waited past `timeout` (and restart its clock)."""
+        if self.in_flight is None or now - self.in_flight.sent < timeout:
+            return None
+        self.in_flight.sent = now
+        return self.in_flight.frame
+
+    def resend(self, now: float) -> bytes | None:
+        """The in-flight frame, now (the broker restarted)."""
+        if self.in_flight is None:
+            return None
+        self.in_flight.sent = now
+        return self.in_flight.frame
+
+
+class SeenEvents:
+    """The last `capacity` event IDs this gateway showed: replays are dropped."""
+
+    __slots__ = ("capacity", "_seen")
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.capacity = capacity
+        self._seen: dict[tuple[str, int], None] = {}  # insertion-ordered: oldest first
+
+    def first_time(self, cid: str, seq: int) -> bool:
+        key = (cid, seq)
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self.capacity:
+            del self._seen[next(iter(self._seen))]
+        return True
