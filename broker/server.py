@@ -34,6 +34,7 @@ from protocol.messages import (
     Heartbeat,
     Lines,
     Ready,
+    Unknown,
     event_key,
     gateway_of,
     topic_of,
@@ -69,6 +70,7 @@ class Broker:
         self.counts: Counter[str] = Counter()
         self.name = f"broker.{secrets.token_hex(4)}"  # new each run: peers see a restart
         self._heartbeat = codec.encode(Heartbeat(self.name))
+        self._unknown = codec.encode(Unknown(self.name))
 
     def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str) -> zmq.Socket[bytes]:
         sock = ctx.socket(kind)
@@ -168,11 +170,12 @@ class Broker:
             self.scheduler.ready(worker, msg.credit)
             log.info("worker %s ready (credit %d)", worker.decode(errors="replace"), msg.credit)
             return
-        if worker not in self.workers:
-            if isinstance(msg, Heartbeat):  # a worker of a broker before us: tell it we are new
-                self._beat_one(self.backend, worker)
-            else:
-                self._drop("backend: message from an unknown worker")
+        if worker not in self.workers:  # a worker of a broker before us: ask it to register
+            self.counts["messages from unknown workers"] += 1
+            try:
+                self.backend.send_multipart([worker, self._unknown], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
             return
         self.workers.heard(worker, time.monotonic())
         if isinstance(msg, Done):

@@ -49,8 +49,8 @@ async def shut_down(gateway: Gateway, grace: float = 3.0) -> None:
     for client in list(gateway.clients.values()):
         client.close_after(SHUTDOWN_NOTICE, "server shutting down")
     with trio.move_on_after(grace):
-        while gateway.clients or len(gateway.to_broker):
-            await trio.sleep(0.05)
+        while (gateway.clients or gateway.sessions) and not gateway.broker_down:
+            await trio.sleep(0.05)  # the sessions' goodbyes are being answered
 
 
 @click.command(context_settings={"show_default": True})

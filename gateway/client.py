@@ -33,7 +33,7 @@ class ClientLimits:
 class Client:
     __slots__ = (
         "cid", "stream", "limits", "json", "_queue", "_queued_bytes",
-        "_wake", "_reader", "closing",
+        "_wake", "_reader", "_sending", "closing",
     )
 
     def __init__(self, cid: str, stream: trio.abc.Stream, limits: ClientLimits) -> None:
@@ -45,6 +45,7 @@ class Client:
         self._queued_bytes = 0
         self._wake = trio.lowlevel.ParkingLot()
         self._reader = trio.lowlevel.ParkingLot()
+        self._sending: trio.CancelScope | None = None
         self.closing: str | None = None
 
     # --- output -------------------------------------------------------------
@@ -69,23 +70,33 @@ class Client:
             self._queue.append(last)
             self._queued_bytes += len(last)
         self.closing = reason
+        if self._sending is not None:  # a send under way gets the grace period, no more
+            self._sending.deadline = min(
+                self._sending.deadline, trio.current_time() + self.limits.close_grace
+            )
         self._wake.unpark_all()
 
     async def write_loop(self) -> None:
-        """Send queued output until the client is closed."""
+        """Send queued output until the client is closed.
+
+        Once closing, a send has `close_grace` seconds at most: a client that
+        does not read cannot hold its connection open.
+        """
         while True:
             while not self._queue and self.closing is None:
                 await self._wake.park()
-            if self._queue:
-                data = b"".join(self._queue)
-                self._queue.clear()
-                self._queued_bytes = 0
-                if self.closing is None:
-                    await self.stream.send_all(data)
-                    continue
-                with trio.move_on_after(self.limits.close_grace):
-                    await self.stream.send_all(data)
-            return
+            if not self._queue:
+                return
+            data = b"".join(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+            with trio.CancelScope() as self._sending:
+                if self.closing is not None:
+                    self._sending.deadline = trio.current_time() + self.limits.close_grace
+                await self.stream.send_all(data)
+            if self._sending.cancelled_caught:
+                return  # it did not take its last lines in time
+            self._sending = None
 
     def wake_reader(self) -> None:
         self._reader.unpark_all()

@@ -264,8 +264,8 @@ class Gateway:
         try:
             async with trio.open_nursery() as nursery:
                 scope = nursery.cancel_scope
-                nursery.start_soon(_until_broken, client.read_loop, (self._on_lines,), broken, scope)
-                nursery.start_soon(_until_broken, client.write_loop, (), broken, scope)
+                nursery.start_soon(_reading, client, self._on_lines, broken, scope)
+                nursery.start_soon(_writing, client, broken, scope)
         finally:
             del self.clients[cid]
             session.leave(client.closing or "".join(broken[:1]))
@@ -275,20 +275,31 @@ class Gateway:
         """Hand a client's lines to its session; wait while too many are pending."""
         session = self.sessions[client.cid]
         hold = self.config.limits.max_waiting_lines
-        while len(session.pending) >= hold:
-            if self.broker_down:
-                self.counts["lines refused: service unavailable"] += len(lines)
-                client.push(UNAVAILABLE)
-                return
+        while len(session.pending) >= hold and not self.broker_down:
             await client.wait_for_reader_wakeup(self.config.heartbeat)
+        room = max(0, hold - len(session.pending))
+        if len(lines) > room and self.broker_down:
+            self.counts["lines refused: service unavailable"] += len(lines) - room
+            lines = lines[:room]
+            client.push(UNAVAILABLE)
         session.add_lines(lines)
         self._advance(session)
 
 
-async def _until_broken(run, args, broken: list[str], scope: trio.CancelScope) -> None:  # type: ignore[no-untyped-def]
-    """Run one side of a connection; when it ends, for any reason, end the other."""
+async def _reading(client: Client, on_lines, broken: list[str], scope: trio.CancelScope) -> None:  # type: ignore[no-untyped-def]
+    """The reader: at EOF the connection ends; when it stops because the client
+    is being closed, the writer ends it after the last lines."""
     try:
-        await run(*args)
+        await client.read_loop(on_lines)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        broken.append("connection reset")
+    if client.closing is None or broken:
+        scope.cancel()
+
+
+async def _writing(client: Client, broken: list[str], scope: trio.CancelScope) -> None:
+    try:
+        await client.write_loop()
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         broken.append("connection reset")
     finally:

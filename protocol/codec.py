@@ -9,6 +9,7 @@ Every message is a msgpack array whose first element is its tag:
     [5, credit]                         Ready
     [6, [[cid, seq], ...], [[gateway, batch_bytes], ...]]   Done
     [7, sender]                         Heartbeat
+    [9, broker]                         Unknown
     [8, [item, ...]]                    Batch, whose items are
         [0, [cid, ...], [type, text, room, sender, to, id, ts, origin, of]]
         [1, cid, json]                                                   SetMode
@@ -45,6 +46,7 @@ from protocol.messages import (
     Message,
     Ready,
     SetMode,
+    Unknown,
 )
 
 def _str(value: Any) -> str:
@@ -101,14 +103,16 @@ def _item_to_wire(item: BatchItem) -> list[Any]:
 
 def _item_from_wire(raw: Any) -> BatchItem:
     fields = _list(raw)
-    if len(fields) == 3 and fields[0] == 0:
+    if len(fields) != 3 or type(fields[0]) is not int:
+        raise DecodeError("a batch item is [tag, field, field]")
+    if fields[0] == 0:
         cids = tuple(_str(c) for c in _list(fields[1]))
         return Deliver(cids, _event_from_wire(fields[2]))
-    if len(fields) == 3 and fields[0] == 1 and type(fields[2]) is bool:
+    if fields[0] == 1 and type(fields[2]) is bool:
         return SetMode(_str(fields[1]), fields[2])
-    if len(fields) == 3 and fields[0] == 2:
+    if fields[0] == 2:
         return Close(_str(fields[1]), _str(fields[2]))
-    if len(fields) == 3 and fields[0] == 3:
+    if fields[0] == 3:
         return Mark(_str(fields[1]), _int(fields[2]))
     raise DecodeError("unknown batch item")
 
@@ -132,6 +136,8 @@ def to_wire(msg: Message) -> list[Any]:
             return [7, sender]
         case Batch(items):
             return [8, [_item_to_wire(i) for i in items]]
+        case Unknown(broker):
+            return [9, broker]
     raise TypeError(f"not a message: {msg!r}")
 
 
@@ -150,6 +156,7 @@ _DECODERS: dict[tuple[int, int], Callable[..., Message]] = {
     (6, 2): _done,
     (7, 1): lambda s: Heartbeat(_str(s)),
     (8, 1): lambda items: Batch(tuple(_item_from_wire(i) for i in _list(items))),
+    (9, 1): lambda b: Unknown(_str(b)),
 }
 
 

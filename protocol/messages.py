@@ -10,7 +10,8 @@ Broker -> worker also carries `GatewayLost` (the broker saw a gateway's
 heartbeats stop).
 
 Worker -> broker: `Ready` (credit to take events), `Done` (events finished,
-with what to publish: one payload per gateway), `Heartbeat`.
+with what to publish: one payload per gateway), `Heartbeat`. A broker that
+hears from a worker it does not know answers `Unknown`.
 
 Broker -> gateway, on pub-out under the gateway's topic: a `Batch` of
 `Mark` (whose event the next items belong to, and the acknowledgement of
@@ -106,6 +107,13 @@ class Heartbeat:
     sender: str
 
 
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """Broker -> worker: 'I do not know you' (a broker restarted): send Ready again."""
+
+    broker: str
+
+
 # --- broker -> gateway -------------------------------------------------------
 
 
@@ -171,7 +179,7 @@ class Batch:
     items: tuple[BatchItem, ...]
 
 
-Message = Connected | Lines | Disconnected | GatewayLost | Ready | Done | Heartbeat | Batch
+Message = Connected | Lines | Disconnected | GatewayLost | Ready | Done | Heartbeat | Unknown | Batch
 
 
 def event_key(item: WorkItem) -> tuple[str, int]:

@@ -26,13 +26,16 @@ from workers.worker import WorkerConfig
               help="Seconds between heartbeats.")
 @click.option("--liveness", default=3, envvar="CHAT_LIVENESS", show_envvar=True, type=click.IntRange(1),
               help="Missed heartbeats before the broker is taken for dead and reconnected.")
+@click.option("--redis-timeout", default=1.0, envvar="CHAT_REDIS_TIMEOUT", show_envvar=True,
+              type=click.FloatRange(0.05), help="Seconds a Redis call may take before the line is answered "
+              "'service temporarily unavailable'. Keep it under heartbeat x liveness.")
 @click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
 def main(processes: int, backend: str, redis_url: str, prefix: str, credit: int, heartbeat: float,
-         liveness: int, log_level: str) -> None:
+         liveness: int, redis_timeout: float, log_level: str) -> None:
     """Run the chat logic: N processes taking events from the broker."""
     setup_logging("chat-worker", log_level)
     config = WorkerConfig(backend=backend, redis_url=redis_url, prefix=prefix, credit=credit,
-                          heartbeat=heartbeat, liveness=liveness)
+                          heartbeat=heartbeat, liveness=liveness, redis_timeout=redis_timeout)
     stopping = Stopping().install()
     pool = Pool(config, processes, logging.getLogger().level)
     print(f"chat-worker started {processes} worker process(es)", flush=True)

@@ -82,8 +82,9 @@ class Chat:
             c.Quit: self._quit,
         }
 
-    def handle(self, item: WorkItem, now: float) -> Effects:
-        fx = Effects()
+    def handle(self, item: WorkItem, now: float, fx: Effects | None = None) -> Effects:
+        """Handle one event into `fx`: if it raises, what was done so far stays in `fx`."""
+        fx = Effects() if fx is None else fx
         match item:
             case Lines(cid, seq, lines):
                 self._lines(fx, cid, seq, lines, now)

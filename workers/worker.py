@@ -10,8 +10,15 @@ event and publishing what it caused are then one message, which is what
 lets the broker keep a connection's events in order across workers.
 
 Heartbeats go both ways; a broker silent for `liveness` intervals is taken
-for dead: the worker drops its socket and connects again (a broker restart
-costs a reconnect, not a worker restart).
+for gone: the worker connects again. A broker that does not know the worker
+(it restarted, and ZeroMQ reconnected us to it) says `Unknown`: the worker
+registers with `Ready` again.
+
+When Redis fails, a breaker opens for a moment so that the events behind
+the failed one fail fast instead of each waiting out a timeout. A line that
+cannot be served is answered `! service temporarily unavailable`; a connect
+or disconnect is left unanswered (no `Mark`), so its gateway sends it again
+later; a lost gateway's clean-up is kept here and tried again.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from protocol.messages import (
     Heartbeat,
     Lines,
     Ready,
+    Unknown,
     WorkItem,
     event_key,
 )
@@ -57,50 +65,92 @@ class WorkerConfig:
     credit: int = 16
     heartbeat: float = 1.0
     liveness: int = 3
+    redis_timeout: float = 1.0
+    breaker_cooldown: float = 1.0
+
+
+class Breaker:
+    """Open for `cooldown` seconds after a Redis failure: fail fast meanwhile."""
+
+    def __init__(self, cooldown: float) -> None:
+        self.cooldown = cooldown
+        self.open_until = 0.0
+
+    def closed(self) -> bool:
+        return time.monotonic() >= self.open_until
+
+    def trip(self) -> None:
+        self.open_until = time.monotonic() + self.cooldown
+
+
+class Handler:
+    """Runs events through the chat, with the breaker and the retry list."""
+
+    def __init__(self, chat: Chat, breaker: Breaker) -> None:
+        self.chat = chat
+        self.breaker = breaker
+        self.reaps: list[GatewayLost] = []  # lost gateways still to clean up
+        self.unknown_to = ""  # a broker that said it does not know us
+
+    def frames(self, frames: list[bytes], now: float) -> tuple[Done, str]:
+        """Decode and handle one dispatch -> (the Done to send, the broker's name if it beat)."""
+        fx = Effects()
+        done: list[tuple[str, int]] = []
+        heard = ""
+        for frame in frames:
+            try:
+                msg = codec.decode(frame)
+            except DecodeError as exc:
+                log.warning("dropped a malformed frame from the broker: %s", exc)
+                continue
+            if isinstance(msg, Heartbeat):
+                heard = msg.sender
+            elif isinstance(msg, Unknown):
+                self.unknown_to = msg.broker
+            elif isinstance(msg, (Connected, Lines, Disconnected, GatewayLost)):
+                self.event(msg, fx, now)
+                done.append(event_key(msg))
+            else:
+                log.warning("dropped an unexpected %s from the broker", type(msg).__name__)
+        self.retry_reaps(fx, now)
+        return Done(tuple(done), fx.encoded()), heard
+
+    def event(self, item: WorkItem, fx: Effects, now: float) -> None:
+        """Handle one event; what goes wrong stays with this event and its sender."""
+        mark = len(fx.items)
+        fx.mark(*event_key(item))
+        try:
+            if not self.breaker.closed():
+                raise redis.ConnectionError("breaker open after a recent failure")
+            self.chat.handle(item, now, fx)
+        except redis.RedisError as exc:
+            self.breaker.trip()
+            log.warning("redis failed on %s: %s", event_key(item), exc)
+            self._unserved(item, fx, mark)
+        except Exception:  # a bug must cost one event, not the worker: log it whole
+            log.exception("failed to handle %s", event_key(item))
+            if isinstance(item, Lines):
+                fx.error(item.cid, "internal error: the line was not handled")
+
+    def _unserved(self, item: WorkItem, fx: Effects, mark: int) -> None:
+        if isinstance(item, Lines):
+            fx.error(item.cid, UNAVAILABLE)  # what the lines before did stays
+        elif isinstance(item, GatewayLost):
+            del fx.items[mark:]
+            self.reaps.append(item)
+        else:  # connect, disconnect: no answer, so the gateway sends it again
+            del fx.items[mark:]
+
+    def retry_reaps(self, fx: Effects, now: float) -> None:
+        if not self.reaps or not self.breaker.closed():
+            return
+        reaps, self.reaps = self.reaps, []
+        for item in reaps:
+            self.event(item, fx, now)
 
 
 def worker_name() -> str:
     return f"w-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
-
-
-def handle_frames(chat: Chat, frames: list[bytes], now: float) -> tuple[Done, str]:
-    """Decode and handle one dispatch -> (the Done to send, the broker's name if it beat)."""
-    fx = Effects()
-    done: list[tuple[str, int]] = []
-    heard = ""
-    for frame in frames:
-        try:
-            msg = codec.decode(frame)
-        except DecodeError as exc:
-            log.warning("dropped a malformed frame from the broker: %s", exc)
-            continue
-        if isinstance(msg, Heartbeat):
-            heard = msg.sender
-        elif isinstance(msg, (Connected, Lines, Disconnected, GatewayLost)):
-            key = event_key(msg)
-            fx.mark(*key)
-            _handle_one(chat, msg, fx, now)
-            done.append(key)
-        else:
-            log.warning("dropped an unexpected %s from the broker", type(msg).__name__)
-    return Done(tuple(done), fx.encoded()), heard
-
-
-def _handle_one(chat: Chat, item: WorkItem, fx: Effects, now: float) -> None:
-    """Handle one event; whatever goes wrong stays with this event and its sender."""
-    try:
-        fx.items.extend(chat.handle(item, now).items)
-    except redis.RedisError as exc:
-        log.warning("redis failed on %s: %s", event_key(item), exc)
-        _tell_sender(item, fx, UNAVAILABLE)
-    except Exception:  # a bug must cost one event, not the worker: log it whole
-        log.exception("failed to handle %s", event_key(item))
-        _tell_sender(item, fx, "internal error: the line was not handled")
-
-
-def _tell_sender(item: WorkItem, fx: Effects, text: str) -> None:
-    if isinstance(item, (Connected, Lines)):
-        fx.error(item.cid, text)
 
 
 def _open_backend(ctx: zmq.Context[zmq.Socket[bytes]], config: WorkerConfig) -> zmq.Socket[bytes]:
@@ -113,26 +163,25 @@ def _open_backend(ctx: zmq.Context[zmq.Socket[bytes]], config: WorkerConfig) -> 
 
 
 def serve_broker(
-    sock: zmq.Socket[bytes], chat: Chat, config: WorkerConfig, stopping: Stopping
+    sock: zmq.Socket[bytes], handler: Handler, config: WorkerConfig, stopping: Stopping
 ) -> None:
-    """Serve one broker connection until it falls silent or we are stopped."""
+    """Serve one broker connection until it falls silent, changes, or we are stopped."""
     heartbeat = codec.encode(Heartbeat(sock.getsockopt_string(zmq.IDENTITY)))
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     last_heard = last_sent = time.monotonic()
-    broker = ""
     while not stopping.requested:
         if poller.poll(config.heartbeat * 1000):
             frames = sock.recv_multipart()
             last_heard = time.monotonic()
-            done, sender = handle_frames(chat, frames, time.time())
-            if done.events:
+            done, sender = handler.frames(frames, time.time())
+            if done.events or done.publish:
                 sock.send(codec.encode(done))
                 last_sent = time.monotonic()
-            if sender and broker and sender != broker:
-                log.warning("a new broker (%s): reconnecting", sender)
-                return
-            broker = sender or broker
+            if handler.unknown_to:
+                log.warning("the broker %s does not know us: registering", handler.unknown_to)
+                handler.unknown_to = ""
+                sock.send(codec.encode(Ready(config.credit)))
         now = time.monotonic()
         if now - last_heard > config.heartbeat * config.liveness:
             log.warning("broker silent for %.1fs: reconnecting", now - last_heard)
@@ -144,18 +193,18 @@ def serve_broker(
 
 def run_worker(config: WorkerConfig) -> None:
     """The body of one worker process."""
-    stopping = Stopping()
-    stopping.install()
+    stopping = Stopping().install()
     client = redis.Redis.from_url(
-        config.redis_url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
+        config.redis_url, decode_responses=True,
+        socket_timeout=config.redis_timeout, socket_connect_timeout=config.redis_timeout,
     )
-    chat = Chat(Store(client, config.prefix))
+    handler = Handler(Chat(Store(client, config.prefix)), Breaker(config.breaker_cooldown))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         while not stopping.requested:
             sock = _open_backend(ctx, config)
             try:
-                serve_broker(sock, chat, config, stopping)
+                serve_broker(sock, handler, config, stopping)
             finally:
                 sock.close()
     finally:

@@ -53,6 +53,7 @@ class Cluster:
     endpoints: dict[str, str]
     ports: list[int]
     children: dict[str, Child] = field(default_factory=dict)
+    data_dir: Path | None = None
 
     def stop(self) -> None:
         for name in reversed(list(self.children)):
@@ -60,16 +61,20 @@ class Cluster:
 
 
 GATEWAY_ARGS = ("--rate-limit", "0")  # the tests send faster than people type
+# failure tests: notice deaths in a fraction of a second
+FAST = ("--heartbeat", "0.2", "--liveness", "3")
+FAST_GATEWAY = (*GATEWAY_ARGS, *FAST, "--resend-after", "1")
 
 
 def start_cluster(data_dir: Path, workers: int = 2, gateways: int = 2,
-                  redis_url: str | None = None, gateway_args: tuple[str, ...] = GATEWAY_ARGS) -> Cluster:
+                  redis_url: str | None = None, gateway_args: tuple[str, ...] = GATEWAY_ARGS,
+                  broker_args: tuple[str, ...] = (), worker_args: tuple[str, ...] = ()) -> Cluster:
     children: dict[str, Child] = {}
     try:
         if redis_url is None:
             children["valkey"], redis_url = start_valkey(data_dir)
-        children["broker"], eps = start_broker()
-        children["workers"] = start_workers(workers, eps["backend"], redis_url)
+        children["broker"], eps = start_broker(*broker_args)
+        children["workers"] = start_workers(workers, eps["backend"], redis_url, *worker_args)
         ports = []
         for i in range(gateways):
             children[f"gw{i + 1}"], port = start_gateway(eps, f"gw{i + 1}", *gateway_args)
@@ -78,4 +83,11 @@ def start_cluster(data_dir: Path, workers: int = 2, gateways: int = 2,
         for child in reversed(list(children.values())):
             stop(child)
         raise
-    return Cluster(redis_url, eps, ports, children)
+    return Cluster(redis_url, eps, ports, children, data_dir)
+
+
+def start_fast_cluster(data_dir: Path, workers: int = 2, gateways: int = 2,
+                       gateway_args: tuple[str, ...] = ()) -> Cluster:
+    """A cluster whose parts notice a death within about a second."""
+    return start_cluster(data_dir, workers, gateways, gateway_args=(*FAST_GATEWAY, *gateway_args),
+                         broker_args=FAST, worker_args=(*FAST, "--redis-timeout", "0.25"))

@@ -13,14 +13,22 @@ from stack.children import Child, python_module, start, stop
 from tests.e2e.chatclient import ChatClient
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port_pair() -> int:
+    """A port p such that p and p + 1 are both free now (chat-stack takes consecutive ports)."""
+    for _ in range(50):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no two consecutive free ports")
 
 
 def test_stack_serves_and_stops_cleanly(tmp_path) -> None:
-    port = _free_port()
+    port = _free_port_pair()
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     child: Child = start("stack", python_module(
         "stack.cli", "--port", str(port), "--host", "127.0.0.1", "--workers", "1", "--gateways", "2"),

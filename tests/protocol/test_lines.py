@@ -26,7 +26,7 @@ from protocol.lines import (
 )
 
 FAST = settings(
-    max_examples=200,
+    max_examples=150,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
@@ -494,11 +494,7 @@ def test_property_arbitrary_bytes_never_raise_and_items_are_sane(
 def test_property_clean_text_lines_come_back_unchanged(lines: list[str]) -> None:
     # no IAC can occur in UTF-8, so text lines survive intact
     data = b"".join(line.encode() + b"\r\n" for line in lines)
-    expected = []
-    for line in lines:
-        if line.endswith("\r"):
-            line = line[:-1]
-        if line and len(line.encode()) <= DEFAULT_MAX_LINE:
-            expected.append(line)
+    # only the CR of each CR LF goes; a CR that is content stays
+    expected = [line for line in lines if line]
     assert feed_bytewise(data) == expected
     assert feed_whole(data) == expected
