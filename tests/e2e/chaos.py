@@ -1,0 +1,178 @@
+"""The chaos suite's load and its verdict.
+
+JSON-mode clients on both gateways send numbered messages (`<tag> <n>`)
+into shared rooms and to private partners while a fault is injected. A
+message counts as *accepted* when its sender got it back (JSON mode echoes
+a sender's own messages with their id): that is the server's word that it
+was handled. Then, for every receiver whose connection stayed open:
+- lost: accepted messages it should have had and did not get;
+- duplicated: ids it got twice;
+- reordered: a sender's numbers not increasing;
+- order mismatches: two receivers of a room that saw its messages in
+  different orders;
+- unexplained: messages neither accepted nor answered by an error
+  (a silent loss at the sender's side).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+from tests.e2e.chatclient import ChatClient
+
+
+class Collector(threading.Thread):
+    """Reads one client's JSON lines into a list until told to stop."""
+
+    def __init__(self, client: ChatClient) -> None:
+        super().__init__(daemon=True)
+        self.client = client
+        self.objects: list[dict] = []
+        self.stop_at = time.monotonic() + 120
+        self.last_line = time.monotonic()
+
+    def run(self) -> None:
+        while time.monotonic() < self.stop_at:
+            line = self.client.read_line(min(self.stop_at, time.monotonic() + 0.2))
+            if line is None:
+                if self.client.closed:
+                    return
+                continue
+            self.last_line = time.monotonic()
+            if line.startswith("{"):
+                self.objects.append(json.loads(line))
+
+    def stop(self) -> None:
+        self.stop_at = 0
+
+
+@dataclass
+class Member:
+    nick: str
+    client: ChatClient
+    collector: Collector
+    sends: int = 0  # numbered messages it sent
+
+    @property
+    def alive(self) -> bool:
+        return not self.client.closed
+
+
+@dataclass
+class Stream:
+    """One sender's numbered messages to a room (`#...`) or a nick."""
+
+    sender: Member
+    target: str
+    tag: str
+    count: int
+
+    def line(self, n: int) -> str:
+        text = f"{self.tag} {n}"
+        return text if self.target.startswith("#") else f"/msg {self.target} {text}"
+
+    def mine(self, obj: dict) -> bool:
+        return obj.get("from") == self.sender.nick and obj.get("text", "").split(" ")[0] == self.tag and (
+            obj.get("room") == self.target if self.target.startswith("#") else obj.get("type") == "private"
+        )
+
+
+@dataclass
+class Verdict:
+    fault: str
+    sent: int = 0
+    accepted: int = 0
+    refused: int = 0  # error lines senders got
+    delivered: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    reordered: int = 0
+    order_mismatches: int = 0
+    unexplained: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def ok(self) -> bool:
+        return not (self.lost or self.duplicated or self.reordered or self.order_mismatches or self.unexplained)
+
+    def row(self) -> str:
+        return (f"| {self.fault} | {self.sent} | {self.accepted} | {self.refused} | {self.delivered} | "
+                f"{self.lost} | {self.duplicated} | {self.reordered} | {self.order_mismatches} | "
+                f"{self.unexplained} |")
+
+
+HEADER = ("| fault | sent | accepted | refused (told) | delivered | lost | duplicated | reordered | "
+          "order mismatches | unexplained |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def numbers(objs: list[dict], stream: Stream) -> list[int]:
+    return [int(o["text"].split(" ")[1]) for o in objs if stream.mine(o)]
+
+
+def judge(fault: str, streams: list[Stream], rooms: dict[str, list[Member]],
+          partners: dict[str, Member]) -> Verdict:
+    """Check what every live receiver got against what the senders had accepted."""
+    v = Verdict(fault)
+    for s in streams:
+        v.sent += s.sender.sends
+        accepted = set(numbers(s.sender.collector.objects, s))
+        v.accepted += len(accepted)
+        errors = sum(1 for o in s.sender.collector.objects if o.get("type") == "error")
+        v.refused += errors
+        if s.sender.alive and not errors:
+            v.unexplained += s.sender.sends - len(accepted)
+        receivers = rooms[s.target] if s.target.startswith("#") else [partners[s.target]]
+        for r in receivers:
+            if r is s.sender or not r.alive:
+                continue
+            got = numbers(r.collector.objects, s)
+            v.delivered += len(got)
+            v.duplicated += len(got) - len(set(got))
+            v.reordered += sum(1 for a, b in zip(got, got[1:]) if b <= a)
+            v.lost += len(accepted - set(got))
+    for members in rooms.values():
+        v.order_mismatches += _order_mismatches([m for m in members if m.alive])
+    return v
+
+
+def _order_mismatches(members: list[Member]) -> int:
+    orders = [[o["id"] for o in m.collector.objects if o.get("type") in ("message", "action")]
+              for m in members]
+    if not orders:
+        return 0
+    reference = orders[0]
+    mismatches = 0
+    for other in orders[1:]:
+        common = set(reference) & set(other)
+        if [i for i in reference if i in common] != [i for i in other if i in common]:
+            mismatches += 1
+    return mismatches
+
+
+def send_streams(streams: list[Stream], interval: float) -> list[threading.Thread]:
+    """One thread a sender, pacing its messages (a load generator's rate)."""
+    def run(stream: Stream) -> None:
+        for n in range(stream.count):
+            try:
+                stream.sender.client.send(stream.line(n))
+            except OSError:
+                return
+            stream.sender.sends += 1
+            time.sleep(interval)
+
+    threads = [threading.Thread(target=run, args=(s,), daemon=True) for s in streams]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def wait_quiet(members: list[Member], quiet: float, limit: float) -> None:
+    """Wait until no member received anything for `quiet` seconds (at most `limit`)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        newest = max(m.collector.last_line for m in members)
+        if time.monotonic() - newest >= quiet:
+            return
+        time.sleep(0.1)

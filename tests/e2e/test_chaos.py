@@ -1,0 +1,168 @@
+"""The chaos suite: load on both gateways while processes die, then the verdict.
+
+Real processes (Valkey, broker, `chat-worker -n 3`, two gateways); for each
+fault a fresh set of JSON-mode clients sends numbered messages into two
+shared rooms and to private partners across the gateways, the fault strikes
+mid-stream, and `tests.e2e.chaos.judge` checks every receiver whose
+connection stayed open. The summary table is printed (and written to
+chaos-summary.md in the pytest temp dir).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import psutil
+import pytest
+
+from stack.children import python_module, start, stop
+from stack.valkey import start_valkey
+from tests.e2e.chaos import HEADER, Collector, Member, Stream, Verdict, judge, send_streams, wait_quiet
+from tests.e2e.chatclient import ChatClient
+from tests.e2e.cluster import FAST, FAST_GATEWAY, Cluster, start_fast_cluster, start_gateway
+from tests.e2e.load import wait_until
+
+MESSAGES = 150
+INTERVAL = 0.005
+RSS_LIMIT = 300 * 1024 * 1024  # per process; the chat's processes stay far below
+
+
+def _member(port: int, nick: str, rooms: list[str]) -> Member:
+    client = ChatClient(port)
+    client.send(f"/nick {nick}", "/json", *[f"/join {room}" for room in rooms])
+    for room in rooms:
+        client.expect(lambda line, room=room: f'"text": "you joined {room} ' in line)
+    collector = Collector(client)
+    collector.start()
+    return Member(nick, client, collector)
+
+
+def _scenario(cluster: Cluster, tag: str, senders_on: list[int]):  # type: ignore[no-untyped-def]
+    """Two rooms with a sender and a listener on each gateway, two private pairs."""
+    rooms: dict[str, list[Member]] = {}
+    streams: list[Stream] = []
+    for r in "ab":
+        room = f"#{tag}{r}"
+        senders = [_member(cluster.ports[g], f"{tag}{r}s{g}", [room]) for g in senders_on]
+        listeners = [_member(cluster.ports[g], f"{tag}{r}l{g}", [room]) for g in (0, 1)]
+        rooms[room] = senders + listeners
+        streams += [Stream(s, room, f"{tag}{r}{i}", MESSAGES) for i, s in enumerate(senders)]
+    partners: dict[str, Member] = {}
+    for i, g in enumerate(senders_on):
+        to = _member(cluster.ports[1 - g if len(senders_on) > 1 else 0], f"{tag}p{i}to", [])
+        sender = _member(cluster.ports[g], f"{tag}p{i}from", [])
+        partners[to.nick] = to
+        streams.append(Stream(sender, to.nick, f"{tag}p{i}", MESSAGES))
+    return rooms, streams, partners
+
+
+def _run_phase(cluster: Cluster, fault: str, tag: str, strike: Callable[[], None],
+               senders_on: list[int]) -> tuple[Verdict, list[Member]]:
+    rooms, streams, partners = _scenario(cluster, tag, senders_on)
+    members = list({id(m): m for ms in rooms.values() for m in ms}.values())
+    members += list(partners.values()) + [s.sender for s in streams if not s.target.startswith("#")]
+    threads = send_streams(streams, INTERVAL)
+    wait_until(lambda: sum(s.sender.sends for s in streams) > len(streams) * MESSAGES // 3, 20, "load")
+    strike()
+    for t in threads:
+        t.join(30)
+    wait_quiet(members, quiet=3.0, limit=30)
+    for m in members:
+        m.collector.stop()
+    for m in members:
+        m.collector.join(2)
+    return judge(fault, streams, rooms, partners), members
+
+
+def _rss(cluster: Cluster) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name, child in cluster.children.items():
+        try:
+            procs = [psutil.Process(child.pid), *psutil.Process(child.pid).children(recursive=True)]
+        except psutil.Error:
+            continue
+        for i, p in enumerate(procs):
+            try:
+                out[f"{name}{'' if i == 0 else f'/{i}'}"] = p.memory_info().rss
+            except psutil.Error:
+                continue
+    return out
+
+
+@pytest.fixture
+def cluster(tmp_path):  # type: ignore[no-untyped-def]
+    c = start_fast_cluster(tmp_path / "valkey", workers=3, gateways=2)
+    yield c
+    c.stop()
+
+
+def test_chaos(cluster: Cluster, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    verdicts: list[Verdict] = []
+    peak: dict[str, int] = {}
+
+    def kill_worker() -> None:
+        pool = psutil.Process(cluster.children["workers"].pid)
+        workers = [p for p in pool.children() if "spawn_main" in " ".join(p.cmdline())]
+        os.kill(workers[0].pid, signal.SIGKILL)
+
+    def restart_broker() -> None:
+        broker = cluster.children["broker"]
+        os.kill(broker.pid, signal.SIGKILL)
+        broker.proc.wait(5)
+        eps = cluster.endpoints
+        cluster.children["broker"] = start("broker", python_module(
+            "broker.cli", "--frontend", eps["frontend"], "--backend", eps["backend"],
+            "--pub-in", eps["pub-in"], "--pub-out", eps["pub-out"], *FAST), "chat-broker ready")
+
+    def kill_gateway() -> None:
+        gw = cluster.children["gw1"]
+        os.kill(gw.pid, signal.SIGKILL)
+        gw.proc.wait(5)
+
+    def restart_redis() -> None:
+        stop(cluster.children["valkey"])
+        assert cluster.data_dir is not None
+        cluster.children["valkey"], _ = start_valkey(cluster.data_dir)
+
+    phases = [
+        ("worker kill -9", "wk", kill_worker, [0, 1]),
+        ("broker kill -9 and restart", "br", restart_broker, [0, 1]),
+        ("gateway kill -9", "gk", kill_gateway, [1]),
+        ("Redis restart", "rr", restart_redis, [0, 1]),
+    ]
+    for fault, tag, strike, senders_on in phases:
+        verdict, members = _run_phase(cluster, fault, tag, strike, senders_on)
+        verdicts.append(verdict)
+        for name, rss in _rss(cluster).items():
+            peak[name] = max(peak.get(name, 0), rss)
+        if tag == "gk":
+            _check_nicks_freed(cluster, [m.nick for m in members if m.client.closed])
+            cluster.children["gw1"], cluster.ports[0] = start_gateway(cluster.endpoints, "gw1", *FAST_GATEWAY)
+        for m in members:
+            m.client.close()
+
+    summary = "\n".join([HEADER, *(v.row() for v in verdicts), "",
+                         "peak RSS (MiB): " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in sorted(peak.items()))])
+    (tmp_path / "chaos-summary.md").write_text(summary + "\n")
+    with capsys.disabled():
+        print("\n" + summary)
+    for v in verdicts:
+        assert v.ok(), v.row()
+        assert v.accepted > 0 and v.delivered > 0, v.row()
+    assert all(rss < RSS_LIMIT for rss in peak.values()), peak
+
+
+def _check_nicks_freed(cluster: Cluster, nicks: list[str]) -> None:
+    assert nicks, "the killed gateway had clients"
+    with ChatClient(cluster.ports[1]) as c:
+        for nick in nicks:
+            wait_until(lambda nick=nick: _takes(c, nick), 10, f"nick {nick} to be free")
+
+
+def _takes(c: ChatClient, nick: str) -> bool:
+    c.send(f"/nick {nick}")
+    line = c.read_line(time.monotonic() + 2)
+    return line == f"* you are now {nick}"
