@@ -3,8 +3,14 @@
     frontend  ROUTER  <- gateways' DEALERs: [gateway, event]  and heartbeats
     backend   ROUTER  <- workers' DEALERs:  [worker, Ready | Done | Heartbeat]
                       -> [worker, event, event, ...] | [worker, Heartbeat]
-    pub-out   XPUB    -> gateways' SUBs:    [topic "<gateway>:", Batch]
-    pub-in    XSUB    <- other publishers, forwarded to pub-out as they come
+    pub-out   XPUB    -> gateways' SUBs:    [topic "<gateway>:", seq, Batch]
+    pub-in    XSUB    <- other publishers' [topic, Batch], forwarded to pub-out
+
+`seq` numbers the messages of each topic (8 bytes, big-endian, from 1 at
+each broker start): a gateway that sees a gap knows it lost something and
+says so. pub-out is XPUB_NODROP: a full subscriber makes the send fail,
+loudly counted, instead of dropping in silence; the lost `Mark` then makes
+the event's gateway send it again.
 
 A `Done` is published on pub-out before its events are marked finished, and
 all of it goes out before any other reply: every gateway sees replies in
@@ -71,6 +77,7 @@ class Broker:
         self.name = f"broker.{secrets.token_hex(4)}"  # new each run: peers see a restart
         self._heartbeat = codec.encode(Heartbeat(self.name))
         self._unknown = codec.encode(Unknown(self.name))
+        self._out_seq: dict[bytes, int] = {}  # per pub-out topic: the last seq sent
 
     def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str) -> zmq.Socket[bytes]:
         sock = ctx.socket(kind)
@@ -79,6 +86,8 @@ class Broker:
         sock.setsockopt(zmq.RCVHWM, self.config.hwm)
         if kind == zmq.ROUTER:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if kind == zmq.XPUB:
+            sock.setsockopt(zmq.XPUB_NODROP, 1)
         if kind == zmq.XSUB:
             sock.send(b"\x01")  # subscribe to everything
         sock.bind(endpoint)
@@ -186,10 +195,16 @@ class Broker:
 
     def _publish(self, done: Done) -> None:
         for gateway, batch in done.publish:
-            try:
-                self.pub_out.send_multipart([topic_of(gateway), batch], zmq.NOBLOCK)
-            except zmq.Again:
-                self._drop("pub-out: high-water mark")
+            self._send_out(topic_of(gateway), batch, "pub-out: high-water mark")
+
+    def _send_out(self, topic: bytes, batch: bytes, cause: str) -> None:
+        seq = self._out_seq.get(topic, 0) + 1
+        try:
+            self.pub_out.send_multipart([topic, seq.to_bytes(8, "big"), batch], zmq.NOBLOCK)
+        except zmq.Again:
+            self._drop(cause)
+            return
+        self._out_seq[topic] = seq
 
     def _dispatch(self) -> None:
         for worker, frames in self.scheduler.dispatch():
@@ -203,10 +218,10 @@ class Broker:
     # --- pub-in forwarding ----------------------------------------------------------
 
     def _on_pub_in(self, frames: list[bytes]) -> None:
-        try:
-            self.pub_out.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            self._drop("pub-out: high-water mark (pub-in)")
+        if len(frames) != 2:
+            self._drop("pub-in: wrong frame count")
+            return
+        self._send_out(frames[0], frames[1], "pub-out: high-water mark (pub-in)")
 
     def _on_subscription(self, frames: list[bytes]) -> None:
         self.pub_in.send_multipart(frames)
@@ -220,6 +235,7 @@ class Broker:
         for gateway in self.gateways.expired(now):
             name = gateway.decode(errors="replace")
             log.warning("gateway %s lost: freeing its connections", name)
+            self._out_seq.pop(topic_of(name), None)
             cid, seq = event_key(GatewayLost(name))
             self.scheduler.submit(cid, seq, codec.encode(GatewayLost(name)))
         self._beat(self.backend, self.workers)

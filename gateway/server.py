@@ -77,6 +77,7 @@ class Gateway:
         self.counts: Counter[str] = Counter()
         self.per_address: Counter[str] = Counter()
         self.broker_id = ""
+        self.pub_seq = 0  # the broker's number of the last pub-out message we got
         self.broker_heard = trio.current_time()
         self._numbers = itertools.count(1)
         self.dealer = ctx.socket(zmq.DEALER)
@@ -158,12 +159,22 @@ class Gateway:
         elif (client := self.clients.get(session.cid)) is not None:
             client.wake_reader()
 
+    def _check_sequence(self, frame: bytes) -> None:
+        """Count and log a gap in the broker's numbering: a loss must be loud."""
+        seq = int.from_bytes(frame, "big")
+        if seq > self.pub_seq + 1 and seq != 1:
+            missed = seq - self.pub_seq - 1
+            self.counts["pub-out messages missed"] += missed
+            log.error("missed %d message(s) from the broker (seq %d after %d)", missed, seq, self.pub_seq)
+        self.pub_seq = seq
+
     def _on_batch(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
+        if len(frames) != 3 or len(frames[1]) != 8:
             self._count("pub-out: wrong frame count")
             return
+        self._check_sequence(frames[1])
         try:
-            batch = codec.decode(frames[1])
+            batch = codec.decode(frames[2])
         except DecodeError as exc:
             self._count(f"pub-out: {exc}")
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from tests.e2e.chatclient import ChatClient
 
@@ -150,3 +151,32 @@ def test_help_and_ping(connect) -> None:
     c.expect("* commands:")
     c.send("/Ping")
     c.expect("* pong")
+
+
+def test_outside_publisher_reaches_a_client_through_pub_in(cluster, connect, unique) -> None:
+    import zmq
+
+    from protocol import codec
+    from protocol.messages import Batch, ChatEvent, Deliver, EventType, gateway_of, topic_of
+
+    room = f"#pub{unique}"
+    c = named(connect, 1, f"pub{unique}")
+    c.send("/json", f"/join {room}", "learn my id")
+    own = c.expect_json(lambda o: o["type"] == "message")
+    cid = own["id"].rpartition("/")[0]  # message ids are <connection id>/<line number>
+    notice = Batch((Deliver((cid,), ChatEvent(EventType.INFO, "maintenance at noon")),))
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 1000)
+    pub.connect(cluster.endpoints["pub-in"])
+    try:
+        deadline = time.monotonic() + 10
+        got = None
+        while got is None and time.monotonic() < deadline:  # PUB drops until the broker's XSUB has subscribed
+            pub.send_multipart([topic_of(gateway_of(cid)), codec.encode(notice)])
+            line = c.read_line(time.monotonic() + 0.2)
+            got = line if line and "maintenance" in line else None
+        assert got is not None and json.loads(got) == {"type": "info", "text": "maintenance at noon"}
+    finally:
+        pub.close()
+        ctx.term()
