@@ -14,6 +14,7 @@ answered too, so that a connection's departure is never lost.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from protocol import codec
@@ -88,19 +89,28 @@ class Session:
 
 
 class SeenEvents:
-    """The last `capacity` event IDs this gateway showed: replays are dropped."""
+    """Which events this gateway has shown: replays are dropped.
 
-    __slots__ = ("capacity", "_seen")
+    A connection's events reach every gateway in the order they were
+    handled (one in flight at a time, all through the broker's one
+    publisher), so it is enough to keep the highest seq seen per connection:
+    anything at or below it is a replay. The `capacity` most recently
+    active connections are kept; memory stays bounded.
+    """
 
-    def __init__(self, capacity: int = 200_000) -> None:
+    __slots__ = ("capacity", "_last")
+
+    def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
-        self._seen: dict[tuple[str, int], None] = {}  # insertion-ordered: oldest first
+        self._last: OrderedDict[str, int] = OrderedDict()  # least recently active first
 
     def first_time(self, cid: str, seq: int) -> bool:
-        key = (cid, seq)
-        if key in self._seen:
-            return False
-        self._seen[key] = None
-        if len(self._seen) > self.capacity:
-            del self._seen[next(iter(self._seen))]
+        last = self._last.get(cid)
+        if last is not None:
+            if seq <= last:
+                return False
+            self._last.move_to_end(cid)
+        elif len(self._last) >= self.capacity:
+            self._last.popitem(last=False)
+        self._last[cid] = seq
         return True
