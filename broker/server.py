@@ -20,6 +20,7 @@ so under load one dispatch carries many events (adaptive batching).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -124,7 +125,7 @@ class Broker:
             poller.register(sock, zmq.POLLIN)
         next_beat = time.monotonic()
         while not stopping.requested:
-            for sock, _ in poller.poll(self.config.heartbeat * 1000 / 2):
+            for sock, _ in poller.poll(int(self.config.heartbeat * 500)):
                 self._drain(sock, handlers[sock])
             self._dispatch()
             now = time.monotonic()
@@ -181,10 +182,8 @@ class Broker:
             return
         if worker not in self.workers:  # a worker of a broker before us: ask it to register
             self.counts["messages from unknown workers"] += 1
-            try:
+            with contextlib.suppress(zmq.ZMQError):  # gone already: nothing to tell
                 self.backend.send_multipart([worker, self._unknown], zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
             return
         self.workers.heard(worker, time.monotonic())
         if isinstance(msg, Done):
@@ -246,10 +245,8 @@ class Broker:
             self._beat_one(sock, peer)
 
     def _beat_one(self, sock: zmq.Socket[bytes], peer: bytes) -> None:
-        try:
+        with contextlib.suppress(zmq.ZMQError):  # gone or busy: its liveness will tell
             sock.send_multipart([peer, self._heartbeat], zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass  # gone or busy: its liveness will tell
 
     def _drop(self, cause: str) -> None:
         self.counts[cause] += 1

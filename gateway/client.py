@@ -32,8 +32,16 @@ class ClientLimits:
 
 class Client:
     __slots__ = (
-        "cid", "stream", "limits", "json", "_queue", "_queued_bytes",
-        "_wake", "_reader", "_sending", "closing",
+        "_queue",
+        "_queued_bytes",
+        "_reader",
+        "_sending",
+        "_wake",
+        "cid",
+        "closing",
+        "json",
+        "limits",
+        "stream",
     )
 
     def __init__(self, cid: str, stream: trio.abc.Stream, limits: ClientLimits) -> None:
@@ -121,7 +129,7 @@ class Client:
             if not data:
                 return
             lines: list[str] = []
-            for item in buffer.feed(data):
+            for item in buffer.feed(bytes(data)):
                 if isinstance(item, LineError):
                     self.push(f"! {item.message()}\n".encode())
                 else:

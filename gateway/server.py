@@ -31,7 +31,6 @@ from protocol import codec
 from protocol.errors import DecodeError
 from protocol.messages import (
     Batch,
-    Close,
     Deliver,
     Heartbeat,
     Mark,
@@ -189,12 +188,12 @@ class Gateway:
                 continue
             elif isinstance(item, Deliver):
                 self._deliver(item)
+            elif (client := self.clients.get(item.cid)) is None:
+                continue  # a SetMode or Close for a connection that is gone
             elif isinstance(item, SetMode):
-                if (client := self.clients.get(item.cid)) is not None:
-                    client.json = item.json
-            elif isinstance(item, Close):
-                if (client := self.clients.get(item.cid)) is not None:
-                    client.close_after(b"", item.reason)
+                client.json = item.json
+            else:
+                client.close_after(b"", item.reason)
 
     def _on_mark(self, mark: Mark) -> bool:
         """-> False if this event was shown already (a replay)."""

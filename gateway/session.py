@@ -29,7 +29,7 @@ class InFlight:
 
 
 class Session:
-    __slots__ = ("cid", "next_seq", "pending", "in_flight", "leaving", "finished")
+    __slots__ = ("cid", "finished", "in_flight", "leaving", "next_seq", "pending")
 
     def __init__(self, cid: str, addr: str, now: float) -> None:
         self.cid = cid
@@ -98,7 +98,7 @@ class SeenEvents:
     active connections are kept; memory stays bounded.
     """
 
-    __slots__ = ("capacity", "_last")
+    __slots__ = ("_last", "capacity")
 
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity

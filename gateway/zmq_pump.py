@@ -53,9 +53,9 @@ class ZmqPump:
             self._idle.cancel()
 
     async def run(self) -> None:
-        fd = self.sock.getsockopt(zmq.FD)
+        fd = int(self.sock.getsockopt(zmq.FD))
         while True:
-            events = self.sock.getsockopt(zmq.EVENTS)
+            events = int(self.sock.getsockopt(zmq.EVENTS))
             moved = False
             if events & zmq.POLLIN:
                 moved = self._receive_burst()

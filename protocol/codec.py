@@ -49,6 +49,7 @@ from protocol.messages import (
     Unknown,
 )
 
+
 def _str(value: Any) -> str:
     if type(value) is not str:
         raise DecodeError(f"expected str, got {type(value).__name__}")

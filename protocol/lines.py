@@ -55,7 +55,7 @@ class _Telnet(enum.Enum):
 class LineBuffer:
     """Incremental line splitter for one connection."""
 
-    __slots__ = ("max_line", "_line", "_overflow", "_telnet")
+    __slots__ = ("_line", "_overflow", "_telnet", "max_line")
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         if max_line < 1:

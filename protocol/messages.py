@@ -32,7 +32,7 @@ def gateway_of(cid: str) -> str:
     return cid.rpartition(":")[0]
 
 
-class EventType(str, enum.Enum):
+class EventType(enum.StrEnum):
     """The `type` of what a client is sent (PROTOCOL.md, JSON mode)."""
 
     MESSAGE = "message"

@@ -45,11 +45,17 @@ class ChildFailed(RuntimeError):
 
 
 def start(name: str, argv: list[str], ready_prefix: str, timeout: float = 20.0,
-          env: dict[str, str] | None = None, stderr: int | None = None) -> Child:
-    """Start `argv`, wait for a stdout line starting with `ready_prefix`."""
+          env: dict[str, str] | None = None, stderr: int | None = None,
+          die_with_parent: bool = False) -> Child:
+    """Start `argv`, wait for a stdout line starting with `ready_prefix`.
+
+    `die_with_parent` (Linux) runs a hook between fork and exec: only for a
+    parent with no other threads, such as chat-stack.
+    """
+    hook = _die_with_parent if die_with_parent else None
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
-        env=env, start_new_session=True, preexec_fn=_die_with_parent,
+        env=env, start_new_session=True, preexec_fn=hook,  # noqa: PLW1509 - see die_with_parent
     )
     child = Child(name, proc)
     try:

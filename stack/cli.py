@@ -33,14 +33,15 @@ def start_parts(run_dir: Path, data_dir: Path, port: int, host: str, gateways: i
         ep = {name: f"ipc://{run_dir}/{name}" for name in ("frontend", "backend", "pub-in", "pub-out")}
         children.append(start("broker", python_module(
             "broker.cli", "--frontend", ep["frontend"], "--backend", ep["backend"],
-            "--pub-in", ep["pub-in"], "--pub-out", ep["pub-out"]), "chat-broker ready"))
+            "--pub-in", ep["pub-in"], "--pub-out", ep["pub-out"]), "chat-broker ready", die_with_parent=True))
         children.append(start("workers", python_module(
             "workers.cli", "-n", str(workers), "--backend", ep["backend"], "--redis-url", redis_url),
-            "chat-worker started"))
+            "chat-worker started", die_with_parent=True))
         for i in range(gateways):
             children.append(start(f"gateway-{i + 1}", python_module(
                 "gateway.cli", "--listen", f"{host}:{port + i}", "--frontend", ep["frontend"],
-                "--pub-out", ep["pub-out"], "--id", f"gw{i + 1}", *extra_gateway_args), "chat-gateway"))
+                "--pub-out", ep["pub-out"], "--id", f"gw{i + 1}", *extra_gateway_args), "chat-gateway",
+                die_with_parent=True))
     except BaseException:
         stop_all(children)
         raise

@@ -292,7 +292,7 @@ class Store:
 
     def rooms(self) -> list[tuple[str, int]]:
         flat = self._run(self._rooms)
-        return sorted(zip(flat[::2], flat[1::2]))
+        return sorted(zip(flat[::2], flat[1::2], strict=True))
 
     def current_room(self, cid: str) -> str:
         return str(self._run(self._current_room, cid))
@@ -300,7 +300,7 @@ class Store:
     def history(self, room: str, count: int) -> list[dict[str, str]]:
         """The room's last `count` messages, oldest first."""
         key = f"{self._p}room:{room}:history"
-        entries = self._client.xrevrange(key, count=count)
+        entries: list[tuple[str, dict[str, str]]] = self._client.xrevrange(key, count=count)  # type: ignore[assignment]
         return [fields for _, fields in reversed(entries)]
 
     def leave(self, op: Op, cid: str) -> tuple[str, list[str]] | None:
@@ -309,7 +309,8 @@ class Store:
         return (res[0], res[1]) if res else None
 
     def gateway_conns(self, gateway: str) -> list[str]:
-        return sorted(self._client.smembers(f"{self._p}gw:{gateway}:conns"))
+        members: set[str] = self._client.smembers(f"{self._p}gw:{gateway}:conns")  # type: ignore[assignment]
+        return sorted(members)
 
     def bury_gateway(self, gateway: str, ttl: int = 86_400) -> None:
         """A lost gateway stays lost: its late connects are refused (no ghosts)."""

@@ -92,11 +92,10 @@ class Handler:
         self.reaps: list[GatewayLost] = []  # lost gateways still to clean up
         self.unknown_to = ""  # a broker that said it does not know us
 
-    def frames(self, frames: list[bytes], now: float) -> tuple[Done, str]:
-        """Decode and handle one dispatch -> (the Done to send, the broker's name if it beat)."""
+    def frames(self, frames: list[bytes], now: float) -> Done:
+        """Decode and handle one dispatch (events, or a heartbeat) -> the Done to send."""
         fx = Effects()
         done: list[tuple[str, int]] = []
-        heard = ""
         for frame in frames:
             try:
                 msg = codec.decode(frame)
@@ -104,8 +103,8 @@ class Handler:
                 log.warning("dropped a malformed frame from the broker: %s", exc)
                 continue
             if isinstance(msg, Heartbeat):
-                heard = msg.sender
-            elif isinstance(msg, Unknown):
+                continue  # receiving anything is the sign of life
+            if isinstance(msg, Unknown):
                 self.unknown_to = msg.broker
             elif isinstance(msg, (Connected, Lines, Disconnected, GatewayLost)):
                 self.event(msg, fx, now)
@@ -113,7 +112,7 @@ class Handler:
             else:
                 log.warning("dropped an unexpected %s from the broker", type(msg).__name__)
         self.retry_reaps(fx, now)
-        return Done(tuple(done), fx.encoded()), heard
+        return Done(tuple(done), fx.encoded())
 
     def event(self, item: WorkItem, fx: Effects, now: float) -> None:
         """Handle one event; what goes wrong stays with this event and its sender."""
@@ -171,10 +170,10 @@ def serve_broker(
     poller.register(sock, zmq.POLLIN)
     last_heard = last_sent = time.monotonic()
     while not stopping.requested:
-        if poller.poll(config.heartbeat * 1000):
+        if poller.poll(int(config.heartbeat * 1000)):
             frames = sock.recv_multipart()
             last_heard = time.monotonic()
-            done, sender = handler.frames(frames, time.time())
+            done = handler.frames(frames, time.time())
             if done.events or done.publish:
                 sock.send(codec.encode(done))
                 last_sent = time.monotonic()

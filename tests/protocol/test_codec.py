@@ -27,10 +27,10 @@ from protocol.messages import (
     Message,
     Ready,
     SetMode,
+    Unknown,
     event_key,
     gateway_of,
     topic_of,
-    Unknown,
 )
 
 FAST = settings(

@@ -1,0 +1,156 @@
+"""`chat-bench`: options -> BenchConfig -> run the workloads -> write the report.
+
+By default it starts `chat-stack` itself on free ports of 127.0.0.1 (the
+flood limit and the per-address cap lifted), runs the chosen workloads
+against it, and stops it by PID. `--target` drives a running stack
+instead; `--baseline` runs the same workloads against the naive server of
+`bench.baseline` too and prints the ratios. Progress goes to stderr, the
+Markdown table to stdout, and results.json / results.md / results.png to
+`--out`.
+"""
+
+from __future__ import annotations
+
+import random
+import shlex
+import string
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bench import churn, idle, report, workloads
+from bench.config import ALL_WORKLOADS, QUICK, BenchConfig, Shape, parse_workloads
+from bench.loadgen import raise_file_limit
+from bench.measure import Result
+from bench.servers import Server, attach_target, start_baseline, start_stack, stop_server
+
+WORKLOADS: dict[str, workloads.Workload] = {
+    "W1": workloads.w1, "W2": workloads.w2, "W3": idle.w3, "W4": workloads.w4, "W5": churn.w5,
+}
+
+
+def run_tag() -> str:
+    """A few letters unique to this run: prefixes every nick and room it uses."""
+    return "".join(random.choice(string.ascii_lowercase) for _ in range(4))
+
+
+def open_server(kind: str, config: BenchConfig) -> Server:
+    if kind == "baseline":
+        return start_baseline(config.out)
+    if config.target:
+        return attach_target(config.target, config.stack_pid)
+    return start_stack(config.workers, config.gateways, config.out)
+
+
+def run_server(kind: str, config: BenchConfig, tag: str) -> tuple[list[Result], list[str]]:
+    """All workloads against one server -> (rows, notes)."""
+    workloads.say(f"== {kind}: starting ==")
+    try:
+        server = open_server(kind, config)
+    except Exception as exc:
+        why = f"could not start: {type(exc).__name__}: {exc}"
+        return [Result(name, kind, error=why) for name in config.workloads], []
+    try:
+        ctx = workloads.Context(server, config.shape, tag)
+        results: list[Result] = []
+        for name in config.workloads:
+            results += workloads.run_workload(name, ctx, WORKLOADS)
+        return results, server.notes
+    finally:
+        stop_server(server)
+        workloads.say(f"== {server.name}: stopped ==")
+
+
+def log_notes(path: Path | None, name: str) -> list[str]:
+    """Warnings and errors the server logged during the run, summarised."""
+    if path is None or not path.exists():
+        return []
+    bad = [line for line in path.read_text(errors="replace").splitlines()
+           if " WARNING " in line or " ERROR " in line or "Traceback" in line]
+    if not bad:
+        return []
+    return [f"{name} log ({path.name}): {len(bad)} warning/error lines; first: {bad[0][:200]}"]
+
+
+def describe_server(config: BenchConfig) -> str:
+    if config.target:
+        return f"running target {config.target}"
+    return (f"chat-stack --workers {config.workers} --gateways {config.gateways} "
+            f"--rate-limit 0 --max-per-address 0 (started by chat-bench)")
+
+
+def run(config: BenchConfig) -> list[Result]:
+    raise_file_limit(1 << 20)  # before any server starts: the gateways inherit it
+    config.out.mkdir(parents=True, exist_ok=True)
+    for stale in ("chat-stack.log", "chat-baseline.log"):
+        (config.out / stale).unlink(missing_ok=True)
+    notes: list[str] = []
+    meta: dict[str, Any] = {"command": shlex.join(["chat-bench", *sys.argv[1:]]), "machine": report.machine(),
+                            "stack": describe_server(config), "shape": asdict(config.shape), "notes": notes}
+    tag = run_tag()
+    results: list[Result] = []
+    for kind in ["stack"] + (["baseline"] if config.baseline else []):
+        rows, server_notes = run_server(kind, config, tag + kind[0])
+        results += rows
+        notes += server_notes
+    servers = list(dict.fromkeys(r.server for r in results))
+    results.sort(key=lambda r: (servers.index(r.server), r.workload))
+    notes += log_notes(config.out / "chat-stack.log", "chat-stack")
+    notes += log_notes(config.out / "chat-baseline.log", "baseline")
+    written = report.write(config.out, results, meta)
+    print(report.markdown(results, meta))
+    for note in meta["notes"]:
+        print(f"note: {note}")
+    workloads.say("wrote " + ", ".join(str(path) for path in written))
+    return results
+
+
+def make_shape(quick: bool, **given: float | None) -> Shape:
+    base = QUICK if quick else Shape()
+    chosen: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
+    return replace(base, **chosen).checked()
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--quick", is_flag=True, help="Tiny shapes, about a second a workload (a smoke test).")
+@click.option("--workloads", "names", default=",".join(ALL_WORKLOADS), help="Which workloads, comma-separated.")
+@click.option("--rooms", type=click.IntRange(1), help="W1/W2 rooms [10].")
+@click.option("--members", type=click.IntRange(2), help="W1/W2 members a room [50].")
+@click.option("--senders", type=click.IntRange(1), help="W1/W2 senders a room [5].")
+@click.option("--window", type=click.IntRange(1), help="W1/W4 messages in flight a sender [16].")
+@click.option("--duration", type=click.FloatRange(0.1), help="Seconds each workload sends [10].")
+@click.option("--idle", "idle_count", type=click.IntRange(1), help="W3 idle connections [10000].")
+@click.option("--idle-room-size", type=click.IntRange(1), help="W3 members a room [20].")
+@click.option("--pairs", type=click.IntRange(1), help="W4 pairs [50].")
+@click.option("--churners", type=click.IntRange(1), help="W5 clients cycling at once [32].")
+@click.option("--workers", default=2, type=click.IntRange(1), help="Worker processes of the stack started here.")
+@click.option("--gateways", default=1, type=click.IntRange(1), help="Gateways of the stack started here.")
+@click.option("--target", default=None, help="HOST:PORT[,HOST:PORT...] gateways of a running stack.")
+@click.option("--stack-pid", default=None, type=int, help="With --target: the PID of its chat-stack (for CPU).")
+@click.option("--baseline", is_flag=True, help="Also run the naive one-process Trio server, and print ratios.")
+@click.option("--out", default="bench-results", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for results.json, results.md, results.png and the servers' logs.")
+def main(quick: bool, names: str, rooms: int | None, members: int | None, senders: int | None,
+         window: int | None, duration: float | None, idle_count: int | None, idle_room_size: int | None,
+         pairs: int | None, churners: int | None, workers: int, gateways: int, target: str | None,
+         stack_pid: int | None, baseline: bool, out: Path) -> None:
+    """Benchmark the chat backend over loopback TCP: fan-out, latency, idle memory, private messages, churn."""
+    try:
+        shape = make_shape(quick, rooms=rooms, members=members, senders=senders, window=window,
+                           duration=duration, idle=idle_count, idle_room_size=idle_room_size, pairs=pairs,
+                           churners=churners)
+        chosen = parse_workloads(names)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    config = BenchConfig(shape=shape, workloads=chosen, workers=workers, gateways=gateways, target=target,
+                         stack_pid=stack_pid, baseline=baseline, out=out, quick=quick)
+    results = run(config)
+    if all(r.error for r in results):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""The handshake of PROTOCOL.md for many clients at once, a bounded number in progress.
+
+Each client connects, reads the greeting (a line starting `* `), sends
+`/nick` and `/join` in one write, and is registered when it reads
+`* you joined #room` (or, without a room, `* you are now NICK`). Any
+`! ` line or a close before that fails it; the first failure stops new
+connections, and `open_clients` raises once those in progress are done.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bench.loadgen import Addr, Conn, Loop, ignore_close, ignore_lines
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSpec:
+    nick: str
+    room: str | None  # lower case, with '#'; None: only /nick
+    addr: Addr
+
+
+class HandshakeFailed(RuntimeError):
+    pass
+
+
+class _Handshake:
+    """One client's way from connect to registered."""
+
+    __slots__ = ("greeted", "hello", "index", "opener", "spec", "waiting_for")
+
+    def __init__(self, opener: _Opener, index: int, spec: ClientSpec) -> None:
+        self.opener = opener
+        self.index = index
+        self.spec = spec
+        self.greeted = False
+        room = spec.room
+        self.hello = (f"/nick {spec.nick}\n" + (f"/join {room}\n" if room else "")).encode()
+        self.waiting_for = f"* you joined {room}" if room else f"* you are now {spec.nick}"
+
+    def on_lines(self, conn: Conn, lines: list[bytes], now: int) -> None:
+        for line in lines:
+            if line.startswith(b"! "):
+                self.opener.fail(conn, f"{self.spec.nick}: server said {line.decode(errors='replace')!r}")
+                return
+            if not self.greeted and line.startswith(b"* "):
+                self.greeted = True
+                conn.send(self.hello)
+            elif self.greeted and line.decode(errors="replace").startswith(self.waiting_for):
+                self.opener.ready(conn, self.index)
+                return
+
+    def on_close(self, conn: Conn) -> None:
+        self.opener.fail(conn, f"{self.spec.nick}: {conn.closed} during the handshake")
+
+
+class _Opener:
+    """Runs the handshakes of `specs` with at most `window` in progress."""
+
+    def __init__(self, loop: Loop, specs: Sequence[ClientSpec], window: int) -> None:
+        self.loop = loop
+        self.specs = specs
+        self.window = window
+        self.started = 0
+        self.in_progress = 0
+        self.conns: list[Conn | None] = [None] * len(specs)
+        self.n_ready = 0
+        self.errors: list[str] = []
+
+    def tick(self, now: int) -> float | None:
+        while not self.errors and self.in_progress < self.window and self.started < len(self.specs):
+            self._start(self.started)
+            self.started += 1
+        return None
+
+    def done(self) -> bool:
+        return self.n_ready == len(self.specs) or (bool(self.errors) and self.in_progress == 0)
+
+    def _start(self, i: int) -> None:
+        spec = self.specs[i]
+        try:
+            conn = Conn(self.loop, spec.addr, tag=i)
+        except OSError as exc:
+            self.errors.append(f"client {i}: {exc}")
+            return
+        self.in_progress += 1
+        shake = _Handshake(self, i, spec)
+        conn.handler = shake.on_lines
+        conn.on_close = shake.on_close
+
+    def ready(self, conn: Conn, i: int) -> None:
+        conn.handler = ignore_lines
+        conn.on_close = ignore_close
+        self.conns[i] = conn
+        self.n_ready += 1
+        self.in_progress -= 1
+
+    def fail(self, conn: Conn, why: str) -> None:
+        conn.on_close = ignore_close
+        self.errors.append(why)
+        self.in_progress -= 1
+        conn.close()
+
+
+def open_clients(loop: Loop, specs: Sequence[ClientSpec], timeout: float, window: int = 256,
+                 label: str = "") -> list[Conn]:
+    """Connect and register every client of `specs`; raise HandshakeFailed on the first failure."""
+    opener = _Opener(loop, specs, window)
+
+    def progress() -> None:
+        print(f"  {label}: {opener.n_ready}/{len(specs)} clients registered", file=sys.stderr, flush=True)
+
+    finished = loop.run(opener.done, time.monotonic() + timeout, opener.tick, progress)
+    if opener.errors:
+        raise HandshakeFailed(f"{len(opener.errors)} handshake(s) failed; first: {opener.errors[0]}")
+    if not finished:
+        raise HandshakeFailed(f"only {opener.n_ready} of {len(specs)} clients registered within {timeout:.0f}s")
+    return [conn for conn in opener.conns if conn is not None]

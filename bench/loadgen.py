@@ -1,0 +1,198 @@
+"""The load generator's core: many non-blocking client sockets on one selector.
+
+Everything runs in one thread of one process, so the generator's own cost
+is one figure (its CPU time) and it can be told when it is the bottleneck.
+A `Conn` is one client: a socket with TCP_NODELAY, an input buffer cut
+into lines at LF, and an output buffer that is flushed when the socket is
+writable again. Each connection has a `handler(conn, lines, now_ns)` that
+gets every complete line one read produced, and an `on_close(conn)`.
+
+`Loop.run` turns the selector until a condition holds or a deadline
+passes, calling a `tick(now_ns)` after each round of I/O (where senders
+write) and a progress callback about once a second.
+"""
+
+from __future__ import annotations
+
+import errno
+import resource
+import selectors
+import socket
+import time
+from collections.abc import Callable
+
+Addr = tuple[str, int]
+Handler = Callable[["Conn", list[bytes], int], None]
+
+RECV_SIZE = 256 * 1024
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+
+
+def raise_file_limit(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards `wanted` (at most the hard limit) -> the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+def ignore_lines(conn: Conn, lines: list[bytes], now: int) -> None:
+    conn.lines_in += len(lines)
+
+
+def ignore_close(conn: Conn) -> None:
+    pass
+
+
+class Conn:
+    """One client socket. `closed` holds the reason once it is closed."""
+
+    __slots__ = ("addr", "closed", "connected", "handler", "inbuf", "lines_in", "loop", "on_close", "out",
+                 "sock", "tag")
+
+    def __init__(self, loop: Loop, addr: Addr, tag: object = None) -> None:
+        self.loop = loop
+        self.addr = addr
+        self.tag = tag
+        self.inbuf = b""
+        self.out = b""
+        self.handler: Handler = ignore_lines
+        self.on_close: Callable[[Conn], None] = ignore_close
+        self.closed: str | None = None
+        self.connected = False
+        self.lines_in = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self.sock.setblocking(False)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            code = self.sock.connect_ex(addr)
+            if code not in (0, errno.EINPROGRESS):
+                raise OSError(code, f"connect to {addr[0]}:{addr[1]}: {errno.errorcode.get(code, code)}")
+            loop.sel.register(self.sock, _READ | _WRITE, self)
+        except BaseException:
+            self.sock.close()
+            raise
+        loop.conns.add(self)
+
+    def send(self, data: bytes) -> None:
+        if self.closed is not None:
+            return
+        if self.out or not self.connected:
+            self.out += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self.close(f"send: {exc}")
+            return
+        if sent < len(data):
+            self.out = data[sent:]
+            self.loop.sel.modify(self.sock, _READ | _WRITE, self)
+
+    def on_writable(self) -> None:
+        if not self.connected:
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                self.close(f"connect: {errno.errorcode.get(code, code)}")
+                return
+            self.connected = True
+        if self.out:
+            try:
+                sent = self.sock.send(self.out)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.close(f"send: {exc}")
+                return
+            self.out = self.out[sent:]
+        if not self.out:
+            self.loop.sel.modify(self.sock, _READ, self)
+
+    def on_readable(self, now: int) -> None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.close(f"recv: {exc}")
+            return
+        if not data:
+            self.close("closed by the server")
+            return
+        if self.inbuf:
+            data = self.inbuf + data
+        lines = data.split(b"\n")
+        self.inbuf = lines.pop()
+        if lines:
+            self.handler(self, lines, now)
+
+    def close(self, reason: str = "closed by the client") -> None:
+        if self.closed is not None:
+            return
+        self.closed = reason
+        try:
+            self.loop.sel.unregister(self.sock)
+        except (KeyError, ValueError):
+            pass
+        self.sock.close()
+        self.loop.conns.discard(self)
+        self.on_close(self)
+
+
+class Loop:
+    """A selector and the connections registered on it."""
+
+    def __init__(self) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.conns: set[Conn] = set()
+
+    def run(self, done: Callable[[], bool], deadline: float,
+            tick: Callable[[int], float | None] | None = None,
+            progress: Callable[[], None] | None = None) -> bool:
+        """Turn until `done()` or `deadline` (time.monotonic) -> done().
+
+        `tick(now_ns)` runs after each round and returns the longest wait
+        before it wants to run again (None: no wish).
+        """
+        wait: float | None = 0.0
+        next_progress = time.monotonic() + 1.0
+        while not done():
+            now = time.monotonic()
+            if now >= deadline:
+                return done()
+            if progress is not None and now >= next_progress:
+                progress()
+                next_progress = now + 1.0
+            timeout = min(deadline - now, 0.1 if wait is None else wait)
+            self._select(max(timeout, 0.0))
+            wait = tick(time.perf_counter_ns()) if tick is not None else None
+        return True
+
+    def _select(self, timeout: float) -> None:
+        events = self.sel.select(timeout) if self.sel.get_map() else _sleep(timeout)
+        now = time.perf_counter_ns()
+        for key, mask in events:
+            conn: Conn = key.data
+            if mask & _WRITE:
+                conn.on_writable()
+            if mask & _READ and conn.closed is None:
+                conn.on_readable(now)
+
+    def close_all(self) -> None:
+        for conn in list(self.conns):
+            conn.on_close = ignore_close
+            conn.close()
+
+    def close(self) -> None:
+        self.close_all()
+        self.sel.close()
+
+
+def _sleep(timeout: float) -> list[tuple[selectors.SelectorKey, int]]:
+    time.sleep(timeout)
+    return []

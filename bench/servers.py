@@ -1,0 +1,128 @@
+"""The servers under test: a chat-stack or a baseline started here, or a running target.
+
+`start_stack` runs `chat-stack` as a child on free consecutive ports of
+127.0.0.1 with the per-connection limits that a benchmark must lift (the
+flood limit, the per-address cap: every client here comes from
+127.0.0.1); `start_baseline` runs `bench.baseline` on a port the OS
+picks. Both log to a file in the output folder. `stop_server` stops the
+child by its PID, then kills by PID any process of its tree that outlived
+it. `attach_target` finds the processes behind `--target` ports, when it
+can, so their CPU can be counted too.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from bench.procstats import ProcessTree, listening_pids, stack_roots
+from stack.children import Child, ChildFailed, python_module, start, stop
+
+Addr = tuple[str, int]
+
+
+@dataclass
+class Server:
+    name: str  # "stack", "baseline" or "target"
+    addrs: list[Addr]
+    tree: ProcessTree | None  # None: its processes are unknown, no CPU or RSS figures
+    child: Child | None = None
+    log: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _free_ports(count: int, host: str = "127.0.0.1", tries: int = 50) -> int:
+    """A first port p such that p .. p+count-1 are free right now."""
+    for _ in range(tries):
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            first = probe.getsockname()[1]
+        if first + count > 65535:
+            continue
+        if all(_is_free(host, first + i) for i in range(count)):
+            return first
+    raise ChildFailed(f"no {count} consecutive free ports found")
+
+
+def _is_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def stack_argv(port: int, workers: int, gateways: int, rate_limit_off: bool = True) -> list[str]:
+    args = ["--port", str(port), "--host", "127.0.0.1", "--workers", str(workers),
+            "--gateways", str(gateways), "--max-per-address", "0"]
+    if rate_limit_off:
+        args += ["--rate-limit", "0"]
+    return python_module("stack.cli", *args)
+
+
+def start_stack(workers: int, gateways: int, out_dir: Path) -> Server:
+    log = out_dir / "chat-stack.log"
+    last: Exception | None = None
+    for _ in range(3):  # a port found free may be taken before the stack binds it
+        port = _free_ports(gateways)
+        with log.open("ab") as sink:
+            try:
+                child = start("stack", stack_argv(port, workers, gateways), "chat-stack ready",
+                              timeout=60, stderr=sink.fileno())
+            except ChildFailed as exc:
+                last = exc
+                continue
+        addrs = [("127.0.0.1", port + i) for i in range(gateways)]
+        return Server("stack", addrs, ProcessTree([child.pid]), child, log)
+    raise ChildFailed(f"chat-stack did not start: {last} (see {log})")
+
+
+def start_baseline(out_dir: Path) -> Server:
+    log = out_dir / "chat-baseline.log"
+    with log.open("ab") as sink:
+        child = start("baseline", python_module("bench.baseline", "--port", "0"), "chat-baseline listening",
+                      timeout=30, stderr=sink.fileno())
+    port = int(child.ready_line.rsplit(":", 1)[1])
+    return Server("baseline", [("127.0.0.1", port)], ProcessTree([child.pid]), child, log)
+
+
+def parse_targets(spec: str) -> list[Addr]:
+    addrs: list[Addr] = []
+    for item in spec.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"expected HOST:PORT, got {item!r}")
+        addrs.append((host.strip("[]") or "127.0.0.1", int(port)))
+    return addrs
+
+
+def attach_target(spec: str, stack_pid: int | None) -> Server:
+    addrs = parse_targets(spec)
+    server = Server("target", addrs, None)
+    if stack_pid is not None:
+        server.tree = ProcessTree([stack_pid])
+        return server
+    listeners = sorted({pid for _, port in addrs for pid in listening_pids(port)})
+    if listeners:
+        server.tree = ProcessTree(stack_roots(listeners))
+    else:
+        server.notes.append("the target's processes were not found: no CPU or RSS figures (try --stack-pid)")
+    return server
+
+
+def stop_server(server: Server) -> None:
+    """Stop what we started, by PID; kill leftovers of its tree by PID."""
+    if server.child is None:
+        return
+    leftovers = server.tree.processes() if server.tree is not None else []
+    stop(server.child)
+    for proc in leftovers:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                proc.kill()
+        except psutil.NoSuchProcess:
+            continue

@@ -1,0 +1,188 @@
+"""The workloads W1 .. W5 of issue 4, and the runner that turns a failure into a row.
+
+W1 fan-out at saturation: R rooms of M members spread over the gateways,
+S senders a room each keeping a window of messages in flight, counted by
+one member of the room that does not send (its arrivals are the acks).
+W2 the same shape open-loop at shares of the W1 send rate, for latency.
+W4 pairs of clients on different gateways (when there are several)
+sending each other private messages, windowed like W1. W3 (idle
+connections) and W5 (churn) live in `idle` and `churn`.
+
+Every workload opens its own clients, with nicks and rooms prefixed by a
+tag of this run so that runs against a shared target do not collide, and
+closes them when it ends; the runner then waits for the server to go idle.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bench.config import Shape
+from bench.flows import Flow, Sender
+from bench.handshake import ClientSpec, open_clients
+from bench.loadgen import Conn, Loop
+from bench.measure import Meter, Result, add_latency, rate
+from bench.servers import Server
+
+
+@dataclass
+class Context:
+    server: Server
+    shape: Shape
+    tag: str  # a few letters unique to this run
+    w1_rate: float | None = None  # messages/s of this server's W1, for W2
+    notes: list[str] = field(default_factory=list)
+
+    def addr(self, i: int) -> tuple[str, int]:
+        addrs = self.server.addrs
+        return addrs[i % len(addrs)]
+
+
+Workload = Callable[[Context, Loop], list[Result]]
+
+
+def setup_timeout(clients: int) -> float:
+    return 30.0 + clients / 200
+
+
+_T0 = time.monotonic()
+
+
+def say(text: str) -> None:
+    print(f"[{time.monotonic() - _T0:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+
+# --- W1 and W2: fan-out -------------------------------------------------------------
+
+
+def open_fanout(ctx: Context, loop: Loop, label: str) -> tuple[list[Conn], list[Sender], dict[int, Conn]]:
+    """R rooms x M members; members 0..S-1 of each room send, member S acknowledges."""
+    shape = ctx.shape
+    specs = [ClientSpec(f"{ctx.tag}{label}r{r}m{m}", f"#{ctx.tag}-{label}-{r}", ctx.addr(r * shape.members + m))
+             for r in range(shape.rooms) for m in range(shape.members)]
+    conns = open_clients(loop, specs, setup_timeout(len(specs)), label=f"{label} {ctx.server.name}")
+    senders: list[Sender] = []
+    ackers: dict[int, Conn] = {}
+    for r in range(shape.rooms):
+        room = conns[r * shape.members:(r + 1) * shape.members]
+        for s in range(shape.senders):
+            ackers[len(senders)] = room[shape.senders]
+            senders.append(Sender(room[s], len(senders), b"", shape.members - 1))
+    return conns, senders, ackers
+
+
+def fill_flow(result: Result, flow: Flow, seconds: float, during_send: int) -> None:
+    outcome = flow.outcome()
+    result.seconds = round(seconds, 3)
+    result.sent = outcome["sent"]
+    result.deliveries = outcome["received"]
+    result.msgs_per_s = rate(outcome["sent"], seconds)
+    result.deliveries_per_s = rate(during_send, seconds)
+    result.lost, result.reordered, result.duplicated = outcome["lost"], outcome["reordered"], outcome["duplicated"]
+    result.extra.update(expected=outcome["expected"], other_lines=outcome["other_lines"],
+                        receivers_closed=outcome["receivers_closed"])
+    if flow.stats.errors:
+        result.extra["server_errors"] = flow.stats.errors
+    if flow.stats.closed:
+        result.extra["closed_because"] = sorted(set(flow.stats.closed))[:3]
+    add_latency(result, flow.stats.latencies)
+
+
+def windowed(ctx: Context, loop: Loop, flow: Flow, result: Result) -> Result:
+    meter = Meter(ctx.server.tree)
+    meter.begin()
+    seconds = flow.run_window(ctx.shape.window, ctx.shape.duration)
+    during_send = flow.stats.received
+    result.extra["drain_s"] = round(flow.drain(limit=ctx.shape.drain), 3)
+    meter.end(result, flow.stats.received)
+    fill_flow(result, flow, seconds, during_send)
+    return result
+
+
+def w1(ctx: Context, loop: Loop) -> list[Result]:
+    shape = ctx.shape
+    conns, senders, ackers = open_fanout(ctx, loop, "w1")
+    flow = Flow(loop, senders, conns, ackers, f"W1 {ctx.server.name}")
+    what = (f"fan-out at saturation: {shape.rooms} rooms x {shape.members} members, "
+            f"{shape.senders} senders/room, window {shape.window}")
+    result = windowed(ctx, loop, flow, Result("W1", ctx.server.name, what))
+    ctx.w1_rate = result.msgs_per_s
+    return [result]
+
+
+def w2(ctx: Context, loop: Loop) -> list[Result]:
+    conns, senders, ackers = open_fanout(ctx, loop, "w2")
+    if not ctx.w1_rate:
+        say(f"  W2 {ctx.server.name}: no W1 rate yet, calibrating with a W1 run")
+        flow = Flow(loop, senders, conns, ackers, f"W2 calibration {ctx.server.name}")
+        ctx.w1_rate = windowed(ctx, loop, flow, Result("W1", ctx.server.name)).msgs_per_s
+    if not ctx.w1_rate:
+        raise RuntimeError("W1 sent nothing: no rate to take shares of")
+    results = []
+    for level in ctx.shape.levels:
+        if ctx.server.tree is not None:
+            ctx.server.tree.settle(limit=5.0)
+        fresh = [Sender(s.conn, s.sid, s.prefix, s.fanout) for s in senders]
+        flow = Flow(loop, fresh, conns, ackers, f"W2 {level:.0%} {ctx.server.name}")
+        results.append(at_rate(ctx, flow, level, ctx.w1_rate * level))
+    return results
+
+
+def at_rate(ctx: Context, flow: Flow, level: float, offered: float) -> Result:
+    what = f"fixed load {level:.0%} of W1 = {offered:,.0f} msgs/s offered, W1 shape"
+    result = Result(f"W2-{level:.0%}", ctx.server.name, what)
+    meter = Meter(ctx.server.tree)
+    meter.begin()
+    seconds, lateness = flow.run_rate(offered, ctx.shape.duration)
+    during_send = flow.stats.received
+    result.extra.update(offered_msgs_per_s=round(offered, 1), **lateness,
+                        drain_s=round(flow.drain(limit=ctx.shape.drain), 3))
+    meter.end(result, flow.stats.received)
+    fill_flow(result, flow, seconds, during_send)
+    return result
+
+
+# --- W4: private messages ---------------------------------------------------------
+
+
+def w4(ctx: Context, loop: Loop) -> list[Result]:
+    shape = ctx.shape
+    n_gw = len(ctx.server.addrs)
+    specs = []
+    for p in range(shape.pairs):
+        specs.append(ClientSpec(f"{ctx.tag}w4a{p}", None, ctx.addr(p)))
+        specs.append(ClientSpec(f"{ctx.tag}w4b{p}", None, ctx.addr(p + 1)))
+    conns = open_clients(loop, specs, setup_timeout(len(specs)), label=f"W4 {ctx.server.name}")
+    senders = []
+    ackers: dict[int, Conn] = {}
+    for i, conn in enumerate(conns):
+        peer = i ^ 1
+        ackers[i] = conns[peer]
+        senders.append(Sender(conn, i, f"/msg {specs[peer].nick} ".encode(), 1))
+    flow = Flow(loop, senders, conns, ackers, f"W4 {ctx.server.name}")
+    where = "on different gateways" if n_gw > 1 else "on the one gateway"
+    what = f"private messages: {shape.pairs} pairs {where}, both ways, window {shape.window}"
+    return [windowed(ctx, loop, flow, Result("W4", ctx.server.name, what))]
+
+
+def run_workload(name: str, ctx: Context, workloads: dict[str, Workload]) -> list[Result]:
+    """Run one workload; a failure becomes a row with its error, and the run goes on."""
+    server = ctx.server
+    if server.child is not None and server.child.proc.poll() is not None:
+        return [Result(name, server.name, error=f"the server exited with {server.child.proc.returncode}")]
+    say(f"{name} on {server.name} ...")
+    loop = Loop()
+    try:
+        return workloads[name](ctx, loop)
+    except Exception as exc:
+        say(f"  {name} on {server.name} failed: {exc}")
+        say("".join(traceback.format_exception(exc)[-3:]).rstrip())
+        return [Result(name, server.name, error=f"{type(exc).__name__}: {exc}")]
+    finally:
+        loop.close()
+        if server.tree is not None:
+            server.tree.settle()
