@@ -90,7 +90,8 @@ class Gateway:
         self.dealer.connect(config.frontend)
         self.sub.connect(config.pub_out)
         self.to_broker = ZmqPump(self.dealer, self._on_broker)
-        self.from_broker = ZmqPump(self.sub, self._on_batch)
+        self.from_broker = ZmqPump(self.sub, self._on_batch, after_burst=self._flush)
+        self._dirty: dict[str, Client] = {}  # clients pushed to since the last flush
 
     def close(self) -> None:
         self.dealer.close()
@@ -223,11 +224,20 @@ class Gateway:
             else:
                 text = text or render_text(event)
                 data = text
-            if not client.push(data):
+            if client.push(data):
+                self._dirty[cid] = client
+            else:
                 self._kick(client, "output queue full: you are not reading")
+
+    def _flush(self) -> None:
+        """After a burst of replies: one send per client that got something."""
+        for client in self._dirty.values():
+            client.flush()
+        self._dirty.clear()
 
     def _kick(self, client: Client, reason: str) -> None:
         log.info("closing %s: %s", client.cid, reason)
+        self._dirty.pop(client.cid, None)
         self.counts[f"closed: {reason}"] += 1
         client.close_after(f"! {reason}; disconnecting\n".encode(), reason)
 
@@ -254,17 +264,20 @@ class Gateway:
             with trio.move_on_after(1.0):
                 await stream.send_all(refusal)
             return
+        # from here on the connection is a plain non-blocking socket (see gateway.client)
+        sock = socket.socket(fileno=stream.socket.detach())
         self.per_address[address] += 1
         try:
-            await self._serve_client(stream, peer)
+            await self._serve_client(sock, peer)
         finally:
+            sock.close()
             self.per_address[address] -= 1
             if not self.per_address[address]:
                 del self.per_address[address]
 
-    async def _serve_client(self, stream: trio.SocketStream, peer: str) -> None:
+    async def _serve_client(self, sock: socket.socket, peer: str) -> None:
         cid = f"{self.instance}:{next(self._numbers)}"
-        client = Client(cid, stream, self.config.limits)
+        client = Client(cid, sock, self.config.limits)
         session = Session(cid, peer, trio.current_time())
         self.clients[cid] = client
         self.sessions[cid] = session

@@ -6,7 +6,8 @@ now. So the pump always asks `EVENTS` before it sleeps on the FD, and
 sleeps only when there is nothing to read and nothing it may send. Other
 tasks never touch the socket: they `put` frames into the pump's bounded
 outbox (a full outbox makes `put` wait, which pushes back on the clients
-that produce), and the pump hands what it receives to a callback.
+that produce), and the pump hands what it receives to a callback, and
+calls `after_burst` once a burst of received messages is handed over.
 
 Chosen over a thread bridge and over zmq-anyio: no thread hand-off per
 message and no extra dependency, and on the Trio run loop itself.
@@ -29,9 +30,11 @@ class ZmqPump:
         sock: zmq.Socket[bytes],
         on_message: Callable[[list[bytes]], None],
         capacity: int = 10_000,
+        after_burst: Callable[[], None] | None = None,
     ) -> None:
         self.sock = sock
         self.on_message = on_message
+        self.after_burst = after_burst
         self.capacity = capacity
         self._outbox: deque[list[bytes]] = deque()
         self._space = trio.lowlevel.ParkingLot()
@@ -78,6 +81,8 @@ class ZmqPump:
             except zmq.Again:
                 break
             self.on_message(frames)
+        if self.after_burst is not None:
+            self.after_burst()
         return True
 
     def _send_burst(self) -> bool:
