@@ -1,8 +1,11 @@
-"""The chat itself: a client event and the store -> `Effects`.
+"""The chat itself: client events and the store -> `Effects`.
 
-`Chat.handle(item, now)` is the whole behaviour of PROTOCOL.md. Each
-command has one small handler taking the `At` of its line (connection,
-event, line number, server time) and the parsed command.
+`Chat.handle_batch(items, now)` is the whole behaviour of PROTOCOL.md for
+a dispatch of events. Every line becomes a `Step`: at most one store call
+(`workers.store.Call`) and a function that turns the call's result into
+effects. All the calls of a dispatch go to Redis in one round trip, in
+order, then the steps respond in order. `now` (server time) comes in as
+a value.
 
 Message IDs are derived from the line's ID, `<cid>/<seq>`: the gateway
 numbers every line of a connection and connection IDs are unique across
@@ -14,9 +17,12 @@ reproduces the first run's effects instead of applying them again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import redis
 
 from protocol import commands as c
 from protocol.errors import CommandError
@@ -31,10 +37,16 @@ from protocol.messages import (
     gateway_of,
 )
 from workers.effects import Effects
-from workers.store import Failed, Gone, Store
+from workers.store import Call, Failed, Gone, Store
+
+log = logging.getLogger("chat.worker")
 
 NO_ROOM = "join a room first: /join #name"
 SESSION_LOST = "the service lost your session (a restart): you are now {nick}; /nick and /join again"
+GATEWAY_GONE = "this server lost its link to the service: please reconnect"
+UNAVAILABLE = "service temporarily unavailable"
+
+Respond = Callable[[Effects, Any], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +67,15 @@ class At:
         return f"{self.cid}/{self.seq}"
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One line's work: a store call (or none) and what its result causes."""
+
+    call: Call | None
+    respond: Respond
+    last: bool = False  # the connection is gone after this step (/quit)
+
+
 def _not_in(room: str) -> str:
     return f"you are not in {room}: /join {room} first"
 
@@ -63,10 +84,17 @@ def _sorted_names(nicks: list[str]) -> str:
     return ", ".join(sorted(nicks, key=str.lower))
 
 
+def _reply(kind: str, cid: str, text: str) -> Step:
+    """A step with no store call: an info or error line for the sender."""
+    if kind == "error":
+        return Step(None, lambda fx, _: fx.error(cid, text))
+    return Step(None, lambda fx, _: fx.info(cid, text))
+
+
 class Chat:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._commands: dict[type, Callable[[Effects, At, Any], None]] = {
+        self._plans: dict[type, Callable[[At, Any], Step]] = {
             c.Nick: self._nick,
             c.Join: self._join,
             c.Part: self._part,
@@ -76,178 +104,262 @@ class Chat:
             c.Who: self._who,
             c.Rooms: self._rooms,
             c.History: self._history,
-            c.Ping: lambda fx, at, cmd: fx.info(at.cid, "pong"),
+            c.Ping: lambda at, cmd: _reply("info", at.cid, "pong"),
             c.Json: self._json,
             c.Help: self._help,
             c.Quit: self._quit,
         }
 
+    # --- driving -------------------------------------------------------------------
+
     def handle(self, item: WorkItem, now: float, fx: Effects | None = None) -> Effects:
-        """Handle one event into `fx`: if it raises, what was done so far stays in `fx`."""
+        """Handle one event into `fx` (a dispatch of one)."""
         fx = Effects() if fx is None else fx
-        match item:
-            case Lines(cid, seq, lines):
-                self._lines(fx, cid, seq, lines, now)
-            case Connected(cid, _, addr):
-                self._connected(fx, cid, addr)
-            case Disconnected(cid, seq, reason):
-                self._leave(fx, cid, (seq, seq), reason)
-            case GatewayLost(gateway):
-                self.store.bury_gateway(gateway)
-                for cid in self.store.gateway_conns(gateway):
-                    self._leave(fx, cid, (0, 0), "connection lost")
+        fx.items.extend(self.handle_batch([item], now)[0].items)
         return fx
 
-    def _connected(self, fx: Effects, cid: str, addr: str) -> str | None:
-        nick = self.store.connect(cid, gateway_of(cid), addr)
-        if nick is None:
-            fx.error(cid, "this server lost its link to the service: please reconnect")
-            fx.close(cid, "gateway lost")
-            return None
-        fx.info(cid, f"welcome! you are {nick}: /nick NAME to change it, /join #room to talk, /help for all commands")
-        return nick
+    def handle_batch(self, items: list[WorkItem], now: float) -> list[Effects]:
+        """Handle a dispatch: one round trip to Redis for all its lines -> effects per item."""
+        plans = [None if isinstance(item, GatewayLost) else self.plan(item, now) for item in items]
+        calls = [step.call for steps in plans if steps for step in steps if step.call]
+        results = iter(self.store.run(calls))
+        out = []
+        for item, steps in zip(items, plans, strict=True):
+            fx = Effects()
+            if steps is None:
+                assert isinstance(item, GatewayLost)
+                self._gateway_lost(fx, item.gateway)
+            else:
+                self._respond_safely(fx, item, steps, results)
+            out.append(fx)
+        return out
 
-    def _lines(self, fx: Effects, cid: str, event: int, lines: tuple[str, ...], now: float) -> None:
+    def _respond_safely(self, fx: Effects, item: WorkItem, steps: list[Step], results: Iterator[Any]) -> None:
+        """A bug in one event's handling costs that event, not its dispatch: log it whole."""
+        calls = sum(1 for step in steps if step.call)
+        mine = [next(results) for _ in range(calls)]
+        try:
+            self._respond(fx, item, steps, iter(mine))
+        except redis.RedisError:
+            raise
+        except Exception:
+            log.exception("failed to handle %r", item)
+            if isinstance(item, Lines):
+                fx.error(item.cid, "internal error: the line was not handled")
+
+    def _respond(self, fx: Effects, item: WorkItem, steps: list[Step], results: Iterator[Any]) -> None:
+        for i, step in enumerate(steps):
+            result = next(results) if step.call else None
+            if isinstance(result, Gone):  # what was planned after it met a session that is gone too
+                self._recover_and_rerun(fx, item, steps[i:])
+                return
+            self._answer(fx, item, step, result)
+
+    def _answer(self, fx: Effects, item: WorkItem, step: Step, result: Any) -> None:
+        if isinstance(result, Exception):  # a per-call error from Redis
+            log.warning("redis refused a call for %s: %s", getattr(item, "cid", item), result)
+            if isinstance(item, Lines):
+                fx.error(item.cid, UNAVAILABLE)
+            return
+        step.respond(fx, result)
+
+    def _recover_and_rerun(self, fx: Effects, item: WorkItem, steps: list[Step]) -> None:
+        """Redis forgot a live connection: register it again, say so, go on one by one."""
+        cid = getattr(item, "cid", "")
+        nick = self.store.run_one(self.store.connect(cid, gateway_of(cid), ""))
+        if nick is None:
+            fx.error(cid, GATEWAY_GONE)
+            fx.close(cid, "gateway lost")
+            return
+        fx.info(cid, SESSION_LOST.format(nick=nick))
+        for step in steps:
+            result = self.store.run([step.call])[0] if step.call else None
+            if isinstance(result, Gone):
+                return  # gone again (reaped meanwhile): nothing more to do for it
+            self._answer(fx, item, step, result)
+
+    # --- planning ----------------------------------------------------------------------
+
+    def plan(self, item: WorkItem, now: float) -> list[Step]:
+        match item:
+            case Lines(cid, seq, lines):
+                return self._plan_lines(cid, seq, lines, now)
+            case Connected(cid, _, addr):
+                return [Step(self.store.connect(cid, gateway_of(cid), addr),
+                             lambda fx, nick: self._greet(fx, cid, nick))]
+            case Disconnected(cid, seq, reason):
+                return [self._leave((seq, seq), cid, reason)]
+        raise TypeError(f"cannot plan {item!r}")
+
+    def _plan_lines(self, cid: str, event: int, lines: tuple[str, ...], now: float) -> list[Step]:
+        steps: list[Step] = []
         for offset, line in enumerate(lines):
-            at = At(cid, event, event + offset, now)
             try:
                 cmd = c.parse_line(line)
             except CommandError as exc:
-                fx.error(cid, str(exc))
+                steps.append(_reply("error", cid, str(exc)))
                 continue
             if cmd is None:
                 continue
-            if not self._run(fx, at, cmd):
-                return
+            step = self._plans[type(cmd)](At(cid, event, event + offset, now), cmd)
+            steps.append(step)
+            if step.last:
+                break  # lines after /quit are not for anyone
+        return steps
 
-    def _run(self, fx: Effects, at: At, cmd: c.Command) -> bool:
-        """Run one command -> False once the connection is gone."""
-        try:
-            self._commands[type(cmd)](fx, at, cmd)
-        except Gone:
-            if isinstance(cmd, c.Quit) or not self._recover(fx, at.cid):
-                return False
-            self._commands[type(cmd)](fx, at, cmd)
-        return not isinstance(cmd, c.Quit)
-
-    def _recover(self, fx: Effects, cid: str) -> bool:
-        """Redis forgot a live connection: register it again and say so."""
-        nick = self.store.connect(cid, gateway_of(cid), "")
+    def _greet(self, fx: Effects, cid: str, nick: str | None) -> None:
         if nick is None:
-            fx.error(cid, "this server lost its link to the service: please reconnect")
+            fx.error(cid, GATEWAY_GONE)
             fx.close(cid, "gateway lost")
-            return False
-        fx.info(cid, SESSION_LOST.format(nick=nick))
-        return True
-
-    def _leave(self, fx: Effects, cid: str, op: tuple[int, int], reason: str) -> None:
-        gone = self.store.leave(op, cid)
-        if gone is None:
             return
-        nick, others = gone
-        text = f"{nick} quit" + (f" ({reason})" if reason else "")
-        fx.deliver(others, ChatEvent(EventType.QUIT, text, sender=nick))
+        fx.info(cid, f"welcome! you are {nick}: /nick NAME to change it, /join #room to talk, /help for all commands")
 
-    def _quit(self, fx: Effects, at: At, cmd: c.Quit) -> None:
-        fx.info(at.cid, "bye")
-        self._leave(fx, at.cid, at.op, cmd.reason)
-        fx.close(at.cid, "quit")
+    def _gateway_lost(self, fx: Effects, gateway: str) -> None:
+        self.store.run_one(self.store.bury_gateway(gateway))
+        cids = self.store.run_one(self.store.gateway_conns(gateway))
+        steps = [self._leave((0, 0), cid, "connection lost") for cid in cids]
+        for step, result in zip(steps, self.store.run([s.call for s in steps if s.call]), strict=True):
+            step.respond(fx, result)
 
-    def _nick(self, fx: Effects, at: At, cmd: c.Nick) -> None:
-        res = self.store.set_nick(at.op, at.cid, cmd.nick)
-        if isinstance(res, Failed):
-            fx.error(at.cid, f"nickname {cmd.nick} is taken")
-            return
-        old, others = res
-        fx.info(at.cid, f"you are now {cmd.nick}")
-        if old != cmd.nick:
-            event = ChatEvent(EventType.NICK, f"{old} is now known as {cmd.nick}", sender=old, to=cmd.nick)
-            fx.deliver(others, event)
+    def _leave(self, op: tuple[int, int], cid: str, reason: str) -> Step:
+        def respond(fx: Effects, gone: tuple[str, list[str]] | None) -> None:
+            if gone is None:
+                return
+            nick, others = gone
+            text = f"{nick} quit" + (f" ({reason})" if reason else "")
+            fx.deliver(others, ChatEvent(EventType.QUIT, text, sender=nick))
 
-    def _join(self, fx: Effects, at: At, cmd: c.Join) -> None:
-        res = self.store.join(at.op, at.cid, cmd.room)
-        assert not isinstance(res, Failed)
-        nick, added, members, nicks = res
-        fx.info(at.cid, f"you joined {cmd.room} ({len(members)} here: {_sorted_names(nicks)})")
-        if added:
-            others = [m for m in members if m != at.cid]
-            fx.deliver(others, ChatEvent(EventType.JOIN, f"{nick} joined {cmd.room}", room=cmd.room, sender=nick))
+        return Step(self.store.leave(op, cid), respond)
 
-    def _part(self, fx: Effects, at: At, cmd: c.Part) -> None:
-        res = self.store.part(at.op, at.cid, cmd.room)
-        if isinstance(res, Failed):
-            fx.error(at.cid, _not_in(res.room) if res.why == "notin" else "you are in no room")
-            return
-        nick, room, current, rest = res
-        now_in = f"; your current room is {current}" if current else ""
-        fx.info(at.cid, f"you left {room}{now_in}")
-        fx.deliver(rest, ChatEvent(EventType.PART, f"{nick} left {room}", room=room, sender=nick))
+    # --- one plan per command --------------------------------------------------------------
 
-    def _to_room(self, fx: Effects, at: At, room: str | None, text: str, kind: EventType) -> None:
-        res = self.store.say(at.op, at.cid, room, text, at.mid, at.now, kind.value)
-        if isinstance(res, Failed):
-            fx.error(at.cid, _not_in(res.room) if res.why == "notin" else NO_ROOM)
-            return
-        nick, room, members, ts = res
-        fx.deliver(members, ChatEvent(kind, text, room=room, sender=nick, id=at.mid, ts=ts, origin=at.cid))
+    def _quit(self, at: At, cmd: c.Quit) -> Step:
+        leave = self._leave(at.op, at.cid, cmd.reason)
 
-    def _say(self, fx: Effects, at: At, cmd: c.Say) -> None:
-        self._to_room(fx, at, None, cmd.text, EventType.MESSAGE)
+        def respond(fx: Effects, gone: Any) -> None:
+            fx.info(at.cid, "bye")
+            leave.respond(fx, gone)
+            fx.close(at.cid, "quit")
 
-    def _me(self, fx: Effects, at: At, cmd: c.Me) -> None:
-        self._to_room(fx, at, None, cmd.text, EventType.ACTION)
+        return Step(leave.call, respond, last=True)
 
-    def _msg(self, fx: Effects, at: At, cmd: c.Msg) -> None:
+    def _nick(self, at: At, cmd: c.Nick) -> Step:
+        def respond(fx: Effects, res: Failed | tuple[str, list[str]]) -> None:
+            if isinstance(res, Failed):
+                fx.error(at.cid, f"nickname {cmd.nick} is taken")
+                return
+            old, others = res
+            fx.info(at.cid, f"you are now {cmd.nick}")
+            if old != cmd.nick:
+                event = ChatEvent(EventType.NICK, f"{old} is now known as {cmd.nick}", sender=old, to=cmd.nick)
+                fx.deliver(others, event)
+
+        return Step(self.store.set_nick(at.op, at.cid, cmd.nick), respond)
+
+    def _join(self, at: At, cmd: c.Join) -> Step:
+        def respond(fx: Effects, res: tuple[str, bool, list[str], list[str]]) -> None:
+            nick, added, members, nicks = res
+            fx.info(at.cid, f"you joined {cmd.room} ({len(members)} here: {_sorted_names(nicks)})")
+            if added:
+                others = [m for m in members if m != at.cid]
+                fx.deliver(others, ChatEvent(EventType.JOIN, f"{nick} joined {cmd.room}", room=cmd.room, sender=nick))
+
+        return Step(self.store.join(at.op, at.cid, cmd.room), respond)
+
+    def _part(self, at: At, cmd: c.Part) -> Step:
+        def respond(fx: Effects, res: Failed | tuple[str, str, str, list[str]]) -> None:
+            if isinstance(res, Failed):
+                fx.error(at.cid, _not_in(res.room) if res.why == "notin" else "you are in no room")
+                return
+            nick, room, current, rest = res
+            now_in = f"; your current room is {current}" if current else ""
+            fx.info(at.cid, f"you left {room}{now_in}")
+            fx.deliver(rest, ChatEvent(EventType.PART, f"{nick} left {room}", room=room, sender=nick))
+
+        return Step(self.store.part(at.op, at.cid, cmd.room), respond)
+
+    def _to_room(self, at: At, room: str | None, text: str, kind: EventType) -> Step:
+        def respond(fx: Effects, res: Failed | tuple[str, str, list[str], float]) -> None:
+            if isinstance(res, Failed):
+                fx.error(at.cid, _not_in(res.room) if res.why == "notin" else NO_ROOM)
+                return
+            nick, where, members, ts = res
+            fx.deliver(members, ChatEvent(kind, text, room=where, sender=nick, id=at.mid, ts=ts, origin=at.cid))
+
+        return Step(self.store.say(at.op, at.cid, room, text, at.mid, at.now, kind.value), respond)
+
+    def _say(self, at: At, cmd: c.Say) -> Step:
+        return self._to_room(at, None, cmd.text, EventType.MESSAGE)
+
+    def _me(self, at: At, cmd: c.Me) -> Step:
+        return self._to_room(at, None, cmd.text, EventType.ACTION)
+
+    def _msg(self, at: At, cmd: c.Msg) -> Step:
         if cmd.target.startswith("#"):
-            self._to_room(fx, at, cmd.target, cmd.text, EventType.MESSAGE)
-            return
-        res = self.store.private(at.cid, cmd.target)
-        if isinstance(res, Failed):
-            fx.error(at.cid, f"no such nick: {cmd.target}")
-            return
-        nick, to_cid, to_nick = res
-        event = ChatEvent(EventType.PRIVATE, cmd.text, sender=nick, to=to_nick, id=at.mid, ts=at.now, origin=at.cid)
-        fx.deliver(dict.fromkeys((to_cid, at.cid)), event)
+            return self._to_room(at, cmd.target, cmd.text, EventType.MESSAGE)
 
-    def _who(self, fx: Effects, at: At, cmd: c.Who) -> None:
-        res = self.store.who(at.cid, cmd.room)
-        if isinstance(res, Failed):
-            fx.error(at.cid, "you are in no room: /who #room")
-            return
-        room, nicks = res
-        if not nicks:
-            fx.info(at.cid, f"no one is in {room}")
-            return
-        fx.info(at.cid, f"{room} ({len(nicks)}): {_sorted_names(nicks)}")
+        def respond(fx: Effects, res: Failed | tuple[str, str, str]) -> None:
+            if isinstance(res, Failed):
+                fx.error(at.cid, f"no such nick: {cmd.target}")
+                return
+            nick, to_cid, to_nick = res
+            event = ChatEvent(EventType.PRIVATE, cmd.text, sender=nick, to=to_nick, id=at.mid, ts=at.now,
+                              origin=at.cid)
+            fx.deliver(dict.fromkeys((to_cid, at.cid)), event)
 
-    def _rooms(self, fx: Effects, at: At, cmd: c.Rooms) -> None:
-        rooms = self.store.rooms()
-        if not rooms:
-            fx.info(at.cid, "no rooms yet: /join #name opens one")
-            return
-        fx.info(at.cid, "rooms: " + ", ".join(f"{room} ({n})" for room, n in rooms))
+        return Step(self.store.private(at.cid, cmd.target), respond)
 
-    def _history(self, fx: Effects, at: At, cmd: c.History) -> None:
-        room = cmd.room or self.store.current_room(at.cid)
-        if not room:
-            fx.error(at.cid, "you are in no room: /history #room [N]")
-            return
-        entries = self.store.history(room, cmd.count)
-        fx.info(at.cid, f"history of {room}: {len(entries)} message{'s' * (len(entries) != 1)}")
-        for e in entries:
-            event = ChatEvent(
-                EventType.HISTORY, e.get("text", ""), room=room, sender=e.get("from", ""),
-                id=e.get("id", ""), ts=_float(e.get("ts", "0")), of=e.get("kind", "message"),
-            )
-            fx.deliver((at.cid,), event)
+    def _who(self, at: At, cmd: c.Who) -> Step:
+        def respond(fx: Effects, res: Failed | tuple[str, list[str]]) -> None:
+            if isinstance(res, Failed):
+                fx.error(at.cid, "you are in no room: /who #room")
+                return
+            room, nicks = res
+            if not nicks:
+                fx.info(at.cid, f"no one is in {room}")
+                return
+            fx.info(at.cid, f"{room} ({len(nicks)}): {_sorted_names(nicks)}")
 
-    def _json(self, fx: Effects, at: At, cmd: c.Json) -> None:
-        fx.set_json(at.cid)
-        fx.info(at.cid, "json mode on")
+        return Step(self.store.who(at.cid, cmd.room), respond)
 
-    def _help(self, fx: Effects, at: At, cmd: c.Help) -> None:
-        for line in c.HELP_LINES:
-            fx.info(at.cid, line)
+    def _rooms(self, at: At, cmd: c.Rooms) -> Step:
+        def respond(fx: Effects, rooms: list[tuple[str, int]]) -> None:
+            if not rooms:
+                fx.info(at.cid, "no rooms yet: /join #name opens one")
+                return
+            fx.info(at.cid, "rooms: " + ", ".join(f"{room} ({n})" for room, n in rooms))
+
+        return Step(self.store.rooms(), respond)
+
+    def _history(self, at: At, cmd: c.History) -> Step:
+        def respond(fx: Effects, res: Failed | tuple[str, list[dict[str, str]]]) -> None:
+            if isinstance(res, Failed):
+                fx.error(at.cid, "you are in no room: /history #room [N]")
+                return
+            room, entries = res
+            fx.info(at.cid, f"history of {room}: {len(entries)} message{'s' * (len(entries) != 1)}")
+            for e in entries:
+                event = ChatEvent(
+                    EventType.HISTORY, e.get("text", ""), room=room, sender=e.get("from", ""),
+                    id=e.get("id", ""), ts=_float(e.get("ts", "0")), of=e.get("kind", "message"),
+                )
+                fx.deliver((at.cid,), event)
+
+        return Step(self.store.history(at.cid, cmd.room, cmd.count), respond)
+
+    def _json(self, at: At, cmd: c.Json) -> Step:
+        def respond(fx: Effects, _: None) -> None:
+            fx.set_json(at.cid)
+            fx.info(at.cid, "json mode on")
+
+        return Step(None, respond)
+
+    def _help(self, at: At, cmd: c.Help) -> Step:
+        def respond(fx: Effects, _: None) -> None:
+            for line in c.HELP_LINES:
+                fx.info(at.cid, line)
+
+        return Step(None, respond)
 
 
 def _float(text: str) -> float:

@@ -20,6 +20,8 @@ string.lower folds them as Python does.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,9 +149,11 @@ end
 return out
 """
 
-_CURRENT_ROOM = """
-local p, cid = ARGV[1], ARGV[2]
-return redis.call('HGET', p..'conn:'..cid, 'room') or ''
+_HISTORY = """
+local p, cid, room, count = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if room == '' then room = redis.call('HGET', p..'conn:'..cid, 'room') or '' end
+if room == '' then return {'noroom'} end
+return {'ok', room, redis.call('XREVRANGE', p..'room:'..room..':history', '+', '-', 'COUNT', count)}
 """
 
 _LEAVE = """
@@ -226,92 +230,145 @@ class Failed:
     room: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One store operation, ready to run alone or in a pipeline with others.
+
+    `script` is a Lua source run with `args` as ARGV (by its SHA1, loaded
+    on first use), or None for a plain command `args`; `parse` turns the
+    reply into the operation's result.
+    """
+
+    script: str | None
+    args: tuple[Any, ...]
+    parse: Callable[[Any], Any]
+
+
+def _failed_or(res: list[Any], ok: Callable[[list[Any]], Any]) -> Any:
+    if res[0] == "gone":
+        raise Gone()
+    if res[0] != "ok":
+        return Failed(res[0], res[1] if len(res) > 1 else "")
+    return ok(res)
+
+
+def _fields(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=False))
+
+
 class Store:
-    """The chat state in Redis, one method per atomic operation."""
+    """The chat state in Redis: one method per atomic operation, each a `Call`.
+
+    `run` sends any number of calls in one round trip (a pipeline, in
+    order), which is how a worker serves a whole dispatch of events at once.
+    """
 
     def __init__(self, client: redis.Redis, prefix: str = "chat:") -> None:
         self._client = client
         self._p = prefix
-        reg = client.register_script
-        self._connect = reg(_CONNECT)
-        self._nick = reg(replayable(_NICK))
-        self._join = reg(replayable(_JOIN))
-        self._part = reg(replayable(_PART))
-        self._say = reg(replayable(_SAY))
-        self._private = reg(_PRIVATE)
-        self._who = reg(_WHO)
-        self._rooms = reg(_ROOMS)
-        self._current_room = reg(_CURRENT_ROOM)
-        self._leave = reg(replayable(_LEAVE))
+        self._shas: dict[str, str] = {}
 
-    def _run(self, script: Any, *args: object) -> Any:
-        result = script(args=[self._p, *args])
-        if result == ["gone"]:
-            raise Gone(str(args[0]))
+    # --- running calls ------------------------------------------------------------
+
+    def _sha(self, script: str) -> str:
+        sha = self._shas.get(script)
+        if sha is None:
+            sha = self._shas[script] = hashlib.sha1(script.encode()).hexdigest()
+        return sha
+
+    def run(self, calls: list[Call]) -> list[Any]:
+        """Run calls in order in one round trip -> their results; a `Gone` or a
+        per-call `redis.ResponseError` comes back as a value. A lost connection raises."""
+        if not calls:
+            return []
+        replies = self._execute(calls)
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+            self._load_scripts(calls)  # a restarted Redis forgot them; the scripts are replayable
+            replies = self._execute(calls)
+        return [self._parse(call, reply) for call, reply in zip(calls, replies, strict=True)]
+
+    def run_one(self, call: Call) -> Any:
+        result = self.run([call])[0]
+        if isinstance(result, Exception):
+            raise result
         return result
 
-    def connect(self, cid: str, gateway: str, addr: str) -> str | None:
-        """Register a connection under a fresh guest nick (idempotent)."""
-        nick = self._run(self._connect, cid, gateway, addr)
-        return nick or None
+    def _execute(self, calls: list[Call]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for call in calls:
+            if call.script is None:
+                pipe.execute_command(*call.args)
+            else:
+                pipe.evalsha(self._sha(call.script), 0, self._p, *call.args)
+        return pipe.execute(raise_on_error=False)
 
-    def set_nick(self, op: Op, cid: str, nick: str) -> Failed | tuple[str, list[str]]:
-        """-> (old nick, cids sharing a room) or Failed('taken' | 'gone')."""
-        res = self._run(self._nick, cid, nick, *op)
-        return (res[1], res[2]) if res[0] == "ok" else Failed(res[0])
+    def _load_scripts(self, calls: list[Call]) -> None:
+        for script in {c.script for c in calls if c.script is not None}:
+            self._client.script_load(script)
 
-    def join(self, op: Op, cid: str, room: str) -> Failed | tuple[str, bool, list[str], list[str]]:
+    @staticmethod
+    def _parse(call: Call, reply: Any) -> Any:
+        if isinstance(reply, Exception):
+            return reply
+        try:
+            return call.parse(reply)
+        except Gone as gone:
+            return gone
+
+    # --- the operations ----------------------------------------------------------------
+
+    def connect(self, cid: str, gateway: str, addr: str) -> Call:
+        """Register a connection under a fresh guest nick (idempotent) -> the nick, or None."""
+        return Call(_CONNECT, (cid, gateway, addr), lambda nick: nick or None)
+
+    def set_nick(self, op: Op, cid: str, nick: str) -> Call:
+        """-> (old nick, cids sharing a room) or Failed('taken')."""
+        return Call(_R_NICK, (cid, nick, *op), lambda r: _failed_or(r, lambda r: (r[1], r[2])))
+
+    def join(self, op: Op, cid: str, room: str) -> Call:
         """-> (nick, newly joined, member cids, member nicks)."""
-        res = self._run(self._join, cid, room, *op)
-        return (res[1], bool(res[2]), res[3], res[4]) if res[0] == "ok" else Failed(res[0])
+        return Call(_R_JOIN, (cid, room, *op), lambda r: _failed_or(r, lambda r: (r[1], bool(r[2]), r[3], r[4])))
 
-    def part(self, op: Op, cid: str, room: str | None) -> Failed | tuple[str, str, str, list[str]]:
+    def part(self, op: Op, cid: str, room: str | None) -> Call:
         """-> (nick, room left, new current room, remaining member cids)."""
-        res = self._run(self._part, cid, room or "", *op)
-        if res[0] != "ok":
-            return Failed(res[0], res[1] if len(res) > 1 else "")
-        return res[1], res[2], res[3], res[4]
+        return Call(_R_PART, (cid, room or "", *op), lambda r: _failed_or(r, lambda r: tuple(r[1:5])))
 
-    def say(
-        self, op: Op, cid: str, room: str | None, text: str, msg_id: str, ts: float, kind: str
-    ) -> Failed | tuple[str, str, list[str], float]:
+    def say(self, op: Op, cid: str, room: str | None, text: str, msg_id: str, ts: float, kind: str) -> Call:
         """Append to the room's history -> (nick, room, member cids, ts as first stored)."""
-        res = self._run(self._say, cid, room or "", text, msg_id, repr(ts), kind, HISTORY_KEEP, *op)
-        if res[0] != "ok":
-            return Failed(res[0], res[1] if len(res) > 1 else "")
-        return res[1], res[2], res[3], float(res[4])
+        args = (cid, room or "", text, msg_id, repr(ts), kind, HISTORY_KEEP, *op)
+        return Call(_R_SAY, args, lambda r: _failed_or(r, lambda r: (r[1], r[2], r[3], float(r[4]))))
 
-    def private(self, cid: str, target: str) -> Failed | tuple[str, str, str]:
+    def private(self, cid: str, target: str) -> Call:
         """-> (sender nick, target cid, target nick as spelled)."""
-        res = self._run(self._private, cid, target)
-        return (res[1], res[2], res[3]) if res[0] == "ok" else Failed(res[0])
+        return Call(_PRIVATE, (cid, target), lambda r: _failed_or(r, lambda r: (r[1], r[2], r[3])))
 
-    def who(self, cid: str, room: str | None) -> Failed | tuple[str, list[str]]:
-        res = self._run(self._who, cid, room or "")
-        return (res[1], res[2]) if res[0] == "ok" else Failed(res[0])
+    def who(self, cid: str, room: str | None) -> Call:
+        """-> (room, member nicks)."""
+        return Call(_WHO, (cid, room or ""), lambda r: _failed_or(r, lambda r: (r[1], r[2])))
 
-    def rooms(self) -> list[tuple[str, int]]:
-        flat = self._run(self._rooms)
-        return sorted(zip(flat[::2], flat[1::2], strict=True))
+    def rooms(self) -> Call:
+        """-> [(room, members)], sorted."""
+        return Call(_ROOMS, (), lambda flat: sorted(zip(flat[::2], flat[1::2], strict=True)))
 
-    def current_room(self, cid: str) -> str:
-        return str(self._run(self._current_room, cid))
+    def history(self, cid: str, room: str | None, count: int) -> Call:
+        """-> (room, the room's last `count` messages oldest first, as field dicts)."""
+        return Call(_HISTORY, (cid, room or "", count), lambda r: _failed_or(
+            r, lambda r: (r[1], [_fields(fields) for _, fields in reversed(r[2])])))
 
-    def history(self, room: str, count: int) -> list[dict[str, str]]:
-        """The room's last `count` messages, oldest first."""
-        key = f"{self._p}room:{room}:history"
-        entries: list[tuple[str, dict[str, str]]] = self._client.xrevrange(key, count=count)  # type: ignore[assignment]
-        return [fields for _, fields in reversed(entries)]
-
-    def leave(self, op: Op, cid: str) -> tuple[str, list[str]] | None:
+    def leave(self, op: Op, cid: str) -> Call:
         """Forget a connection -> (its nick, cids that shared a room) or None."""
-        res = self._run(self._leave, cid, *op)
-        return (res[0], res[1]) if res else None
+        return Call(_R_LEAVE, (cid, *op), lambda r: (r[0], r[1]) if r else None)
 
-    def gateway_conns(self, gateway: str) -> list[str]:
-        members: set[str] = self._client.smembers(f"{self._p}gw:{gateway}:conns")  # type: ignore[assignment]
-        return sorted(members)
+    def gateway_conns(self, gateway: str) -> Call:
+        return Call(None, ("SMEMBERS", f"{self._p}gw:{gateway}:conns"), sorted)
 
-    def bury_gateway(self, gateway: str, ttl: int = 86_400) -> None:
+    def bury_gateway(self, gateway: str, ttl: int = 86_400) -> Call:
         """A lost gateway stays lost: its late connects are refused (no ghosts)."""
-        self._client.set(f"{self._p}gwdead:{gateway}", 1, ex=ttl)
+        return Call(None, ("SET", f"{self._p}gwdead:{gateway}", 1, "EX", ttl), bool)
+
+
+_R_NICK = replayable(_NICK)
+_R_JOIN = replayable(_JOIN)
+_R_PART = replayable(_PART)
+_R_SAY = replayable(_SAY)
+_R_LEAVE = replayable(_LEAVE)

@@ -94,58 +94,54 @@ class Handler:
 
     def frames(self, frames: list[bytes], now: float) -> Done:
         """Decode and handle one dispatch (events, or a heartbeat) -> the Done to send."""
-        fx = Effects()
-        done: list[tuple[str, int]] = []
+        items: list[WorkItem] = []
         for frame in frames:
             try:
                 msg = codec.decode(frame)
             except DecodeError as exc:
                 log.warning("dropped a malformed frame from the broker: %s", exc)
                 continue
-            if isinstance(msg, Heartbeat):
-                continue  # receiving anything is the sign of life
-            if isinstance(msg, Unknown):
+            if isinstance(msg, (Connected, Lines, Disconnected, GatewayLost)):
+                items.append(msg)
+            elif isinstance(msg, Unknown):
                 self.unknown_to = msg.broker
-            elif isinstance(msg, (Connected, Lines, Disconnected, GatewayLost)):
-                self.event(msg, fx, now)
-                done.append(event_key(msg))
-            else:
+            elif not isinstance(msg, Heartbeat):  # a heartbeat is only a sign of life
                 log.warning("dropped an unexpected %s from the broker", type(msg).__name__)
-        self.retry_reaps(fx, now)
-        return Done(tuple(done), fx.encoded())
+        fx = Effects()
+        self.batch([*items, *self._due_reaps()], fx, now)
+        return Done(tuple(event_key(item) for item in items), fx.encoded())
 
-    def event(self, item: WorkItem, fx: Effects, now: float) -> None:
-        """Handle one event; what goes wrong stays with this event and its sender."""
-        mark = len(fx.items)
-        fx.mark(*event_key(item))
+    def batch(self, items: list[WorkItem], fx: Effects, now: float) -> None:
+        """Handle events in one round trip to Redis; each event's effects after its Mark."""
+        if not items:
+            return
         try:
             if not self.breaker.closed():
                 raise redis.ConnectionError("breaker open after a recent failure")
-            self.chat.handle(item, now, fx)
+            effects = self.chat.handle_batch(items, now)
         except redis.RedisError as exc:
             self.breaker.trip()
-            log.warning("redis failed on %s: %s", event_key(item), exc)
-            self._unserved(item, fx, mark)
-        except Exception:  # a bug must cost one event, not the worker: log it whole
-            log.exception("failed to handle %s", event_key(item))
-            if isinstance(item, Lines):
-                fx.error(item.cid, "internal error: the line was not handled")
-
-    def _unserved(self, item: WorkItem, fx: Effects, mark: int) -> None:
-        if isinstance(item, Lines):
-            fx.error(item.cid, UNAVAILABLE)  # what the lines before did stays
-        elif isinstance(item, GatewayLost):
-            del fx.items[mark:]
-            self.reaps.append(item)
-        else:  # connect, disconnect: no answer, so the gateway sends it again
-            del fx.items[mark:]
-
-    def retry_reaps(self, fx: Effects, now: float) -> None:
-        if not self.reaps or not self.breaker.closed():
+            log.warning("redis failed on a dispatch of %d events: %s", len(items), exc)
+            for item in items:
+                self._unserved(item, fx)
             return
+        for item, item_fx in zip(items, effects, strict=True):
+            fx.mark(*event_key(item))
+            fx.items.extend(item_fx.items)
+
+    def _unserved(self, item: WorkItem, fx: Effects) -> None:
+        if isinstance(item, Lines):
+            fx.mark(*event_key(item))
+            fx.error(item.cid, UNAVAILABLE)
+        elif isinstance(item, GatewayLost):
+            self.reaps.append(item)
+        # connect, disconnect: no answer (no Mark), so the gateway sends it again
+
+    def _due_reaps(self) -> list[WorkItem]:
+        if not self.reaps or not self.breaker.closed():
+            return []
         reaps, self.reaps = self.reaps, []
-        for item in reaps:
-            self.event(item, fx, now)
+        return list(reaps)
 
 
 def worker_name() -> str:

@@ -1,0 +1,73 @@
+"""Tests for gateway.ratelimit: a token bucket with time passed in as a value."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.ratelimit import TokenBucket
+
+
+def test_a_full_burst_at_once_then_nothing() -> None:
+    bucket = TokenBucket(rate=2.0, burst=5, now=0.0)
+    assert bucket.take(3, 0.0) == 3
+    assert bucket.take(5, 0.0) == 2
+    assert bucket.take(1, 0.0) == 0
+
+
+def test_refill_at_rate() -> None:
+    bucket = TokenBucket(rate=4.0, burst=10, now=0.0)
+    assert bucket.take(10, 0.0) == 10
+    assert bucket.take(10, 0.5) == 2  # 0.5 s at 4/s
+    assert bucket.take(10, 0.75) == 1
+    assert bucket.take(10, 0.75) == 0
+
+
+def test_refill_stops_at_burst() -> None:
+    bucket = TokenBucket(rate=100.0, burst=3, now=0.0)
+    assert bucket.take(3, 0.0) == 3
+    assert bucket.take(50, 1000.0) == 3
+
+
+def test_fractions_are_saved() -> None:
+    bucket = TokenBucket(rate=1.0, burst=1, now=0.0)
+    assert bucket.take(1, 0.0) == 1
+    assert bucket.take(1, 0.5) == 0
+    assert bucket.take(1, 1.0) == 1
+
+
+def test_burst_of_at_least_one() -> None:
+    bucket = TokenBucket(rate=1.0, burst=0, now=0.0)
+    assert bucket.burst == 1
+    assert bucket.take(5, 0.0) == 1
+
+
+def test_time_going_backwards_adds_nothing() -> None:
+    bucket = TokenBucket(rate=1.0, burst=2, now=10.0)
+    assert bucket.take(2, 10.0) == 2
+    assert bucket.take(1, 5.0) == 0
+
+
+def test_delay_until_the_next_token() -> None:
+    bucket = TokenBucket(rate=4.0, burst=2, now=0.0)
+    assert bucket.delay(0.0) == 0.0  # tokens saved up
+    bucket.take(2, 0.0)
+    assert bucket.delay(0.0) == pytest.approx(0.25)
+    assert bucket.delay(0.125) == pytest.approx(0.125)
+    assert bucket.delay(0.25) == pytest.approx(0.0)
+    assert bucket.take(1, 0.25) == 1
+
+
+def test_delay_does_not_take() -> None:
+    bucket = TokenBucket(rate=2.0, burst=1, now=0.0)
+    bucket.take(1, 0.0)
+    bucket.delay(0.5)
+    bucket.delay(0.5)
+    assert bucket.take(5, 0.5) == 1
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0])
+def test_rate_zero_is_unlimited(rate: float) -> None:
+    bucket = TokenBucket(rate=rate, burst=1, now=0.0)
+    for _ in range(3):
+        assert bucket.take(1000, 0.0) == 1000
+    assert bucket.delay(0.0) == 0.0
