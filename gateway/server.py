@@ -182,9 +182,10 @@ class Gateway:
             self._count("pub-out: not a batch")
             return
         skipping = False
+        answered: list[Session] = []
         for item in batch.items:
             if isinstance(item, Mark):
-                skipping = not self._on_mark(item)
+                skipping = not self._on_mark(item, answered)
             elif skipping:
                 continue
             elif isinstance(item, Deliver):
@@ -194,9 +195,11 @@ class Gateway:
             elif isinstance(item, SetMode):
                 client.json = item.json
             else:
-                client.close_after(b"", item.reason)
+                self._close(client, item.reason)
+        for session in answered:  # after the whole batch: a Close in it stops what was pending
+            self._advance(session)
 
-    def _on_mark(self, mark: Mark) -> bool:
+    def _on_mark(self, mark: Mark, answered: list[Session]) -> bool:
         """-> False if this event was shown already (a replay)."""
         if not self.seen.first_time(mark.cid, mark.seq):
             self.counts["replayed events dropped"] += 1
@@ -204,8 +207,14 @@ class Gateway:
         if gateway_of(mark.cid) == self.instance:
             session = self.sessions.get(mark.cid)
             if session is not None and session.answered(mark.seq):
-                self._advance(session)
+                answered.append(session)
         return True
+
+    def _close(self, client: Client, reason: str) -> None:
+        """The worker closes the connection (/quit): lines it sent after that are dropped."""
+        client.close_after(b"", reason)
+        if (session := self.sessions.get(client.cid)) is not None:
+            session.pending.clear()
 
     def _deliver(self, item: Deliver) -> None:
         event = item.event

@@ -298,16 +298,16 @@ class Chat:
         if cmd.target.startswith("#"):
             return self._to_room(at, cmd.target, cmd.text, EventType.MESSAGE)
 
-        def respond(fx: Effects, res: Failed | tuple[str, str, str]) -> None:
+        def respond(fx: Effects, res: Failed | tuple[str, str, str, float]) -> None:
             if isinstance(res, Failed):
                 fx.error(at.cid, f"no such nick: {cmd.target}")
                 return
-            nick, to_cid, to_nick = res
-            event = ChatEvent(EventType.PRIVATE, cmd.text, sender=nick, to=to_nick, id=at.mid, ts=at.now,
+            nick, to_cid, to_nick, ts = res
+            event = ChatEvent(EventType.PRIVATE, cmd.text, sender=nick, to=to_nick, id=at.mid, ts=ts,
                               origin=at.cid)
             fx.deliver(dict.fromkeys((to_cid, at.cid)), event)
 
-        return Step(self.store.private(at.cid, cmd.target), respond)
+        return Step(self.store.private(at.op, at.cid, cmd.target, at.now), respond)
 
     def _who(self, at: At, cmd: c.Who) -> Step:
         def respond(fx: Effects, res: Failed | tuple[str, list[str]]) -> None:
@@ -320,7 +320,7 @@ class Chat:
                 return
             fx.info(at.cid, f"{room} ({len(nicks)}): {_sorted_names(nicks)}")
 
-        return Step(self.store.who(at.cid, cmd.room), respond)
+        return Step(self.store.who(at.op, at.cid, cmd.room), respond)
 
     def _rooms(self, at: At, cmd: c.Rooms) -> Step:
         def respond(fx: Effects, rooms: list[tuple[str, int]]) -> None:
@@ -329,7 +329,7 @@ class Chat:
                 return
             fx.info(at.cid, "rooms: " + ", ".join(f"{room} ({n})" for room, n in rooms))
 
-        return Step(self.store.rooms(), respond)
+        return Step(self.store.rooms(at.op, at.cid), respond)
 
     def _history(self, at: At, cmd: c.History) -> Step:
         def respond(fx: Effects, res: Failed | tuple[str, list[dict[str, str]]]) -> None:
@@ -345,7 +345,7 @@ class Chat:
                 )
                 fx.deliver((at.cid,), event)
 
-        return Step(self.store.history(at.cid, cmd.room, cmd.count), respond)
+        return Step(self.store.history(at.op, at.cid, cmd.room, cmd.count), respond)
 
     def _json(self, at: At, cmd: c.Json) -> Step:
         def respond(fx: Effects, _: None) -> None:

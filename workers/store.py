@@ -12,6 +12,7 @@ worker never sees a key. Keys, under a configurable prefix `p`:
     p rooms                  set of rooms that have members
     p gw:<gateway>:conns     set of cids on that gateway
     p gwdead:<gateway>       set when a gateway was lost: it may not connect clients again
+    p left:<cid>             for 2 minutes after a connection left: a late line cannot bring it back
     p res:<cid>              the results of the connection's current event (see `replayable`)
 
 Rooms arrive canonical (lower case); nicks are ASCII, so Lua's
@@ -35,7 +36,9 @@ local p, cid, gw, addr = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ck = p..'conn:'..cid
 local nick = redis.call('HGET', ck, 'nick')
 if nick then return nick end
-if redis.call('EXISTS', p..'gwdead:'..gw) == 1 then return false end
+if redis.call('EXISTS', p..'gwdead:'..gw) == 1 or redis.call('EXISTS', p..'left:'..cid) == 1 then
+  return false
+end
 for _ = 1, 50 do
   nick = 'guest-'..redis.call('INCR', p..'guests')
   if redis.call('SET', p..'nick:'..nick, cid, 'NX') then
@@ -118,14 +121,14 @@ return {'ok', nick, room, redis.call('SMEMBERS', mk), ts}
 """
 
 _PRIVATE = """
-local p, cid, target = ARGV[1], ARGV[2], ARGV[3]
+local p, cid, target, ts = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local nick = redis.call('HGET', p..'conn:'..cid, 'nick')
 if not nick then return {'gone'} end
 local to = redis.call('GET', p..'nick:'..string.lower(target))
 if not to then return {'nonick'} end
 local to_nick = redis.call('HGET', p..'conn:'..to, 'nick')
 if not to_nick then return {'nonick'} end
-return {'ok', nick, to, to_nick}
+return {'ok', nick, to, to_nick, ts}
 """
 
 _WHO = """
@@ -140,7 +143,7 @@ return {'ok', room, nicks}
 """
 
 _ROOMS = """
-local p = ARGV[1]
+local p, cid = ARGV[1], ARGV[2]
 local out = {}
 for _, room in ipairs(redis.call('SMEMBERS', p..'rooms')) do
   out[#out + 1] = room
@@ -175,6 +178,7 @@ local nk = p..'nick:'..string.lower(nick)
 if redis.call('GET', nk) == cid then redis.call('DEL', nk) end
 redis.call('DEL', ck, ck..':rooms')
 redis.call('SREM', p..'gw:'..gw..':conns', cid)
+redis.call('SET', p..'left:'..cid, 1, 'EX', 120)
 return {nick, out}
 """
 
@@ -338,21 +342,25 @@ class Store:
         args = (cid, room or "", text, msg_id, repr(ts), kind, HISTORY_KEEP, *op)
         return Call(_R_SAY, args, lambda r: _failed_or(r, lambda r: (r[1], r[2], r[3], float(r[4]))))
 
-    def private(self, cid: str, target: str) -> Call:
-        """-> (sender nick, target cid, target nick as spelled)."""
-        return Call(_PRIVATE, (cid, target), lambda r: _failed_or(r, lambda r: (r[1], r[2], r[3])))
+    # Reads are replayable too: a replay must see what the first run saw, not
+    # what the event's later lines have written since.
 
-    def who(self, cid: str, room: str | None) -> Call:
+    def private(self, op: Op, cid: str, target: str, ts: float) -> Call:
+        """-> (sender nick, target cid, target nick as spelled, ts as first seen)."""
+        return Call(_R_PRIVATE, (cid, target, repr(ts), *op),
+                    lambda r: _failed_or(r, lambda r: (r[1], r[2], r[3], float(r[4]))))
+
+    def who(self, op: Op, cid: str, room: str | None) -> Call:
         """-> (room, member nicks)."""
-        return Call(_WHO, (cid, room or ""), lambda r: _failed_or(r, lambda r: (r[1], r[2])))
+        return Call(_R_WHO, (cid, room or "", *op), lambda r: _failed_or(r, lambda r: (r[1], r[2])))
 
-    def rooms(self) -> Call:
+    def rooms(self, op: Op, cid: str) -> Call:
         """-> [(room, members)], sorted."""
-        return Call(_ROOMS, (), lambda flat: sorted(zip(flat[::2], flat[1::2], strict=True)))
+        return Call(_R_ROOMS, (cid, *op), lambda flat: sorted(zip(flat[::2], flat[1::2], strict=True)))
 
-    def history(self, cid: str, room: str | None, count: int) -> Call:
+    def history(self, op: Op, cid: str, room: str | None, count: int) -> Call:
         """-> (room, the room's last `count` messages oldest first, as field dicts)."""
-        return Call(_HISTORY, (cid, room or "", count), lambda r: _failed_or(
+        return Call(_R_HISTORY, (cid, room or "", count, *op), lambda r: _failed_or(
             r, lambda r: (r[1], [_fields(fields) for _, fields in reversed(r[2])])))
 
     def leave(self, op: Op, cid: str) -> Call:
@@ -372,3 +380,7 @@ _R_JOIN = replayable(_JOIN)
 _R_PART = replayable(_PART)
 _R_SAY = replayable(_SAY)
 _R_LEAVE = replayable(_LEAVE)
+_R_PRIVATE = replayable(_PRIVATE)
+_R_WHO = replayable(_WHO)
+_R_ROOMS = replayable(_ROOMS)
+_R_HISTORY = replayable(_HISTORY)

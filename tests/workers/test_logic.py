@@ -554,12 +554,6 @@ READ_BEFORE_WRITE = {
 }
 
 
-@pytest.mark.xfail(
-    reason="BUG: read-only commands (/msg NICK, /who, /rooms, /history) are not replayable; "
-    "on a replay they see the state the first run's later lines left, so the replay "
-    "publishes something else than the first run",
-    strict=True,
-)
 @pytest.mark.parametrize("lines", list(READ_BEFORE_WRITE.values()), ids=list(READ_BEFORE_WRITE))
 def test_replay_of_reads_before_writes(
     chat: Chat, client: redis.Redis, prefix: str, lines: tuple[str, ...]
@@ -571,11 +565,6 @@ def test_replay_of_reads_before_writes(
     assert again.items == first.items
 
 
-@pytest.mark.xfail(
-    reason="BUG: a private message's ts is the handling time, not stored: a replay later "
-    "gives the same message id another ts (room messages keep theirs)",
-    strict=True,
-)
 def test_replay_of_a_private_message_keeps_its_ts(chat: Chat, client: redis.Redis, prefix: str) -> None:
     a = connected(chat, f"{GW_A}:1", "alice")
     connected(chat, f"{GW_B}:1", "bob")
@@ -613,13 +602,6 @@ def test_replay_of_a_recovering_event(chat: Chat, client: redis.Redis, prefix: s
 
 
 
-@pytest.mark.xfail(
-    reason="BUG: lines of a later event after /quit (read before the gateway got the Close: "
-    "it sends pending lines as soon as the quit's Mark arrives) bring the connection back "
-    "as a new guest ('the service lost your session'), so room members see a ghost join "
-    "and message after the quit notice",
-    strict=True,
-)
 def test_lines_after_quit_in_a_later_event_do_not_resurrect(
     chat: Chat, client: redis.Redis, prefix: str
 ) -> None:
