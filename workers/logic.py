@@ -120,17 +120,13 @@ class Chat:
 
     def handle_batch(self, items: list[WorkItem], now: float) -> list[Effects]:
         """Handle a dispatch: one round trip to Redis for all its lines -> effects per item."""
-        plans = [None if isinstance(item, GatewayLost) else self.plan(item, now) for item in items]
-        calls = [step.call for steps in plans if steps for step in steps if step.call]
+        plans = [self.plan(item, now) for item in items]
+        calls = [step.call for steps in plans for step in steps if step.call]
         results = iter(self.store.run(calls))
         out = []
         for item, steps in zip(items, plans, strict=True):
             fx = Effects()
-            if steps is None:
-                assert isinstance(item, GatewayLost)
-                self._gateway_lost(fx, item.gateway)
-            else:
-                self._respond_safely(fx, item, steps, results)
+            self._respond_safely(fx, item, steps, results)
             out.append(fx)
         return out
 
@@ -189,6 +185,8 @@ class Chat:
                              lambda fx, nick: self._greet(fx, cid, nick))]
             case Disconnected(cid, seq, reason):
                 return [self._leave((seq, seq), cid, reason)]
+            case GatewayLost(gateway):
+                return [Step(self.store.reap(gateway), self._reaped)]
         raise TypeError(f"cannot plan {item!r}")
 
     def _plan_lines(self, cid: str, event: int, lines: tuple[str, ...], now: float) -> list[Step]:
@@ -214,12 +212,9 @@ class Chat:
             return
         fx.info(cid, f"welcome! you are {nick}: /nick NAME to change it, /join #room to talk, /help for all commands")
 
-    def _gateway_lost(self, fx: Effects, gateway: str) -> None:
-        self.store.run_one(self.store.bury_gateway(gateway))
-        cids = self.store.run_one(self.store.gateway_conns(gateway))
-        steps = [self._leave((0, 0), cid, "connection lost") for cid in cids]
-        for step, result in zip(steps, self.store.run([s.call for s in steps if s.call]), strict=True):
-            step.respond(fx, result)
+    def _reaped(self, fx: Effects, gone: list[tuple[str, list[str]]]) -> None:
+        for nick, others in gone:
+            fx.deliver(others, ChatEvent(EventType.QUIT, f"{nick} quit (connection lost)", sender=nick))
 
     def _leave(self, op: tuple[int, int], cid: str, reason: str) -> Step:
         def respond(fx: Effects, gone: tuple[str, list[str]] | None) -> None:

@@ -159,27 +159,47 @@ if room == '' then return {'noroom'} end
 return {'ok', room, redis.call('XREVRANGE', p..'room:'..room..':history', '+', '-', 'COUNT', count)}
 """
 
+_LEAVE_FN = """
+local function leave(p, cid)
+  local ck = p..'conn:'..cid
+  local nick, gw = unpack(redis.call('HMGET', ck, 'nick', 'gw'))
+  if not nick then return false end
+  local seen, out = {}, {}
+  for _, room in ipairs(redis.call('SMEMBERS', ck..':rooms')) do
+    local mk = p..'room:'..room..':members'
+    redis.call('SREM', mk, cid)
+    local rest = redis.call('SMEMBERS', mk)
+    if #rest == 0 then redis.call('SREM', p..'rooms', room) end
+    for _, m in ipairs(rest) do
+      if not seen[m] then seen[m] = true; out[#out + 1] = m end
+    end
+  end
+  local nk = p..'nick:'..string.lower(nick)
+  if redis.call('GET', nk) == cid then redis.call('DEL', nk) end
+  redis.call('DEL', ck, ck..':rooms')
+  redis.call('SREM', p..'gw:'..gw..':conns', cid)
+  redis.call('SET', p..'left:'..cid, 1, 'EX', 120)
+  return {nick, out}
+end
+"""
+
 _LEAVE = """
 local p, cid = ARGV[1], ARGV[2]
-local ck = p..'conn:'..cid
-local nick, gw = unpack(redis.call('HMGET', ck, 'nick', 'gw'))
-if not nick then return false end
-local seen, out = {}, {}
-for _, room in ipairs(redis.call('SMEMBERS', ck..':rooms')) do
-  local mk = p..'room:'..room..':members'
-  redis.call('SREM', mk, cid)
-  local rest = redis.call('SMEMBERS', mk)
-  if #rest == 0 then redis.call('SREM', p..'rooms', room) end
-  for _, m in ipairs(rest) do
-    if not seen[m] then seen[m] = true; out[#out + 1] = m end
-  end
+""" + _LEAVE_FN + """
+return leave(p, cid)
+"""
+
+# cid is '!<gateway>': the reap's results are kept (and replayed) under that name
+_REAP = """
+local p, cid, gw, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+""" + _LEAVE_FN + """
+redis.call('SET', p..'gwdead:'..gw, 1, 'EX', ttl)
+local out = {}
+for _, c in ipairs(redis.call('SMEMBERS', p..'gw:'..gw..':conns')) do
+  local gone = leave(p, c)
+  if gone then out[#out + 1] = gone end
 end
-local nk = p..'nick:'..string.lower(nick)
-if redis.call('GET', nk) == cid then redis.call('DEL', nk) end
-redis.call('DEL', ck, ck..':rooms')
-redis.call('SREM', p..'gw:'..gw..':conns', cid)
-redis.call('SET', p..'left:'..cid, 1, 'EX', 120)
-return {nick, out}
+return out
 """
 
 
@@ -367,12 +387,10 @@ class Store:
         """Forget a connection -> (its nick, cids that shared a room) or None."""
         return Call(_R_LEAVE, (cid, *op), lambda r: (r[0], r[1]) if r else None)
 
-    def gateway_conns(self, gateway: str) -> Call:
-        return Call(None, ("SMEMBERS", f"{self._p}gw:{gateway}:conns"), sorted)
-
-    def bury_gateway(self, gateway: str, ttl: int = 86_400) -> Call:
-        """A lost gateway stays lost: its late connects are refused (no ghosts)."""
-        return Call(None, ("SET", f"{self._p}gwdead:{gateway}", 1, "EX", ttl), bool)
+    def reap(self, gateway: str, ttl: int = 86_400) -> Call:
+        """Forget every connection of a lost gateway, and refuse its late connects for `ttl`
+        seconds (no ghosts) -> [(nick, cids that shared a room)]."""
+        return Call(_R_REAP, ("!" + gateway, gateway, ttl, 0, 0), lambda r: [(g[0], g[1]) for g in r])
 
 
 _R_NICK = replayable(_NICK)
@@ -380,6 +398,7 @@ _R_JOIN = replayable(_JOIN)
 _R_PART = replayable(_PART)
 _R_SAY = replayable(_SAY)
 _R_LEAVE = replayable(_LEAVE)
+_R_REAP = replayable(_REAP)
 _R_PRIVATE = replayable(_PRIVATE)
 _R_WHO = replayable(_WHO)
 _R_ROOMS = replayable(_ROOMS)

@@ -573,11 +573,6 @@ def test_replay_of_a_private_message_keeps_its_ts(chat: Chat, client: redis.Redi
     assert again.items == first.items
 
 
-@pytest.mark.xfail(
-    reason="BUG: GatewayLost is not replayable: the first run empties the gateway's "
-    "connection set, so a replay (its worker died before Done) sends no quit notices",
-    strict=True,
-)
 def test_replay_of_a_gateway_loss(chat: Chat, client: redis.Redis, prefix: str) -> None:
     connected(chat, f"{GW_A}:1", "ann", "#r")
     b = connected(chat, f"{GW_B}:1", "bob", "#r")
