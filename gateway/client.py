@@ -1,26 +1,25 @@
-"""One client connection: a raw non-blocking socket, a reader task, and
-output written straight to the kernel whenever it takes it.
+"""One client connection: a raw non-blocking socket served by one task,
+with output written straight to the kernel whenever it takes it.
 
-Input: the reader waits for the socket to be readable, turns bytes into
-lines (`protocol.lines`) and hands every batch of lines that one read
-completed to the gateway as one event. Bad lines are answered here, at
-once, and never leave the gateway. Lines over the rate limit wait in the
-reader, which meanwhile reads nothing more: the client's own TCP window
-holds it back.
+Input: the connection's task (`serve`) waits for the socket to be
+readable, turns bytes into lines (`protocol.lines`) and hands every batch
+of lines that one read completed to the gateway as one event. Bad lines
+are answered here, at once, and never leave the gateway. Lines over the
+rate limit wait in the reader, which meanwhile reads nothing more: the
+client's own TCP window holds it back.
 
 Output: the gateway `push`es rendered lines, then `flush`es each client it
 pushed to once per burst of replies: one `send` system call per client per
 burst, made by the task that delivers, with no task switch. Only what the
-kernel does not take waits in a queue for the writer task, which sleeps on
-writability. Pushed and waiting output is bounded in lines and bytes: a
-client that does not read is told why and disconnected, instead of growing
-the gateway's memory.
+kernel does not take becomes a backlog, and only then does a writer task
+exist, for as long as the backlog does. An idle connection is one task and
+a few small objects. Pushed and backlogged output is bounded in lines and
+bytes: a client that does not read is told why and disconnected.
 """
 
 from __future__ import annotations
 
 import socket
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -28,6 +27,9 @@ import trio
 
 from gateway.ratelimit import TokenBucket
 from protocol.lines import LineBuffer, LineError
+
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]
+WRITE_ERRORS = (OSError, trio.ClosedResourceError, trio.BusyResourceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +46,13 @@ class ClientLimits:
 class Client:
     __slots__ = (
         "_backlog",
-        "_lines",
         "_bytes",
+        "_lines",
         "_pending",
-        "_reader",
-        "_sending",
-        "_wake",
+        "_reader_lot",
+        "_scope",
+        "_spawn",
+        "_writer",
         "broken",
         "cid",
         "closing",
@@ -58,20 +61,38 @@ class Client:
         "sock",
     )
 
-    def __init__(self, cid: str, sock: socket.socket, limits: ClientLimits) -> None:
+    def __init__(self, cid: str, sock: socket.socket, limits: ClientLimits, spawn: Spawn) -> None:
         self.cid = cid
         self.sock = sock
         self.limits = limits
         self.json = False
-        self._pending: list[bytes] = []  # pushed since the last flush
-        self._backlog: deque[bytes] = deque()  # flushed, but the kernel did not take it yet
-        self._lines = 0  # lines pushed and not yet taken by the kernel
-        self._bytes = 0
-        self._wake = trio.lowlevel.ParkingLot()  # the writer waits here for a backlog
-        self._reader = trio.lowlevel.ParkingLot()
-        self._sending: trio.CancelScope | None = None
         self.closing: str | None = None
         self.broken = False
+        self._spawn = spawn  # starts the writer task when there is a backlog
+        self._pending: list[bytes] = []  # pushed since the last flush
+        self._backlog: list[bytes] | None = None  # what the kernel did not take; None: no writer
+        self._writer: trio.CancelScope | None = None
+        self._lines = 0  # lines pushed and not yet taken by the kernel
+        self._bytes = 0
+        self._scope: trio.CancelScope | None = None  # the connection's task
+        self._reader_lot: trio.lowlevel.ParkingLot | None = None
+
+    # --- the connection's task ------------------------------------------------
+
+    async def serve(self, on_lines: Callable[[Client, list[str]], Awaitable[None]]) -> str:
+        """Read until the connection ends -> '' or 'connection reset'."""
+        with trio.CancelScope() as self._scope:
+            try:
+                await self._read_loop(on_lines)
+            except (OSError, trio.ClosedResourceError):
+                self.broken = True
+            if not self.broken and self.closing is not None and self._backlog is not None:
+                await trio.sleep_forever()  # the writer ends the connection once the backlog is out
+        return "connection reset" if self.broken else ""
+
+    def _end(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
 
     # --- output -------------------------------------------------------------
 
@@ -88,15 +109,16 @@ class Client:
         return True
 
     def flush(self) -> None:
-        """Hand what was pushed to the kernel; what it does not take waits for the writer."""
-        if not self._pending:
-            return
-        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-        self._pending.clear()
-        if self._backlog or self.broken:  # keep the order: the writer sends it after the rest
-            self._backlog.append(data)
-            return
-        self._send_now(data)
+        """Hand what was pushed to the kernel; a backlog goes to the writer."""
+        if self._pending:
+            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            self._pending.clear()
+            if self._backlog is not None:  # keep the order: the writer sends it after the rest
+                self._backlog.append(data)
+            else:
+                self._send_now(data)
+        if self.closing is not None and self._backlog is None:
+            self._end()  # everything is out: the connection can go
 
     def _send_now(self, data: bytes) -> None:
         try:
@@ -105,16 +127,16 @@ class Client:
             sent = 0
         except OSError:
             self.broken = True
-            self._wake.unpark_all()
+            self._end()
             return
         if sent == len(data):
             self._lines = self._bytes = 0
             return
         rest = data[sent:]
-        self._backlog.append(rest)
+        self._backlog = [rest]
         self._bytes = len(rest)
         self._lines = rest.count(b"\n")
-        self._wake.unpark_all()
+        self._spawn(self._write_backlog)
 
     def close_after(self, last: bytes, reason: str) -> None:
         """Send `last` after what is queued, then close; later output is dropped."""
@@ -123,56 +145,51 @@ class Client:
         if last:
             self._pending.append(last)
         self.closing = reason
+        if self._writer is not None:  # a backlog under way gets the grace period, no more
+            self._writer.deadline = min(self._writer.deadline, trio.current_time() + self.limits.close_grace)
         self.flush()
-        if self._sending is not None:  # a send under way gets the grace period, no more
-            self._sending.deadline = min(self._sending.deadline, trio.current_time() + self.limits.close_grace)
-        self._wake.unpark_all()
 
-    async def write_loop(self) -> None:
-        """Send the backlog whenever there is one, until the client is closed.
-
-        Once closing, the backlog has `close_grace` seconds at most: a client
-        that does not read cannot hold its connection open.
-        """
-        while True:
-            while not self._backlog and self.closing is None and not self.broken:
-                await self._wake.park()
-            if self.broken:
-                raise trio.BrokenResourceError("send failed")
-            if not self._backlog:
-                return  # closing, and everything is out
-            with trio.CancelScope() as self._sending:
+    async def _write_backlog(self) -> None:
+        """The writer: alive while there is a backlog; once closing, `close_grace` at most."""
+        try:
+            with trio.CancelScope() as self._writer:
                 if self.closing is not None:
-                    self._sending.deadline = trio.current_time() + self.limits.close_grace
-                await self._drain_backlog()
-            if self._sending.cancelled_caught:
-                return  # it did not take its last lines in time
-            self._sending = None
+                    self._writer.deadline = trio.current_time() + self.limits.close_grace
+                while self._backlog:
+                    await trio.lowlevel.wait_writable(self.sock)
+                    self._send_backlog()
+        except WRITE_ERRORS:
+            self.broken = True
+        finally:
+            self._writer = None
+            self._backlog = None
+        if self.broken or self.closing is not None:
+            self._end()
 
-    async def _drain_backlog(self) -> None:
-        while self._backlog:
-            await trio.lowlevel.wait_writable(self.sock)
-            data = b"".join(self._backlog)
-            self._backlog.clear()
-            try:
-                sent = self.sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            rest = data[sent:]
-            if rest:
-                self._backlog.append(rest)
-            self._bytes = len(rest) + sum(map(len, self._pending))
-            self._lines = rest.count(b"\n") + len(self._pending)
+    def _send_backlog(self) -> None:
+        assert self._backlog is not None
+        data = b"".join(self._backlog)
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        rest = data[sent:]
+        self._backlog = [rest] if rest else []
+        self._bytes = len(rest) + sum(map(len, self._pending))
+        self._lines = rest.count(b"\n") + len(self._pending)
 
     # --- input ------------------------------------------------------------------
 
     def wake_reader(self) -> None:
-        self._reader.unpark_all()
+        if self._reader_lot is not None:
+            self._reader_lot.unpark_all()
 
     async def wait_for_reader_wakeup(self, timeout: float) -> None:
         """Park the reader until `wake_reader` (or `timeout`, to look around again)."""
+        if self._reader_lot is None:
+            self._reader_lot = trio.lowlevel.ParkingLot()
         with trio.move_on_after(timeout):
-            await self._reader.park()
+            await self._reader_lot.park()
 
     async def _receive(self) -> bytes:
         while True:
@@ -182,7 +199,7 @@ class Client:
             except BlockingIOError:
                 continue  # woken without data: wait again
 
-    async def read_loop(self, on_lines: Callable[[Client, list[str]], Awaitable[None]]) -> None:
+    async def _read_loop(self, on_lines: Callable[[Client, list[str]], Awaitable[None]]) -> None:
         """Read until EOF; `on_lines(client, lines)` gets each read's lines.
 
         Lines over the rate limit wait here, and while they wait nothing more

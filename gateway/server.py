@@ -92,6 +92,7 @@ class Gateway:
         self.to_broker = ZmqPump(self.dealer, self._on_broker)
         self.from_broker = ZmqPump(self.sub, self._on_batch, after_burst=self._flush)
         self._dirty: dict[str, Client] = {}  # clients pushed to since the last flush
+        self._nursery: trio.Nursery
 
     def close(self) -> None:
         self.dealer.close()
@@ -99,6 +100,7 @@ class Gateway:
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery  # client writers run here, while they have a backlog
             nursery.start_soon(self.to_broker.run)
             nursery.start_soon(self.from_broker.run)
             nursery.start_soon(self._tick)
@@ -286,21 +288,19 @@ class Gateway:
 
     async def _serve_client(self, sock: socket.socket, peer: str) -> None:
         cid = f"{self.instance}:{next(self._numbers)}"
-        client = Client(cid, sock, self.config.limits)
+        client = Client(cid, sock, self.config.limits, self._nursery.start_soon)
         session = Session(cid, peer, trio.current_time())
         self.clients[cid] = client
         self.sessions[cid] = session
         assert session.in_flight is not None
         self.to_broker.put_nowait([session.in_flight.frame])
-        broken: list[str] = []
+        ended = ""
         try:
-            async with trio.open_nursery() as nursery:
-                scope = nursery.cancel_scope
-                nursery.start_soon(_reading, client, self._on_lines, broken, scope)
-                nursery.start_soon(_writing, client, broken, scope)
+            ended = await client.serve(self._on_lines)
         finally:
             del self.clients[cid]
-            session.leave(client.closing or "".join(broken[:1]))
+            trio.lowlevel.notify_closing(sock)  # a writer still waiting on it gives up
+            session.leave(client.closing or ended)
             self._advance(session)
 
     async def _on_lines(self, client: Client, lines: list[str]) -> None:
@@ -316,26 +316,6 @@ class Gateway:
             client.push(UNAVAILABLE)
         session.add_lines(lines)
         self._advance(session)
-
-
-async def _reading(client: Client, on_lines, broken: list[str], scope: trio.CancelScope) -> None:  # type: ignore[no-untyped-def]
-    """The reader: at EOF the connection ends; when it stops because the client
-    is being closed, the writer ends it after the last lines."""
-    try:
-        await client.read_loop(on_lines)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        broken.append("connection reset")
-    if client.closing is None or broken:
-        scope.cancel()
-
-
-async def _writing(client: Client, broken: list[str], scope: trio.CancelScope) -> None:
-    try:
-        await client.write_loop()
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        broken.append("connection reset")
-    finally:
-        scope.cancel()
 
 
 def _peer(stream: trio.SocketStream) -> str:
