@@ -6,7 +6,7 @@ VENV   := .venv
 PORT   ?= 7000
 BIN    := $(VENV)/bin
 
-.PHONY: run test install clean
+.PHONY: run test lint bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/python -m pip install --quiet ruff mypy
+	$(BIN)/ruff check protocol gateway broker workers stack bench tests
+	$(BIN)/mypy protocol gateway broker workers stack bench
+
+bench: install
+	$(BIN)/chat-bench --baseline
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -14,6 +14,7 @@ the current room (`#room <nick> text` for the others).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import re
@@ -174,10 +175,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the way to stop it
         trio.run(serve, args.host, args.port)
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

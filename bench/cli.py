@@ -108,7 +108,7 @@ def run(config: BenchConfig) -> list[Result]:
     return results
 
 
-def make_shape(quick: bool, **given: float | None) -> Shape:
+def make_shape(quick: bool, **given: Any) -> Shape:
     base = QUICK if quick else Shape()
     chosen: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
     return replace(base, **chosen).checked()
@@ -121,6 +121,7 @@ def make_shape(quick: bool, **given: float | None) -> Shape:
 @click.option("--members", type=click.IntRange(2), help="W1/W2 members a room [50].")
 @click.option("--senders", type=click.IntRange(1), help="W1/W2 senders a room [5].")
 @click.option("--window", type=click.IntRange(1), help="W1/W4 messages in flight a sender [16].")
+@click.option("--w2-rates", default=None, help="W2 also at these offered msgs/s, comma-separated [1000].")
 @click.option("--duration", type=click.FloatRange(0.1), help="Seconds each workload sends [10].")
 @click.option("--idle", "idle_count", type=click.IntRange(1), help="W3 idle connections [10000].")
 @click.option("--idle-room-size", type=click.IntRange(1), help="W3 members a room [20].")
@@ -134,14 +135,15 @@ def make_shape(quick: bool, **given: float | None) -> Shape:
 @click.option("--out", default="bench-results", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for results.json, results.md, results.png and the servers' logs.")
 def main(quick: bool, names: str, rooms: int | None, members: int | None, senders: int | None,
-         window: int | None, duration: float | None, idle_count: int | None, idle_room_size: int | None,
+         window: int | None, w2_rates: str | None, duration: float | None, idle_count: int | None, idle_room_size: int | None,
          pairs: int | None, churners: int | None, workers: int, gateways: int, target: str | None,
          stack_pid: int | None, baseline: bool, out: Path) -> None:
     """Benchmark the chat backend over loopback TCP: fan-out, latency, idle memory, private messages, churn."""
     try:
+        rates = tuple(float(r) for r in w2_rates.split(",") if r.strip()) if w2_rates is not None else None
         shape = make_shape(quick, rooms=rooms, members=members, senders=senders, window=window,
                            duration=duration, idle=idle_count, idle_room_size=idle_room_size, pairs=pairs,
-                           churners=churners)
+                           churners=churners, fixed_rates=rates)
         chosen = parse_workloads(names)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

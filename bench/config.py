@@ -19,6 +19,7 @@ class Shape:
     window: int = 16  # W1/W4: messages a sender keeps in flight
     duration: float = 10.0  # seconds each workload sends
     levels: tuple[float, ...] = (0.3, 0.7)  # W2: shares of the W1 send rate
+    fixed_rates: tuple[float, ...] = (1000.0,)  # W2: and these offered msgs/s, the same for every server
     idle: int = 10_000  # W3: idle registered connections
     idle_room_size: int = 20  # W3: members per room (a join is announced to the room)
     pairs: int = 50  # W4: pairs of private correspondents
@@ -33,7 +34,7 @@ class Shape:
 
 
 QUICK = Shape(rooms=2, members=5, senders=2, window=8, duration=0.6, idle=200, idle_room_size=10,
-              pairs=4, churners=4, drain=5.0)
+              pairs=4, churners=4, drain=5.0, fixed_rates=(200.0,))
 
 
 @dataclass(frozen=True, slots=True)

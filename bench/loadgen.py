@@ -14,6 +14,7 @@ write) and a progress callback about once a second.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import resource
 import selectors
@@ -135,10 +136,8 @@ class Conn:
         if self.closed is not None:
             return
         self.closed = reason
-        try:
+        with contextlib.suppress(KeyError, ValueError):  # not registered (any more)
             self.loop.sel.unregister(self.sock)
-        except (KeyError, ValueError):
-            pass
         self.sock.close()
         self.loop.conns.discard(self)
         self.on_close(self)

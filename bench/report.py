@@ -124,8 +124,9 @@ def markdown(results: list[Result], meta: dict[str, Any]) -> str:
                   table(("workload", "deliveries/s", "msgs/s", "p99", "CPU per delivery (W3: per registration)",
                          "RSS/conn"), rows)]
         if any(row[0].startswith("W2") for row in rows):
-            parts.append("\nW2: each server runs at shares of its own W1 rate, so the two p99 figures are taken "
-                         "at different offered loads (the msgs/s ratio).")
+            parts.append("\nW2-30% and W2-70%: each server runs at shares of its own W1 rate, so the two p99 "
+                         "figures are taken at different offered loads (the msgs/s ratio). W2-N/s rows offer "
+                         "both servers the same N messages a second.")
     parts.append("\n" + LEGEND)
     return "\n".join(parts) + "\n"
 

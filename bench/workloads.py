@@ -129,12 +129,18 @@ def w2(ctx: Context, loop: Loop) -> list[Result]:
         fresh = [Sender(s.conn, s.sid, s.prefix, s.fanout) for s in senders]
         flow = Flow(loop, fresh, conns, ackers, f"W2 {level:.0%} {ctx.server.name}")
         results.append(at_rate(ctx, flow, level, ctx.w1_rate * level))
+    for rate in ctx.shape.fixed_rates:  # the same offered load for every server: latencies compare
+        if ctx.server.tree is not None:
+            ctx.server.tree.settle(limit=5.0)
+        fresh = [Sender(s.conn, s.sid, s.prefix, s.fanout) for s in senders]
+        flow = Flow(loop, fresh, conns, ackers, f"W2 {rate:,.0f}/s {ctx.server.name}")
+        results.append(at_rate(ctx, flow, rate / ctx.w1_rate, rate, f"W2-{rate:.0f}/s"))
     return results
 
 
-def at_rate(ctx: Context, flow: Flow, level: float, offered: float) -> Result:
+def at_rate(ctx: Context, flow: Flow, level: float, offered: float, name: str = "") -> Result:
     what = f"fixed load {level:.0%} of W1 = {offered:,.0f} msgs/s offered, W1 shape"
-    result = Result(f"W2-{level:.0%}", ctx.server.name, what)
+    result = Result(name or f"W2-{level:.0%}", ctx.server.name, what)
     meter = Meter(ctx.server.tree)
     meter.begin()
     seconds, lateness = flow.run_rate(offered, ctx.shape.duration)

@@ -42,7 +42,7 @@ def test_stack_serves_and_stops_cleanly(tmp_path) -> None:
             a.expect(lambda l: l.endswith("* over the stack"))
         child.proc.send_signal(signal.SIGTERM)
         assert child.proc.wait(30) == 0
-        gone, alive = psutil.wait_procs(parts, timeout=10)
+        _, alive = psutil.wait_procs(parts, timeout=10)
         assert not alive, f"left running: {alive}"
         assert not list(tmp_path.iterdir()), "temporary files left behind"
     finally:

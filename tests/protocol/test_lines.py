@@ -96,9 +96,8 @@ def strip_telnet(data: bytes) -> bytes:
 
 def reference_items(data: bytes, max_line: int) -> list[str | LineError]:
     out: list[str | LineError] = []
-    for seg in strip_telnet(data).split(b"\n")[:-1]:  # the last one is unfinished
-        if seg.endswith(b"\r"):
-            seg = seg[:-1]
+    for raw in strip_telnet(data).split(b"\n")[:-1]:  # the last one is unfinished
+        seg = raw[:-1] if raw.endswith(b"\r") else raw
         if len(seg) > max_line:
             out.append(LineError(LineProblem.TOO_LONG, max_line))
         elif seg:
