@@ -68,6 +68,13 @@ def _bytes(value: Any) -> bytes:
     return value
 
 
+def _strs(value: Any) -> tuple[str, ...]:
+    """An array of str (checked in one pass: a room's worth of cids is on the hot path)."""
+    if type(value) is not list or not all(type(v) is str for v in value):
+        raise DecodeError("expected an array of str")
+    return tuple(value)
+
+
 def _list(value: Any, size: int | None = None) -> list[Any]:
     if type(value) is not list or (size is not None and len(value) != size):
         raise DecodeError(f"expected an array of {size or 'any'} items")
@@ -107,8 +114,7 @@ def _item_from_wire(raw: Any) -> BatchItem:
     if len(fields) != 3 or type(fields[0]) is not int:
         raise DecodeError("a batch item is [tag, field, field]")
     if fields[0] == 0:
-        cids = tuple(_str(c) for c in _list(fields[1]))
-        return Deliver(cids, _event_from_wire(fields[2]))
+        return Deliver(_strs(fields[1]), _event_from_wire(fields[2]))
     if fields[0] == 1 and type(fields[2]) is bool:
         return SetMode(_str(fields[1]), fields[2])
     if fields[0] == 2:
@@ -150,7 +156,7 @@ def _done(events: Any, publish: Any) -> Done:
 
 _DECODERS: dict[tuple[int, int], Callable[..., Message]] = {
     (1, 3): lambda c, s, a: Connected(_str(c), _int(s), _str(a)),
-    (2, 3): lambda c, s, ls: Lines(_str(c), _int(s), tuple(_str(x) for x in _list(ls))),
+    (2, 3): lambda c, s, ls: Lines(_str(c), _int(s), _strs(ls)),
     (3, 3): lambda c, s, r: Disconnected(_str(c), _int(s), _str(r)),
     (4, 1): lambda g: GatewayLost(_str(g)),
     (5, 1): lambda n: Ready(_int(n)),
