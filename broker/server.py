@@ -40,6 +40,7 @@ from protocol.messages import (
     GatewayLost,
     Heartbeat,
     Lines,
+    Message,
     Ready,
     Unknown,
     event_key,
@@ -143,16 +144,23 @@ class Broker:
 
     # --- gateways ---------------------------------------------------------------
 
-    def _on_frontend(self, frames: list[bytes]) -> None:
+    def _decode(self, frames: list[bytes], where: str) -> tuple[bytes, bytes, Message] | None:
+        """[peer, body] from a ROUTER -> (peer, body, message), or None (counted and logged)."""
         if len(frames) != 2:
-            self._drop("frontend: wrong frame count")
-            return
-        gateway, body = frames
+            self._drop(f"{where}: wrong frame count")
+            return None
+        peer, body = frames
         try:
-            msg = codec.decode(body)
+            return peer, body, codec.decode(body)
         except DecodeError as exc:
-            self._drop(f"frontend: {exc}")
+            self._drop(f"{where}: {exc}")
+            return None
+
+    def _on_frontend(self, frames: list[bytes]) -> None:
+        decoded = self._decode(frames, "frontend")
+        if decoded is None:
             return
+        gateway, body, msg = decoded
         self.gateways.heard(gateway, time.monotonic())
         if isinstance(msg, (Connected, Lines, Disconnected)):
             if gateway_of(msg.cid).encode() != gateway:
@@ -166,15 +174,10 @@ class Broker:
     # --- workers ------------------------------------------------------------------
 
     def _on_backend(self, frames: list[bytes]) -> None:
-        if len(frames) != 2:
-            self._drop("backend: wrong frame count")
+        decoded = self._decode(frames, "backend")
+        if decoded is None:
             return
-        worker, body = frames
-        try:
-            msg = codec.decode(body)
-        except DecodeError as exc:
-            self._drop(f"backend: {exc}")
-            return
+        worker, _, msg = decoded
         if isinstance(msg, Ready):
             self.workers.heard(worker, time.monotonic())
             self.scheduler.ready(worker, msg.credit)
