@@ -79,11 +79,11 @@ class Client:
 
     # --- the connection's task ------------------------------------------------
 
-    async def serve(self, on_lines: Callable[[Client, list[str]], Awaitable[None]]) -> str:
-        """Read until the connection ends -> '' or 'connection reset'."""
+    async def serve(self, on_lines: Callable[[Client, list[str]], Awaitable[None]], first: bytes = b"") -> str:
+        """Read (`first`, then the socket) until the connection ends -> '' or 'connection reset'."""
         with trio.CancelScope() as self._scope:
             try:
-                await self._read_loop(on_lines)
+                await self._read_loop(on_lines, first)
             except (OSError, trio.ClosedResourceError):
                 self.broken = True
             if not self.broken and self.closing is not None and self._backlog is not None:
@@ -199,7 +199,7 @@ class Client:
             except BlockingIOError:
                 continue  # woken without data: wait again
 
-    async def _read_loop(self, on_lines: Callable[[Client, list[str]], Awaitable[None]]) -> None:
+    async def _read_loop(self, on_lines: Callable[[Client, list[str]], Awaitable[None]], first: bytes) -> None:
         """Read until EOF; `on_lines(client, lines)` gets each read's lines.
 
         Lines over the rate limit wait here, and while they wait nothing more
@@ -207,12 +207,15 @@ class Client:
         """
         buffer = LineBuffer(self.limits.max_line)
         bucket = TokenBucket(self.limits.rate, self.limits.burst, trio.current_time())
+        data = first
         while self.closing is None:
-            data = await self._receive()
             if not data:
-                return
+                data = await self._receive()
+                if not data:
+                    return
             lines: list[str] = []
-            for item in buffer.feed(data):
+            items, data = buffer.feed(data), b""
+            for item in items:
                 if isinstance(item, LineError):
                     self.push(f"! {item.message()}\n".encode())
                 else:

@@ -12,6 +12,7 @@ nothing else: the chat's state is the workers'.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -27,7 +28,7 @@ import zmq
 from gateway.client import Client, ClientLimits
 from gateway.session import SeenEvents, Session
 from gateway.zmq_pump import ZmqPump
-from protocol import codec
+from protocol import codec, proxy
 from protocol.errors import DecodeError
 from protocol.messages import (
     Batch,
@@ -43,6 +44,7 @@ from protocol.render import is_own_echo, render_json, render_text
 log = logging.getLogger("chat.gateway")
 
 UNAVAILABLE = b"! service temporarily unavailable\n"
+PROXY_TIMEOUT = 5.0  # seconds a balancer has to send the PROXY header
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,7 @@ class GatewayConfig:
     resend_after: float = 5.0
     max_connections: int = 20_000  # 0: no limit
     max_per_address: int = 256  # 0: no limit
+    proxy_protocol: bool = False  # behind HAProxy `send-proxy`: the client's address comes first
     limits: ClientLimits = field(default_factory=ClientLimits)
 
 
@@ -267,26 +270,60 @@ class Gateway:
         return None
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        peer = _peer(stream)
-        address = peer.rpartition(":")[0]
-        refusal = self._refusal(address)
-        if refusal is not None:
-            self.counts["connections refused"] += 1
-            with trio.move_on_after(1.0):
-                await stream.send_all(refusal)
-            return
-        # from here on the connection is a plain non-blocking socket (see gateway.client)
+        # the connection is a plain non-blocking socket from here on (see gateway.client)
         sock = socket.socket(fileno=stream.socket.detach())
-        self.per_address[address] += 1
         try:
-            await self._serve_client(sock, peer)
+            opened = await self._open(sock)
+            if opened is None:
+                return
+            peer, first = opened
+            address = peer.rpartition(":")[0]
+            refusal = self._refusal(address)
+            if refusal is not None:
+                self.counts["connections refused"] += 1
+                with contextlib.suppress(OSError):  # best effort: it is being refused anyway
+                    sock.send(refusal)
+                return
+            self.per_address[address] += 1
+            try:
+                await self._serve_client(sock, peer, first)
+            finally:
+                self.per_address[address] -= 1
+                if not self.per_address[address]:
+                    del self.per_address[address]
         finally:
             sock.close()
-            self.per_address[address] -= 1
-            if not self.per_address[address]:
-                del self.per_address[address]
 
-    async def _serve_client(self, sock: socket.socket, peer: str) -> None:
+    async def _open(self, sock: socket.socket) -> tuple[str, bytes] | None:
+        """-> (the client's address, bytes already read), or None for a bad PROXY header."""
+        peer = _peer(sock)
+        if not self.config.proxy_protocol:
+            return peer, b""
+        data = b""
+        with trio.move_on_after(PROXY_TIMEOUT):
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                try:
+                    chunk = sock.recv(proxy.MAX_HEADER - len(data))
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    return None
+                if not chunk:
+                    return None
+                data += chunk
+                try:
+                    header = proxy.split_header(data)
+                except proxy.ProxyError as exc:
+                    self._count(f"refused: {exc} from {peer}")
+                    return None
+                if header is not None:
+                    source, rest = header
+                    return source or peer, rest
+        self._count(f"refused: no PROXY header within {PROXY_TIMEOUT:.0f}s from {peer}")
+        return None
+
+    async def _serve_client(self, sock: socket.socket, peer: str, first: bytes) -> None:
         cid = f"{self.instance}:{next(self._numbers)}"
         client = Client(cid, sock, self.config.limits, self._nursery.start_soon)
         session = Session(cid, peer, trio.current_time())
@@ -296,7 +333,7 @@ class Gateway:
         self.to_broker.put_nowait([session.in_flight.frame])
         ended = ""
         try:
-            ended = await client.serve(self._on_lines)
+            ended = await client.serve(self._on_lines, first)
         finally:
             del self.clients[cid]
             trio.lowlevel.notify_closing(sock)  # a writer still waiting on it gives up
@@ -318,9 +355,9 @@ class Gateway:
         self._advance(session)
 
 
-def _peer(stream: trio.SocketStream) -> str:
+def _peer(sock: socket.socket) -> str:
     try:
-        host, port = stream.socket.getpeername()[:2]
+        host, port = sock.getpeername()[:2]
     except OSError:
         return "?"
     return f"{host}:{port}"

@@ -260,3 +260,29 @@ def _greets(port: int) -> bool:
     line = c.read_line(time.monotonic() + 2)
     c.close()
     return bool(line and line.startswith("* welcome"))
+
+
+def test_proxy_protocol_gives_the_real_address_to_the_limits(tmp_path) -> None:
+    c = start_fast_cluster(tmp_path / "v", workers=1, gateways=1,
+                           gateway_args=("--proxy-protocol", "--max-per-address", "1"))
+    port = c.ports[0]
+
+    def via_balancer(source: str) -> ChatClient:
+        client = ChatClient(port, greet=False)
+        client.send_raw(f"PROXY TCP4 {source} 127.0.0.1 40000 {port}\r\n".encode())
+        return client
+
+    try:
+        first = via_balancer("203.0.113.9")
+        assert first.expect(lambda l: l.startswith("* welcome"))
+        other = via_balancer("198.51.100.4")  # another client behind the same balancer
+        assert other.expect(lambda l: l.startswith("* welcome"))
+        again = via_balancer("203.0.113.9")
+        assert again.wait_closed(5) == ["! too many connections from your address (max 1)"]
+        direct = ChatClient(port, greet=False)
+        direct.send("/nick sneaky")
+        assert direct.wait_closed(5) == []  # no PROXY header: refused without a word
+        first.send("/ping")
+        first.expect("* pong")
+    finally:
+        c.stop()
