@@ -80,6 +80,8 @@ async def shut_down(gateway: Gateway, grace: float = 3.0) -> None:
               type=click.IntRange(0), help="Clients from one IP address at once (0: no limit).")
 @click.option("--proxy-protocol", is_flag=True, envvar="CHAT_PROXY_PROTOCOL", show_envvar=True,
               help="Expect a PROXY v1 header (HAProxy send-proxy) with the client's real address.")
+@click.option("--reuse-port", is_flag=True, envvar="CHAT_REUSE_PORT", show_envvar=True,
+              help="SO_REUSEPORT: run several gateways on one port; the kernel spreads the clients.")
 @click.option("--heartbeat", default=1.0, envvar="CHAT_HEARTBEAT", show_envvar=True, type=click.FloatRange(0.05),
               help="Seconds between heartbeats to the broker.")
 @click.option("--liveness", default=3, envvar="CHAT_LIVENESS", show_envvar=True, type=click.IntRange(1),
@@ -89,7 +91,8 @@ async def shut_down(gateway: Gateway, grace: float = 3.0) -> None:
 @click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
 def main(listen: str, frontend: str, pub_out: str, name: str, max_line: int, max_queue_lines: int,
          max_queue_bytes: int, rate_limit: float, rate_burst: int, max_waiting_lines: int,
-         max_connections: int, max_per_address: int, proxy_protocol: bool, heartbeat: float, liveness: int,
+         max_connections: int, max_per_address: int, proxy_protocol: bool, reuse_port: bool, heartbeat: float,
+         liveness: int,
          resend_after: float, log_level: str) -> None:
     """Accept chat clients over TCP and bridge them to the broker."""
     if name and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
@@ -101,7 +104,8 @@ def main(listen: str, frontend: str, pub_out: str, name: str, max_line: int, max
     config = GatewayConfig(host=host, port=port, frontend=frontend, pub_out=pub_out, name=name,
                            heartbeat=heartbeat, liveness=liveness, resend_after=resend_after,
                            max_connections=max_connections,
-                           max_per_address=max_per_address, proxy_protocol=proxy_protocol, limits=limits)
+                           max_per_address=max_per_address, proxy_protocol=proxy_protocol,
+                           reuse_port=reuse_port, limits=limits)
     trio.run(run, config)
 
 

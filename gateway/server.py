@@ -13,7 +13,6 @@ nothing else: the chat's state is the workers'.
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import logging
 import os
@@ -60,6 +59,7 @@ class GatewayConfig:
     max_connections: int = 20_000  # 0: no limit
     max_per_address: int = 256  # 0: no limit
     proxy_protocol: bool = False  # behind HAProxy `send-proxy`: the client's address comes first
+    reuse_port: bool = False  # SO_REUSEPORT: several gateway processes on one port
     limits: ClientLimits = field(default_factory=ClientLimits)
 
 
@@ -107,9 +107,26 @@ class Gateway:
             nursery.start_soon(self.to_broker.run)
             nursery.start_soon(self.from_broker.run)
             nursery.start_soon(self._tick)
-            serve = functools.partial(trio.serve_tcp, host=self.config.host)
-            listeners = await nursery.start(serve, self._handle, self.config.port)
-            task_status.started(listeners[0].socket.getsockname()[:2])
+            listener = await self._listen()
+            nursery.start_soon(trio.serve_listeners, self._handle, [listener])
+            task_status.started(listener.socket.getsockname()[:2])
+
+    async def _listen(self) -> trio.SocketListener:
+        """The client socket; with `reuse_port`, several gateways share one port (the kernel
+        spreads connections over them)."""
+        host = self.config.host
+        family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+        sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        if self.config.reuse_port:
+            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        try:
+            await sock.bind((host, self.config.port))
+            sock.listen(4096)
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketListener(sock)
 
     # --- the broker side ------------------------------------------------------
 

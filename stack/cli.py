@@ -23,8 +23,13 @@ from stack.process import Stopping
 from stack.valkey import start_valkey
 
 
+def gateway_ports(port: int, gateways: int, reuse_port: bool) -> list[int]:
+    return [port] * gateways if reuse_port else [port + i for i in range(gateways)]
+
+
 def start_parts(run_dir: Path, data_dir: Path, port: int, host: str, gateways: int, workers: int,
-                redis_url: str | None, extra_gateway_args: tuple[str, ...] = ()) -> list[Child]:
+                redis_url: str | None, extra_gateway_args: tuple[str, ...] = (),
+                reuse_port: bool = False) -> list[Child]:
     children: list[Child] = []
     try:
         if redis_url is None:
@@ -37,10 +42,11 @@ def start_parts(run_dir: Path, data_dir: Path, port: int, host: str, gateways: i
         children.append(start("workers", python_module(
             "workers.cli", "-n", str(workers), "--backend", ep["backend"], "--redis-url", redis_url),
             "chat-worker started", die_with_parent=True))
-        for i in range(gateways):
+        shared = ("--reuse-port",) if reuse_port else ()
+        for i, gateway_port in enumerate(gateway_ports(port, gateways, reuse_port)):
             children.append(start(f"gateway-{i + 1}", python_module(
-                "gateway.cli", "--listen", f"{host}:{port + i}", "--frontend", ep["frontend"],
-                "--pub-out", ep["pub-out"], "--id", f"gw{i + 1}", *extra_gateway_args), "chat-gateway",
+                "gateway.cli", "--listen", f"{host}:{gateway_port}", "--frontend", ep["frontend"],
+                "--pub-out", ep["pub-out"], "--id", f"gw{i + 1}", *shared, *extra_gateway_args), "chat-gateway",
                 die_with_parent=True))
     except BaseException:
         stop_all(children)
@@ -77,21 +83,23 @@ def watch(children: list[Child], stopping: Stopping) -> Child | None:
               help="Lines a second a client may send (0: no limit, for benchmarks).")
 @click.option("--max-per-address", default=256, envvar="CHAT_MAX_PER_ADDRESS", show_envvar=True,
               type=click.IntRange(0), help="Clients from one IP address per gateway (0: no limit).")
+@click.option("--reuse-port", is_flag=True, envvar="CHAT_REUSE_PORT", show_envvar=True,
+              help="All gateways on --port (SO_REUSEPORT) instead of consecutive ports.")
 @click.option("--data-dir", default=None, envvar="CHAT_DATA_DIR", show_envvar=True, type=click.Path(file_okay=False),
               help="Where the embedded Valkey keeps its append-only file (default: a temporary directory).")
 def main(port: int, host: str, gateways: int, workers: int, redis_url: str | None, rate_limit: float,
-         max_per_address: int, data_dir: str | None) -> None:
+         max_per_address: int, reuse_port: bool, data_dir: str | None) -> None:
     """Run the whole chat backend on this machine."""
     stopping = Stopping().install()
     run_dir = Path(tempfile.mkdtemp(prefix="chat-stack-"))
     data = Path(data_dir) if data_dir else run_dir / "valkey"
     try:
         gateway_args = ("--rate-limit", str(rate_limit), "--max-per-address", str(max_per_address))
-        children = start_parts(run_dir, data, port, host, gateways, workers, redis_url, gateway_args)
+        children = start_parts(run_dir, data, port, host, gateways, workers, redis_url, gateway_args, reuse_port)
     except ChildFailed as exc:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise click.ClickException(str(exc)) from None
-    ports = ", ".join(str(port + i) for i in range(gateways))
+    ports = ", ".join(str(p) for p in sorted(set(gateway_ports(port, gateways, reuse_port))))
     print(f"chat-stack ready: {gateways} gateway(s) on port(s) {ports}, {workers} worker(s). "
           f"Connect with: nc localhost {port}   (Ctrl-C stops everything)", flush=True)
     try:

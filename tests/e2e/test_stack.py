@@ -47,3 +47,20 @@ def test_stack_serves_and_stops_cleanly(tmp_path) -> None:
         assert not list(tmp_path.iterdir()), "temporary files left behind"
     finally:
         stop(child)
+
+
+def test_stack_gateways_share_one_port_with_reuse_port(tmp_path) -> None:
+    port = _free_port_pair()
+    child: Child = start("stack", python_module(
+        "stack.cli", "--port", str(port), "--host", "127.0.0.1", "--workers", "1", "--gateways", "2",
+        "--reuse-port"), "chat-stack ready", timeout=60, env={**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        gateways = set()
+        for n in range(20):
+            with ChatClient(port) as c:
+                c.send("/json", f"/join #rp{n}", "where am I")
+                own = c.expect_json(lambda o: o["type"] == "message")
+                gateways.add(own["id"].split(".")[0])  # ids are <gateway>.<tag>:<n>/<seq>
+        assert gateways == {"gw1", "gw2"}  # the kernel spread the connections over both
+    finally:
+        stop(child)
