@@ -135,7 +135,8 @@ def make_shape(quick: bool, **given: Any) -> Shape:
 @click.option("--out", default="bench-results", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for results.json, results.md, results.png and the servers' logs.")
 def main(quick: bool, names: str, rooms: int | None, members: int | None, senders: int | None,
-         window: int | None, w2_rates: str | None, duration: float | None, idle_count: int | None, idle_room_size: int | None,
+         window: int | None, w2_rates: str | None, duration: float | None, idle_count: int | None,
+         idle_room_size: int | None,
          pairs: int | None, churners: int | None, workers: int, gateways: int, target: str | None,
          stack_pid: int | None, baseline: bool, out: Path) -> None:
     """Benchmark the chat backend over loopback TCP: fan-out, latency, idle memory, private messages, churn."""

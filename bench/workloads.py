@@ -129,12 +129,12 @@ def w2(ctx: Context, loop: Loop) -> list[Result]:
         fresh = [Sender(s.conn, s.sid, s.prefix, s.fanout) for s in senders]
         flow = Flow(loop, fresh, conns, ackers, f"W2 {level:.0%} {ctx.server.name}")
         results.append(at_rate(ctx, flow, level, ctx.w1_rate * level))
-    for rate in ctx.shape.fixed_rates:  # the same offered load for every server: latencies compare
+    for offered in ctx.shape.fixed_rates:  # the same offered load for every server: latencies compare
         if ctx.server.tree is not None:
             ctx.server.tree.settle(limit=5.0)
         fresh = [Sender(s.conn, s.sid, s.prefix, s.fanout) for s in senders]
-        flow = Flow(loop, fresh, conns, ackers, f"W2 {rate:,.0f}/s {ctx.server.name}")
-        results.append(at_rate(ctx, flow, rate / ctx.w1_rate, rate, f"W2-{rate:.0f}/s"))
+        flow = Flow(loop, fresh, conns, ackers, f"W2 {offered:,.0f}/s {ctx.server.name}")
+        results.append(at_rate(ctx, flow, offered / ctx.w1_rate, offered, f"W2-{offered:.0f}/s"))
     return results
 
 
