@@ -13,7 +13,8 @@ worker never sees a key. Keys, under a configurable prefix `p`:
     p gw:<gateway>:conns     set of cids on that gateway
     p gwdead:<gateway>       set when a gateway was lost: it may not connect clients again
     p left:<cid>             for 2 minutes after a connection left: a late line cannot bring it back
-    p res:<cid>              the results of the connection's current event (see `replayable`)
+    p res:<cid>              the results of the connection's current event (see `replayable`),
+                             10 minutes after its last event, 2 minutes after it left
 
 Rooms arrive canonical (lower case); nicks are ASCII, so Lua's
 string.lower folds them as Python does.
@@ -28,7 +29,8 @@ from typing import Any
 
 import redis
 
-RESULT_TTL = 3600  # seconds a connection's last results are kept for replays
+RESULT_TTL = 600  # seconds a connection's last results are kept for replays
+GONE_TTL = 120  # after it left: only its departure can still be replayed
 HISTORY_KEEP = 100  # at least; the stream is trimmed approximately
 
 _CONNECT = """
@@ -222,7 +224,7 @@ return result
 """
 
 
-def replayable(script: str) -> str:
+def replayable(script: str, ttl: int = RESULT_TTL) -> str:
     """Make a mutating script idempotent per line of a connection.
 
     The script's first line binds ARGV (p and cid first); the rest becomes
@@ -231,11 +233,12 @@ def replayable(script: str) -> str:
     in flight at a time, so only that one can be replayed). Run again for
     the same line, as when the broker gives a dead worker's event to
     another, the script returns the first result and changes nothing: the
-    replay publishes exactly what the first run would have.
+    replay publishes exactly what the first run would have. The results
+    expire `ttl` seconds after the last change: a replay comes within seconds.
     """
     first, _, body = script.strip().partition("\n")
     return f"{first}\nlocal function op()\n{body}\nend\n" + _REPLAYABLE.replace(
-        "RESULT_TTL", str(RESULT_TTL)
+        "RESULT_TTL", str(ttl)
     )
 
 
@@ -397,8 +400,8 @@ _R_NICK = replayable(_NICK)
 _R_JOIN = replayable(_JOIN)
 _R_PART = replayable(_PART)
 _R_SAY = replayable(_SAY)
-_R_LEAVE = replayable(_LEAVE)
-_R_REAP = replayable(_REAP)
+_R_LEAVE = replayable(_LEAVE, GONE_TTL)
+_R_REAP = replayable(_REAP, GONE_TTL)
 _R_PRIVATE = replayable(_PRIVATE)
 _R_WHO = replayable(_WHO)
 _R_ROOMS = replayable(_ROOMS)
