@@ -11,7 +11,7 @@ Message IDs are derived from the line's ID, `<cid>/<seq>`: the gateway
 numbers every line of a connection and connection IDs are unique across
 the cluster, so the ID is unique without a round trip, and the same line
 handled twice (a replay after a worker died) gets the same ID. Every
-state change is a replayable script (`store.replayable`), so a replay
+state change is a replayable script (`scripts.replayable`), so a replay
 reproduces the first run's effects instead of applying them again.
 """
 

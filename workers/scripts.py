@@ -1,0 +1,235 @@
+"""The Lua side of the store: one script per chat operation, each atomic.
+
+Every script takes the key prefix and the connection ID as ARGV[1] and
+ARGV[2] and builds its keys from them (so Redis Cluster is not supported as
+written: the keys are not declared). `replayable` wraps a script so that
+running it again for the same line of a connection returns the first
+result and changes nothing. The module exports the scripts ready to run.
+"""
+
+from __future__ import annotations
+
+RESULT_TTL = 600  # seconds a connection's last results are kept for replays
+GONE_TTL = 120  # after it left: only its departure can still be replayed
+HISTORY_KEEP = 100  # at least; the stream is trimmed approximately
+
+_CONNECT_SRC = """
+local p, cid, gw, addr = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ck = p..'conn:'..cid
+local nick = redis.call('HGET', ck, 'nick')
+if nick then return nick end
+if redis.call('EXISTS', p..'gwdead:'..gw) == 1 or redis.call('EXISTS', p..'left:'..cid) == 1 then
+  return false
+end
+for _ = 1, 50 do
+  nick = 'guest-'..redis.call('INCR', p..'guests')
+  if redis.call('SET', p..'nick:'..nick, cid, 'NX') then
+    redis.call('HSET', ck, 'nick', nick, 'room', '', 'gw', gw, 'addr', addr)
+    redis.call('SADD', p..'gw:'..gw..':conns', cid)
+    return nick
+  end
+end
+return false
+"""
+
+_NICK_SRC = """
+local p, cid, new = ARGV[1], ARGV[2], ARGV[3]
+local ck = p..'conn:'..cid
+local old = redis.call('HGET', ck, 'nick')
+if not old then return {'gone'} end
+local key = p..'nick:'..string.lower(new)
+local holder = redis.call('GET', key)
+if holder and holder ~= cid then return {'taken'} end
+local old_key = p..'nick:'..string.lower(old)
+if old_key ~= key and redis.call('GET', old_key) == cid then redis.call('DEL', old_key) end
+redis.call('SET', key, cid)
+redis.call('HSET', ck, 'nick', new)
+local seen, out = {}, {}
+for _, room in ipairs(redis.call('SMEMBERS', ck..':rooms')) do
+  for _, m in ipairs(redis.call('SMEMBERS', p..'room:'..room..':members')) do
+    if m ~= cid and not seen[m] then seen[m] = true; out[#out + 1] = m end
+  end
+end
+return {'ok', old, out}
+"""
+
+_JOIN_SRC = """
+local p, cid, room = ARGV[1], ARGV[2], ARGV[3]
+local ck = p..'conn:'..cid
+local nick = redis.call('HGET', ck, 'nick')
+if not nick then return {'gone'} end
+local mk = p..'room:'..room..':members'
+local added = redis.call('SADD', mk, cid)
+redis.call('SADD', ck..':rooms', room)
+redis.call('HSET', ck, 'room', room)
+redis.call('SADD', p..'rooms', room)
+local members = redis.call('SMEMBERS', mk)
+local nicks = {}
+for i, m in ipairs(members) do nicks[i] = redis.call('HGET', p..'conn:'..m, 'nick') or '?' end
+return {'ok', nick, added, members, nicks}
+"""
+
+_PART_SRC = """
+local p, cid, room = ARGV[1], ARGV[2], ARGV[3]
+local ck = p..'conn:'..cid
+local nick, current = unpack(redis.call('HMGET', ck, 'nick', 'room'))
+if not nick then return {'gone'} end
+if room == '' then room = current end
+if room == '' then return {'noroom'} end
+local mk = p..'room:'..room..':members'
+if redis.call('SREM', mk, cid) == 0 then return {'notin', room} end
+redis.call('SREM', ck..':rooms', room)
+if current == room then
+  current = redis.call('SRANDMEMBER', ck..':rooms') or ''
+  redis.call('HSET', ck, 'room', current)
+end
+local rest = redis.call('SMEMBERS', mk)
+if #rest == 0 then redis.call('SREM', p..'rooms', room) end
+return {'ok', nick, room, current, rest}
+"""
+
+_SAY_SRC = """
+local p, cid, room, text, id, ts, kind, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local ck = p..'conn:'..cid
+local nick, current = unpack(redis.call('HMGET', ck, 'nick', 'room'))
+if not nick then return {'gone'} end
+if room == '' then room = current end
+if room == '' then return {'noroom'} end
+local mk = p..'room:'..room..':members'
+if redis.call('SISMEMBER', mk, cid) == 0 then return {'notin', room} end
+redis.call('XADD', p..'room:'..room..':history', 'MAXLEN', '~', keep, '*',
+           'id', id, 'from', nick, 'text', text, 'ts', ts, 'kind', kind)
+return {'ok', nick, room, redis.call('SMEMBERS', mk), ts}
+"""
+
+_PRIVATE_SRC = """
+local p, cid, target, ts = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local nick = redis.call('HGET', p..'conn:'..cid, 'nick')
+if not nick then return {'gone'} end
+local to = redis.call('GET', p..'nick:'..string.lower(target))
+if not to then return {'nonick'} end
+local to_nick = redis.call('HGET', p..'conn:'..to, 'nick')
+if not to_nick then return {'nonick'} end
+return {'ok', nick, to, to_nick, ts}
+"""
+
+_WHO_SRC = """
+local p, cid, room = ARGV[1], ARGV[2], ARGV[3]
+if room == '' then room = redis.call('HGET', p..'conn:'..cid, 'room') or '' end
+if room == '' then return {'noroom'} end
+local nicks = {}
+for _, m in ipairs(redis.call('SMEMBERS', p..'room:'..room..':members')) do
+  nicks[#nicks + 1] = redis.call('HGET', p..'conn:'..m, 'nick') or '?'
+end
+return {'ok', room, nicks}
+"""
+
+_ROOMS_SRC = """
+local p, cid = ARGV[1], ARGV[2]
+local out = {}
+for _, room in ipairs(redis.call('SMEMBERS', p..'rooms')) do
+  out[#out + 1] = room
+  out[#out + 1] = redis.call('SCARD', p..'room:'..room..':members')
+end
+return out
+"""
+
+_HISTORY_SRC = """
+local p, cid, room, count = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if room == '' then room = redis.call('HGET', p..'conn:'..cid, 'room') or '' end
+if room == '' then return {'noroom'} end
+return {'ok', room, redis.call('XREVRANGE', p..'room:'..room..':history', '+', '-', 'COUNT', count)}
+"""
+
+_LEAVE_FN = """
+local function leave(p, cid)
+  local ck = p..'conn:'..cid
+  local nick, gw = unpack(redis.call('HMGET', ck, 'nick', 'gw'))
+  if not nick then return false end
+  local seen, out = {}, {}
+  for _, room in ipairs(redis.call('SMEMBERS', ck..':rooms')) do
+    local mk = p..'room:'..room..':members'
+    redis.call('SREM', mk, cid)
+    local rest = redis.call('SMEMBERS', mk)
+    if #rest == 0 then redis.call('SREM', p..'rooms', room) end
+    for _, m in ipairs(rest) do
+      if not seen[m] then seen[m] = true; out[#out + 1] = m end
+    end
+  end
+  local nk = p..'nick:'..string.lower(nick)
+  if redis.call('GET', nk) == cid then redis.call('DEL', nk) end
+  redis.call('DEL', ck, ck..':rooms')
+  redis.call('SREM', p..'gw:'..gw..':conns', cid)
+  redis.call('SET', p..'left:'..cid, 1, 'EX', 120)
+  return {nick, out}
+end
+"""
+
+_LEAVE_SRC = """
+local p, cid = ARGV[1], ARGV[2]
+""" + _LEAVE_FN + """
+return leave(p, cid)
+"""
+
+# cid is '!<gateway>': the reap's results are kept (and replayed) under that name
+_REAP_SRC = """
+local p, cid, gw, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+""" + _LEAVE_FN + """
+redis.call('SET', p..'gwdead:'..gw, 1, 'EX', ttl)
+local out = {}
+for _, c in ipairs(redis.call('SMEMBERS', p..'gw:'..gw..':conns')) do
+  local gone = leave(p, c)
+  if gone then out[#out + 1] = gone end
+end
+return out
+"""
+
+
+_REPLAYABLE = """
+local rk = p..'res:'..cid
+local event, line = ARGV[#ARGV - 1], ARGV[#ARGV]
+if redis.call('HGET', rk, 'event') == event then
+  local hit = redis.call('HGET', rk, line)
+  if hit then return cjson.decode(hit) end
+else
+  redis.call('DEL', rk)
+  redis.call('HSET', rk, 'event', event)
+end
+local result = op()
+if type(result) ~= 'table' or result[1] ~= 'gone' then
+  redis.call('HSET', rk, line, cjson.encode(result))
+  redis.call('EXPIRE', rk, RESULT_TTL)
+end
+return result
+"""
+
+
+def replayable(script: str, ttl: int = RESULT_TTL) -> str:
+    """Make a mutating script idempotent per line of a connection.
+
+    The script's first line binds ARGV (p and cid first); the rest becomes
+    `op()`. Its result is kept under `p res:<cid>`, field = the line's number,
+    for the connection's current event only (one event of a connection is
+    in flight at a time, so only that one can be replayed). Run again for
+    the same line, as when the broker gives a dead worker's event to
+    another, the script returns the first result and changes nothing: the
+    replay publishes exactly what the first run would have. The results
+    expire `ttl` seconds after the last change: a replay comes within seconds.
+    """
+    first, _, body = script.strip().partition("\n")
+    return f"{first}\nlocal function op()\n{body}\nend\n" + _REPLAYABLE.replace(
+        "RESULT_TTL", str(ttl)
+    )
+
+
+NICK = replayable(_NICK_SRC)
+JOIN = replayable(_JOIN_SRC)
+PART = replayable(_PART_SRC)
+SAY = replayable(_SAY_SRC)
+LEAVE = replayable(_LEAVE_SRC, GONE_TTL)
+REAP = replayable(_REAP_SRC, GONE_TTL)
+PRIVATE = replayable(_PRIVATE_SRC)
+WHO = replayable(_WHO_SRC)
+ROOMS = replayable(_ROOMS_SRC)
+HISTORY = replayable(_HISTORY_SRC)
+CONNECT = _CONNECT_SRC
