@@ -1,7 +1,7 @@
 """The gateway: TCP clients on one side, the broker on the other.
 
-    clients --TCP--> Client.read_loop --> Session --event--> DEALER pump --> broker frontend
-    clients <--TCP-- Client.write_loop <-- on_batch <-- SUB pump <-- broker pub-out
+    clients --TCP--> Client.serve (reads) --> Session --event--> DEALER pump --> broker frontend
+    clients <--TCP-- Client.flush (writes) <-- on_batch <-- SUB pump <-- broker pub-out
 
 Each connection gets an ID `<instance>:<n>`, where the instance name is
 unique to this run of the process, so a restarted gateway never reuses an
@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 import trio
 import zmq
 
+from gateway import accept
 from gateway.client import Client, ClientLimits
 from gateway.session import SeenEvents, Session
 from gateway.zmq_pump import ZmqPump
-from protocol import codec, proxy
+from protocol import codec
 from protocol.errors import DecodeError
 from protocol.messages import (
     Batch,
@@ -43,7 +44,6 @@ from protocol.render import is_own_echo, render_json, render_text
 log = logging.getLogger("chat.gateway")
 
 UNAVAILABLE = b"! service temporarily unavailable\n"
-PROXY_TIMEOUT = 5.0  # seconds a balancer has to send the PROXY header
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,26 +107,9 @@ class Gateway:
             nursery.start_soon(self.to_broker.run)
             nursery.start_soon(self.from_broker.run)
             nursery.start_soon(self._tick)
-            listener = await self._listen()
+            listener = await accept.listen(self.config.host, self.config.port, self.config.reuse_port)
             nursery.start_soon(trio.serve_listeners, self._handle, [listener])
             task_status.started(listener.socket.getsockname()[:2])
-
-    async def _listen(self) -> trio.SocketListener:
-        """The client socket; with `reuse_port`, several gateways share one port (the kernel
-        spreads connections over them)."""
-        host = self.config.host
-        family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
-        sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
-        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-        if self.config.reuse_port:
-            sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
-        try:
-            await sock.bind((host, self.config.port))
-            sock.listen(4096)
-        except BaseException:
-            sock.close()
-            raise
-        return trio.SocketListener(sock)
 
     # --- the broker side ------------------------------------------------------
 
@@ -290,10 +273,11 @@ class Gateway:
         # the connection is a plain non-blocking socket from here on (see gateway.client)
         sock = socket.socket(fileno=stream.socket.detach())
         try:
-            opened = await self._open(sock)
-            if opened is None:
+            try:
+                peer, first = await accept.client_address(sock, self.config.proxy_protocol)
+            except accept.Refused as exc:
+                self._count(f"refused: {exc}")
                 return
-            peer, first = opened
             address = peer.rpartition(":")[0]
             refusal = self._refusal(address)
             if refusal is not None:
@@ -310,35 +294,6 @@ class Gateway:
                     del self.per_address[address]
         finally:
             sock.close()
-
-    async def _open(self, sock: socket.socket) -> tuple[str, bytes] | None:
-        """-> (the client's address, bytes already read), or None for a bad PROXY header."""
-        peer = _peer(sock)
-        if not self.config.proxy_protocol:
-            return peer, b""
-        data = b""
-        with trio.move_on_after(PROXY_TIMEOUT):
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                try:
-                    chunk = sock.recv(proxy.MAX_HEADER - len(data))
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    return None
-                if not chunk:
-                    return None
-                data += chunk
-                try:
-                    header = proxy.split_header(data)
-                except proxy.ProxyError as exc:
-                    self._count(f"refused: {exc} from {peer}")
-                    return None
-                if header is not None:
-                    source, rest = header
-                    return source or peer, rest
-        self._count(f"refused: no PROXY header within {PROXY_TIMEOUT:.0f}s from {peer}")
-        return None
 
     async def _serve_client(self, sock: socket.socket, peer: str, first: bytes) -> None:
         cid = f"{self.instance}:{next(self._numbers)}"
@@ -370,11 +325,3 @@ class Gateway:
             client.push(UNAVAILABLE)
         session.add_lines(lines)
         self._advance(session)
-
-
-def _peer(sock: socket.socket) -> str:
-    try:
-        host, port = sock.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"

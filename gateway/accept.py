@@ -1,0 +1,77 @@
+"""Taking clients in: the listening socket, and the client's address.
+
+`listen` makes the listening socket, with SO_REUSEPORT when several
+gateway processes share one port (the kernel spreads connections over
+them). `client_address` learns who a new connection is: the peer address,
+or with the PROXY protocol (HAProxy `send-proxy`), the address in the header
+the balancer sends first; bytes after the header are the client's own.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+from protocol import proxy
+
+PROXY_TIMEOUT = 5.0  # seconds a balancer has to send the PROXY header
+
+
+class Refused(Exception):
+    """A connection that does not start as it must; the text says why."""
+
+
+async def listen(host: str, port: int, reuse_port: bool) -> trio.SocketListener:
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+    try:
+        await sock.bind((host, port))
+        sock.listen(4096)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+def peer_of(sock: socket.socket) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
+
+
+async def client_address(sock: socket.socket, proxy_protocol: bool) -> tuple[str, bytes]:
+    """-> (the client's "host:port", bytes already read from it); raises Refused."""
+    peer = peer_of(sock)
+    if not proxy_protocol:
+        return peer, b""
+    with trio.move_on_after(PROXY_TIMEOUT):
+        source, rest = await _read_proxy_header(sock, peer)
+        return source or peer, rest
+    raise Refused(f"no PROXY header within {PROXY_TIMEOUT:.0f}s from {peer}")
+
+
+async def _read_proxy_header(sock: socket.socket, peer: str) -> tuple[str | None, bytes]:
+    data = b""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            chunk = sock.recv(proxy.MAX_HEADER - len(data))
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError as exc:
+            raise Refused(f"{exc} from {peer}") from None
+        if not chunk:
+            raise Refused(f"closed before a PROXY header from {peer}")
+        data += chunk
+        try:
+            header = proxy.split_header(data)
+        except proxy.ProxyError as exc:
+            raise Refused(f"{exc} from {peer}") from None
+        if header is not None:
+            return header
