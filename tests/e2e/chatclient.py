@@ -27,6 +27,11 @@ class ChatClient:
     def send(self, *lines: str) -> None:
         self.sock.sendall("".join(line + "\n" for line in lines).encode())
 
+    def join(self, room: str) -> str:
+        """/join in text mode, waiting for the reply -> the reply line."""
+        self.send(f"/join {room}")
+        return self.expect(lambda line: line.startswith("* you joined"))
+
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
 

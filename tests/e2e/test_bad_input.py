@@ -47,8 +47,7 @@ def test_invalid_utf8_and_telnet_negotiation(connect, unique) -> None:
     a = named(connect, 0, f"ua{unique}")
     b = named(connect, 1, f"ub{unique}")
     for c in (a, b):
-        c.send(f"/join {room}")
-        c.expect(lambda l: l.startswith("* you joined"))
+        c.join(room)
     a.send_raw(b"bad \xc3\x28 bytes\r\n")
     assert a.expect(lambda l: l.startswith("!")) == "! invalid UTF-8"
     # telnet: IAC DO ECHO, IAC WILL SGA, a sub-negotiation, then text with CRLF
@@ -61,8 +60,7 @@ def test_binary_garbage_and_half_lines_disturb_no_one(cluster, connect, unique) 
     a = named(connect, 0, f"ga{unique}")
     b = named(connect, 1, f"gb{unique}")
     for c in (a, b):
-        c.send(f"/join {room}")
-        c.expect(lambda l: l.startswith("* you joined"))
+        c.join(room)
     junk = bytes(range(256)) * 64
     for port in cluster.ports:
         with socket.create_connection(("127.0.0.1", port)) as s:

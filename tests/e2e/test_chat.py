@@ -60,8 +60,7 @@ def test_nick_change_is_seen_by_room_members(connect, unique) -> None:
     a = named(connect, 0, f"old{unique}")
     b = named(connect, 1, f"watch{unique}")
     for c in (a, b):
-        c.send(f"/join {room}")
-        c.expect(lambda l: l.startswith("* you joined"))
+        c.join(room)
     a.send(f"/nick new{unique}")
     a.expect(f"* you are now new{unique}")
     b.expect(f"* old{unique} is now known as new{unique}")
@@ -76,8 +75,7 @@ def test_part_who_rooms_history(connect, unique) -> None:
     a = named(connect, 0, f"ha{unique}")
     b = named(connect, 1, f"hb{unique}")
     for c in (a, b):
-        c.send(f"/join {room}")
-        c.expect(lambda l: l.startswith("* you joined"))
+        c.join(room)
     a.send("first", "/me second")
     b.expect(f"{room} * ha{unique} second")
     b.send("/who")
@@ -139,8 +137,7 @@ def test_disconnect_is_seen_as_quit(connect, unique) -> None:
     a = named(connect, 0, f"da{unique}")
     b = named(connect, 1, f"db{unique}")
     for c in (a, b):
-        c.send(f"/join {room}")
-        c.expect(lambda l: l.startswith("* you joined"))
+        c.join(room)
     a.close()
     b.expect(lambda l: l.startswith(f"* da{unique} quit"))
 

@@ -68,8 +68,7 @@ def test_gateway_killed_frees_nicks_and_rooms(fast) -> None:
     a = named(fast.ports[0], "doomed")
     b = named(fast.ports[1], "witness")
     for c in (a, b):
-        c.send("/join #gk")
-        c.expect(lambda l: l.startswith("* you joined"))
+        c.join("#gk")
     started = time.monotonic()
     os.kill(fast.children["gw1"].pid, signal.SIGKILL)
     b.expect("* doomed quit (connection lost)", timeout=5)
@@ -86,8 +85,7 @@ def test_gateway_sigterm_says_goodbye_and_frees_presence_at_once(fast) -> None:
     a = named(fast.ports[0], "leaving")
     b = named(fast.ports[1], "staying")
     for c in (a, b):
-        c.send("/join #gs")
-        c.expect(lambda l: l.startswith("* you joined"))
+        c.join("#gs")
     gw = fast.children["gw1"]
     started = time.monotonic()
     gw.proc.send_signal(signal.SIGTERM)
