@@ -37,6 +37,20 @@ async def listen(host: str, port: int, reuse_port: bool) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
+KEEPALIVE = ((socket.SO_KEEPALIVE, 1),)
+TCP_KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6))
+
+
+def keep_alive(sock: socket.socket) -> None:
+    """TCP keepalive: a peer that vanished without a FIN (a dropped NAT entry, a dead
+    host) is found within about two minutes of silence instead of never."""
+    for option, value in KEEPALIVE:
+        sock.setsockopt(socket.SOL_SOCKET, option, value)
+    for name, value in TCP_KEEPALIVE:
+        if hasattr(socket, name):  # Linux names; other systems keep their defaults
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
 def peer_of(sock: socket.socket) -> str:
     try:
         host, port = sock.getpeername()[:2]

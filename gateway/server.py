@@ -272,6 +272,7 @@ class Gateway:
     async def _handle(self, stream: trio.SocketStream) -> None:
         # the connection is a plain non-blocking socket from here on (see gateway.client)
         sock = socket.socket(fileno=stream.socket.detach())
+        accept.keep_alive(sock)
         try:
             try:
                 peer, first = await accept.client_address(sock, self.config.proxy_protocol)
