@@ -69,15 +69,19 @@ for i, m in ipairs(members) do nicks[i] = redis.call('HGET', p..'conn:'..m, 'nic
 return {'ok', nick, added, members, nicks}
 """
 
-_PART_SRC = """
-local p, cid, room = ARGV[1], ARGV[2], ARGV[3]
+# the connection, its nick and current room, and the room meant (ARGV room, or the current one)
+_ROOM_OF = """
 local ck = p..'conn:'..cid
 local nick, current = unpack(redis.call('HMGET', ck, 'nick', 'room'))
 if not nick then return {'gone'} end
 if room == '' then room = current end
 if room == '' then return {'noroom'} end
 local mk = p..'room:'..room..':members'
-if redis.call('SREM', mk, cid) == 0 then return {'notin', room} end
+"""
+
+_PART_SRC = """
+local p, cid, room = ARGV[1], ARGV[2], ARGV[3]
+""" + _ROOM_OF + """if redis.call('SREM', mk, cid) == 0 then return {'notin', room} end
 redis.call('SREM', ck..':rooms', room)
 if current == room then
   current = redis.call('SRANDMEMBER', ck..':rooms') or ''
@@ -90,13 +94,7 @@ return {'ok', nick, room, current, rest}
 
 _SAY_SRC = """
 local p, cid, room, text, id, ts, kind, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local ck = p..'conn:'..cid
-local nick, current = unpack(redis.call('HMGET', ck, 'nick', 'room'))
-if not nick then return {'gone'} end
-if room == '' then room = current end
-if room == '' then return {'noroom'} end
-local mk = p..'room:'..room..':members'
-if redis.call('SISMEMBER', mk, cid) == 0 then return {'notin', room} end
+""" + _ROOM_OF + """if redis.call('SISMEMBER', mk, cid) == 0 then return {'notin', room} end
 redis.call('XADD', p..'room:'..room..':history', 'MAXLEN', '~', keep, '*',
            'id', id, 'from', nick, 'text', text, 'ts', ts, 'kind', kind)
 return {'ok', nick, room, redis.call('SMEMBERS', mk), ts}
