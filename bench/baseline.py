@@ -4,7 +4,7 @@ Written the way a competent developer writes a chat server on a first
 day, and not made slow on purpose: one task per client, a dict of rooms,
 a dict of nicks, and every line written to each receiver in turn (a lock
 per client, since Trio forbids two tasks sending on one stream at once).
-It speaks the subset of PROTOCOL.md the workloads use: the greeting that
+It speaks the subset of the protocol (README) the workloads use: the greeting that
 names a guest nick, /nick, /join, /msg, /ping, /quit, and plain lines to
 the current room (`#room <nick> text` for the others).
 

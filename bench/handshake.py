@@ -1,4 +1,4 @@
-"""The handshake of PROTOCOL.md for many clients at once, a bounded number in progress.
+"""The handshake of the protocol (README) for many clients at once, a bounded number in progress.
 
 Each client connects, reads the greeting (a line starting `* `), sends
 `/nick` and `/join` in one write, and is registered when it reads

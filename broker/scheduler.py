@@ -1,6 +1,6 @@
 """The worker queue as pure code: which event goes to which worker, when.
 
-Two rules give PROTOCOL.md's ordering guarantees:
+Two rules give the ordering guarantees of the protocol (README, "The protocol in brief"):
 - one event per connection in flight: a connection's next event waits
   until the worker answered the previous one (`Done`), so a connection's
   events are handled in order even when consecutive ones land on

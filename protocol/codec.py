@@ -10,6 +10,7 @@ Every message is a msgpack array whose first element is its tag:
     [6, [[cid, seq], ...], [[gateway, batch_bytes], ...]]   Done
     [7, sender]                         Heartbeat
     [9, broker]                         Unknown
+    [10, broker]                        Fenced
     [8, [item, ...]]                    Batch, whose items are
         [0, [cid, ...], [type, text, room, sender, to, id, ts, origin, of]]
         [1, cid, json]                                                   SetMode
@@ -39,6 +40,7 @@ from protocol.messages import (
     Disconnected,
     Done,
     EventType,
+    Fenced,
     GatewayLost,
     Heartbeat,
     Lines,
@@ -145,6 +147,8 @@ def to_wire(msg: Message) -> list[Any]:
             return [8, [_item_to_wire(i) for i in items]]
         case Unknown(broker):
             return [9, broker]
+        case Fenced(broker):
+            return [10, broker]
     raise TypeError(f"not a message: {msg!r}")
 
 
@@ -164,6 +168,7 @@ _DECODERS: dict[tuple[int, int], Callable[..., Message]] = {
     (7, 1): lambda s: Heartbeat(_str(s)),
     (8, 1): lambda items: Batch(tuple(_item_from_wire(i) for i in _list(items))),
     (9, 1): lambda b: Unknown(_str(b)),
+    (10, 1): lambda b: Fenced(_str(b)),
 }
 
 

@@ -6,7 +6,7 @@ complete items: `str` lines and `LineError` values. It keeps only the line
 being assembled, and never more than `max_line` bytes of it: the cap is a
 security limit, so an endless line costs nothing.
 
-Rules (PROTOCOL.md, Transport):
+Rules (README, "The protocol in brief": Transport):
 - LF ends a line; a CR right before it is dropped; empty lines vanish.
 - Telnet commands (IAC ...) are removed, including sub-negotiation
   (IAC SB ... IAC SE); IAC IAC stands for a literal 0xFF byte.

@@ -19,6 +19,9 @@ the gateway's own events), `Deliver` (an event for some connections),
 `SetMode` and `Close` items, in order.
 
 Gateway <-> broker: `Heartbeat` both ways keeps each alive to the other.
+Broker -> gateway: `Fenced` when the broker hears from a gateway instance it
+has declared lost (its connections were freed): the gateway must take a new
+instance name and ask its clients to reconnect.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def gateway_of(cid: str) -> str:
 
 
 class EventType(enum.StrEnum):
-    """The `type` of what a client is sent (PROTOCOL.md, JSON mode)."""
+    """The `type` of what a client is sent (README, "The protocol in brief": JSON mode)."""
 
     MESSAGE = "message"
     ACTION = "action"
@@ -118,6 +121,13 @@ class Unknown:
 
 
 @dataclass(frozen=True, slots=True)
+class Fenced:
+    """Broker -> gateway: 'I declared you lost and freed your connections'."""
+
+    broker: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChatEvent:
     """One thing a client is shown; rendered by the gateway per connection mode.
 
@@ -179,7 +189,7 @@ class Batch:
     items: tuple[BatchItem, ...]
 
 
-Message = Connected | Lines | Disconnected | GatewayLost | Ready | Done | Heartbeat | Unknown | Batch
+Message = Connected | Lines | Disconnected | GatewayLost | Ready | Done | Heartbeat | Unknown | Fenced | Batch
 
 
 def event_key(item: WorkItem) -> tuple[str, int]:

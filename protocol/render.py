@@ -1,6 +1,6 @@
 """A `ChatEvent` -> the line a client receives, in text or JSON mode.
 
-Text mode follows PROTOCOL.md's table; JSON mode sends one object a line
+Text mode follows the protocol's table (README, "The protocol in brief"); JSON mode sends one object a line
 with the fields that apply. Both return bytes ending in LF, ready to write.
 `is_own_echo` holds the rule that a text-mode sender does not get its own
 room and private messages back.

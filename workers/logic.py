@@ -1,6 +1,6 @@
 """The chat itself: client events and the store -> `Effects`.
 
-`Chat.handle_batch(items, now)` is the whole behaviour of PROTOCOL.md for
+`Chat.handle_batch(items, now)` is the whole behaviour of the protocol (README) for
 a dispatch of events. Every line becomes a `Step`: at most one store call
 (`workers.store.Call`) and a function that turns the call's result into
 effects. All the calls of a dispatch go to Redis in one round trip, in

@@ -1,5 +1,5 @@
 """Load for the failure tests: JSON-mode senders and receivers sharing rooms,
-and the check of PROTOCOL.md's guarantees over what every receiver got.
+and the check of the protocol's guarantees (README, "The protocol in brief") over what every receiver got.
 
 Senders pace their messages (a load generator's rate, not synchronisation)
 so that faults land in the middle of the stream.

@@ -1,4 +1,4 @@
-"""PROTOCOL.md's guarantees under concurrent load, checked through JSON-mode ids.
+"""the protocol's guarantees (README, "The protocol in brief") under concurrent load, checked through JSON-mode ids.
 
 3 senders x 200 messages into one room whose members sit on both
 gateways: every receiver gets every message exactly once, each sender's

@@ -20,6 +20,7 @@ from protocol.messages import (
     Disconnected,
     Done,
     EventType,
+    Fenced,
     GatewayLost,
     Heartbeat,
     Lines,
@@ -82,9 +83,10 @@ dones = st.builds(
 )
 heartbeats = st.builds(Heartbeat, sender=texts)
 unknowns = st.builds(Unknown, broker=texts)
+fenceds = st.builds(Fenced, broker=texts)
 
 messages = st.one_of(
-    connecteds, lines_msgs, disconnecteds, gateway_losts, readies, dones, heartbeats, unknowns, batches
+    connecteds, lines_msgs, disconnecteds, gateway_losts, readies, dones, heartbeats, unknowns, fenceds, batches
 )
 
 EVENT = ChatEvent(
@@ -106,6 +108,7 @@ EXAMPLES: list[tuple[Message, list[Any]]] = [
     (Done((), ()), [6, [], []]),
     (Heartbeat("broker"), [7, "broker"]),
     (Unknown("broker.1"), [9, "broker.1"]),
+    (Fenced("broker.1"), [10, "broker.1"]),
     (Batch(()), [8, []]),
     (
         Batch(
@@ -285,7 +288,7 @@ def test_not_a_tagged_array(obj: Any) -> None:
         decode(pack(obj))
 
 
-@pytest.mark.parametrize("tag", [-1, 0, 10, 11, 255, 2**40])
+@pytest.mark.parametrize("tag", [-1, 0, 11, 12, 255, 2**40])
 def test_unknown_tag(tag: int) -> None:
     with pytest.raises(DecodeError):
         decode(pack([tag, "x"]))

@@ -1,6 +1,6 @@
 """Tests for protocol.lines: bytes from a TCP client -> text lines.
 
-Besides examples, a reference splitter written straight from PROTOCOL.md
+Besides examples, a reference splitter written straight from the README's protocol section
 (Transport) works on the whole stream at once; the incremental `LineBuffer`
 must agree with it however the stream is cut into `recv` chunks.
 """
