@@ -1,0 +1,170 @@
+"""CURVE on the links between the parts: the calls each part makes.
+
+Every link to the broker is encrypted and authenticated with CURVE when the
+parts get keys (`chat-keys` makes them; files as in `stack.certs`):
+
+- the broker makes each of its four sockets a CURVE server with
+  `serve_curve(sock, secret_file, domain, authenticator)` before it binds,
+  after starting one `Authenticator` (`open_authenticator(ctx, clients_dir)`,
+  see `stack.zap`) that admits the keys of `--curve-clients DIR` by role;
+- gateways, workers and outside publishers load their keys once at start-up
+  (`load_client_keys`, clear errors) and call `ClientKeys.apply(sock)` on
+  every socket before it connects (or `connect_curve` with the file names).
+
+A peer without CURVE, with an unknown key or with a key of the wrong role
+never completes the handshake, so not one message passes either way.
+`endpoint_is_local` and `plaintext_warning` let a part that runs without keys
+say so once at start-up when an endpoint leaves the host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import zmq
+
+from stack.certs import KeyFileError, KeyPair, PublicKey, load_key_pair, load_public_key, public_key_files, too_open
+from stack.zap import DOMAIN_ROLES, Authenticator, Context, Socket
+
+__all__ = ["Authenticator", "ClientKeys", "KeyFileError", "connect_curve", "endpoint_is_local", "load_client_keys",
+           "load_clients", "open_authenticator", "plaintext_warning", "serve_curve"]
+
+log = logging.getLogger("chat.curve")
+
+LOCAL_SCHEMES = ("ipc", "inproc")
+
+
+# --- the client side ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClientKeys:
+    """What a connecting socket needs: its own key pair and the broker's public key."""
+
+    own: KeyPair
+    server_public: bytes
+
+    def apply(self, sock: Socket) -> None:
+        """Make `sock` a CURVE client. Call before `connect`."""
+        sock.curve_secretkey = self.own.secret
+        sock.curve_publickey = self.own.public
+        sock.curve_serverkey = self.server_public
+
+
+def load_client_keys(secret_file: str | os.PathLike[str], server_public_file: str | os.PathLike[str],
+                     role: str | None = None) -> ClientKeys:
+    """Read both files, with clear errors; `role` (if given) must match the own key's role."""
+    own = load_key_pair(secret_file)
+    warn_if_too_open(secret_file)
+    if role is not None and own.role and own.role != role:
+        raise KeyFileError(f"{secret_file}: is a {own.role} key; this part needs a {role} key")
+    server = load_public_key(server_public_file)
+    if _has_secret(server_public_file):
+        raise KeyFileError(f"{server_public_file}: holds a secret key; give the broker's public file (NAME.key)")
+    if server.role and server.role != "broker":
+        raise KeyFileError(f"{server_public_file}: is a {server.role} key, not the broker's")
+    return ClientKeys(own, server.public)
+
+
+def connect_curve(sock: Socket, secret_file: str | os.PathLike[str],
+                  server_public_file: str | os.PathLike[str]) -> None:
+    """Make a connecting socket a CURVE client of the broker. Call before `connect`."""
+    load_client_keys(secret_file, server_public_file).apply(sock)
+
+
+def _has_secret(path: str | os.PathLike[str]) -> bool:
+    try:
+        load_key_pair(path)
+    except KeyFileError:
+        return False
+    return True
+
+
+def warn_if_too_open(secret_file: str | os.PathLike[str]) -> None:
+    if too_open(secret_file):
+        log.warning("secret key file %s is readable by group or others: chmod 600 it", secret_file)
+
+
+# --- the server side ---------------------------------------------------------
+
+
+def load_clients(directory: str | os.PathLike[str]) -> dict[bytes, PublicKey]:
+    """The admitted client keys: public key (Z85) -> its name and role."""
+    clients: dict[bytes, PublicKey] = {}
+    for path in public_key_files(directory):
+        key = load_public_key(path)
+        if not key.role:
+            raise KeyFileError(f"{path}: has no role; make keys with `chat-keys new --role ROLE` "
+                               f"or add `role = \"gateway\"` (or worker, publisher) under metadata")
+        if key.role == "broker":
+            log.info("%s: a broker key, not a client: ignored", path)
+            continue
+        known = clients.get(key.public)
+        if known is not None and known.role != key.role:
+            raise KeyFileError(f"{path}: the same key as {known.name} with another role ({known.role})")
+        clients[key.public] = key
+    if not clients:
+        raise KeyFileError(f"{directory}: no client keys (NAME.key files of gateways, workers or publishers)")
+    if any(name.endswith(".key_secret") for name in os.listdir(directory)):
+        log.warning("%s holds secret key files: only public NAME.key files belong there", directory)
+    return clients
+
+
+def serve_curve(sock: Socket, secret_file: str | os.PathLike[str], domain: str,
+                authenticator: Authenticator) -> None:
+    """Make a binding socket a CURVE server whose clients `authenticator` checks. Call before `bind`."""
+    if domain not in DOMAIN_ROLES:
+        raise ValueError(f"unknown ZAP domain {domain!r} (one of {', '.join(DOMAIN_ROLES)})")
+    if not authenticator.running or authenticator.context is not sock.context:
+        raise RuntimeError("serve_curve needs the running authenticator of the socket's context")
+    keys = load_key_pair(secret_file)
+    warn_if_too_open(secret_file)
+    if keys.role not in ("", "broker"):
+        raise KeyFileError(f"{secret_file}: is a {keys.role} key; the broker needs a broker key")
+    sock.curve_server = True
+    sock.curve_secretkey = keys.secret
+    sock.curve_publickey = keys.public
+    sock.zap_domain = domain.encode()
+    sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no handler answering: refuse, never admit
+
+
+def open_authenticator(ctx: Context, clients_dir: str | os.PathLike[str]) -> Authenticator:
+    """Read the admitted keys and start the process's ZAP handler (close it before ctx.term())."""
+    return Authenticator(ctx, load_clients(clients_dir)).start()
+
+
+# --- plain links -------------------------------------------------------------
+
+
+def endpoint_is_local(endpoint: str) -> bool:
+    """True for ipc://, inproc:// and tcp:// to a loopback address (or localhost)."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        return False
+    if scheme in LOCAL_SCHEMES:
+        return True
+    if scheme != "tcp":
+        return False
+    target = rest.rsplit(";", 1)[-1]  # tcp://SOURCE;TARGET: the target is what leaves the host
+    host = target.rsplit(":", 1)[0].strip("[]") if ":" in target else target
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False  # a wildcard (*), an interface name or a host name: may leave the host
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def plaintext_warning(part: str, endpoints: Iterable[str]) -> str | None:
+    """The one start-up warning of a part that runs without CURVE, or None if all its links are local."""
+    exposed = [e for e in endpoints if not endpoint_is_local(e)]
+    if not exposed:
+        return None
+    return (f"{part}: no CURVE keys (--curve-secret) and endpoint(s) that leave this host: {', '.join(exposed)}; "
+            f"anyone who reaches them can read and forge chat traffic (see chat-keys)")
