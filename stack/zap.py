@@ -191,13 +191,21 @@ class Authenticator:
                 return
             if zap in ready:
                 request = zap.recv_multipart()
-                zap.send_multipart(self._answer(request))
+                zap.send_multipart(self._guarded_answer(request))
+
+    def _guarded_answer(self, request: list[bytes]) -> list[bytes]:
+        """Every request gets one reply (a REP socket must answer), whatever goes wrong."""
+        try:
+            if len(request) < 6 or request[0] != b"1.0":
+                self._count("refused: malformed ZAP request")
+                return _error_reply(request, b"malformed request")
+            return self._answer(request)
+        except Exception:
+            log.exception("ZAP request %r: refused on an internal error", request[:6])
+            self._count("refused: internal error")
+            return _error_reply(request, b"internal error")
 
     def _answer(self, request: list[bytes]) -> list[bytes]:
-        """One ZAP request -> its reply. Every request gets one (a REP socket must answer)."""
-        if len(request) < 6 or request[0] != b"1.0":
-            self._count("refused: malformed ZAP request")
-            return [b"1.0", request[1] if len(request) > 1 else b"", b"500", b"malformed request", b"", b""]
         _, request_id, domain_raw, address_raw, _, mechanism, *credentials = request
         domain, address = domain_raw.decode(errors="replace"), address_raw.decode(errors="replace")
         verdict = decide(domain, mechanism, credentials, self.clients)
@@ -205,7 +213,7 @@ class Authenticator:
             self._count(f"admitted {verdict.role}")
             metadata = zmtp_properties({"Role": verdict.role})
         else:
-            key = z85.encode(credentials[0]).decode() if mechanism == b"CURVE" and credentials else "-"
+            key = _key_text(mechanism, credentials)
             self._refused(domain, address, key, verdict.text)
             metadata = b""
         return [b"1.0", request_id, verdict.status, verdict.text.encode(), verdict.user_id.encode(), metadata]
@@ -220,3 +228,14 @@ class Authenticator:
     def _count(self, outcome: str) -> None:
         with self._lock:
             self._counts[outcome] += 1
+
+
+def _error_reply(request: list[bytes], text: bytes) -> list[bytes]:
+    return [b"1.0", request[1] if len(request) > 1 else b"", b"500", text, b"", b""]
+
+
+def _key_text(mechanism: bytes, credentials: list[bytes]) -> str:
+    """The client's public key as the key files show it (Z85), for the log."""
+    if mechanism == b"CURVE" and len(credentials) == 1 and len(credentials[0]) == 32:
+        return z85.encode(credentials[0]).decode()
+    return "-"
