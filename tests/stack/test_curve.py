@@ -19,7 +19,14 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from stack.certs import KeyFileError
-from stack.curve import connect_curve, load_client_keys, open_authenticator, serve_curve
+from stack.curve import (
+    connect_curve,
+    endpoint_is_local,
+    load_client_keys,
+    open_authenticator,
+    plaintext_warning,
+    serve_curve,
+)
 from stack.zap import ZAP_ENDPOINT, Authenticator
 from tests.stack.conftest import Keys
 
@@ -294,3 +301,36 @@ def test_client_keys_are_checked_at_start_up(keys: Keys) -> None:
         load_client_keys(keys.secret("gw"), keys.public("w"))
     with pytest.raises(KeyFileError, match="public key file"):
         load_client_keys(keys.public("gw"), keys.public("broker"))
+
+
+@pytest.mark.parametrize(("endpoint", "local"), [
+    ("ipc:///tmp/chat/frontend", True),
+    ("inproc://x", True),
+    ("tcp://127.0.0.1:5555", True),
+    ("tcp://127.1.2.3:5555", True),
+    ("tcp://localhost:5555", True),
+    ("tcp://[::1]:5555", True),
+    ("tcp://[::ffff:127.0.0.1]:5555", True),
+    ("tcp://127.0.0.1:*", True),
+    ("tcp://10.0.0.10:5555", False),
+    ("tcp://0.0.0.0:5555", False),
+    ("tcp://*:5555", False),
+    ("tcp://eth0:5555", False),
+    ("tcp://broker.example:5555", False),
+    ("tcp://127.0.0.1:0;10.0.0.10:5555", False),  # the source is local, the target is not
+    ("tcp://[::]:5555", False),
+    ("ws://127.0.0.1:5555", False),
+    ("pgm://eth0;239.192.1.1:5555", False),
+    ("127.0.0.1:5555", False),
+    ("", False),
+])
+def test_endpoint_is_local(endpoint: str, local: bool) -> None:
+    assert endpoint_is_local(endpoint) is local
+
+
+def test_plaintext_warning_names_the_endpoints_that_leave_the_host() -> None:
+    assert plaintext_warning("chat-gateway", ["tcp://127.0.0.1:5555", "ipc:///x"]) is None
+    line = plaintext_warning("chat-gateway", ["tcp://127.0.0.1:5555", "tcp://10.0.0.10:5558"])
+    assert line is not None and "\n" not in line
+    assert line.startswith("chat-gateway: no CURVE keys") and "tcp://10.0.0.10:5558" in line
+    assert "127.0.0.1" not in line
