@@ -147,10 +147,10 @@ def test_the_right_key_passes_both_ways(served: Served) -> None:
     client = served.client(served.kind.owner)
     assert served.handshake() == zmq.EVENT_HANDSHAKE_SUCCEEDED
     up, down = exchange(served, client, DEADLINE)
-    expected = {
-        zmq.ROUTER: ([b"ping"], [b"pong"]),
-        zmq.XPUB: ([b"\x01t"], [b"t", b"news"]),
-        zmq.XSUB: ([b"t", b"news"], [b"subscribed"]),
+    expected: tuple[list[bytes], list[bytes]] = {
+        int(zmq.ROUTER): ([b"ping"], [b"pong"]),
+        int(zmq.XPUB): ([b"\x01t"], [b"t", b"news"]),
+        int(zmq.XSUB): ([b"t", b"news"], [b"subscribed"]),
     }[served.kind.server]
     assert up is not None and up[-1:] == expected[0][-1:] and down == expected[1]
     role = {"gw": "gateway", "w": "worker", "pub": "publisher"}[served.kind.owner]
