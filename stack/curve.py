@@ -3,13 +3,17 @@
 Every link to the broker is encrypted and authenticated with CURVE when the
 parts get keys (`chat-keys` makes them; files as in `stack.certs`):
 
-- the broker makes each of its four sockets a CURVE server with
-  `serve_curve(sock, secret_file, domain, authenticator)` before it binds,
-  after starting one `Authenticator` (`open_authenticator(ctx, clients_dir)`,
-  see `stack.zap`) that admits the keys of `--curve-clients DIR` by role;
+- the broker loads its keys once at start-up (`server_curve` from its
+  options, or `load_server_keys`: clear errors), starts the process's one
+  `Authenticator` (`ServerKeys.open_authenticator(ctx)`, see `stack.zap`) that
+  admits the keys of `--curve-clients DIR` by role, and makes each of its four
+  sockets a CURVE server of its domain before it binds (`ServerKeys.apply`,
+  or `serve_curve` with the file name);
 - gateways, workers and outside publishers load their keys once at start-up
-  (`load_client_keys`, clear errors) and call `ClientKeys.apply(sock)` on
-  every socket before it connects (or `connect_curve` with the file names).
+  (`client_curve` from their options, or `load_client_keys`) and call
+  `ClientKeys.apply(sock)` on every socket before it connects (or
+  `connect_curve` with the file names);
+- `make_stack_keys` makes a one-machine stack's keys in its temporary directory.
 
 A peer without CURVE, with an unknown key or with a key of the wrong role
 never completes the handshake, so not one message passes either way.
@@ -22,16 +26,29 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
 
-from stack.certs import KeyFileError, KeyPair, PublicKey, load_key_pair, load_public_key, public_key_files, too_open
+from stack.certs import (
+    KeyFileError,
+    KeyPair,
+    PublicKey,
+    load_key_pair,
+    load_public_key,
+    public_key_files,
+    too_open,
+    write_key_pair,
+)
 from stack.zap import DOMAIN_ROLES, Authenticator, Context, Socket
 
-__all__ = ["Authenticator", "ClientKeys", "KeyFileError", "connect_curve", "endpoint_is_local", "load_client_keys",
-           "load_clients", "open_authenticator", "plaintext_warning", "serve_curve"]
+__all__ = [
+    "Authenticator", "ClientKeys", "KeyFileError", "ServerKeys", "StackKeys", "client_curve", "connect_curve",
+    "endpoint_is_local", "load_client_keys", "load_clients", "load_server_keys", "make_stack_keys",
+    "open_authenticator", "plaintext_warning", "serve_curve", "server_curve",
+]
 
 log = logging.getLogger("chat.curve")
 
@@ -114,27 +131,107 @@ def load_clients(directory: str | os.PathLike[str]) -> dict[bytes, PublicKey]:
     return clients
 
 
-def serve_curve(sock: Socket, secret_file: str | os.PathLike[str], domain: str,
-                authenticator: Authenticator) -> None:
-    """Make a binding socket a CURVE server whose clients `authenticator` checks. Call before `bind`."""
-    if domain not in DOMAIN_ROLES:
-        raise ValueError(f"unknown ZAP domain {domain!r} (one of {', '.join(DOMAIN_ROLES)})")
-    if not authenticator.running or authenticator.context is not sock.context:
-        raise RuntimeError("serve_curve needs the running authenticator of the socket's context")
+@dataclass(frozen=True, slots=True)
+class ServerKeys:
+    """What the broker needs: its own key pair and the admitted client keys."""
+
+    own: KeyPair
+    clients: Mapping[bytes, PublicKey]
+
+    def open_authenticator(self, ctx: Context) -> Authenticator:
+        """Start the process's ZAP handler (one per context; close it before ctx.term())."""
+        return Authenticator(ctx, self.clients).start()
+
+    def apply(self, sock: Socket, domain: str, authenticator: Authenticator) -> None:
+        """Make `sock` a CURVE server of `domain` whose clients `authenticator` checks. Call before `bind`."""
+        if domain not in DOMAIN_ROLES:
+            raise ValueError(f"unknown ZAP domain {domain!r} (one of {', '.join(DOMAIN_ROLES)})")
+        if not authenticator.running or authenticator.context is not sock.context:
+            raise RuntimeError("serve_curve needs the running authenticator of the socket's context")
+        sock.curve_server = True
+        sock.curve_secretkey = self.own.secret
+        sock.curve_publickey = self.own.public
+        sock.zap_domain = domain.encode()
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no handler answering: refuse, never admit
+
+
+def load_broker_key(secret_file: str | os.PathLike[str]) -> KeyPair:
     keys = load_key_pair(secret_file)
     warn_if_too_open(secret_file)
     if keys.role not in ("", "broker"):
         raise KeyFileError(f"{secret_file}: is a {keys.role} key; the broker needs a broker key")
-    sock.curve_server = True
-    sock.curve_secretkey = keys.secret
-    sock.curve_publickey = keys.public
-    sock.zap_domain = domain.encode()
-    sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)  # no handler answering: refuse, never admit
+    return keys
+
+
+def load_server_keys(secret_file: str | os.PathLike[str], clients_dir: str | os.PathLike[str]) -> ServerKeys:
+    """Read the broker's secret file and the clients directory, with clear errors."""
+    return ServerKeys(load_broker_key(secret_file), load_clients(clients_dir))
+
+
+def serve_curve(sock: Socket, secret_file: str | os.PathLike[str], domain: str,
+                authenticator: Authenticator) -> None:
+    """Make a binding socket a CURVE server whose clients `authenticator` checks. Call before `bind`."""
+    ServerKeys(load_broker_key(secret_file), authenticator.clients).apply(sock, domain, authenticator)
 
 
 def open_authenticator(ctx: Context, clients_dir: str | os.PathLike[str]) -> Authenticator:
     """Read the admitted keys and start the process's ZAP handler (close it before ctx.term())."""
     return Authenticator(ctx, load_clients(clients_dir)).start()
+
+
+# --- what a command line calls -------------------------------------------------
+
+
+def client_curve(part: str, role: str, secret_file: str | None, server_public_file: str | None,
+                 endpoints: Iterable[str]) -> ClientKeys | None:
+    """A part's keys from its options: both files -> loaded keys; neither -> None, after
+    one warning if an endpoint leaves the host; only one -> KeyFileError."""
+    if secret_file and server_public_file:
+        return load_client_keys(secret_file, server_public_file, role=role)
+    if secret_file or server_public_file:
+        raise KeyFileError(f"{part}: give both --curve-secret and --curve-server, or neither")
+    _warn_plaintext(part, endpoints)
+    return None
+
+
+def server_curve(part: str, secret_file: str | None, clients_dir: str | None,
+                 endpoints: Iterable[str]) -> ServerKeys | None:
+    """The broker's keys from its options, the same way as `client_curve`."""
+    if secret_file and clients_dir:
+        return load_server_keys(secret_file, clients_dir)
+    if secret_file or clients_dir:
+        raise KeyFileError(f"{part}: give both --curve-secret and --curve-clients, or neither")
+    _warn_plaintext(part, endpoints)
+    return None
+
+
+def _warn_plaintext(part: str, endpoints: Iterable[str]) -> None:
+    line = plaintext_warning(part, endpoints)
+    if line is not None:
+        log.warning("%s", line)
+
+
+@dataclass(frozen=True, slots=True)
+class StackKeys:
+    """chat-stack's keys for one run: files in its private temporary directory."""
+
+    broker_secret: Path
+    broker_public: Path
+    clients: Path
+    gateway_secret: Path
+    worker_secret: Path
+
+
+def make_stack_keys(directory: str | os.PathLike[str]) -> StackKeys:
+    """New broker, gateway and worker key pairs in `directory/keys`, the clients in `directory/keys/clients`."""
+    keys = Path(directory) / "keys"
+    clients = keys / "clients"
+    clients.mkdir(mode=0o700, parents=True)
+    broker_public, broker_secret = write_key_pair(keys, "broker", "broker")
+    paths = {role: write_key_pair(keys, role, role) for role in ("gateway", "worker")}
+    for public, _ in paths.values():
+        (clients / public.name).write_bytes(public.read_bytes())
+    return StackKeys(broker_secret, broker_public, clients, paths["gateway"][1], paths["worker"][1])
 
 
 # --- plain links -------------------------------------------------------------

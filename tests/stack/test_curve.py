@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import zmq
@@ -20,12 +21,16 @@ from zmq.utils.monitor import recv_monitor_message
 
 from stack.certs import KeyFileError
 from stack.curve import (
+    client_curve,
     connect_curve,
     endpoint_is_local,
     load_client_keys,
+    load_server_keys,
+    make_stack_keys,
     open_authenticator,
     plaintext_warning,
     serve_curve,
+    server_curve,
 )
 from stack.zap import ZAP_ENDPOINT, Authenticator
 from tests.stack.conftest import Keys
@@ -334,3 +339,43 @@ def test_plaintext_warning_names_the_endpoints_that_leave_the_host() -> None:
     assert line is not None and "\n" not in line
     assert line.startswith("chat-gateway: no CURVE keys") and "tcp://10.0.0.10:5558" in line
     assert "127.0.0.1" not in line
+
+
+def test_command_line_keys_both_or_neither(keys: Keys, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    gw, broker = str(keys.secret("gw")), str(keys.public("broker"))
+    loaded = client_curve("chat-gateway", "gateway", gw, broker, ["tcp://10.0.0.1:5555"])
+    assert loaded is not None and loaded.own.role == "gateway"
+    with pytest.raises(KeyFileError, match="both --curve-secret and --curve-server"):
+        client_curve("chat-gateway", "gateway", gw, None, [])
+    with pytest.raises(KeyFileError, match="both --curve-secret and --curve-clients"):
+        server_curve("chat-broker", None, str(keys.clients), [])
+    server = server_curve("chat-broker", str(keys.secret("broker")), str(keys.clients), [])
+    assert server is not None and {k.role for k in server.clients.values()} == {"gateway", "worker", "publisher"}
+    with caplog.at_level(logging.WARNING, logger="chat.curve"):
+        assert client_curve("chat-worker", "worker", None, None, ["ipc:///x", "tcp://127.0.0.1:1"]) is None
+        assert not caplog.records
+        assert server_curve("chat-broker", None, None, ["tcp://0.0.0.0:5555", "tcp://127.0.0.1:5556"]) is None
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["chat-broker"]
+
+
+def test_stack_keys_work_together(tmp_path: Path) -> None:
+    made = make_stack_keys(tmp_path)
+    server = load_server_keys(made.broker_secret, made.clients)
+    assert sorted(k.role for k in server.clients.values()) == ["gateway", "worker"]
+    assert load_client_keys(made.gateway_secret, made.broker_public, role="gateway").server_public == server.own.public
+    assert load_client_keys(made.worker_secret, made.broker_public, role="worker").own.role == "worker"
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    dealer = ctx.socket(zmq.DEALER)
+    try:
+        with server.open_authenticator(ctx) as auth:
+            server.apply(router, "backend", auth)
+            port = router.bind_to_random_port("tcp://127.0.0.1")
+            load_client_keys(made.worker_secret, made.broker_public).apply(dealer)
+            dealer.connect(f"tcp://127.0.0.1:{port}")
+            dealer.send(b"ready")
+            assert recv(router, DEADLINE) is not None
+    finally:
+        router.close(linger=0)
+        dealer.close(linger=0)
+        ctx.term()
