@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 
 import redis
 import zmq
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from protocol import codec
 from protocol.errors import DecodeError
@@ -160,6 +162,15 @@ class Handler:
         return list(reaps)
 
 
+def open_redis(url: str, timeout: float) -> redis.Redis:
+    """A client whose calls fail within `timeout`: no retries of its own (redis-py retries
+    ten times with backoff by default, seconds of a stalled worker); the breaker is the retry."""
+    return redis.Redis.from_url(
+        url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
 def worker_name() -> str:
     return f"w-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
@@ -206,10 +217,7 @@ def serve_broker(
 def run_worker(config: WorkerConfig) -> None:
     """The body of one worker process."""
     stopping = Stopping().install()
-    client = redis.Redis.from_url(
-        config.redis_url, decode_responses=True,
-        socket_timeout=config.redis_timeout, socket_connect_timeout=config.redis_timeout,
-    )
+    client = open_redis(config.redis_url, config.redis_timeout)
     store = Store(client, config.prefix, config.max_rooms, config.history_ttl)
     handler = Handler(Chat(store, config.limits), Breaker(config.breaker_cooldown))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
