@@ -192,7 +192,7 @@ def test_a_custom_room_limit_is_atomic_within_one_event(client: redis.Redis, pre
 
 
 def test_rooms_shows_the_biggest_and_counts_the_rest(chat: Chat) -> None:
-    a = connected(chat, f"{GW_A}:1", "alice", *[f"#a{i:02}" for i in range(50)])
+    connected(chat, f"{GW_A}:1", "alice", *[f"#a{i:02}" for i in range(50)])
     b = connected(chat, f"{GW_B}:1", "bob", "#a07", "#a42", *[f"#b{i}" for i in range(5)])
     [(kind, text)] = lines_to(b.send("/rooms"), b.cid)
     assert kind is INFO
