@@ -29,6 +29,7 @@ from protocol import commands as c
 from protocol.errors import CommandError
 from protocol.lines import DEFAULT_MAX_LINE, LineError, LineProblem
 from protocol.messages import (
+    MAX_EVENT_LINES,
     ChatEvent,
     Connected,
     Disconnected,
@@ -57,7 +58,7 @@ class ChatLimits:
     """What one envelope or one connection may cost, enforced where the data is stored."""
 
     max_line: int = DEFAULT_MAX_LINE  # bytes of UTF-8, as the gateway counts them
-    max_event_lines: int = 65_536  # lines of one event (a gateway batches what arrives meanwhile)
+    max_event_lines: int = MAX_EVENT_LINES  # lines of one event
     rooms_shown: int = 50  # /rooms lists the biggest this many, then counts the rest
 
 Respond = Callable[[Effects, Any], None]
