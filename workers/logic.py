@@ -21,6 +21,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis
@@ -138,14 +139,13 @@ class Chat:
     def handle_batch(self, items: list[WorkItem], now: float) -> list[Effects]:
         """Handle a dispatch: one round trip to Redis for all its lines -> effects per item."""
         out = [Effects() for _ in items]
-        plans = [self._guarded(fx, item, lambda item=item: self.plan(item, now)) or []  # type: ignore[misc]
+        plans = [self._guarded(fx, item, partial(self.plan, item, now)) or []
                  for item, fx in zip(items, out, strict=True)]
         calls = [step.call for steps in plans for step in steps if step.call]
         results = iter(self.store.run(calls))
         for item, steps, fx in zip(items, plans, out, strict=True):
             mine = iter([next(results) for step in steps if step.call])
-            self._guarded(fx, item, lambda item=item, steps=steps, fx=fx, mine=mine:  # type: ignore[misc]
-                          self._respond(fx, item, steps, mine))
+            self._guarded(fx, item, partial(self._respond, fx, item, steps, mine))
         return out
 
     def _guarded(self, fx: Effects, item: WorkItem, work: Callable[[], Any]) -> Any:

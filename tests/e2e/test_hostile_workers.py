@@ -145,3 +145,16 @@ def test_forged_envelopes_cannot_store_long_lines_or_flood(cluster, connect, uni
     assert b.expect(lambda line: line.endswith("> fine")) == got
     for name, child in cluster.children.items():
         assert child.proc.poll() is None, f"{name} died"
+
+
+def test_msg_to_yourself_is_shown_once_in_text_and_json_mode(connect, unique) -> None:
+    text = named(connect, 0, f"st{unique}")
+    text.send(f"/msg st{unique} note to self")
+    assert text.sync() == [f"*st{unique}* note to self"]
+    js = named(connect, 1, f"sj{unique}")
+    js.send("/json")
+    js.expect('{"type": "info", "text": "json mode on"}')
+    js.send(f"/msg sj{unique} json note")
+    before_pong = js.sync()
+    privates = [line for line in before_pong if '"type": "private"' in line]
+    assert len(privates) == 1 and '"text": "json note"' in privates[0], before_pong
