@@ -176,6 +176,8 @@ class Chat:
             self._answer(fx, item, step, result)
 
     def _answer(self, fx: Effects, item: WorkItem, step: Step, result: Any) -> None:
+        if isinstance(result, Exception) and not isinstance(result, redis.RedisError):
+            raise result  # a reply that did not parse: a bug, for the event's guard
         if isinstance(result, Exception):  # a per-call error from Redis
             log.warning("redis refused a call for %s: %s", getattr(item, "cid", item), result)
             if isinstance(item, Lines):

@@ -105,8 +105,9 @@ class Store:
         return sha
 
     def run(self, calls: list[Call]) -> list[Any]:
-        """Run calls in order in one round trip -> their results; a `Gone` or a
-        per-call `redis.ResponseError` comes back as a value. A lost connection raises."""
+        """Run calls in order in one round trip -> their results; a `Gone`, a per-call
+        `redis.ResponseError` or a reply that does not parse comes back as a value.
+        A lost connection raises."""
         if not calls:
             return []
         replies = self._execute(calls)
@@ -140,8 +141,8 @@ class Store:
             return reply
         try:
             return call.parse(reply)
-        except Gone as gone:
-            return gone
+        except Exception as exc:  # Gone, or a reply we did not expect: a value, for that call's event only
+            return exc
 
     # --- the operations ----------------------------------------------------------------
 

@@ -53,7 +53,7 @@ from protocol.messages import (
 )
 from stack.process import Stopping
 from workers.effects import Effects
-from workers.logic import UNAVAILABLE, Chat, ChatLimits
+from workers.logic import INTERNAL_ERROR, UNAVAILABLE, Chat, ChatLimits
 from workers.store import Store
 
 log = logging.getLogger("chat.worker")
@@ -142,6 +142,13 @@ class Handler:
             log.warning("redis failed on a dispatch of %d events: %s", len(items), exc)
             for item in items:
                 self._unserved(item, fx)
+            return
+        except Exception:  # each event has its guard in the chat: this is a bug of the dispatch itself
+            log.exception("failed to handle a dispatch of %d events: answering them all", len(items))
+            for item in items:
+                fx.mark(*event_key(item))
+                if isinstance(item, (Lines, Connected)):
+                    fx.error(item.cid, INTERNAL_ERROR)
             return
         for item, item_fx in zip(items, effects, strict=True):
             fx.mark(*event_key(item))

@@ -26,7 +26,7 @@ from protocol.messages import (
 from protocol.render import is_own_echo, render_text
 from tests.workers.test_logic import GW_A, GW_B, connected, events_to, lines_to
 from workers.logic import INTERNAL_ERROR, TOO_MANY_ROOMS, UNAVAILABLE, At, Chat, ChatLimits, Step
-from workers.store import Store
+from workers.store import Call, Store
 from workers.worker import Breaker, Handler, open_redis
 
 INFO, ERROR = EventType.INFO, EventType.ERROR
@@ -141,6 +141,31 @@ def test_a_failing_connect_is_answered_and_counted(chat: Chat) -> None:
     done = handler.frames(_frames(Connected(cid, 0, "127.0.0.1:1"), Disconnected(f"{GW_A}:8", 3, "")), 5.0, 0.0)
     assert set(done.events) == {(cid, 0), (f"{GW_A}:8", 3)}
     assert _errors_in(done.publish) == [INTERNAL_ERROR]
+
+
+def test_a_reply_that_does_not_parse_costs_its_event_only(chat: Chat, store: Store) -> None:
+    a = connected(chat, f"{GW_A}:1", "alice", "#r")
+    b = connected(chat, f"{GW_B}:1", "bob", "#r")
+
+    def bad_who(op: object, cid: str, room: object) -> Call:
+        return Call(None, ("PING",), lambda reply: reply[5])  # not what the reply holds
+
+    store.who = bad_who  # type: ignore[method-assign]
+    handler = Handler(chat, Breaker(1.0))
+    done = handler.frames(_frames(Lines(a.cid, a.seq, ("/who",)), Lines(b.cid, b.seq, ("/ping",))), 5.0, 0.0)
+    assert set(done.events) == {(a.cid, a.seq), (b.cid, b.seq)}
+    assert _errors_in(done.publish) == [INTERNAL_ERROR]
+
+
+def test_a_bug_of_the_dispatch_answers_every_event(chat: Chat) -> None:
+    def broken(items: object, now: float) -> list[object]:
+        raise AssertionError("a bug outside every event's guard")
+
+    chat.handle_batch = broken  # type: ignore[method-assign,assignment]
+    handler = Handler(chat, Breaker(1.0))
+    done = handler.frames(_frames(Lines(f"{GW_A}:1", 4, ("hi",)), Connected(f"{GW_B}:2", 0, "")), 5.0, 0.0)
+    assert set(done.events) == {(f"{GW_A}:1", 4), (f"{GW_B}:2", 0)}
+    assert _errors_in(done.publish) == [INTERNAL_ERROR, INTERNAL_ERROR]
 
 
 # --- limits where the data is stored ---------------------------------------------------------
