@@ -13,6 +13,11 @@ the cluster, so the ID is unique without a round trip, and the same line
 handled twice (a replay after a worker died) gets the same ID. Every
 state change is a replayable script (`scripts.replayable`), so a replay
 reproduces the first run's effects instead of applying them again.
+
+Each event's plan and response run under one guard: a bug costs that event
+(logged, counted, the sender told `! internal error`), never the dispatch.
+Nothing from the envelope is trusted: lines longer than the line limit and
+lines past the per-event bound are refused here, where they would be stored.
 """
 
 from __future__ import annotations
