@@ -60,6 +60,10 @@ class Connected:
     addr: str
 
 
+# lines one `Lines` event may carry: a worker refuses the rest (a gateway sends more in the next event)
+MAX_EVENT_LINES = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class Lines:
     """Every line that one read of the client's socket completed."""

@@ -6,7 +6,9 @@ import logging
 
 import click
 
+from protocol.lines import DEFAULT_MAX_LINE
 from stack.process import Stopping, setup_logging
+from workers.logic import ChatLimits
 from workers.pool import Pool
 from workers.worker import WorkerConfig
 
@@ -29,13 +31,22 @@ from workers.worker import WorkerConfig
 @click.option("--redis-timeout", default=1.0, envvar="CHAT_REDIS_TIMEOUT", show_envvar=True,
               type=click.FloatRange(0.05), help="Seconds a Redis call may take before the line is answered "
               "'service temporarily unavailable'. Keep it under heartbeat x liveness.")
+@click.option("--max-line", default=DEFAULT_MAX_LINE, envvar="CHAT_MAX_LINE", show_envvar=True,
+              type=click.IntRange(16, 1 << 20), help="Longest client line, in bytes: a longer one in an event is "
+              "refused here too, whoever sent the event. Keep it equal to the gateways'.")
+@click.option("--max-rooms", default=50, envvar="CHAT_MAX_ROOMS", show_envvar=True, type=click.IntRange(1, 100_000),
+              help="Rooms one connection may be in at once.")
+@click.option("--history-ttl", default=86_400, envvar="CHAT_HISTORY_TTL", show_envvar=True,
+              type=click.IntRange(1), help="Seconds the history of a room is kept after its last member left.")
 @click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
 def main(processes: int, backend: str, redis_url: str, prefix: str, credit: int, heartbeat: float,
-         liveness: int, redis_timeout: float, log_level: str) -> None:
+         liveness: int, redis_timeout: float, max_line: int, max_rooms: int, history_ttl: int,
+         log_level: str) -> None:
     """Run the chat logic: N processes taking events from the broker."""
     setup_logging("chat-worker", log_level)
     config = WorkerConfig(backend=backend, redis_url=redis_url, prefix=prefix, credit=credit,
-                          heartbeat=heartbeat, liveness=liveness, redis_timeout=redis_timeout)
+                          heartbeat=heartbeat, liveness=liveness, redis_timeout=redis_timeout,
+                          limits=ChatLimits(max_line=max_line), max_rooms=max_rooms, history_ttl=history_ttl)
     stopping = Stopping().install()
     pool = Pool(config, processes, logging.getLogger().level)
     print(f"chat-worker started {processes} worker process(es)", flush=True)

@@ -13,20 +13,29 @@ the cluster, so the ID is unique without a round trip, and the same line
 handled twice (a replay after a worker died) gets the same ID. Every
 state change is a replayable script (`scripts.replayable`), so a replay
 reproduces the first run's effects instead of applying them again.
+
+Each event's plan and response run under one guard: a bug costs that event
+(logged, counted, the sender told `! internal error`), never the dispatch.
+Nothing from the envelope is trusted: lines longer than the line limit and
+lines past the per-event bound are refused here, where they would be stored.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis
 
 from protocol import commands as c
 from protocol.errors import CommandError
+from protocol.lines import DEFAULT_MAX_LINE, LineError, LineProblem
 from protocol.messages import (
+    MAX_EVENT_LINES,
     ChatEvent,
     Connected,
     Disconnected,
@@ -45,6 +54,18 @@ NO_ROOM = "join a room first: /join #name"
 SESSION_LOST = "the service lost your session (a restart): you are now {nick}; /nick and /join again"
 GATEWAY_GONE = "this server lost its link to the service: please reconnect"
 UNAVAILABLE = "service temporarily unavailable"
+INTERNAL_ERROR = "internal error"
+TOO_MANY_LINES = "too many lines at once (max {max}): the rest were dropped"
+TOO_MANY_ROOMS = "too many rooms (max {max}): /part one first"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatLimits:
+    """What one envelope or one connection may cost, enforced where the data is stored."""
+
+    max_line: int = DEFAULT_MAX_LINE  # bytes of UTF-8, as the gateway counts them
+    max_event_lines: int = MAX_EVENT_LINES  # lines of one event
+    rooms_shown: int = 50  # /rooms lists the biggest this many, then counts the rest
 
 Respond = Callable[[Effects, Any], None]
 
@@ -92,8 +113,10 @@ def _reply(kind: str, cid: str, text: str) -> Step:
 
 
 class Chat:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, limits: ChatLimits = ChatLimits()) -> None:
         self.store = store
+        self.limits = limits
+        self.counts: Counter[str] = Counter()  # events that failed, by cause
         self._plans: dict[type, Callable[[At, Any], Step]] = {
             c.Nick: self._nick,
             c.Join: self._join,
@@ -120,28 +143,34 @@ class Chat:
 
     def handle_batch(self, items: list[WorkItem], now: float) -> list[Effects]:
         """Handle a dispatch: one round trip to Redis for all its lines -> effects per item."""
-        plans = [self.plan(item, now) for item in items]
+        out = [Effects() for _ in items]
+        plans = [self._guarded(fx, item, partial(self.plan, item, now)) or []
+                 for item, fx in zip(items, out, strict=True)]
         calls = [step.call for steps in plans for step in steps if step.call]
         results = iter(self.store.run(calls))
-        out = []
-        for item, steps in zip(items, plans, strict=True):
-            fx = Effects()
-            self._respond_safely(fx, item, steps, results)
-            out.append(fx)
+        for item, steps, fx in zip(items, plans, out, strict=True):
+            mine = iter([next(results) for step in steps if step.call])
+            self._guarded(fx, item, partial(self._respond, fx, item, steps, mine))
         return out
 
-    def _respond_safely(self, fx: Effects, item: WorkItem, steps: list[Step], results: Iterator[Any]) -> None:
-        """A bug in one event's handling costs that event, not its dispatch: log it whole."""
-        calls = sum(1 for step in steps if step.call)
-        mine = [next(results) for _ in range(calls)]
+    def _guarded(self, fx: Effects, item: WorkItem, work: Callable[[], Any]) -> Any:
+        """The one guard of an event's work (its plan, its response): a bug costs that event only.
+
+        Redis failing is not a bug: it goes up to the worker, which answers the whole dispatch."""
         try:
-            self._respond(fx, item, steps, iter(mine))
+            return work()
         except redis.RedisError:
             raise
         except Exception:
-            log.exception("failed to handle %r", item)
-            if isinstance(item, Lines):
-                fx.error(item.cid, "internal error: the line was not handled")
+            self.counts["events failed: internal error"] += 1
+            log.exception("failed to handle %r (%d so far)", item, self.counts["events failed: internal error"])
+            if isinstance(item, (Lines, Connected)):
+                fx.error(item.cid, INTERNAL_ERROR)
+            return None
+
+    def planned_commands(self) -> frozenset[type]:
+        """The command types this chat has a plan for: all of `protocol.commands.Command`."""
+        return frozenset(self._plans)
 
     def _respond(self, fx: Effects, item: WorkItem, steps: list[Step], results: Iterator[Any]) -> None:
         for i, step in enumerate(steps):
@@ -152,6 +181,8 @@ class Chat:
             self._answer(fx, item, step, result)
 
     def _answer(self, fx: Effects, item: WorkItem, step: Step, result: Any) -> None:
+        if isinstance(result, Exception) and not isinstance(result, redis.RedisError):
+            raise result  # a reply that did not parse: a bug, for the event's guard
         if isinstance(result, Exception):  # a per-call error from Redis
             log.warning("redis refused a call for %s: %s", getattr(item, "cid", item), result)
             if isinstance(item, Lines):
@@ -192,6 +223,12 @@ class Chat:
     def _plan_lines(self, cid: str, event: int, lines: tuple[str, ...], now: float) -> list[Step]:
         steps: list[Step] = []
         for offset, line in enumerate(lines):
+            if offset == self.limits.max_event_lines:  # a gateway never sends so many: refuse the rest
+                steps.append(_reply("error", cid, TOO_MANY_LINES.format(max=self.limits.max_event_lines)))
+                break
+            if self._too_long(line):
+                steps.append(_reply("error", cid, LineError(LineProblem.TOO_LONG, self.limits.max_line).message()))
+                continue
             try:
                 cmd = c.parse_line(line)
             except CommandError as exc:
@@ -204,6 +241,10 @@ class Chat:
             if step.last:
                 break  # lines after /quit are not for anyone
         return steps
+
+    def _too_long(self, line: str) -> bool:
+        """Longer than max_line bytes of UTF-8 (a character is 1 to 4 of them)."""
+        return len(line) * 4 > self.limits.max_line and len(line.encode()) > self.limits.max_line
 
     def _greet(self, fx: Effects, cid: str, nick: str | None) -> None:
         if nick is None:
@@ -252,7 +293,10 @@ class Chat:
         return Step(self.store.set_nick(at.op, at.cid, cmd.nick), respond)
 
     def _join(self, at: At, cmd: c.Join) -> Step:
-        def respond(fx: Effects, res: tuple[str, bool, list[str], list[str]]) -> None:
+        def respond(fx: Effects, res: Failed | tuple[str, bool, list[str], list[str]]) -> None:
+            if isinstance(res, Failed):
+                fx.error(at.cid, TOO_MANY_ROOMS.format(max=self.store.max_rooms))
+                return
             nick, added, members, nicks = res
             fx.info(at.cid, f"you joined {cmd.room} ({len(members)} here: {_sorted_names(nicks)})")
             if added:
@@ -298,8 +342,10 @@ class Chat:
                 fx.error(at.cid, f"no such nick: {cmd.target}")
                 return
             nick, to_cid, to_nick, ts = res
+            # to yourself: no origin, so text mode shows it once (`*nick* text`), as JSON mode does
+            origin = "" if to_cid == at.cid else at.cid
             event = ChatEvent(EventType.PRIVATE, cmd.text, sender=nick, to=to_nick, id=at.mid, ts=ts,
-                              origin=at.cid)
+                              origin=origin)
             fx.deliver(dict.fromkeys((to_cid, at.cid)), event)
 
         return Step(self.store.private(at.op, at.cid, cmd.target, at.now), respond)
@@ -318,13 +364,17 @@ class Chat:
         return Step(self.store.who(at.op, at.cid, cmd.room), respond)
 
     def _rooms(self, at: At, cmd: c.Rooms) -> Step:
-        def respond(fx: Effects, rooms: list[tuple[str, int]]) -> None:
+        def respond(fx: Effects, res: tuple[list[tuple[str, int]], int]) -> None:
+            rooms, total = res
             if not rooms:
                 fx.info(at.cid, "no rooms yet: /join #name opens one")
                 return
-            fx.info(at.cid, "rooms: " + ", ".join(f"{room} ({n})" for room, n in rooms))
+            shown = [f"{room} ({n})" for room, n in rooms]
+            if total > len(rooms):
+                shown.append(f"... and {total - len(rooms)} more")
+            fx.info(at.cid, "rooms: " + ", ".join(shown))
 
-        return Step(self.store.rooms(at.op, at.cid), respond)
+        return Step(self.store.rooms(at.op, at.cid, self.limits.rooms_shown), respond)
 
     def _history(self, at: At, cmd: c.History) -> Step:
         def respond(fx: Effects, res: Failed | tuple[str, list[dict[str, str]]]) -> None:

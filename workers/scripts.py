@@ -53,16 +53,21 @@ end
 return {'ok', old, out}
 """
 
+# p rooms:by-size: a sorted set of the rooms that have members, scored by their member count
 _JOIN_SRC = """
-local p, cid, room = ARGV[1], ARGV[2], ARGV[3]
+local p, cid, room, max_rooms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local ck = p..'conn:'..cid
 local nick = redis.call('HGET', ck, 'nick')
 if not nick then return {'gone'} end
 local mk = p..'room:'..room..':members'
+if redis.call('SISMEMBER', mk, cid) == 0 and redis.call('SCARD', ck..':rooms') >= max_rooms then
+  return {'toomany', room}
+end
 local added = redis.call('SADD', mk, cid)
 redis.call('SADD', ck..':rooms', room)
 redis.call('HSET', ck, 'room', room)
-redis.call('SADD', p..'rooms', room)
+redis.call('ZADD', p..'rooms:by-size', redis.call('SCARD', mk), room)
+redis.call('PERSIST', p..'room:'..room..':history')
 local members = redis.call('SMEMBERS', mk)
 local nicks = {}
 for i, m in ipairs(members) do nicks[i] = redis.call('HGET', p..'conn:'..m, 'nick') or '?' end
@@ -79,16 +84,28 @@ if room == '' then return {'noroom'} end
 local mk = p..'room:'..room..':members'
 """
 
+# after a member left `room`: its size in p rooms:by-size, or, emptied, out of it, its history to expire
+_RESIZE_FN = """
+local function resized(p, room, rest, ttl)
+  if #rest == 0 then
+    redis.call('ZREM', p..'rooms:by-size', room)
+    redis.call('EXPIRE', p..'room:'..room..':history', ttl)
+  else
+    redis.call('ZADD', p..'rooms:by-size', #rest, room)
+  end
+end
+"""
+
 _PART_SRC = """
-local p, cid, room = ARGV[1], ARGV[2], ARGV[3]
-""" + _ROOM_OF + """if redis.call('SREM', mk, cid) == 0 then return {'notin', room} end
+local p, cid, room, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+""" + _RESIZE_FN + _ROOM_OF + """if redis.call('SREM', mk, cid) == 0 then return {'notin', room} end
 redis.call('SREM', ck..':rooms', room)
 if current == room then
   current = redis.call('SRANDMEMBER', ck..':rooms') or ''
   redis.call('HSET', ck, 'room', current)
 end
 local rest = redis.call('SMEMBERS', mk)
-if #rest == 0 then redis.call('SREM', p..'rooms', room) end
+resized(p, room, rest, ttl)
 return {'ok', nick, room, current, rest}
 """
 
@@ -123,13 +140,9 @@ return {'ok', room, nicks}
 """
 
 _ROOMS_SRC = """
-local p, cid = ARGV[1], ARGV[2]
-local out = {}
-for _, room in ipairs(redis.call('SMEMBERS', p..'rooms')) do
-  out[#out + 1] = room
-  out[#out + 1] = redis.call('SCARD', p..'room:'..room..':members')
-end
-return out
+local p, cid, shown = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local key = p..'rooms:by-size'
+return {redis.call('ZCARD', key), redis.call('ZREVRANGE', key, 0, shown - 1, 'WITHSCORES')}
 """
 
 _HISTORY_SRC = """
@@ -139,8 +152,8 @@ if room == '' then return {'noroom'} end
 return {'ok', room, redis.call('XREVRANGE', p..'room:'..room..':history', '+', '-', 'COUNT', count)}
 """
 
-_LEAVE_FN = """
-local function leave(p, cid)
+_LEAVE_FN = _RESIZE_FN + """
+local function leave(p, cid, ttl)
   local ck = p..'conn:'..cid
   local nick, gw = unpack(redis.call('HMGET', ck, 'nick', 'gw'))
   if not nick then return false end
@@ -149,7 +162,7 @@ local function leave(p, cid)
     local mk = p..'room:'..room..':members'
     redis.call('SREM', mk, cid)
     local rest = redis.call('SMEMBERS', mk)
-    if #rest == 0 then redis.call('SREM', p..'rooms', room) end
+    resized(p, room, rest, ttl)
     for _, m in ipairs(rest) do
       if not seen[m] then seen[m] = true; out[#out + 1] = m end
     end
@@ -164,19 +177,19 @@ end
 """
 
 _LEAVE_SRC = """
-local p, cid = ARGV[1], ARGV[2]
+local p, cid, ttl = ARGV[1], ARGV[2], ARGV[3]
 """ + _LEAVE_FN + """
-return leave(p, cid)
+return leave(p, cid, ttl)
 """
 
 # cid is '!<gateway>': the reap's results are kept (and replayed) under that name
 _REAP_SRC = """
-local p, cid, gw, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local p, cid, gw, ttl, history_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 """ + _LEAVE_FN + """
 redis.call('SET', p..'gwdead:'..gw, 1, 'EX', ttl)
 local out = {}
 for _, c in ipairs(redis.call('SMEMBERS', p..'gw:'..gw..':conns')) do
-  local gone = leave(p, c)
+  local gone = leave(p, c, history_ttl)
   if gone then out[#out + 1] = gone end
 end
 return out

@@ -8,8 +8,9 @@ configurable prefix `p`:
     p conn:<cid>             hash: nick, room (current, '' for none), gw, addr
     p conn:<cid>:rooms       set of the rooms the connection is in
     p room:<room>:members    set of cids
-    p room:<room>:history    stream, capped, fields id from text ts kind
-    p rooms                  set of rooms that have members
+    p room:<room>:history    stream, capped, fields id from text ts kind; once the room is
+                             empty it expires (history TTL), and a join makes it persist again
+    p rooms:by-size          sorted set of the rooms that have members, scored by member count
     p gw:<gateway>:conns     set of cids on that gateway
     p gwdead:<gateway>       set when a gateway was lost: it may not connect clients again
     p left:<cid>             for 2 minutes after a connection left: a late line cannot bring it back
@@ -70,6 +71,12 @@ def _failed_or(res: list[Any], ok: Callable[[list[Any]], Any]) -> Any:
     return ok(res)
 
 
+def _biggest_rooms(res: list[Any]) -> tuple[list[tuple[str, int]], int]:
+    total, flat = res
+    rooms = [(room, int(float(n))) for room, n in zip(flat[::2], flat[1::2], strict=True)]
+    return sorted(rooms, key=lambda r: (-r[1], r[0])), int(total)
+
+
 def _fields(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=False))
 
@@ -81,9 +88,12 @@ class Store:
     order), which is how a worker serves a whole dispatch of events at once.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "chat:") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "chat:", max_rooms: int = 50,
+                 history_ttl: int = 86_400) -> None:
         self._client = client
         self._p = prefix
+        self.max_rooms = max_rooms  # rooms one connection may be in
+        self.history_ttl = history_ttl  # seconds an emptied room's history is kept
         self._shas: dict[str, str] = {}
 
     # --- running calls ------------------------------------------------------------
@@ -95,8 +105,9 @@ class Store:
         return sha
 
     def run(self, calls: list[Call]) -> list[Any]:
-        """Run calls in order in one round trip -> their results; a `Gone` or a
-        per-call `redis.ResponseError` comes back as a value. A lost connection raises."""
+        """Run calls in order in one round trip -> their results; a `Gone`, a per-call
+        `redis.ResponseError` or a reply that does not parse comes back as a value.
+        A lost connection raises."""
         if not calls:
             return []
         replies = self._execute(calls)
@@ -130,8 +141,8 @@ class Store:
             return reply
         try:
             return call.parse(reply)
-        except Gone as gone:
-            return gone
+        except Exception as exc:  # Gone, or a reply we did not expect: a value, for that call's event only
+            return exc
 
     # --- the operations ----------------------------------------------------------------
 
@@ -144,12 +155,14 @@ class Store:
         return Call(scripts.NICK, (cid, nick, *op), lambda r: _failed_or(r, lambda r: (r[1], r[2])))
 
     def join(self, op: Op, cid: str, room: str) -> Call:
-        """-> (nick, newly joined, member cids, member nicks)."""
-        return Call(scripts.JOIN, (cid, room, *op), lambda r: _failed_or(r, lambda r: (r[1], bool(r[2]), r[3], r[4])))
+        """-> (nick, newly joined, member cids, member nicks) or Failed('toomany')."""
+        return Call(scripts.JOIN, (cid, room, self.max_rooms, *op),
+                    lambda r: _failed_or(r, lambda r: (r[1], bool(r[2]), r[3], r[4])))
 
     def part(self, op: Op, cid: str, room: str | None) -> Call:
         """-> (nick, room left, new current room, remaining member cids)."""
-        return Call(scripts.PART, (cid, room or "", *op), lambda r: _failed_or(r, lambda r: tuple(r[1:5])))
+        return Call(scripts.PART, (cid, room or "", self.history_ttl, *op),
+                    lambda r: _failed_or(r, lambda r: tuple(r[1:5])))
 
     def say(self, op: Op, cid: str, room: str | None, text: str, msg_id: str, ts: float, kind: str) -> Call:
         """Append to the room's history -> (nick, room, member cids, ts as first stored)."""
@@ -168,9 +181,10 @@ class Store:
         """-> (room, member nicks)."""
         return Call(scripts.WHO, (cid, room or "", *op), lambda r: _failed_or(r, lambda r: (r[1], r[2])))
 
-    def rooms(self, op: Op, cid: str) -> Call:
-        """-> [(room, members)], sorted."""
-        return Call(scripts.ROOMS, (cid, *op), lambda flat: sorted(zip(flat[::2], flat[1::2], strict=True)))
+    def rooms(self, op: Op, cid: str, shown: int) -> Call:
+        """-> ([(room, members)] of the `shown` biggest rooms, biggest first, then by name;
+        how many rooms have members)."""
+        return Call(scripts.ROOMS, (cid, shown, *op), _biggest_rooms)
 
     def history(self, op: Op, cid: str, room: str | None, count: int) -> Call:
         """-> (room, the room's last `count` messages oldest first, as field dicts)."""
@@ -179,11 +193,12 @@ class Store:
 
     def leave(self, op: Op, cid: str) -> Call:
         """Forget a connection -> (its nick, cids that shared a room) or None."""
-        return Call(scripts.LEAVE, (cid, *op), lambda r: (r[0], r[1]) if r else None)
+        return Call(scripts.LEAVE, (cid, self.history_ttl, *op), lambda r: (r[0], r[1]) if r else None)
 
     def reap(self, gateway: str, ttl: int = 86_400) -> Call:
         """Forget every connection of a lost gateway, and refuse its late connects for `ttl`
         seconds (no ghosts) -> [(nick, cids that shared a room)]."""
-        return Call(scripts.REAP, ("!" + gateway, gateway, ttl, 0, 0), lambda r: [(g[0], g[1]) for g in r])
+        return Call(scripts.REAP, ("!" + gateway, gateway, ttl, self.history_ttl, 0, 0),
+                    lambda r: [(g[0], g[1]) for g in r])
 
 

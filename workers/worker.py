@@ -15,7 +15,9 @@ for gone: the worker connects again. A broker that does not know the worker
 registers with `Ready` again.
 
 When Redis fails, a breaker opens for a moment so that the events behind
-the failed one fail fast instead of each waiting out a timeout. A line that
+the failed one fail fast instead of each waiting out a timeout; after the
+cooldown the next dispatch is a trial, whose failure opens it again and
+whose success closes it. A line that
 cannot be served is answered `! service temporarily unavailable`; a connect
 or disconnect is left unanswered (no `Mark`), so its gateway sends it again
 later; a lost gateway's clean-up is kept here and tried again.
@@ -28,10 +30,12 @@ import os
 import secrets
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 import zmq
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from protocol import codec
 from protocol.errors import DecodeError
@@ -49,12 +53,13 @@ from protocol.messages import (
 )
 from stack.process import Stopping
 from workers.effects import Effects
-from workers.logic import Chat
+from workers.logic import INTERNAL_ERROR, UNAVAILABLE, Chat, ChatLimits
 from workers.store import Store
 
 log = logging.getLogger("chat.worker")
 
-UNAVAILABLE = "service temporarily unavailable"
+# one envelope may not grow this process's memory without bound (ZMQ_MAXMSGSIZE)
+MAX_MESSAGE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,20 +72,29 @@ class WorkerConfig:
     liveness: int = 3
     redis_timeout: float = 1.0
     breaker_cooldown: float = 1.0
+    limits: ChatLimits = field(default_factory=ChatLimits)
+    max_rooms: int = 50  # rooms one connection may be in
+    history_ttl: int = 86_400  # seconds the history of an emptied room is kept
 
 
 class Breaker:
-    """Open for `cooldown` seconds after a Redis failure: fail fast meanwhile."""
+    """Open for `cooldown` seconds after a Redis failure: fail fast meanwhile.
+
+    Time comes in as a value (monotonic seconds). While open, `allows` says
+    no and nothing extends the cooldown; once it has passed, the next
+    dispatch goes through as a trial: a failure trips it again, a success
+    leaves it closed.
+    """
 
     def __init__(self, cooldown: float) -> None:
         self.cooldown = cooldown
         self.open_until = 0.0
 
-    def closed(self) -> bool:
-        return time.monotonic() >= self.open_until
+    def allows(self, now: float) -> bool:
+        return now >= self.open_until
 
-    def trip(self) -> None:
-        self.open_until = time.monotonic() + self.cooldown
+    def trip(self, now: float) -> None:
+        self.open_until = now + self.cooldown
 
 
 class Handler:
@@ -92,8 +106,10 @@ class Handler:
         self.reaps: list[GatewayLost] = []  # lost gateways still to clean up
         self.unknown_to = ""  # a broker that said it does not know us
 
-    def frames(self, frames: list[bytes], now: float) -> Done:
-        """Decode and handle one dispatch (events, or a heartbeat) -> the Done to send."""
+    def frames(self, frames: list[bytes], now: float, tick: float) -> Done:
+        """Decode and handle one dispatch (events, or a heartbeat) -> the Done to send.
+
+        `now` is the wall clock (for message times), `tick` the monotonic one (for the breaker)."""
         items: list[WorkItem] = []
         for frame in frames:
             try:
@@ -108,22 +124,31 @@ class Handler:
             elif not isinstance(msg, Heartbeat):  # a heartbeat is only a sign of life
                 log.warning("dropped an unexpected %s from the broker", type(msg).__name__)
         fx = Effects()
-        self.batch([*items, *self._due_reaps()], fx, now)
+        self.batch([*items, *self._due_reaps(tick)], fx, now, tick)
         return Done(tuple(event_key(item) for item in items), fx.encoded())
 
-    def batch(self, items: list[WorkItem], fx: Effects, now: float) -> None:
+    def batch(self, items: list[WorkItem], fx: Effects, now: float, tick: float) -> None:
         """Handle events in one round trip to Redis; each event's effects after its Mark."""
         if not items:
             return
+        if not self.breaker.allows(tick):  # fail fast, and leave the cooldown as it is
+            for item in items:
+                self._unserved(item, fx)
+            return
         try:
-            if not self.breaker.closed():
-                raise redis.ConnectionError("breaker open after a recent failure")
             effects = self.chat.handle_batch(items, now)
         except redis.RedisError as exc:
-            self.breaker.trip()
+            self.breaker.trip(tick)
             log.warning("redis failed on a dispatch of %d events: %s", len(items), exc)
             for item in items:
                 self._unserved(item, fx)
+            return
+        except Exception:  # each event has its guard in the chat: this is a bug of the dispatch itself
+            log.exception("failed to handle a dispatch of %d events: answering them all", len(items))
+            for item in items:
+                fx.mark(*event_key(item))
+                if isinstance(item, (Lines, Connected)):
+                    fx.error(item.cid, INTERNAL_ERROR)
             return
         for item, item_fx in zip(items, effects, strict=True):
             fx.mark(*event_key(item))
@@ -137,11 +162,20 @@ class Handler:
             self.reaps.append(item)
         # connect, disconnect: no answer (no Mark), so the gateway sends it again
 
-    def _due_reaps(self) -> list[WorkItem]:
-        if not self.reaps or not self.breaker.closed():
+    def _due_reaps(self, tick: float) -> list[WorkItem]:
+        if not self.reaps or not self.breaker.allows(tick):
             return []
         reaps, self.reaps = self.reaps, []
         return list(reaps)
+
+
+def open_redis(url: str, timeout: float) -> redis.Redis:
+    """A client whose calls fail within `timeout`: no retries of its own (redis-py retries
+    ten times with backoff by default, seconds of a stalled worker); the breaker is the retry."""
+    return redis.Redis.from_url(
+        url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 def worker_name() -> str:
@@ -151,6 +185,7 @@ def worker_name() -> str:
 def _open_backend(ctx: zmq.Context[zmq.Socket[bytes]], config: WorkerConfig) -> zmq.Socket[bytes]:
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # a bigger frame drops the peer's link
     sock.setsockopt_string(zmq.IDENTITY, worker_name())
     sock.connect(config.backend)
     sock.send(codec.encode(Ready(config.credit)))
@@ -169,7 +204,7 @@ def serve_broker(
         if poller.poll(int(config.heartbeat * 1000)):
             frames = sock.recv_multipart()
             last_heard = time.monotonic()
-            done = handler.frames(frames, time.time())
+            done = handler.frames(frames, time.time(), time.monotonic())
             if done.events or done.publish:
                 sock.send(codec.encode(done))
                 last_sent = time.monotonic()
@@ -189,11 +224,9 @@ def serve_broker(
 def run_worker(config: WorkerConfig) -> None:
     """The body of one worker process."""
     stopping = Stopping().install()
-    client = redis.Redis.from_url(
-        config.redis_url, decode_responses=True,
-        socket_timeout=config.redis_timeout, socket_connect_timeout=config.redis_timeout,
-    )
-    handler = Handler(Chat(Store(client, config.prefix)), Breaker(config.breaker_cooldown))
+    client = open_redis(config.redis_url, config.redis_timeout)
+    store = Store(client, config.prefix, config.max_rooms, config.history_ttl)
+    handler = Handler(Chat(store, config.limits), Breaker(config.breaker_cooldown))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         while not stopping.requested:

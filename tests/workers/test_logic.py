@@ -95,6 +95,8 @@ def snapshot(client: redis.Redis, prefix: str, stream_ids: bool = True) -> dict[
             value = client.hgetall(key)
         elif kind == "set":
             value = sorted(client.smembers(key))
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1, withscores=True)
         elif kind == "stream":
             entries: list[tuple[str, dict[str, str]]] = client.xrange(key)  # type: ignore[assignment]
             value = entries if stream_ids else [fields for _, fields in entries]
