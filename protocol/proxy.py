@@ -159,10 +159,7 @@ def _check_tlvs(tlvs: bytes) -> None:
 def parse_networks(text: str) -> tuple[Network, ...]:
     """"CIDR[,CIDR...]" -> networks; a bare address is a network of one. ValueError if bad."""
     networks: list[Network] = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
+    for item in filter(None, (part.strip() for part in text.split(","))):
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:

@@ -145,7 +145,7 @@ def test_malformed_v2_headers_are_refused(data: bytes) -> None:
 # --- any bytes at all ------------------------------------------------------------------
 
 
-def byte_by_byte(data: bytes) -> tuple[Header, bytes] | None | str:
+def byte_by_byte(data: bytes) -> tuple[Header, bytes] | str | None:
     """Feed the bytes one at a time as a reader would: the first answer, or the error."""
     for n in range(len(data) + 1):
         try:
@@ -158,7 +158,7 @@ def byte_by_byte(data: bytes) -> tuple[Header, bytes] | None | str:
     return None
 
 
-def whole(data: bytes) -> tuple[Header, bytes] | None | str:
+def whole(data: bytes) -> tuple[Header, bytes] | str | None:
     try:
         return split_header(data)
     except ProxyError:
