@@ -119,7 +119,7 @@ def _split_v2(data: bytes) -> tuple[Header, bytes] | None:
         raise ProxyError("unsupported PROXY v2 version or command")
     length = int.from_bytes(data[14:16], "big")
     if length > MAX_V2_BODY:
-        raise ProxyError(f"PROXY v2 header too long ({length} > {MAX_V2_BODY} bytes)")
+        raise ProxyError(f"PROXY v2 header too long (over {MAX_HEADER} bytes)")
     end = V2_FIXED + length
     if len(data) < end:
         return None
