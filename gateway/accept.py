@@ -29,8 +29,9 @@ class Refused(Exception):
         self.peer = peer
 
 
-class HealthCheck(Refused):
-    """A balancer's health check (PROXY v2 LOCAL): no client behind it."""
+class NoClient(Refused):
+    """No client behind this connection (a balancer's health check, a peer gone before
+    it was read): counted, not logged."""
 
 
 async def listen(host: str, port: int, reuse_port: bool) -> trio.SocketListener:
@@ -77,17 +78,19 @@ async def client_address(sock: socket.socket, proxy_protocol: bool,
     With the PROXY protocol only a peer inside `trusted` (the balancers) may speak
     at all: any other is refused before a byte is read, so no host can claim an
     address that is not its own. A v2 LOCAL header is the balancer's health check:
-    raises HealthCheck, and the connection is closed without a word.
+    raises NoClient, and the connection is closed without a word.
     """
     peer = peer_of(sock)
     if not proxy_protocol:
         return peer, b""
+    if peer == "?":  # reset before we got to it: HAProxy's checks often are
+        raise NoClient("gone before it was read")
     if not proxy.is_trusted(peer.rpartition(":")[0], trusted):
         raise Refused("not a trusted proxy", peer)
     with trio.move_on_after(PROXY_TIMEOUT):
         header, rest = await _read_proxy_header(sock, peer)
         if header.local:
-            raise HealthCheck("health check", peer)
+            raise NoClient("health check", peer)
         return header.source or peer, rest
     raise Refused(f"no PROXY header within {PROXY_TIMEOUT:.0f}s", peer)
 

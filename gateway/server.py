@@ -279,8 +279,8 @@ class Gateway:
             try:
                 peer, first = await accept.client_address(sock, self.config.proxy_protocol,
                                                           self.config.trusted_proxies)
-            except accept.HealthCheck:
-                self.counts["health checks"] += 1
+            except accept.NoClient as exc:
+                self.counts[exc.cause] += 1
                 return
             except accept.Refused as exc:
                 self.counts[f"refused: {exc.cause}"] += 1  # by cause: the peer is in the log
