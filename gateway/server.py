@@ -39,6 +39,7 @@ from protocol.messages import (
     gateway_of,
     topic_of,
 )
+from protocol.proxy import Network
 from protocol.render import is_own_echo, render_json, render_text
 
 log = logging.getLogger("chat.gateway")
@@ -58,7 +59,8 @@ class GatewayConfig:
     resend_after: float = 5.0
     max_connections: int = 20_000  # 0: no limit
     max_per_address: int = 256  # 0: no limit
-    proxy_protocol: bool = False  # behind HAProxy `send-proxy`: the client's address comes first
+    proxy_protocol: bool = False  # behind HAProxy `send-proxy(-v2)`: the client's address comes first
+    trusted_proxies: tuple[Network, ...] = ()  # with proxy_protocol: the only peers accepted
     reuse_port: bool = False  # SO_REUSEPORT: several gateway processes on one port
     limits: ClientLimits = field(default_factory=ClientLimits)
 
@@ -275,9 +277,14 @@ class Gateway:
         accept.keep_alive(sock)
         try:
             try:
-                peer, first = await accept.client_address(sock, self.config.proxy_protocol)
+                peer, first = await accept.client_address(sock, self.config.proxy_protocol,
+                                                          self.config.trusted_proxies)
+            except accept.NoClient as exc:
+                self.counts[exc.cause] += 1
+                return
             except accept.Refused as exc:
-                self._count(f"refused: {exc}")
+                self.counts[f"refused: {exc.cause}"] += 1  # by cause: the peer is in the log
+                log.warning("refused: %s", exc)
                 return
             address = peer.rpartition(":")[0]
             refusal = self._refusal(address)
