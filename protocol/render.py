@@ -74,6 +74,8 @@ def _escape(match: re.Match[str]) -> str:
 
 
 def render_json(event: ChatEvent) -> bytes:
-    # only string contents can hold such a character, where an escape means the same
-    line = UNSAFE.sub(_escape, json.dumps(to_json_object(event), ensure_ascii=False))
+    line = json.dumps(to_json_object(event), ensure_ascii=False)
+    if not line.isprintable():  # every UNSAFE character is unprintable
+        # only string contents can hold one, where an escape means the same
+        line = UNSAFE.sub(_escape, line)
     return (line + "\n").encode()

@@ -436,6 +436,11 @@ def test_every_unsafe_character_is_stripped_everywhere_text_goes(char: str) -> N
     assert error_of(f"/{text}") == "unknown command /ab (try /help)"
 
 
+def test_every_unsafe_character_is_unprintable() -> None:
+    # strip_unsafe and render_json skip printable text: that is only right while this holds
+    assert not any(char.isprintable() for char in UNSAFE_CHARS)
+
+
 def test_all_unsafe_characters_together_leave_nothing() -> None:
     assert clean_text("".join(UNSAFE_CHARS)) == ""
     assert parse_line("".join(UNSAFE_CHARS)) is None
@@ -590,3 +595,13 @@ def test_property_history_count_bounds(n: int) -> None:
         assert parse_line(f"/history {n}") == History(None, n)
     else:
         assert error_of(f"/history {n}") == HISTORY_USAGE
+
+
+@FAST
+@given(st.text(min_size=1, max_size=40).filter(lambda s: not set(s) & {" ", "\t"}))
+def test_property_a_nick_argument_is_taken_whole(name: str) -> None:
+    # one word without ASCII blanks is one argument, whatever other whitespace it holds
+    if NICK_SPEC.fullmatch(name):
+        assert parse_line(f"/nick {name}") == Nick(name)
+    else:
+        assert error_of(f"/nick {name}") == nick_error(name)
