@@ -9,9 +9,11 @@ Arguments are separated by ASCII spaces and tabs only: `str.split()` would
 also split on U+0085, U+2028, U+3000 ..., so `/nick evil<U+0085>` would pass
 as `evil`. Such a name is one argument here, and refused as invalid.
 
-Untrusted text is made safe to show by removing the characters of `UNSAFE`
-(`clean_text` for message text, `shown` and `quoted` for names echoed in
-errors; `protocol.render` applies the same set again to whatever it sends):
+Untrusted text is made safe to show with the characters of `UNSAFE`:
+`clean_text` removes them from message text (messages, /me, /msg, /quit
+reasons), `shown` from an unknown command name echoed back, and `quoted`
+echoes an invalid nick or room as a Python literal, which escapes them.
+`protocol.render` applies the same set again to every line it sends. The set:
 
 - C0 controls except TAB (U+0000-U+0008, U+000A-U+001F), DEL (U+007F) and
   C1 controls (U+0080-U+009F): ESC/CSI sequences, NEL, OSC drive terminals;
