@@ -38,11 +38,15 @@ import re
 from dataclasses import dataclass
 
 from protocol.errors import CommandError
+from protocol.replies import ReplyCode
 
 NICK_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}\Z")
 ROOM_RE = re.compile(r"#[A-Za-z0-9_.-]{1,64}\Z")
 HISTORY_DEFAULT = 20
 HISTORY_MAX = 100
+TOPIC_MAX = 300  # characters of a room topic, after filtering
+# a message id as the chat makes them, `<cid>/<seq>` (opaque to clients, but bounded and plain)
+MESSAGE_ID_RE = re.compile(r"[A-Za-z0-9_.:!-]{1,160}/[0-9]{1,20}\Z")
 SHOWN_MAX = 40  # characters of an unknown command name shown back
 QUOTED_MAX = 80  # characters of an invalid name shown back (a room name is up to 65)
 # what one user could use to drive another's terminal or reorder its text (see above)
@@ -95,6 +99,13 @@ class Rooms:
 class History:
     room: str | None
     count: int
+    after: str = ""  # a message id: the messages after it instead of the last `count`
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    room: str | None
+    text: str | None  # None: show the topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +135,7 @@ class Say:
     text: str
 
 
-Command = Nick | Join | Part | Msg | Me | Who | Rooms | History | Ping | Json | Quit | Help | Say
+Command = Nick | Join | Part | Msg | Me | Who | Rooms | History | Topic | Ping | Json | Quit | Help | Say
 
 HELP_LINES = (
     "commands:",
@@ -136,6 +147,8 @@ HELP_LINES = (
     "/who [#ROOM]          members of a room",
     "/rooms                rooms and their member counts",
     "/history [#ROOM] [N]  the last N messages of a room (default 20, max 100)",
+    "/history [#ROOM] after ID  the messages of a room after the message ID",
+    "/topic [#ROOM] [TEXT] show a room's topic, or set it",
     "/ping                 check the server: replies pong",
     "/json                 receive JSON lines from now on",
     "/quit [REASON]        leave",
@@ -171,7 +184,8 @@ def quoted(text: str) -> str:
 def check_nick(name: str) -> str:
     if not NICK_RE.match(name):
         raise CommandError(
-            f"invalid nickname {quoted(name)}: 1-32 letters, digits, _ or -, starting with a letter"
+            f"invalid nickname {quoted(name)}: 1-32 letters, digits, _ or -, starting with a letter",
+            ReplyCode.BAD_NICK, (name,),
         )
     return name
 
@@ -180,7 +194,8 @@ def check_room(name: str) -> str:
     """A valid room name, in its canonical (lower-case) form."""
     if not ROOM_RE.match(name):
         raise CommandError(
-            f"invalid room name {quoted(name)}: # then 1-64 letters, digits, _, - or ."
+            f"invalid room name {quoted(name)}: # then 1-64 letters, digits, _, - or .",
+            ReplyCode.BAD_ROOM, (name,),
         )
     return name.lower()
 
@@ -199,29 +214,33 @@ def _first_word(text: str) -> tuple[str, str]:
     return text[:cut], text[cut:].strip(" \t")
 
 
+def _usage(name: str, text: str) -> CommandError:
+    return CommandError(f"usage: {text}", ReplyCode.USAGE, (name,))
+
+
 def _no_args(name: str, rest: str) -> None:
     if rest:
-        raise CommandError(f"usage: /{name}")
+        raise _usage(name, f"/{name}")
 
 
 def _parse_nick(rest: str) -> Command:
     args = _split(rest)
     if len(args) != 1:
-        raise CommandError("usage: /nick NAME")
+        raise _usage("nick", "/nick NAME")
     return Nick(check_nick(args[0]))
 
 
 def _parse_join(rest: str) -> Command:
     args = _split(rest)
     if len(args) != 1:
-        raise CommandError("usage: /join #ROOM")
+        raise _usage("join", "/join #ROOM")
     return Join(check_room(args[0]))
 
 
 def _optional_room(name: str, rest: str) -> str | None:
     args = _split(rest)
     if len(args) > 1:
-        raise CommandError(f"usage: /{name} [#ROOM]")
+        raise _usage(name, f"/{name} [#ROOM]")
     return check_room(args[0]) if args else None
 
 
@@ -229,7 +248,7 @@ def _parse_msg(rest: str) -> Command:
     target, text = _first_word(rest)
     text = clean_text(text)
     if not target or not text:
-        raise CommandError("usage: /msg TARGET TEXT")
+        raise _usage("msg", "/msg TARGET TEXT")
     if target.startswith("#"):
         return Msg(check_room(target), text)
     return Msg(check_nick(target), text)
@@ -238,7 +257,7 @@ def _parse_msg(rest: str) -> Command:
 def _parse_me(rest: str) -> Command:
     text = clean_text(rest)
     if not text:
-        raise CommandError("usage: /me TEXT")
+        raise _usage("me", "/me TEXT")
     return Me(text)
 
 
@@ -248,11 +267,30 @@ def _parse_history(rest: str) -> Command:
     if args and args[0].startswith("#"):
         room = check_room(args.pop(0))
     count = HISTORY_DEFAULT
+    if args and args[0].lower() == "after":
+        if len(args) != 2 or not MESSAGE_ID_RE.match(args[1]):
+            raise _usage("history", "/history [#ROOM] after ID  (ID: a message id, as in JSON mode)")
+        return History(room, HISTORY_MAX, args[1])
     if args:
         if len(args) > 1 or not re.fullmatch(r"[0-9]{1,3}", args[0]) or not 1 <= int(args[0]) <= HISTORY_MAX:
-            raise CommandError(f"usage: /history [#ROOM] [N]  (N from 1 to {HISTORY_MAX})")
+            raise _usage("history", f"/history [#ROOM] [N]  (N from 1 to {HISTORY_MAX})")
         count = int(args[0])
     return History(room, count)
+
+
+def _parse_topic(rest: str) -> Command:
+    first, text = _first_word(rest)
+    room = None
+    if first.startswith("#"):
+        room = check_room(first)
+    else:
+        text = rest
+    text = clean_text(text)
+    if not text:
+        return Topic(room, None)
+    if len(text) > TOPIC_MAX:
+        raise CommandError(f"topic too long (max {TOPIC_MAX} characters)", ReplyCode.BAD_ARGUMENT, ("topic",))
+    return Topic(room, text)
 
 
 def _parse_simple(cls: type) -> object:
@@ -272,6 +310,7 @@ _PARSERS = {
     "who": lambda rest: Who(_optional_room("who", rest)),
     "rooms": _parse_simple(Rooms),
     "history": _parse_history,
+    "topic": _parse_topic,
     "ping": _parse_simple(Ping),
     "json": _parse_simple(Json),
     "quit": lambda rest: Quit(clean_text(rest)),
@@ -290,5 +329,5 @@ def parse_line(line: str) -> Command | None:
     name, rest = _first_word(line[1:])
     parser = _PARSERS.get(name.lower())
     if parser is None:
-        raise CommandError(f"unknown command /{shown(name)} (try /help)")
+        raise CommandError(f"unknown command /{shown(name)} (try /help)", ReplyCode.UNKNOWN_COMMAND, (shown(name),))
     return parser(rest)  # type: ignore[operator]

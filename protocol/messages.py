@@ -48,6 +48,7 @@ class EventType(enum.StrEnum):
     INFO = "info"
     ERROR = "error"
     HISTORY = "history"
+    TOPIC = "topic"
 
 
 # --- client events: gateway -> broker -> worker ---------------------------
@@ -136,7 +137,8 @@ class ChatEvent:
     """One thing a client is shown; rendered by the gateway per connection mode.
 
     `origin` is the connection whose line caused it: a text-mode client
-    does not get its own messages back.
+    does not get its own messages back. `code` says which reply an info or
+    error is, `args` carries its data (see `protocol.replies`).
     """
 
     type: EventType
@@ -148,6 +150,8 @@ class ChatEvent:
     ts: float = 0.0
     origin: str = ""
     of: str = ""  # for HISTORY: the type of the message it replays
+    code: str = ""  # a protocol.replies.ReplyCode value, or '' for free text
+    args: tuple[str, ...] = ()  # the reply's data, per code
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,10 @@ def to_json_object(event: ChatEvent) -> dict[str, object]:
             obj[key] = value
     if event.ts and math.isfinite(event.ts):
         obj["ts"] = event.ts
+    if event.code:  # which reply this is, and its data (protocol.replies)
+        obj["code"] = event.code
+    if event.args:
+        obj["args"] = list(event.args)
     return obj
 
 

@@ -40,11 +40,11 @@ class Effects:
         if cids:
             self.items.append(Deliver(cids, event))
 
-    def info(self, cid: str, text: str) -> None:
-        self.items.append(Deliver((cid,), ChatEvent(EventType.INFO, text)))
+    def info(self, cid: str, text: str, code: str = "", args: tuple[str, ...] = ()) -> None:
+        self.items.append(Deliver((cid,), ChatEvent(EventType.INFO, text, code=code, args=args)))
 
-    def error(self, cid: str, text: str) -> None:
-        self.items.append(Deliver((cid,), ChatEvent(EventType.ERROR, text)))
+    def error(self, cid: str, text: str, code: str = "", args: tuple[str, ...] = ()) -> None:
+        self.items.append(Deliver((cid,), ChatEvent(EventType.ERROR, text, code=code, args=args)))
 
     def set_json(self, cid: str) -> None:
         self.items.append(SetMode(cid, True))

@@ -45,6 +45,7 @@ from protocol.messages import (
     WorkItem,
     gateway_of,
 )
+from protocol.replies import ReplyCode as R
 from workers.effects import Effects
 from workers.store import Call, Failed, Gone, Store
 
@@ -57,6 +58,7 @@ UNAVAILABLE = "service temporarily unavailable"
 INTERNAL_ERROR = "internal error"
 TOO_MANY_LINES = "too many lines at once (max {max}): the rest were dropped"
 TOO_MANY_ROOMS = "too many rooms (max {max}): /part one first"
+HISTORY_GAP = "older messages of {room} after {after} are no longer kept: some are missing before these"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,15 +103,11 @@ def _not_in(room: str) -> str:
     return f"you are not in {room}: /join {room} first"
 
 
-def _sorted_names(nicks: list[str]) -> str:
-    return ", ".join(sorted(nicks, key=str.lower))
-
-
-def _reply(kind: str, cid: str, text: str) -> Step:
+def _reply(kind: str, cid: str, text: str, code: str = "", args: tuple[str, ...] = ()) -> Step:
     """A step with no store call: an info or error line for the sender."""
     if kind == "error":
-        return Step(None, lambda fx, _: fx.error(cid, text))
-    return Step(None, lambda fx, _: fx.info(cid, text))
+        return Step(None, lambda fx, _: fx.error(cid, text, code, args))
+    return Step(None, lambda fx, _: fx.info(cid, text, code, args))
 
 
 class Chat:
@@ -127,7 +125,8 @@ class Chat:
             c.Who: self._who,
             c.Rooms: self._rooms,
             c.History: self._history,
-            c.Ping: lambda at, cmd: _reply("info", at.cid, "pong"),
+            c.Topic: self._topic,
+            c.Ping: lambda at, cmd: _reply("info", at.cid, "pong", R.PONG),
             c.Json: self._json,
             c.Help: self._help,
             c.Quit: self._quit,
@@ -165,7 +164,7 @@ class Chat:
             self.counts["events failed: internal error"] += 1
             log.exception("failed to handle %r (%d so far)", item, self.counts["events failed: internal error"])
             if isinstance(item, (Lines, Connected)):
-                fx.error(item.cid, INTERNAL_ERROR)
+                fx.error(item.cid, INTERNAL_ERROR, R.INTERNAL_ERROR)
             return None
 
     def planned_commands(self) -> frozenset[type]:
@@ -186,7 +185,7 @@ class Chat:
         if isinstance(result, Exception):  # a per-call error from Redis
             log.warning("redis refused a call for %s: %s", getattr(item, "cid", item), result)
             if isinstance(item, Lines):
-                fx.error(item.cid, UNAVAILABLE)
+                fx.error(item.cid, UNAVAILABLE, R.UNAVAILABLE)
             return
         step.respond(fx, result)
 
@@ -195,10 +194,10 @@ class Chat:
         cid = getattr(item, "cid", "")
         nick = self.store.run_one(self.store.connect(cid, gateway_of(cid), ""))
         if nick is None:
-            fx.error(cid, GATEWAY_GONE)
+            fx.error(cid, GATEWAY_GONE, R.GATEWAY_GONE)
             fx.close(cid, "gateway lost")
             return
-        fx.info(cid, SESSION_LOST.format(nick=nick))
+        fx.info(cid, SESSION_LOST.format(nick=nick), R.SESSION_LOST, (nick,))
         for step in steps:
             result = self.store.run([step.call])[0] if step.call else None
             if isinstance(result, Gone):
@@ -224,15 +223,17 @@ class Chat:
         steps: list[Step] = []
         for offset, line in enumerate(lines):
             if offset == self.limits.max_event_lines:  # a gateway never sends so many: refuse the rest
-                steps.append(_reply("error", cid, TOO_MANY_LINES.format(max=self.limits.max_event_lines)))
+                limit = self.limits.max_event_lines
+                steps.append(_reply("error", cid, TOO_MANY_LINES.format(max=limit), R.TOO_MANY_LINES, (str(limit),)))
                 break
             if self._too_long(line):
-                steps.append(_reply("error", cid, LineError(LineProblem.TOO_LONG, self.limits.max_line).message()))
+                steps.append(_reply("error", cid, LineError(LineProblem.TOO_LONG, self.limits.max_line).message(),
+                                    R.LINE_TOO_LONG, (str(self.limits.max_line),)))
                 continue
             try:
                 cmd = c.parse_line(line)
             except CommandError as exc:
-                steps.append(_reply("error", cid, str(exc)))
+                steps.append(_reply("error", cid, str(exc), exc.code, exc.details))
                 continue
             if cmd is None:
                 continue
@@ -248,14 +249,16 @@ class Chat:
 
     def _greet(self, fx: Effects, cid: str, nick: str | None) -> None:
         if nick is None:
-            fx.error(cid, GATEWAY_GONE)
+            fx.error(cid, GATEWAY_GONE, R.GATEWAY_GONE)
             fx.close(cid, "gateway lost")
             return
-        fx.info(cid, f"welcome! you are {nick}: /nick NAME to change it, /join #room to talk, /help for all commands")
+        fx.info(cid, f"welcome! you are {nick}: /nick NAME to change it, /join #room to talk, /help for all commands",
+                R.WELCOME, (nick,))
 
     def _reaped(self, fx: Effects, gone: list[tuple[str, list[str]]]) -> None:
         for nick, others in gone:
-            fx.deliver(others, ChatEvent(EventType.QUIT, f"{nick} quit (connection lost)", sender=nick))
+            fx.deliver(others, ChatEvent(EventType.QUIT, f"{nick} quit (connection lost)", sender=nick,
+                                         code=R.QUIT, args=("connection lost",)))
 
     def _leave(self, op: tuple[int, int], cid: str, reason: str) -> Step:
         def respond(fx: Effects, gone: tuple[str, list[str]] | None) -> None:
@@ -263,7 +266,7 @@ class Chat:
                 return
             nick, others = gone
             text = f"{nick} quit" + (f" ({reason})" if reason else "")
-            fx.deliver(others, ChatEvent(EventType.QUIT, text, sender=nick))
+            fx.deliver(others, ChatEvent(EventType.QUIT, text, sender=nick, code=R.QUIT, args=(reason,)))
 
         return Step(self.store.leave(op, cid), respond)
 
@@ -273,7 +276,7 @@ class Chat:
         leave = self._leave(at.op, at.cid, cmd.reason)
 
         def respond(fx: Effects, gone: Any) -> None:
-            fx.info(at.cid, "bye")
+            fx.info(at.cid, "bye", R.BYE)
             leave.respond(fx, gone)
             fx.close(at.cid, "quit")
 
@@ -282,10 +285,10 @@ class Chat:
     def _nick(self, at: At, cmd: c.Nick) -> Step:
         def respond(fx: Effects, res: Failed | tuple[str, list[str]]) -> None:
             if isinstance(res, Failed):
-                fx.error(at.cid, f"nickname {cmd.nick} is taken")
+                fx.error(at.cid, f"nickname {cmd.nick} is taken", R.NICK_TAKEN, (cmd.nick,))
                 return
             old, others = res
-            fx.info(at.cid, f"you are now {cmd.nick}")
+            fx.info(at.cid, f"you are now {cmd.nick}", R.NICK_SET, (cmd.nick,))
             if old != cmd.nick:
                 event = ChatEvent(EventType.NICK, f"{old} is now known as {cmd.nick}", sender=old, to=cmd.nick)
                 fx.deliver(others, event)
@@ -293,12 +296,17 @@ class Chat:
         return Step(self.store.set_nick(at.op, at.cid, cmd.nick), respond)
 
     def _join(self, at: At, cmd: c.Join) -> Step:
-        def respond(fx: Effects, res: Failed | tuple[str, bool, list[str], list[str]]) -> None:
+        def respond(fx: Effects, res: Failed | tuple[str, bool, list[str], list[str], str]) -> None:
             if isinstance(res, Failed):
-                fx.error(at.cid, TOO_MANY_ROOMS.format(max=self.store.max_rooms))
+                limit = self.store.max_rooms
+                fx.error(at.cid, TOO_MANY_ROOMS.format(max=limit), R.TOO_MANY_ROOMS, (str(limit),))
                 return
-            nick, added, members, nicks = res
-            fx.info(at.cid, f"you joined {cmd.room} ({len(members)} here: {_sorted_names(nicks)})")
+            nick, added, members, nicks, topic = res
+            names = sorted(nicks, key=str.lower)
+            fx.info(at.cid, f"you joined {cmd.room} ({len(members)} here: {', '.join(names)})",
+                    R.JOINED, (cmd.room, topic, *names))
+            if topic:
+                fx.info(at.cid, f"topic of {cmd.room}: {topic}", R.JOIN_TOPIC, (cmd.room, topic))
             if added:
                 others = [m for m in members if m != at.cid]
                 fx.deliver(others, ChatEvent(EventType.JOIN, f"{nick} joined {cmd.room}", room=cmd.room, sender=nick))
@@ -308,11 +316,11 @@ class Chat:
     def _part(self, at: At, cmd: c.Part) -> Step:
         def respond(fx: Effects, res: Failed | tuple[str, str, str, list[str]]) -> None:
             if isinstance(res, Failed):
-                fx.error(at.cid, _not_in(res.room) if res.why == "notin" else "you are in no room")
+                _refuse(fx, at.cid, res, "you are in no room")
                 return
             nick, room, current, rest = res
             now_in = f"; your current room is {current}" if current else ""
-            fx.info(at.cid, f"you left {room}{now_in}")
+            fx.info(at.cid, f"you left {room}{now_in}", R.PARTED, (room, current))
             fx.deliver(rest, ChatEvent(EventType.PART, f"{nick} left {room}", room=room, sender=nick))
 
         return Step(self.store.part(at.op, at.cid, cmd.room), respond)
@@ -320,7 +328,7 @@ class Chat:
     def _to_room(self, at: At, room: str | None, text: str, kind: EventType) -> Step:
         def respond(fx: Effects, res: Failed | tuple[str, str, list[str], float]) -> None:
             if isinstance(res, Failed):
-                fx.error(at.cid, _not_in(res.room) if res.why == "notin" else NO_ROOM)
+                _refuse(fx, at.cid, res, NO_ROOM)
                 return
             nick, where, members, ts = res
             fx.deliver(members, ChatEvent(kind, text, room=where, sender=nick, id=at.mid, ts=ts, origin=at.cid))
@@ -339,7 +347,7 @@ class Chat:
 
         def respond(fx: Effects, res: Failed | tuple[str, str, str, float]) -> None:
             if isinstance(res, Failed):
-                fx.error(at.cid, f"no such nick: {cmd.target}")
+                fx.error(at.cid, f"no such nick: {cmd.target}", R.NO_SUCH_NICK, (cmd.target,))
                 return
             nick, to_cid, to_nick, ts = res
             # to yourself: no origin, so text mode shows it once (`*nick* text`), as JSON mode does
@@ -353,58 +361,110 @@ class Chat:
     def _who(self, at: At, cmd: c.Who) -> Step:
         def respond(fx: Effects, res: Failed | tuple[str, list[str]]) -> None:
             if isinstance(res, Failed):
-                fx.error(at.cid, "you are in no room: /who #room")
+                fx.error(at.cid, "you are in no room: /who #room", R.NO_ROOM)
                 return
             room, nicks = res
             if not nicks:
-                fx.info(at.cid, f"no one is in {room}")
+                fx.info(at.cid, f"no one is in {room}", R.MEMBERS, (room,))
                 return
-            fx.info(at.cid, f"{room} ({len(nicks)}): {_sorted_names(nicks)}")
+            names = sorted(nicks, key=str.lower)
+            fx.info(at.cid, f"{room} ({len(nicks)}): {', '.join(names)}", R.MEMBERS, (room, *names))
 
         return Step(self.store.who(at.op, at.cid, cmd.room), respond)
 
     def _rooms(self, at: At, cmd: c.Rooms) -> Step:
         def respond(fx: Effects, res: tuple[list[tuple[str, int]], int]) -> None:
             rooms, total = res
+            more = str(max(total - len(rooms), 0))
+            listed = tuple(field for room, n in rooms for field in (room, str(n)))
             if not rooms:
-                fx.info(at.cid, "no rooms yet: /join #name opens one")
+                fx.info(at.cid, "no rooms yet: /join #name opens one", R.ROOMS, (more,))
                 return
             shown = [f"{room} ({n})" for room, n in rooms]
             if total > len(rooms):
                 shown.append(f"... and {total - len(rooms)} more")
-            fx.info(at.cid, "rooms: " + ", ".join(shown))
+            fx.info(at.cid, "rooms: " + ", ".join(shown), R.ROOMS, (more, *listed))
 
         return Step(self.store.rooms(at.op, at.cid, self.limits.rooms_shown), respond)
 
     def _history(self, at: At, cmd: c.History) -> Step:
+        if cmd.after:
+            return self._history_after(at, cmd)
+
         def respond(fx: Effects, res: Failed | tuple[str, list[dict[str, str]]]) -> None:
             if isinstance(res, Failed):
-                fx.error(at.cid, "you are in no room: /history #room [N]")
+                fx.error(at.cid, "you are in no room: /history #room [N]", R.NO_ROOM)
                 return
             room, entries = res
-            fx.info(at.cid, f"history of {room}: {len(entries)} message{'s' * (len(entries) != 1)}")
-            for e in entries:
-                event = ChatEvent(
-                    EventType.HISTORY, e.get("text", ""), room=room, sender=e.get("from", ""),
-                    id=e.get("id", ""), ts=_float(e.get("ts", "0")), of=e.get("kind", "message"),
-                )
-                fx.deliver((at.cid,), event)
+            fx.info(at.cid, f"history of {room}: {_messages(len(entries))}", R.HISTORY, (room, str(len(entries))))
+            _replay(fx, at.cid, room, entries)
 
         return Step(self.store.history(at.op, at.cid, cmd.room, cmd.count), respond)
+
+    def _history_after(self, at: At, cmd: c.History) -> Step:
+        def respond(fx: Effects, res: Failed | tuple[str, list[dict[str, str]], bool]) -> None:
+            if isinstance(res, Failed):
+                fx.error(at.cid, "you are in no room: /history #room after ID", R.NO_ROOM)
+                return
+            room, entries, gap = res
+            fx.info(at.cid, f"history of {room} after {cmd.after}: {_messages(len(entries))}",
+                    R.HISTORY, (room, str(len(entries)), cmd.after))
+            if gap:
+                fx.info(at.cid, HISTORY_GAP.format(room=room, after=cmd.after), R.HISTORY_GAP, (room, cmd.after))
+            _replay(fx, at.cid, room, entries)
+
+        return Step(self.store.history_after(at.op, at.cid, cmd.room, cmd.after, cmd.count), respond)
+
+    def _topic(self, at: At, cmd: c.Topic) -> Step:
+        def respond(fx: Effects, res: Failed | tuple[str, str, str, float, list[str]]) -> None:
+            if isinstance(res, Failed):
+                _refuse(fx, at.cid, res, "you are in no room: /topic #room [TEXT]")
+                return
+            room, topic, by, ts, members = res
+            if cmd.text is not None:
+                text = f"{by} set the topic of {room}: {topic}"
+                fx.deliver(members, ChatEvent(EventType.TOPIC, text, room=room, sender=by, ts=ts,
+                                              code=R.TOPIC_SET, args=(room, topic)))
+                return
+            shown = f"topic of {room}: {topic}" if topic else f"{room} has no topic"
+            fx.info(at.cid, shown, R.TOPIC_IS, (room, topic, by, repr(ts)))
+
+        return Step(self.store.topic(at.op, at.cid, cmd.room, cmd.text, at.now), respond)
 
     def _json(self, at: At, cmd: c.Json) -> Step:
         def respond(fx: Effects, _: None) -> None:
             fx.set_json(at.cid)
-            fx.info(at.cid, "json mode on")
+            fx.info(at.cid, "json mode on", R.JSON_ON)
 
         return Step(None, respond)
 
     def _help(self, at: At, cmd: c.Help) -> Step:
         def respond(fx: Effects, _: None) -> None:
             for line in c.HELP_LINES:
-                fx.info(at.cid, line)
+                fx.info(at.cid, line, R.HELP)
 
         return Step(None, respond)
+
+
+def _messages(n: int) -> str:
+    return f"{n} message{'s' * (n != 1)}"
+
+
+def _replay(fx: Effects, cid: str, room: str, entries: list[dict[str, str]]) -> None:
+    for e in entries:
+        event = ChatEvent(
+            EventType.HISTORY, e.get("text", ""), room=room, sender=e.get("from", ""),
+            id=e.get("id", ""), ts=_float(e.get("ts", "0")), of=e.get("kind", "message"),
+        )
+        fx.deliver((cid,), event)
+
+
+def _refuse(fx: Effects, cid: str, res: Failed, no_room: str) -> None:
+    """A room operation that failed: not in the room, or no room at all."""
+    if res.why == "notin":
+        fx.error(cid, _not_in(res.room), R.NOT_IN_ROOM, (res.room,))
+    else:
+        fx.error(cid, no_room, R.NO_ROOM)
 
 
 def _float(text: str) -> float:

@@ -68,10 +68,11 @@ redis.call('SADD', ck..':rooms', room)
 redis.call('HSET', ck, 'room', room)
 redis.call('ZADD', p..'rooms:by-size', redis.call('SCARD', mk), room)
 redis.call('PERSIST', p..'room:'..room..':history')
+redis.call('PERSIST', p..'room:'..room..':topic')
 local members = redis.call('SMEMBERS', mk)
 local nicks = {}
 for i, m in ipairs(members) do nicks[i] = redis.call('HGET', p..'conn:'..m, 'nick') or '?' end
-return {'ok', nick, added, members, nicks}
+return {'ok', nick, added, members, nicks, redis.call('HGET', p..'room:'..room..':topic', 'text') or ''}
 """
 
 # the connection, its nick and current room, and the room meant (ARGV room, or the current one)
@@ -84,12 +85,14 @@ if room == '' then return {'noroom'} end
 local mk = p..'room:'..room..':members'
 """
 
-# after a member left `room`: its size in p rooms:by-size, or, emptied, out of it, its history to expire
+# after a member left `room`: its size in p rooms:by-size, or, emptied, out of it, its history and
+# topic to expire
 _RESIZE_FN = """
 local function resized(p, room, rest, ttl)
   if #rest == 0 then
     redis.call('ZREM', p..'rooms:by-size', room)
     redis.call('EXPIRE', p..'room:'..room..':history', ttl)
+    redis.call('EXPIRE', p..'room:'..room..':topic', ttl)
   else
     redis.call('ZADD', p..'rooms:by-size', #rest, room)
   end
@@ -150,6 +153,39 @@ local p, cid, room, count = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if room == '' then room = redis.call('HGET', p..'conn:'..cid, 'room') or '' end
 if room == '' then return {'noroom'} end
 return {'ok', room, redis.call('XREVRANGE', p..'room:'..room..':history', '+', '-', 'COUNT', count)}
+"""
+
+# entries of the room's history after the one whose `id` field is `after`, newest first, at most
+# `count` of them (scanning at most `scan`); gap 1 when `after` is not kept or more came since
+_HISTORY_AFTER_SRC = """
+local p, cid, room, after, count, scan = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+if room == '' then room = redis.call('HGET', p..'conn:'..cid, 'room') or '' end
+if room == '' then return {'noroom'} end
+local out, newer, gap = {}, 0, 1
+for _, entry in ipairs(redis.call('XREVRANGE', p..'room:'..room..':history', '+', '-', 'COUNT', scan)) do
+  local fields, id = entry[2], nil
+  for i = 1, #fields - 1, 2 do if fields[i] == 'id' then id = fields[i + 1]; break end end
+  if id == after then
+    if newer <= count then gap = 0 end
+    break
+  end
+  newer = newer + 1
+  if newer <= count then out[newer] = entry end
+end
+return {'ok', room, out, gap}
+"""
+
+# show (set '0') or set (set '1', members only) a room's topic; the room's members get a set topic
+_TOPIC_SRC = """
+local p, cid, room, text, set, ts = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+""" + _ROOM_OF + """local tk = p..'room:'..room..':topic'
+if set == '1' then
+  if redis.call('SISMEMBER', mk, cid) == 0 then return {'notin', room} end
+  redis.call('HSET', tk, 'text', text, 'by', nick, 'ts', ts)
+  return {'ok', room, text, nick, ts, redis.call('SMEMBERS', mk)}
+end
+local t = redis.call('HMGET', tk, 'text', 'by', 'ts')
+return {'ok', room, t[1] or '', t[2] or '', t[3] or '', {}}
 """
 
 _LEAVE_FN = _RESIZE_FN + """
@@ -243,4 +279,6 @@ PRIVATE = replayable(_PRIVATE_SRC)
 WHO = replayable(_WHO_SRC)
 ROOMS = replayable(_ROOMS_SRC)
 HISTORY = replayable(_HISTORY_SRC)
+HISTORY_AFTER = replayable(_HISTORY_AFTER_SRC)
+TOPIC = replayable(_TOPIC_SRC)
 CONNECT = _CONNECT_SRC

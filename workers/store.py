@@ -10,6 +10,7 @@ configurable prefix `p`:
     p room:<room>:members    set of cids
     p room:<room>:history    stream, capped, fields id from text ts kind; once the room is
                              empty it expires (history TTL), and a join makes it persist again
+    p room:<room>:topic      hash: text, by (nick), ts; expires and persists with the history
     p rooms:by-size          sorted set of the rooms that have members, scored by member count
     p gw:<gateway>:conns     set of cids on that gateway
     p gwdead:<gateway>       set when a gateway was lost: it may not connect clients again
@@ -33,6 +34,7 @@ import redis
 from workers import scripts
 
 HISTORY_KEEP = scripts.HISTORY_KEEP
+HISTORY_SCAN = 10 * HISTORY_KEEP  # entries /history after ID reads at most (trimming is approximate)
 
 Op = tuple[int, int]  # (the event's seq, the line's seq): what makes a call replayable
 
@@ -75,6 +77,13 @@ def _biggest_rooms(res: list[Any]) -> tuple[list[tuple[str, int]], int]:
     total, flat = res
     rooms = [(room, int(float(n))) for room, n in zip(flat[::2], flat[1::2], strict=True)]
     return sorted(rooms, key=lambda r: (-r[1], r[0])), int(total)
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text) if text else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _fields(flat: list[str]) -> dict[str, str]:
@@ -155,9 +164,9 @@ class Store:
         return Call(scripts.NICK, (cid, nick, *op), lambda r: _failed_or(r, lambda r: (r[1], r[2])))
 
     def join(self, op: Op, cid: str, room: str) -> Call:
-        """-> (nick, newly joined, member cids, member nicks) or Failed('toomany')."""
+        """-> (nick, newly joined, member cids, member nicks, topic) or Failed('toomany')."""
         return Call(scripts.JOIN, (cid, room, self.max_rooms, *op),
-                    lambda r: _failed_or(r, lambda r: (r[1], bool(r[2]), r[3], r[4])))
+                    lambda r: _failed_or(r, lambda r: (r[1], bool(r[2]), r[3], r[4], r[5])))
 
     def part(self, op: Op, cid: str, room: str | None) -> Call:
         """-> (nick, room left, new current room, remaining member cids)."""
@@ -190,6 +199,20 @@ class Store:
         """-> (room, the room's last `count` messages oldest first, as field dicts)."""
         return Call(scripts.HISTORY, (cid, room or "", count, *op), lambda r: _failed_or(
             r, lambda r: (r[1], [_fields(fields) for _, fields in reversed(r[2])])))
+
+    def history_after(self, op: Op, cid: str, room: str | None, after: str, count: int) -> Call:
+        """-> (room, at most `count` messages after the one with id `after`, oldest first, as field
+        dicts, True if some between were not kept or `after` is not kept at all)."""
+        return Call(scripts.HISTORY_AFTER, (cid, room or "", after, count, HISTORY_SCAN, *op),
+                    lambda r: _failed_or(r, lambda r: (r[1], [_fields(f) for _, f in reversed(r[2])],
+                                                       bool(r[3]))))
+
+    def topic(self, op: Op, cid: str, room: str | None, text: str | None, ts: float) -> Call:
+        """Show (text None) or set a room's topic -> (room, topic, set by, set at, member cids: those to
+        tell, on a set); Failed('notin') to set it from outside the room."""
+        args = (cid, room or "", text or "", "0" if text is None else "1", repr(ts), *op)
+        return Call(scripts.TOPIC, args, lambda r: _failed_or(
+            r, lambda r: (r[1], r[2], r[3], _float(r[4]), r[5])))
 
     def leave(self, op: Op, cid: str) -> Call:
         """Forget a connection -> (its nick, cids that shared a room) or None."""
