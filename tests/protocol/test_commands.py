@@ -605,3 +605,30 @@ def test_property_a_nick_argument_is_taken_whole(name: str) -> None:
         assert parse_line(f"/nick {name}") == Nick(name)
     else:
         assert error_of(f"/nick {name}") == nick_error(name)
+
+
+# --- /topic and /history after ID ------------------------------------------------
+
+
+def test_topic_parses() -> None:
+    from protocol.commands import TOPIC_MAX, History, Topic
+    assert parse_line("/topic") == Topic(None, None)
+    assert parse_line("/topic #A") == Topic("#a", None)
+    assert parse_line("/topic #a  hello\x1b world ") == Topic("#a", "hello world")
+    assert parse_line("/topic hello world") == Topic(None, "hello world")
+    assert parse_line("/topic #a \x07") == Topic("#a", None)  # nothing left after filtering: show it
+    assert parse_line("/topic " + "x" * TOPIC_MAX) == Topic(None, "x" * TOPIC_MAX)
+    with pytest.raises(CommandError, match="topic too long"):
+        parse_line("/topic " + "x" * (TOPIC_MAX + 1))
+    with pytest.raises(CommandError, match="invalid room name"):
+        parse_line("/topic #bad! text")
+    assert parse_line("/history #a after gw.x:1/42") == History("#a", 100, "gw.x:1/42")
+    assert parse_line("/history AFTER gw.x:1/42") == History(None, 100, "gw.x:1/42")
+
+
+@pytest.mark.parametrize("line", ["/history after", "/history after x", "/history after a/b",
+                                  "/history after a/1 2", "/history #a after " + "a" * 161 + "/1",
+                                  "/history after a\u2028/1"])
+def test_history_after_needs_one_plain_id(line: str) -> None:
+    with pytest.raises(CommandError, match="usage: /history"):
+        parse_line(line)
