@@ -83,6 +83,7 @@ class Msg:
 @dataclass(frozen=True, slots=True)
 class Me:
     text: str
+    room: str | None = None  # None: the current room
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +145,7 @@ HELP_LINES = (
     "/part [#ROOM]         leave a room (default: the current one)",
     "/msg TARGET TEXT      private message to a nick, or a message to a room",
     "/me TEXT              an action in the current room",
+    "/action #ROOM TEXT    an action in a room you are in",
     "/who [#ROOM]          members of a room",
     "/rooms                rooms and their member counts",
     "/history [#ROOM] [N]  the last N messages of a room (default 20, max 100)",
@@ -261,6 +263,14 @@ def _parse_me(rest: str) -> Command:
     return Me(text)
 
 
+def _parse_action(rest: str) -> Command:
+    room, text = _first_word(rest)
+    text = clean_text(text)
+    if not room or not text:
+        raise _usage("action", "/action #ROOM TEXT")
+    return Me(text, check_room(room))
+
+
 def _parse_history(rest: str) -> Command:
     args = _split(rest)
     room = None
@@ -307,6 +317,7 @@ _PARSERS = {
     "part": lambda rest: Part(_optional_room("part", rest)),
     "msg": _parse_msg,
     "me": _parse_me,
+    "action": _parse_action,
     "who": lambda rest: Who(_optional_room("who", rest)),
     "rooms": _parse_simple(Rooms),
     "history": _parse_history,

@@ -17,7 +17,7 @@ Args per code (all str; counts in decimal):
     NOT_IN_ROOM      room
     NO_ROOM          -            (no current room, none named)
     NO_SUCH_NICK     nick
-    TOO_MANY_ROOMS   max
+    TOO_MANY_ROOMS   max, the room refused
     MEMBERS          room, member nick, ...   (none: the room is empty)
     ROOMS            how many more, room, count, room, count, ...
     HISTORY          room, count[, after id]

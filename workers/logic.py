@@ -299,7 +299,7 @@ class Chat:
         def respond(fx: Effects, res: Failed | tuple[str, bool, list[str], list[str], str]) -> None:
             if isinstance(res, Failed):
                 limit = self.store.max_rooms
-                fx.error(at.cid, TOO_MANY_ROOMS.format(max=limit), R.TOO_MANY_ROOMS, (str(limit),))
+                fx.error(at.cid, TOO_MANY_ROOMS.format(max=limit), R.TOO_MANY_ROOMS, (str(limit), cmd.room))
                 return
             nick, added, members, nicks, topic = res
             names = sorted(nicks, key=str.lower)
@@ -339,7 +339,7 @@ class Chat:
         return self._to_room(at, None, cmd.text, EventType.MESSAGE)
 
     def _me(self, at: At, cmd: c.Me) -> Step:
-        return self._to_room(at, None, cmd.text, EventType.ACTION)
+        return self._to_room(at, cmd.room, cmd.text, EventType.ACTION)
 
     def _msg(self, at: At, cmd: c.Msg) -> Step:
         if cmd.target.startswith("#"):

@@ -632,3 +632,13 @@ def test_topic_parses() -> None:
 def test_history_after_needs_one_plain_id(line: str) -> None:
     with pytest.raises(CommandError, match="usage: /history"):
         parse_line(line)
+
+
+def test_action_names_its_room() -> None:
+    from protocol.commands import Me
+    assert parse_line("/action #A waves \x1b hi") == Me("waves  hi", "#a")
+    for line in ("/action", "/action #a", "/action #a \x07"):
+        with pytest.raises(CommandError, match="usage: /action"):
+            parse_line(line)
+    with pytest.raises(CommandError, match="invalid room name"):
+        parse_line("/action bob waves")

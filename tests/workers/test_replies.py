@@ -49,7 +49,7 @@ def test_welcome_and_too_many_rooms(client: redis.Redis, prefix: str) -> None:
     [welcome] = events_to(a.connect(), a.cid)
     assert welcome.code == R.WELCOME and welcome.args == (welcome.text.split()[3].rstrip(":"),)
     a.send("/join #one")
-    assert coded(events_to(a.send("/join #two"), a.cid)) == [(R.TOO_MANY_ROOMS, ("1",))]
+    assert coded(events_to(a.send("/join #two"), a.cid)) == [(R.TOO_MANY_ROOMS, ("1", "#two"))]
 
 
 # --- /topic --------------------------------------------------------------------
@@ -164,3 +164,11 @@ def test_history_after_is_replayable_and_refusals(chat: Chat) -> None:
     assert coded(events_to(b.send(f"/history after {ids[0]}"), b.cid)) == [(R.NO_ROOM, ())]
     assert coded(events_to(b.send("/history after not an id"), b.cid)) == [(R.USAGE, ("history",))]
     assert coded(events_to(b.send("/history after x\x1b/1"), b.cid)) == [(R.USAGE, ("history",))]
+
+
+def test_action_to_a_named_room(chat: Chat) -> None:
+    a = connected(chat, f"{GW_A}:1", "alice", "#r", "#s")  # current room: #s
+    b = connected(chat, f"{GW_B}:1", "bob", "#r")
+    [event] = events_to(a.send("/action #r waves"), b.cid)
+    assert (event.type, event.room, event.text) == (EventType.ACTION, "#r", "waves")
+    assert coded(events_to(b.send("/action #s waves"), b.cid)) == [(R.NOT_IN_ROOM, ("#s",))]
