@@ -39,8 +39,8 @@ def render(conn: IrcConnection, event: ChatEvent, own_cid: str) -> bytes:
 
 def _said(conn: IrcConnection, event: ChatEvent, kind: str) -> bytes:
     target = event.room or (event.to if event.type is EventType.PRIVATE else conn.nick)
-    text = f"\x01ACTION {event.text}\x01" if kind == EventType.ACTION else event.text
-    return line(conn.mask(event.sender), "PRIVMSG", target, text, tags=conn.tags_for(event))
+    ctcp = "ACTION" if kind == EventType.ACTION else ""
+    return line(conn.mask(event.sender), "PRIVMSG", target, event.text, tags=conn.tags_for(event), ctcp=ctcp)
 
 
 def _message(conn: IrcConnection, event: ChatEvent) -> bytes:
@@ -92,7 +92,7 @@ _EVENTS: dict[EventType, Callable[[IrcConnection, ChatEvent], bytes]] = {
 def _reply(conn: IrcConnection, event: ChatEvent) -> bytes:
     code = reply_code(event.code)
     draw = _REPLIES.get(code) if code else None
-    if draw is None:
+    if draw is None or code is None or len(event.args) < _ARGS_NEEDED.get(code, 0):  # malformed: as free text
         return line(conn.server, "NOTICE", conn.nick, event.text)
     return draw(conn, event.args, event.text)
 
@@ -226,6 +226,11 @@ _REPLIES: dict[R, Callable[[IrcConnection, tuple[str, ...], str], bytes]] = {
     R.BAD_ROOM: _simple("403", "No such channel"),
     R.LINE_TOO_LONG: _simple("417", "Input line was too long", with_arg=False),
 }
+
+
+# the args a code's rendering reads (protocol.replies); an event with fewer is shown as its text
+_ARGS_NEEDED = {R.NICK_SET: 1, R.NICK_TAKEN: 1, R.JOINED: 2, R.PARTED: 1, R.MEMBERS: 1, R.TOPIC_IS: 4,
+                R.SESSION_LOST: 1}
 
 
 # --- CHATHISTORY -> /history ------------------------------------------------------------

@@ -106,14 +106,18 @@ def _middle(param: str) -> str:
     return safe or "*"
 
 
-def line(prefix: str, command: str, *params: str, tags: str = "") -> bytes:
-    """One outgoing line: `@tags :prefix COMMAND p1 p2 :last` CRLF, safe and at most 512 bytes."""
+def line(prefix: str, command: str, *params: str, tags: str = "", ctcp: str = "") -> bytes:
+    """One outgoing line: `@tags :prefix COMMAND p1 p2 :last` CRLF, safe and at most 512 bytes.
+
+    With `ctcp` (a CTCP command such as ACTION), the last parameter is sent as that CTCP:
+    its own text is filtered, then wrapped in the \x01 delimiters."""
     parts = [f":{_middle(prefix)}"] if prefix else []
     parts.append(command)
     parts.extend(_middle(p) for p in params[:-1])
     if params:
-        parts.append(":" + strip_unsafe(params[-1]))
-    body = _cut(" ".join(parts).encode(), MAX_LINE - 2) + b"\r\n"
+        parts.append(":" + (f"\x01{ctcp} " if ctcp else "") + strip_unsafe(params[-1]))
+    body = _cut(" ".join(parts).encode(), MAX_LINE - 3 if ctcp else MAX_LINE - 2)
+    body += (b"\x01" if ctcp and params else b"") + b"\r\n"
     if tags:
         return b"@" + _cut(strip_unsafe(tags).replace(" ", "").encode(), MAX_TAGS - 2) + b" " + body
     return body
