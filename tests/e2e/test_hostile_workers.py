@@ -153,7 +153,7 @@ def test_msg_to_yourself_is_shown_once_in_text_and_json_mode(connect, unique) ->
     assert text.sync() == [f"*st{unique}* note to self"]
     js = named(connect, 1, f"sj{unique}")
     js.send("/json")
-    js.expect('{"type": "info", "text": "json mode on"}')
+    js.expect('{"type": "info", "text": "json mode on", "code": "json_on"}')
     js.send(f"/msg sj{unique} json note")
     before_pong = js.sync()
     privates = [line for line in before_pong if '"type": "private"' in line]

@@ -373,3 +373,19 @@ def test_event_without_origin_is_nobodys_echo() -> None:
 @given(chat_events, st.text(max_size=10))
 def test_property_is_own_echo_rule(event: ChatEvent, cid: str) -> None:
     assert is_own_echo(event, cid) == (event.origin == cid and event.type in ECHOED)
+
+
+def test_json_mode_adds_the_reply_code_and_args_and_keeps_the_rest() -> None:
+    from protocol.replies import ReplyCode
+
+    event = ChatEvent(EventType.INFO, "you joined #a (1 here: al)", code=ReplyCode.JOINED, args=("#a", "", "al"))
+    assert json.loads(render_json(event)) == {
+        "type": "info", "text": "you joined #a (1 here: al)", "code": "joined", "args": ["#a", "", "al"]}
+    assert render_text(event) == b"* you joined #a (1 here: al)\n"
+    assert b"code" not in render_json(ChatEvent(EventType.INFO, "x"))
+
+
+def test_a_topic_change_renders_as_information() -> None:
+    event = ChatEvent(EventType.TOPIC, "al set the topic of #a: hi\u202e", room="#a", sender="al", args=("#a", "hi"))
+    assert render_text(event) == b"* al set the topic of #a: hi\n"
+    assert json.loads(render_json(event))["type"] == "topic"
