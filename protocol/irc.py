@@ -39,14 +39,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from protocol.commands import HISTORY_MAX, NICK_RE, ROOM_RE, TOPIC_MAX, clean_text
+from protocol import irc_render
+from protocol.commands import NICK_RE, ROOM_RE, TOPIC_MAX, clean_text
+from protocol.irc_render import CHANNEL_MODES, USER_MODES
 from protocol.irc_wire import MAX_LINE, MAX_TAGS, IrcLineBuffer, IrcMessage, IrcProblem, escape_tag_value, line, parse
 from protocol.messages import ChatEvent
 
 CAPS = ("server-time", "message-tags", "echo-message")
-VERSION = "chat-1"
 PENDING_MAX = 64  # WHO/NAMES/PING requests awaiting the chat's answer
-USER_MODES, CHANNEL_MODES = "i", "n"  # no WHO outside shared rooms; no messages from outside a room
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +75,9 @@ class IrcConnection:
 
     def __init__(self, settings: IrcSettings) -> None:
         self.settings = settings
-        self.server = settings.server_name
-        self.nick = "*"  # as the client knows itself: '*' until registered
-        self.registered = False
+        self.server: str = settings.server_name
+        self.nick: str = "*"  # as the client knows itself: '*' until registered
+        self.registered: bool = False
         self.caps: set[str] = set()
         self.channels: set[str] = set()
         self.lines_seen = 0  # the client's lines so far: the gateway's flood accounting
@@ -147,9 +147,8 @@ class IrcConnection:
         return line("", "PING", token)
 
     def render(self, event: ChatEvent, own_cid: str) -> bytes:
-        from protocol.irc_render import render  # one module per concern; no cycle at import time
-
-        return render(self, event, own_cid)
+        """A delivery as IRC lines for this client (b"" for nothing); see `protocol.irc_render`."""
+        return irc_render.render(self, event, own_cid)
 
     # --- pending requests (used by protocol.irc_render) ---------------------------
 
@@ -216,29 +215,6 @@ class IrcConnection:
         if self.registered or self._negotiating or not self._user or not self._wanted_nick:
             return []
         return self.to_chat(f"/nick {self._wanted_nick}")
-
-    def welcome(self, nick: str) -> bytes:
-        """Registration done: the 001-005 burst and the MOTD."""
-        self.registered, self.nick = True, nick
-        s = self.settings
-        out = [
-            self._num("001", f"Welcome to the {s.network} IRC network, {nick}"),
-            self._num("002", f"Your host is {self.server}, running version {VERSION}"),
-            self._num("003", "This server was created for chatting"),
-            self._num("004", self.server, VERSION, USER_MODES, CHANNEL_MODES),
-            self._num("005", "CHANTYPES=#", "NICKLEN=32", "CHANNELLEN=65", "CASEMAPPING=ascii",
-                      f"CHANLIMIT=#:{s.max_rooms}", f"TOPICLEN={TOPIC_MAX}", "PREFIX=()",
-                      f"CHANMODES=,,,{CHANNEL_MODES}", f"NETWORK={s.network}", f"CHATHISTORY={HISTORY_MAX}",
-                      "are supported by this server"),
-        ]
-        return b"".join(out) + self.motd()
-
-    def motd(self) -> bytes:
-        if not self.settings.motd:
-            return self._num("422", "MOTD File is missing")
-        body = [self._num("372", f"- {text}") for text in self.settings.motd]
-        return (self._num("375", f"- {self.server} Message of the day -") + b"".join(body)
-                + self._num("376", "End of /MOTD command."))
 
     # --- commands ------------------------------------------------------------------
 
@@ -343,7 +319,7 @@ class IrcConnection:
         return self.to_chat(f"/topic {room} {text[:TOPIC_MAX]}")
 
     def _motd(self, params: tuple[str, ...]) -> list[Action]:
-        return [Reply(self.motd())]
+        return [Reply(irc_render.motd(self))]
 
     def _away(self, params: tuple[str, ...]) -> list[Action]:
         self.away = bool(params and params[0])
@@ -366,9 +342,7 @@ class IrcConnection:
         return [Reply(self._num("221", f"+{USER_MODES}"))]
 
     def _chathistory(self, params: tuple[str, ...]) -> list[Action]:
-        from protocol.irc_render import chathistory_lines  # keeps this module to the state machine
-
-        lines, error = chathistory_lines(params)
+        lines, error = irc_render.chathistory_lines(params)
         if error:
             sub = params[0].upper()[:16] if params else "*"
             return [Reply(line(self.server, "FAIL", "CHATHISTORY", "INVALID_PARAMS", sub, error))]

@@ -11,15 +11,20 @@ with `echo-message`, as IRC clients expect.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from protocol.commands import HISTORY_MAX, MESSAGE_ID_RE, ROOM_RE
-from protocol.irc import IrcConnection
+from protocol.commands import HISTORY_MAX, MESSAGE_ID_RE, ROOM_RE, TOPIC_MAX
 from protocol.irc_wire import line
 from protocol.messages import ChatEvent, EventType
 from protocol.replies import ReplyCode as R
 from protocol.replies import reply_code
 
+if TYPE_CHECKING:  # protocol.irc imports this module
+    from protocol.irc import IrcConnection
+
 NAMES_PER_LINE = 20
+VERSION = "chat-1"
+USER_MODES, CHANNEL_MODES = "i", "n"  # no WHO outside shared rooms; no messages from outside a room
 
 _SAID = frozenset({EventType.MESSAGE, EventType.ACTION, EventType.PRIVATE})
 
@@ -105,9 +110,34 @@ def _welcome(conn: IrcConnection, args: tuple[str, ...], text: str) -> bytes:
     return b"" if not conn.registered else line(conn.server, "NOTICE", conn.nick, text)
 
 
+def welcome(conn: IrcConnection, nick: str) -> bytes:
+    """Registration done: the 001-005 burst and the MOTD."""
+    conn.registered, conn.nick = True, nick
+    s = conn.settings
+    out = [
+        _num(conn, "001", f"Welcome to the {s.network} IRC network, {nick}"),
+        _num(conn, "002", f"Your host is {conn.server}, running version {VERSION}"),
+        _num(conn, "003", "This server was created for chatting"),
+        _num(conn, "004", conn.server, VERSION, USER_MODES, CHANNEL_MODES),
+        _num(conn, "005", "CHANTYPES=#", "NICKLEN=32", "CHANNELLEN=65", "CASEMAPPING=ascii",
+             f"CHANLIMIT=#:{s.max_rooms}", f"TOPICLEN={TOPIC_MAX}", "PREFIX=()",
+             f"CHANMODES=,,,{CHANNEL_MODES}", f"NETWORK={s.network}", f"CHATHISTORY={HISTORY_MAX}",
+             "are supported by this server"),
+    ]
+    return b"".join(out) + motd(conn)
+
+
+def motd(conn: IrcConnection) -> bytes:
+    if not conn.settings.motd:
+        return _num(conn, "422", "MOTD File is missing")
+    body = [_num(conn, "372", f"- {text}") for text in conn.settings.motd]
+    return (_num(conn, "375", f"- {conn.server} Message of the day -") + b"".join(body)
+            + _num(conn, "376", "End of /MOTD command."))
+
+
 def _nick_set(conn: IrcConnection, args: tuple[str, ...], text: str) -> bytes:
     if not conn.registered:
-        return conn.welcome(args[0])
+        return welcome(conn, args[0])
     old, conn.nick = conn.nick, args[0]
     return line(conn.mask(old), "NICK", args[0])
 
