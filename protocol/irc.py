@@ -42,7 +42,17 @@ from datetime import UTC, datetime
 from protocol import irc_render
 from protocol.commands import NICK_RE, ROOM_RE, TOPIC_MAX, clean_text
 from protocol.irc_render import CHANNEL_MODES, USER_MODES
-from protocol.irc_wire import MAX_LINE, MAX_TAGS, IrcLineBuffer, IrcMessage, IrcProblem, escape_tag_value, line, parse
+from protocol.irc_wire import (
+    MAX_LINE,
+    MAX_TAGS,
+    IrcLineBuffer,
+    IrcMessage,
+    IrcProblem,
+    escape_tag_value,
+    line,
+    parse,
+    too_long,
+)
 from protocol.messages import ChatEvent
 
 CAPS = ("server-time", "message-tags", "echo-message")
@@ -97,7 +107,7 @@ class IrcConnection:
         actions: list[Action] = []
         for item in self._buffer.feed(data):
             self.lines_seen += 1
-            if item is IrcProblem.TOO_LONG:
+            if item is IrcProblem.TOO_LONG or (isinstance(item, bytes) and too_long(item)):
                 actions.append(Reply(self._num("417", "Input line was too long")))
                 continue
             msg = parse(item) if isinstance(item, bytes) else item
@@ -109,7 +119,7 @@ class IrcConnection:
             return []
         if msg is IrcProblem.INVALID_UTF8:
             return [Reply(self._notice("invalid UTF-8: line dropped"))]
-        if isinstance(msg, IrcProblem) or len(msg.tags) + 2 > MAX_TAGS:
+        if isinstance(msg, IrcProblem):
             return [Reply(self._num("417", "Input line was too long"))]
         handler = _ALWAYS.get(msg.command) or (_REGISTERED if self.registered else _BEFORE).get(msg.command)
         if handler is None:

@@ -70,6 +70,16 @@ class IrcLineBuffer:
         return out
 
 
+def too_long(raw: bytes) -> bool:
+    """A line (no CR/LF) over the limits: 510 bytes of message, MAX_TAGS of tags ('@' and space included)."""
+    if raw.startswith(b"@"):
+        cut = raw.find(b" ")
+        tags, raw = (raw, b"") if cut < 0 else (raw[:cut + 1], raw[cut + 1:])
+        if len(tags) > MAX_TAGS:
+            return True
+    return len(raw) > MAX_LINE - 2
+
+
 def _next_break(data: bytes, start: int) -> int:
     cr, lf = data.find(b"\r", start), data.find(b"\n", start)
     ends = [i for i in (cr, lf) if i >= 0]

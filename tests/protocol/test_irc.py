@@ -386,6 +386,10 @@ def test_line_limits() -> None:
     assert chat_lines(tagged.feed(tags + b"PRIVMSG #a :hi\r\n")) == ["/msg #a hi"]
     assert replies(tagged.feed(b"@+x=" + b"y" * 9000 + b" PRIVMSG #a :hi\r\n")) == [
         ":irc.test 417 alice :Input line was too long"]
+    assert replies(tagged.feed(b"PRIVMSG #a :" + b"x" * 600 + b"\r\n")) == [  # tags allowed, not a longer body
+        ":irc.test 417 alice :Input line was too long"]
+    assert chat_lines(tagged.feed(b"@" + b"t" * 8189 + b" PRIVMSG #a :" + b"x" * 498 + b"\r\n")) == [
+        "/msg #a " + "x" * 498]
 
 
 def test_invalid_utf8_is_answered_and_the_connection_goes_on() -> None:
