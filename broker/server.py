@@ -95,6 +95,7 @@ class Broker:
         self._unknown = codec.encode(Unknown(self.name))
         self._fenced = codec.encode(Fenced(self.name))
         self._out_seq: dict[bytes, int] = {}  # per pub-out topic: the last seq sent
+        self._subscribers: Counter[bytes] = Counter()  # per pub-out topic: subscriptions we accepted
 
     def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str) -> zmq.Socket[bytes]:
         sock = ctx.socket(kind)
@@ -225,6 +226,9 @@ class Broker:
         if name in self.fenced:
             self.counts["pub-out: to a fenced gateway, not sent"] += 1
             return
+        if topic not in self._subscribers:  # numbered only when someone can get it: a gap is a loss
+            self.counts["pub-out: no subscriber, not sent"] += 1
+            return
         seq = self._out_seq.get(topic, 0) + 1
         frames = [topic, seq.to_bytes(8, "big"), batch]
         try:
@@ -273,6 +277,9 @@ class Broker:
             self._drop("pub-out: subscription refused (not one gateway topic)")
             return
         self.pub_out.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
+        self._subscribers[topic] += 1 if subscribe else -1
+        if self._subscribers[topic] <= 0:
+            del self._subscribers[topic]
         self.pub_in.send_multipart(frames)
 
     # --- liveness ---------------------------------------------------------------------

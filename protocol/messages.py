@@ -33,6 +33,7 @@ from dataclasses import dataclass
 # What a fenced gateway tells each of its clients before it closes them
 # (and what a worker tells a connection of a gateway it knows was lost).
 GATEWAY_GONE = "this server lost its link to the service: please reconnect"
+GATEWAY_LOST_REASON = "gateway lost"  # the reason of a worker's Close for such a connection
 
 _GATEWAY_TOPIC = re.compile(rb"[A-Za-z0-9_.-]{1,128}:")
 
