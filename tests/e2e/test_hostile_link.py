@@ -74,6 +74,7 @@ def test_a_subscriber_that_subscribes_to_everything_and_never_reads_hurts_nobody
         sloth.setsockopt(zmq.LINGER, 0)
         sloth.setsockopt(zmq.SUBSCRIBE, b"")  # every topic: its full pipe would fail every send
         sloth.connect(c.endpoints["pub-out"])
+        _push_megabytes(c.ports[1], 24)  # through the sloth's pipe too, if it got everything
         clients = [ChatClient(c.ports[i % 2]) for i in range(4)]
         load = RoomLoad("#sl", clients[:2], clients[2:], "sl", count=300, interval=0.002)
         load.join()
@@ -86,6 +87,17 @@ def test_a_subscriber_that_subscribes_to_everything_and_never_reads_hurts_nobody
         sloth.close()
         ctx.term()
         c.stop()
+
+
+def _push_megabytes(port: int, megabytes: int) -> None:
+    """Fat /history replies to one client that reads them: about `megabytes` MB on pub-out."""
+    with ChatClient(port) as c:
+        c.join("#fat")
+        c.send(*(f"{n} {'x' * 4000}" for n in range(100)))
+        c.sync(timeout=30)
+        for _ in range(megabytes * 10 // 4):
+            c.send("/history #fat 100")
+            c.sync(timeout=30)
 
 
 def test_a_stalled_gateway_costs_only_itself_and_rejoins(tmp_path) -> None:
