@@ -62,6 +62,7 @@ from stack.process import Stopping
 log = logging.getLogger("chat.broker")
 
 BURST = 1000  # messages read from one socket before looking at the others
+MAX_TOPICS = 10_000  # pub-out topics subscribed at once: far more gateways than anyone runs
 MAX_MESSAGE = 64 << 20  # default bound of one frame from any peer (ZMQ_MAXMSGSIZE)
 
 
@@ -275,6 +276,9 @@ class Broker:
         subscribe, topic = frames[0][0] == 1, frames[0][1:]
         if not is_gateway_topic(topic):
             self._drop("pub-out: subscription refused (not one gateway topic)")
+            return
+        if subscribe and topic not in self._subscribers and len(self._subscribers) >= MAX_TOPICS:
+            self._drop("pub-out: subscription refused (too many topics)")
             return
         self.pub_out.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
         self._subscribers[topic] += 1 if subscribe else -1
