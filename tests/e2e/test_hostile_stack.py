@@ -6,8 +6,10 @@ small `maxmemory`, a real cluster and TCP clients.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,10 +47,8 @@ def _tree(pid: int) -> list[psutil.Process]:
 
 def _kill_tree(procs: list[psutil.Process]) -> None:
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def test_kill_9_of_the_stack_takes_its_whole_tree_and_the_next_start_sweeps(tmp_path: Path) -> None:
@@ -133,8 +133,7 @@ def test_parse_memory_refuses_malformed(text: str) -> None:
 
 
 def test_stack_refuses_a_bad_maxmemory_clearly(tmp_path: Path) -> None:
-    import subprocess
-    out = subprocess.run(python_module("stack.cli", "--valkey-maxmemory", "lots"), capture_output=True,
+    out = subprocess.run(python_module("stack.cli", "--valkey-maxmemory", "lots"), check=False, capture_output=True,
                          text=True, timeout=60, env={**os.environ, "TMPDIR": str(tmp_path)})
     assert out.returncode == 2
     assert "invalid memory size 'lots'" in out.stderr
@@ -160,55 +159,78 @@ def full_cluster(tmp_path: Path, small_valkey: tuple[Child, str]) -> Iterator[Cl
 
 
 def _fill(client: redis.Redis) -> None:
-    """Fill Valkey with filler keys until it refuses a write (noeviction)."""
-    chunk = "x" * 65536
-    for i in range(10_000):  # bounded: 8 MB takes about 130
-        try:
-            client.set(f"filler:{i}", chunk)
-        except redis.exceptions.OutOfMemoryError:
-            return
-    raise AssertionError("Valkey never said it was full")
+    """Fill Valkey with filler keys until it refuses even a small write (noeviction).
+
+    Big values first, then small ones: a refused big SET leaves memory a
+    query buffer below the limit, where a chat line would still fit.
+    """
+    for size in (65536, 512, 16):
+        for i in range(20_000):  # bounded: 8 MB takes about 130 big ones
+            try:
+                client.set(f"filler:{size}:{i}", "x" * size)
+            except redis.exceptions.OutOfMemoryError:
+                break
+        else:
+            raise AssertionError("Valkey never said it was full")
 
 
 def test_full_valkey_refuses_writes_clearly_serves_reads_and_recovers(
         full_cluster: Cluster, small_valkey: tuple[Child, str]) -> None:
     valkey, url = small_valkey
     admin = redis.Redis.from_url(url, decode_responses=True)
-    with ChatClient(full_cluster.ports[0]) as a, ChatClient(full_cluster.ports[1]) as b:
+    ports = full_cluster.ports
+    with ChatClient(ports[0]) as a, ChatClient(ports[1]) as b, ChatClient(ports[1]) as q:
         a.send("/nick fullA", "/join #full", "before it filled up")
         a.expect("* you joined #full (1 here: fullA)")
         b.send("/nick fullB", "/join #full")
         b.expect("* you joined #full (2 here: fullA, fullB)")
+        q.send("/nick fullQ", "/join #full")
+        q.expect("* you joined #full (3 here: fullA, fullB, fullQ)")
         a.sync()
 
         _fill(admin)
         assert admin.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
 
-        # a write: told, and nothing happened
-        for _ in range(5):  # whatever the event's shape, every write is refused
+        # writes: told, and nothing happened; one line alone and several in one event alike
+        for _ in range(3):
             b.send("while it is full")
             b.expect(UNAVAILABLE)
-        b.send("/nick fullC")
-        b.expect(UNAVAILABLE)
-        b.send("/join #other")
-        b.expect(UNAVAILABLE)
-        # reads and what needs no Redis still work
+        b.send("/nick fullC", "/join #other", "also while full")
+        for _ in range(3):
+            b.expect(UNAVAILABLE)
+        # reads, private messages (nothing stored) and what needs no Redis still work
         b.send("/ping")
         b.expect("* pong")
         b.send("/who")
-        b.expect("* #full (2): fullA, fullB")
+        b.expect("* #full (3): fullA, fullB, fullQ")
         b.send("/history 1")
         b.expect("#full <fullA> before it filled up")
-        assert "while it is full" not in " ".join(a.sync())  # nothing of the refused lines arrived
-        used = int(admin.info("memory")["used_memory"])
-        assert used < MAXMEMORY * 1.1, f"Valkey grew past its limit: {used}"
+        b.send("/msg fullA psst")
+        a.expect("*fullB* psst")
+        # departures free memory: they are served
+        q.send("/quit")
+        q.wait_closed()
+        a.expect("* fullQ quit")
+        # a newcomer: no greeting while full (its connect is refused), and told at its first line
+        late = ChatClient(ports[0], greet=False)
+        try:
+            late.send("/nick late")
+            late.expect(UNAVAILABLE)
+            shown = " ".join(a.sync())
+            assert "while it is full" not in shown and "also while full" not in shown  # refused: not delivered
+            used = int(admin.info("memory")["used_memory"])
+            assert used < MAXMEMORY * 1.1, f"Valkey grew past its limit: {used}"
 
-        # memory freed: it serves again, by itself
-        admin.delete(*admin.keys("filler:*"))
-        b.send("after it was freed")
-        a.expect("#full <fullB> after it was freed")
-        b.send("/nick fullC")
-        b.expect("* you are now fullC")
+            # memory freed: it serves again, by itself
+            admin.delete(*admin.keys("filler:*"))
+            b.send("after it was freed")
+            a.expect("#full <fullB> after it was freed")
+            b.send("/nick fullC")
+            b.expect("* you are now fullC")
+            late.send("/nick late")
+            late.expect("* you are now late")
+        finally:
+            late.close()
     admin.close()
     for child in full_cluster.children.values():
         assert child.proc.poll() is None, f"{child.name} died"
