@@ -165,11 +165,13 @@ def open_redis(url: str, *, timeout: float, ca_file: str | None = None) -> redis
     """A client for `url` (see the module docstring) whose calls fail within `timeout`.
 
     `ca_file`: the CA that signed a rediss:// server's certificate (default:
-    the system's). It connects lazily: a wrong password or an unreachable
+    the system's); RedisUrlError for any other scheme. It connects lazily: a wrong password or an unreachable
     server shows at the first call (`redis.AuthenticationError`,
     `redis.ConnectionError`).
     """
     address = parse_redis_url(url)
+    if ca_file is not None and address.kind != "tls":
+        raise RedisUrlError("a CA file is only for rediss:// URLs")
     common: dict[str, Any] = {
         "decode_responses": True, "socket_timeout": timeout, "socket_connect_timeout": timeout,
         "retry": Retry(NoBackoff(), 0), "username": address.username, "password": address.password,

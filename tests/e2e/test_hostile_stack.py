@@ -205,12 +205,18 @@ def test_full_valkey_refuses_writes_clearly_serves_reads_and_recovers(
         b.expect("* #full (3): fullA, fullB, fullQ")
         b.send("/history 1")
         b.expect("#full <fullA> before it filled up")
+        b.send("/rooms")
+        b.expect("* rooms: #full (3)")
         b.send("/msg fullA psst")
         a.expect("*fullB* psst")
         # departures free memory: they are served
+        q.send("/part")
+        q.expect("* you left #full")
+        a.expect("* fullQ left #full")
+        q.send("/join #full")
+        q.expect(UNAVAILABLE)  # a join grows the state: refused
         q.send("/quit")
         q.wait_closed()
-        a.expect("* fullQ quit")
         # a newcomer: no greeting while full (its connect is refused), and told at its first line
         late = ChatClient(ports[0], greet=False)
         try:

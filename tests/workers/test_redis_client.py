@@ -194,6 +194,11 @@ def test_unix_socket_with_password_and_db(servers: Servers, tmp_path: Path) -> N
         client.close()
 
 
+def test_a_ca_file_without_tls_is_a_mistake() -> None:
+    with pytest.raises(RedisUrlError, match="only for rediss://"):
+        open_redis("redis://127.0.0.1:6379/0", timeout=1.0, ca_file="/etc/ssl/certs/ca-certificates.crt")
+
+
 def test_unreachable_server_fails_within_the_timeout(tmp_path: Path) -> None:
     client = open_redis(f"unix://{tmp_path}/nobody.sock", timeout=0.5)
     started = time.monotonic()
