@@ -22,7 +22,7 @@ from stack.children import Child, python_module, start, stop
 from stack.rundir import MARKER, PREFIX, make_run_dir, sweep_stale_run_dirs
 from stack.valkey import parse_memory, start_valkey
 from tests.e2e.chatclient import ChatClient
-from tests.e2e.cluster import Cluster, start_cluster
+from tests.e2e.cluster import Cluster, start_cluster, start_workers
 from tests.e2e.test_stack import _free_port_pair
 
 UNAVAILABLE = "! service temporarily unavailable"
@@ -89,6 +89,21 @@ def test_kill_9_of_the_stack_takes_its_whole_tree_and_the_next_start_sweeps(tmp_
     finally:
         stop(first)
         _kill_tree(tree)
+
+
+def test_kill_9_of_the_worker_pool_takes_its_workers(tmp_path: Path) -> None:
+    pool = start_workers(2, "tcp://127.0.0.1:9", f"unix://{tmp_path}/nobody.sock")  # they need neither to start
+    workers: list[psutil.Process] = []
+    try:
+        wait_until(lambda: len(_tree(pool.pid)) >= 2, 30, "the pool's two workers")
+        workers = _tree(pool.pid)
+        pool.proc.send_signal(signal.SIGKILL)
+        pool.proc.wait(10)
+        _, alive = psutil.wait_procs(workers, timeout=20)
+        assert not alive, f"workers left running after kill -9 of their pool: {alive}"
+    finally:
+        stop(pool)
+        _kill_tree(workers)
 
 
 def test_sweep_leaves_live_owners_and_foreign_dirs_alone(tmp_path: Path) -> None:
