@@ -4,16 +4,19 @@ Children get the configuration (URLs, not clients) and build their own
 ZeroMQ context and Redis client after the fork, as rq and the ZeroMQ guide
 advise. A child that dies is started again after a backoff that grows
 while children keep dying young. SIGTERM or SIGINT stops every child with
-SIGTERM, waits `grace` seconds, then kills what is left.
+SIGTERM, waits `grace` seconds, then kills what is left. A child whose
+pool dies (even by `kill -9`) gets SIGTERM from the kernel (Linux).
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import time
 from multiprocessing.process import BaseProcess
 
+from stack.children import die_with_parent
 from stack.process import Stopping
 from workers.worker import WorkerConfig, run_worker
 
@@ -24,7 +27,9 @@ BACKOFF_MAX = 10.0
 HEALTHY_AFTER = 10.0  # a child that lived this long resets the backoff
 
 
-def _child_main(config: WorkerConfig, log_level: int) -> None:
+def _child_main(config: WorkerConfig, log_level: int, pool_pid: int) -> None:
+    if not die_with_parent(pool_pid):
+        return  # the pool died while this child was starting
     logging.basicConfig(level=log_level, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
     run_worker(config)
 
@@ -41,9 +46,8 @@ class Pool:
         self._backoff: list[float] = [BACKOFF_MIN] * size
 
     def _start(self, slot: int) -> None:
-        child = self._ctx.Process(
-            target=_child_main, args=(self.config, self.log_level), name=f"chat-worker-{slot}", daemon=False
-        )
+        child = self._ctx.Process(target=_child_main, args=(self.config, self.log_level, os.getpid()),
+                                  name=f"chat-worker-{slot}", daemon=False)
         child.start()
         self._children[slot] = child
         self._started[slot] = time.monotonic()
