@@ -298,3 +298,20 @@ def test_arbitrary_bytes_after_the_upgrade_never_raise(chunks: list[bytes]) -> N
 def test_arbitrary_header_mixes_never_raise(parts: list[bytes]) -> None:
     server = WebConnection(CONFIG)
     assert isinstance(server.feed(b"".join(parts) + b"\r\n\r\n"), Feed)
+
+
+def test_a_frame_that_claims_a_huge_length_is_cut_at_the_message_limit() -> None:
+    client, server = opened()
+    header = bytes([0x81, 0xFF]) + (1 << 40).to_bytes(8, "big") + b"\0\0\0\0"  # 1 TiB, masked with zeros
+    assert server.feed(header).close is None
+    feeds = [server.feed(b"a" * 100) for _ in range(11)]
+    assert [f.close for f in feeds].count("message too big") == 1 and not any(f.lines for f in feeds)
+    closes = [e for f in feeds for e in server_events(client, f.out)]
+    assert len(closes) == 1 and isinstance(closes[0], CloseConnection) and closes[0].code == 1009
+
+
+def test_a_message_at_the_limit_is_accepted() -> None:
+    client, server = opened()
+    text = ("b" * 63 + "\n") * 16  # 1024 bytes, 16 lines of 63
+    feed = server.feed(client.send(TextMessage(data=text)))
+    assert feed.close is None and len(feed.lines) == 16
