@@ -22,6 +22,8 @@ The connection goes through three phases:
   A close from the client is answered, then the connection is closed.
 - DONE: everything is ignored; the shell closes the socket.
 
+The HTTP answers and the Origin rule are in protocol.webhttp.
+
 The server speaks JSON mode from the start: `render_event(event)` is one
 JSON-mode object (protocol.render) in one unmasked text frame. It depends on
 the event only, so a shell can render a delivery once for all its WebSocket
@@ -54,6 +56,7 @@ from wsproto.utilities import RemoteProtocolError
 from protocol.lines import DEFAULT_MAX_LINE, LineError, LineProblem
 from protocol.messages import ChatEvent, EventType
 from protocol.render import render_json
+from protocol.webhttp import REASONS, header, http_error, http_response, origin_allowed
 
 WS_PATH = b"/ws"
 MAX_REQUEST = 8192
@@ -68,19 +71,6 @@ CLOSE_TOO_BIG = 1009
 
 BINARY_REFUSED = "binary frames are not accepted: send text"
 
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    426: "Upgrade Required",
-    431: "Request Header Fields Too Large",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,43 +125,6 @@ def render_event(event: ChatEvent) -> bytes:
 
 def error_frame(text: str) -> bytes:
     return render_event(ChatEvent(EventType.ERROR, text))
-
-
-def http_response(status: int, content_type: str, body: bytes, head_only: bool = False) -> bytes:
-    """A complete HTTP/1.1 response that closes the connection."""
-    head = (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-        f"Content-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        "Cache-Control: no-cache\r\n"
-        f"Content-Security-Policy: {CSP}\r\n"
-        "X-Content-Type-Options: nosniff\r\n"
-        "Referrer-Policy: no-referrer\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode("ascii")
-    return head if head_only else head + body
-
-
-def http_error(status: int, text: str) -> bytes:
-    return http_response(status, "text/plain; charset=utf-8", f"{text}\n".encode())
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
-
-
-def origin_allowed(origin: bytes | None, host: bytes | None, origins: frozenset[str]) -> bool:
-    """No Origin (not a browser), this host's own, or one on the allow-list."""
-    if origin is None:
-        return True
-    text = origin.decode("latin-1").strip().lower()
-    if text in origins:
-        return True
-    scheme, sep, netloc = text.partition("://")
-    return bool(sep) and scheme in ("http", "https") and host is not None and netloc == host.decode("latin-1").lower()
 
 
 def split_lines(text: str, max_line: int) -> tuple[list[str], list[LineError]]:
@@ -254,12 +207,12 @@ class WebConnection:
         except RemoteProtocolError as exc:
             hint = exc.event_hint
             status = hint.status_code if isinstance(hint, RejectConnection) else 400
-            return self._refuse(status if status in _REASONS else 400, "a WebSocket upgrade was expected", nbytes)
+            return self._refuse(status if status in REASONS else 400, "a WebSocket upgrade was expected", nbytes)
         except UnicodeError:  # a Host that is not IDNA
             return self._refuse(400, "bad request", nbytes)
         if not events or not isinstance(events[0], Request):
             return self._refuse(400, "bad request", nbytes)
-        if not origin_allowed(_header(headers, b"origin"), _header(headers, b"host"), self.config.origins):
+        if not origin_allowed(header(headers, b"origin"), header(headers, b"host"), self.config.origins):
             return self._refuse(403, "origin not allowed", nbytes)
         accept = ws.send(AcceptConnection())
         self._ws = ws

@@ -160,6 +160,7 @@
   const infoRules = [
     [/^welcome! you are (\S+?):/, (m) => { state.me = m[1]; }],
     [/^you are now (\S+)$/, (m) => {
+      forRoomsOf(state.me, (win) => { win.members.delete(state.me); win.members.add(m[1]); });
       state.me = state.wanted = m[1];
       localStorage.setItem("chat.nick", m[1]);
       $("nick").value = m[1];

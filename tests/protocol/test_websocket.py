@@ -21,15 +21,14 @@ from wsproto.frame_protocol import FrameProtocol
 
 from gateway.web import load_static
 from protocol.messages import ChatEvent, EventType
+from protocol.webhttp import CSP, origin_allowed
 from protocol.websocket import (
-    CSP,
     Feed,
     Phase,
     StaticFile,
     WebConfig,
     WebConnection,
     frame_text,
-    origin_allowed,
     render_event,
 )
 
@@ -95,6 +94,7 @@ def test_origin_allowed_pure() -> None:
     assert origin_allowed(b"http://a:1", b"A:1", frozenset())
     assert not origin_allowed(b"http://a:1", None, frozenset())
     assert not origin_allowed(b"ftp://a:1", b"a:1", frozenset())
+    assert origin_allowed(b"https://Chat.Example", b"other", frozenset({"https://chat.example/"}))
 
 
 def test_static_page_has_type_cache_and_csp() -> None:
