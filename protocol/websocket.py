@@ -72,7 +72,6 @@ CLOSE_TOO_BIG = 1009
 BINARY_REFUSED = "binary frames are not accepted: send text"
 
 
-
 @dataclass(frozen=True, slots=True)
 class StaticFile:
     content_type: str
@@ -110,12 +109,12 @@ def frame_text(payload: bytes) -> bytes:
     """One final, unmasked text frame (a server's frame) around `payload`."""
     size = len(payload)
     if size < 126:
-        header = struct.pack("!BB", 0x81, size)
+        head = struct.pack("!BB", 0x81, size)
     elif size < 1 << 16:
-        header = struct.pack("!BBH", 0x81, 126, size)
+        head = struct.pack("!BBH", 0x81, 126, size)
     else:
-        header = struct.pack("!BBQ", 0x81, 127, size)
-    return header + payload
+        head = struct.pack("!BBQ", 0x81, 127, size)
+    return head + payload
 
 
 def render_event(event: ChatEvent) -> bytes:
