@@ -30,6 +30,9 @@ class Liveness:
     def __contains__(self, peer: bytes) -> bool:
         return peer in self._last
 
+    def __len__(self) -> int:
+        return len(self._last)
+
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(list(self._last))
 
