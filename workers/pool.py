@@ -5,16 +5,31 @@ ZeroMQ context and Redis client after the fork, as rq and the ZeroMQ guide
 advise. A child that dies is started again after a backoff that grows
 while children keep dying young. SIGTERM or SIGINT stops every child with
 SIGTERM, waits `grace` seconds, then kills what is left.
+
+Metrics (`workers.metrics`): with a metrics directory, the pool owns
+PROMETHEUS_MULTIPROC_DIR: `multiprocess_dir` makes the directory and sets
+the variable before any child is spawned (a child reads it when it imports
+prometheus_client), and removes both on exit; a child that exits is marked
+dead there, so its live gauges go and its counters stay. Without one, the
+variable is removed, so no child writes metric files anywhere.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing.process import BaseProcess
 
-from stack.process import Stopping
+from prometheus_client.multiprocess import mark_process_dead
+
+from stack.process import Stopping, setup_logging
+from workers.metrics import PoolMetrics
 from workers.worker import WorkerConfig, run_worker
 
 log = logging.getLogger("chat.pool")
@@ -24,30 +39,66 @@ BACKOFF_MAX = 10.0
 HEALTHY_AFTER = 10.0  # a child that lived this long resets the backoff
 
 
-def _child_main(config: WorkerConfig, log_level: int) -> None:
-    logging.basicConfig(level=log_level, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
+MULTIPROC_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+
+
+@contextmanager
+def multiprocess_dir(enabled: bool) -> Iterator[str | None]:
+    """A private directory for the children's metric files, named in their environment
+    (None, and no such variable, when metrics are off); removed on exit."""
+    for name in MULTIPROC_ENV:
+        os.environ.pop(name, None)
+    if not enabled:
+        yield None
+        return
+    path = tempfile.mkdtemp(prefix="chat-worker-metrics-")
+    os.environ[MULTIPROC_ENV[0]] = path
+    try:
+        yield path
+    finally:
+        os.environ.pop(MULTIPROC_ENV[0], None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _child_main(config: WorkerConfig, log_level: str, log_format: str) -> None:
+    setup_logging("chat-worker", log_level, log_format)
     run_worker(config)
 
 
 class Pool:
-    def __init__(self, config: WorkerConfig, size: int, log_level: int = logging.INFO) -> None:
+    def __init__(self, config: WorkerConfig, size: int, log_level: str = "info", log_format: str = "text",
+                 metrics_dir: str | None = None, metrics: PoolMetrics | None = None) -> None:
         self.config = config
         self.size = size
         self.log_level = log_level
+        self.log_format = log_format
+        self.metrics_dir = metrics_dir
+        self.metrics = PoolMetrics() if metrics is None else metrics
         self._ctx = multiprocessing.get_context("spawn")
         self._children: list[BaseProcess | None] = [None] * size
         self._started: list[float] = [0.0] * size
+        self._ever_started: list[bool] = [False] * size
         self._not_before: list[float] = [0.0] * size
         self._backoff: list[float] = [BACKOFF_MIN] * size
 
     def _start(self, slot: int) -> None:
         child = self._ctx.Process(
-            target=_child_main, args=(self.config, self.log_level), name=f"chat-worker-{slot}", daemon=False
+            target=_child_main, args=(self.config, self.log_level, self.log_format), name=f"chat-worker-{slot}",
+            daemon=False,
         )
         child.start()
         self._children[slot] = child
         self._started[slot] = time.monotonic()
+        if self._ever_started[slot]:
+            self.metrics.restarts += 1
+        self._ever_started[slot] = True
         log.info("worker %d started as pid %s", slot, child.pid)
+
+    def _exited(self, slot: int, child: BaseProcess) -> None:
+        if self.metrics_dir is not None and child.pid is not None:
+            mark_process_dead(child.pid, self.metrics_dir)
+        child.close()
+        self._children[slot] = None
 
     def _check(self, slot: int, now: float) -> None:
         child = self._children[slot]
@@ -56,8 +107,7 @@ class Pool:
         if child is not None:
             lived = now - self._started[slot]
             log.warning("worker %d (pid %s) exited with %s after %.1fs", slot, child.pid, child.exitcode, lived)
-            child.close()
-            self._children[slot] = None
+            self._exited(slot, child)
             if lived >= HEALTHY_AFTER:
                 self._backoff[slot] = BACKOFF_MIN
             self._not_before[slot] = now + self._backoff[slot]
@@ -72,6 +122,7 @@ class Pool:
                 now = time.monotonic()
                 for slot in range(self.size):
                     self._check(slot, now)
+                self.metrics.alive = sum(1 for c in self._children if c is not None and c.is_alive())
                 time.sleep(tick)  # a supervisor's poll interval, not synchronisation
         finally:
             self.stop()
