@@ -94,6 +94,7 @@ class WorkerMetrics:
         self.lines_refused = Counter("chat_worker_lines_refused", "Lines refused, by cause", ["cause"], registry=r)
         self.breaker_open = Gauge("chat_worker_breaker_open", "Worker processes failing fast after a Redis failure",
                                   multiprocess_mode="livesum", registry=r)
+        self._breaker_shown: bool | None = None
         for kind in EventKind:
             self.events.labels(kind)
         for cause in RedisCause:
@@ -129,7 +130,9 @@ class WorkerMetrics:
         self.internal_errors.inc(events)
 
     def breaker(self, is_open: bool) -> None:
-        self.breaker_open.set(1 if is_open else 0)
+        if is_open is not self._breaker_shown:  # called on every message: write only a change
+            self.breaker_open.set(1 if is_open else 0)
+            self._breaker_shown = is_open
 
 
 class PoolMetrics(Collector):

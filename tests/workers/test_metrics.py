@@ -5,8 +5,10 @@ Real Valkey (one prefix per test) and a Redis that is not there; time as a value
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import redis
 
 from protocol import codec
 from protocol.messages import Connected, Disconnected, GatewayLost, Lines
+from tests.e2e.load import wait_until
 from tests.workers.test_logic import GW_A, GW_B, connected
 from workers.logic import Chat, ChatLimits
 from workers.metrics import (
@@ -26,9 +29,9 @@ from workers.metrics import (
     pool_registry,
     redis_cause,
 )
-from workers.pool import MULTIPROC_ENV, multiprocess_dir
+from workers.pool import BACKOFF_MIN, MULTIPROC_ENV, Pool, multiprocess_dir
 from workers.store import Store
-from workers.worker import Breaker, Handler, open_redis
+from workers.worker import Breaker, Handler, WorkerConfig, open_redis
 
 
 def _frames(*events: object) -> list[bytes]:
@@ -201,3 +204,28 @@ def test_the_pool_registry_adds_up_the_children_and_its_own() -> None:
         assert registry.get_sample_value("chat_worker_events_total", {"kind": "lines"}) == 2
         assert registry.get_sample_value("chat_worker_processes_alive") == 2
         assert registry.get_sample_value("chat_worker_restarts_total") == 1
+
+
+def test_the_pool_marks_a_dead_child_and_counts_its_restart(tmp_path: Path) -> None:
+    config = WorkerConfig(backend="tcp://127.0.0.1:1", redis_url=f"unix://{tmp_path / 'none.sock'}")
+    with multiprocess_dir(True) as path:
+        assert path is not None
+        pool = Pool(config, 1, metrics_dir=path)
+        try:
+            pool._start(0)
+            child = pool._children[0]
+            assert child is not None and child.pid is not None
+            pid = child.pid
+            live_gauge = Path(path) / f"gauge_livesum_{pid}.db"
+            wait_until(live_gauge.exists, 20, "the child to make its metric files")
+            os.kill(pid, signal.SIGKILL)
+            child.join(10)
+            now = time.monotonic()
+            pool._check(0, now)  # seen dead; the backoff holds its restart
+            assert not live_gauge.exists()  # its live gauge is gone ...
+            assert (Path(path) / f"counter_{pid}.db").exists()  # ... its counters stay
+            assert pool.metrics.restarts == 0
+            pool._check(0, now + BACKOFF_MIN)
+            assert pool.metrics.restarts == 1
+        finally:
+            pool.stop()
