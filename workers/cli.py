@@ -6,6 +6,7 @@ import os
 import socket
 
 import click
+import redis
 
 from protocol.lines import DEFAULT_MAX_LINE
 from stack.metrics import parse_listen, serve_metrics
@@ -25,6 +26,15 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
         raise click.BadParameter(str(exc)) from None
 
 
+def _redis_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Refuse here what every child would crash on, again and again."""
+    try:
+        redis.ConnectionPool.from_url(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 def _serve(registry_dir: str, pool: PoolMetrics, listen: tuple[str, int]) -> None:
     """Bind the metrics endpoint and say where, before the ready line."""
     try:
@@ -40,6 +50,7 @@ def _serve(registry_dir: str, pool: PoolMetrics, listen: tuple[str, int]) -> Non
 @click.option("--backend", default="tcp://127.0.0.1:5556", envvar="CHAT_BACKEND", show_envvar=True,
               help="The broker's backend endpoint.")
 @click.option("--redis-url", default="redis://127.0.0.1:6379/0", envvar="CHAT_REDIS_URL", show_envvar=True,
+              callback=_redis_url,
               help="Redis (or Valkey) holding the chat's state: redis://, rediss:// or unix://.")
 @click.option("--prefix", default="chat:", envvar="CHAT_PREFIX", show_envvar=True,
               help="Prefix of every Redis key, so deployments can share one Redis.")

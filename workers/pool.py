@@ -62,7 +62,11 @@ def multiprocess_dir(enabled: bool) -> Iterator[str | None]:
 
 def _child_main(config: WorkerConfig, log_level: str, log_format: str) -> None:
     setup_logging("chat-worker", log_level, log_format)
-    run_worker(config)
+    try:
+        run_worker(config)
+    except Exception:  # the child's one guard: its death goes to the log, in the log's format
+        log.exception("worker crashed")
+        raise SystemExit(1) from None
 
 
 class Pool:

@@ -199,11 +199,15 @@ def _open_backend(ctx: zmq.Context[zmq.Socket[bytes]], config: WorkerConfig) -> 
     name = worker_name()
     set_log_instance(name)
     sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # a bigger frame drops the peer's link
-    sock.setsockopt_string(zmq.IDENTITY, name)
-    sock.connect(config.backend)
-    sock.send(codec.encode(Ready(config.credit)))
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # a bigger frame drops the peer's link
+        sock.setsockopt_string(zmq.IDENTITY, name)
+        sock.connect(config.backend)
+        sock.send(codec.encode(Ready(config.credit)))
+    except BaseException:
+        sock.close()  # an open socket would hang the context's term()
+        raise
     return sock
 
 

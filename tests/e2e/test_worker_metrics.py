@@ -214,3 +214,32 @@ def test_log_format_json_every_line_of_every_process(tmp_path: Path) -> None:
     parent = [json.loads(line) for line in lines if json.loads(line)["pid"] == workers.pid]
     assert any("started as pid" in str(o["event"]) for o in parent)
     assert all(str(o["instance"]).startswith("pool-") for o in parent)
+
+
+def test_a_bad_redis_url_is_a_clear_usage_error() -> None:
+    done = run_worker_cli("--redis-url", "foo://x")
+    assert done.returncode == 2
+    assert "--redis-url" in done.stderr and "schemes" in done.stderr, done.stderr
+
+
+def test_a_crashing_child_logs_its_death_as_json(tmp_path: Path) -> None:
+    log_path = tmp_path / "workers.log"
+    workers = None
+    try:
+        with log_path.open("wb") as log_file:
+            workers = start("workers", python_module(
+                "workers.cli", "-n", "1", "--backend", "not-an-endpoint", "--log-format", "json"),
+                "chat-worker started", stderr=log_file.fileno())
+
+        def crashed() -> bool:
+            return any('"worker crashed"' in line for line in log_path.read_text().splitlines())
+
+        wait_until(crashed, 20, "the child's crash in the log")
+    finally:
+        if workers is not None:
+            stop(workers)
+    for line in log_path.read_text().splitlines():
+        obj = json.loads(line)  # no bare traceback from a dying child
+        assert obj["part"] == "chat-worker", obj
+    crash = next(json.loads(line) for line in log_path.read_text().splitlines() if "worker crashed" in line)
+    assert crash["level"] == "error" and "ZMQError" in crash["exception"]
