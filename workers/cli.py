@@ -12,7 +12,7 @@ from protocol.lines import DEFAULT_MAX_LINE
 from stack.metrics import parse_listen, serve_metrics
 from stack.process import LOG_FORMATS, Stopping, set_log_instance, setup_logging
 from workers.logic import ChatLimits
-from workers.metrics import PoolMetrics, pool_registry
+from workers.metrics import ChildMetrics, PoolMetrics, pool_registry
 from workers.pool import Pool, multiprocess_dir
 from workers.worker import WorkerConfig
 
@@ -35,10 +35,10 @@ def _redis_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-def _serve(registry_dir: str, pool: PoolMetrics, listen: tuple[str, int]) -> None:
+def _serve(children: ChildMetrics, pool: PoolMetrics, listen: tuple[str, int]) -> None:
     """Bind the metrics endpoint and say where, before the ready line."""
     try:
-        host, port = serve_metrics(pool_registry(registry_dir, pool), *listen)
+        host, port = serve_metrics(pool_registry(children, pool), *listen)
     except OSError as exc:
         raise click.ClickException(f"cannot serve metrics on {listen[0]}:{listen[1]}: {exc}") from None
     print(f"chat-worker metrics on {host}:{port}", flush=True)
@@ -88,9 +88,10 @@ def main(processes: int, backend: str, redis_url: str, prefix: str, credit: int,
     stopping = Stopping().install()
     with multiprocess_dir(metrics_listen is not None) as metrics_dir:
         metrics = PoolMetrics()
-        if metrics_dir is not None and metrics_listen is not None:
-            _serve(metrics_dir, metrics, metrics_listen)
-        pool = Pool(config, processes, log_level, log_format, metrics_dir, metrics)
+        children = None if metrics_dir is None else ChildMetrics(metrics_dir)
+        if children is not None and metrics_listen is not None:
+            _serve(children, metrics, metrics_listen)
+        pool = Pool(config, processes, log_level, log_format, children, metrics)
         print(f"chat-worker started {processes} worker process(es)", flush=True)
         pool.run(stopping)
 

@@ -10,6 +10,12 @@ that directory. Counters and the histogram of a child that died stay in
 its files, so totals never go back; the breaker gauge is `livesum`: the
 number of live processes whose breaker is open.
 
+A restarted child writes new files (they are named by pid), so a crash
+loop would grow the directory and every scrape without bound:
+`ChildMetrics.retire` folds a dead child's counters and histogram into
+one archive file per type and removes its files, under the lock that each
+scrape takes, so no scrape sees a total go down or twice.
+
 The parent's own metrics (processes alive, restarts) are not library
 values at all (which would take the multiprocess path and write files of
 their own): `PoolMetrics` is a collector that reports two numbers the
@@ -19,12 +25,15 @@ pool keeps.
 from __future__ import annotations
 
 import enum
+import os
+import threading
 from collections.abc import Iterator
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from protocol.messages import Connected, Disconnected, GatewayLost, Lines, WorkItem
@@ -148,9 +157,45 @@ class PoolMetrics(Collector):
                                   value=self.restarts)
 
 
-def pool_registry(multiproc_dir: str, pool: PoolMetrics) -> CollectorRegistry:
+FOLDED_TYPES = ("counter", "histogram")  # what outlives a process; live gauges go with it
+
+
+class ChildMetrics(Collector):
+    """The children's metric files in `path`, summed at each scrape."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._files = MultiProcessCollector(None, path=path)
+        self._lock = threading.Lock()  # a scrape (the HTTP thread) against a retirement (the pool)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            metrics = list(self._files.collect())
+        yield from metrics
+
+    def retire(self, pid: int) -> None:
+        """A child exited: drop its live gauges, fold its totals into the archive."""
+        with self._lock:
+            mark_process_dead(pid, self.path)
+            for typ in FOLDED_TYPES:
+                self._fold(os.path.join(self.path, f"{typ}_{pid}.db"), os.path.join(self.path, f"{typ}_archive.db"))
+
+    @staticmethod
+    def _fold(dead: str, archive_path: str) -> None:
+        if not os.path.exists(dead):
+            return
+        archive = MmapedDict(archive_path)
+        try:
+            for key, value, timestamp, _pos in MmapedDict.read_all_values_from_file(dead):
+                archive.write_value(key, archive.read_value(key)[0] + value, timestamp)
+        finally:
+            archive.close()
+        os.remove(dead)
+
+
+def pool_registry(children: ChildMetrics, pool: PoolMetrics) -> CollectorRegistry:
     """What the pool parent serves: every child's files, and its own numbers."""
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=multiproc_dir)
+    registry.register(children)
     registry.register(pool)
     return registry

@@ -9,9 +9,9 @@ SIGTERM, waits `grace` seconds, then kills what is left.
 Metrics (`workers.metrics`): with a metrics directory, the pool owns
 PROMETHEUS_MULTIPROC_DIR: `multiprocess_dir` makes the directory and sets
 the variable before any child is spawned (a child reads it when it imports
-prometheus_client), and removes both on exit; a child that exits is marked
-dead there, so its live gauges go and its counters stay. Without one, the
-variable is removed, so no child writes metric files anywhere.
+prometheus_client), and removes both on exit; a child that exits is retired
+there (`ChildMetrics.retire`): its live gauges go, its totals stay. Without
+one, the variable is removed, so no child writes metric files anywhere.
 """
 
 from __future__ import annotations
@@ -26,10 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.process import BaseProcess
 
-from prometheus_client.multiprocess import mark_process_dead
-
 from stack.process import Stopping, setup_logging
-from workers.metrics import PoolMetrics
+from workers.metrics import ChildMetrics, PoolMetrics
 from workers.worker import WorkerConfig, run_worker
 
 log = logging.getLogger("chat.pool")
@@ -71,12 +69,12 @@ def _child_main(config: WorkerConfig, log_level: str, log_format: str) -> None:
 
 class Pool:
     def __init__(self, config: WorkerConfig, size: int, log_level: str = "info", log_format: str = "text",
-                 metrics_dir: str | None = None, metrics: PoolMetrics | None = None) -> None:
+                 children: ChildMetrics | None = None, metrics: PoolMetrics | None = None) -> None:
         self.config = config
         self.size = size
         self.log_level = log_level
         self.log_format = log_format
-        self.metrics_dir = metrics_dir
+        self.children = children  # the children's metric files, or None when metrics are off
         self.metrics = PoolMetrics() if metrics is None else metrics
         self._ctx = multiprocessing.get_context("spawn")
         self._children: list[BaseProcess | None] = [None] * size
@@ -99,8 +97,8 @@ class Pool:
         log.info("worker %d started as pid %s", slot, child.pid)
 
     def _exited(self, slot: int, child: BaseProcess) -> None:
-        if self.metrics_dir is not None and child.pid is not None:
-            mark_process_dead(child.pid, self.metrics_dir)
+        if self.children is not None and child.pid is not None:
+            self.children.retire(child.pid)
         child.close()
         self._children[slot] = None
 

@@ -21,6 +21,7 @@ from tests.e2e.load import wait_until
 from tests.workers.test_logic import GW_A, GW_B, connected
 from workers.logic import Chat, ChatLimits
 from workers.metrics import (
+    ChildMetrics,
     EventKind,
     PoolMetrics,
     RedisCause,
@@ -184,12 +185,22 @@ def test_multiprocess_dir_is_private_named_for_children_and_removed() -> None:
 
 
 CHILD = """
+import os
 from workers.metrics import WorkerMetrics
 from protocol.messages import Lines
 m = WorkerMetrics()
 m.took([Lines("gw.x:1", 1, ("a",) * {n})])
+m.redis_round_trip.observe({n} / 1000)
 m.breaker(True)
+print(os.getpid())
 """
+
+
+def run_child(n: int) -> int:
+    """A process that counts `n` lines and exits -> its pid."""
+    done = subprocess.run([sys.executable, "-c", CHILD.format(n=n)], check=True, timeout=30, capture_output=True,
+                          text=True)
+    return int(done.stdout)
 
 
 def test_the_pool_registry_adds_up_the_children_and_its_own() -> None:
@@ -198,8 +209,8 @@ def test_the_pool_registry_adds_up_the_children_and_its_own() -> None:
     with multiprocess_dir(True) as path:
         assert path is not None
         for n in (3, 4):  # two processes that have exited: their counters stay
-            subprocess.run([sys.executable, "-c", CHILD.format(n=n)], check=True, timeout=30)
-        registry = pool_registry(path, pool)
+            run_child(n)
+        registry = pool_registry(ChildMetrics(path), pool)
         assert registry.get_sample_value("chat_worker_lines_total") == 7
         assert registry.get_sample_value("chat_worker_events_total", {"kind": "lines"}) == 2
         assert registry.get_sample_value("chat_worker_processes_alive") == 2
@@ -210,7 +221,8 @@ def test_the_pool_marks_a_dead_child_and_counts_its_restart(tmp_path: Path) -> N
     config = WorkerConfig(backend="tcp://127.0.0.1:1", redis_url=f"unix://{tmp_path / 'none.sock'}")
     with multiprocess_dir(True) as path:
         assert path is not None
-        pool = Pool(config, 1, metrics_dir=path)
+        children = ChildMetrics(path)
+        pool = Pool(config, 1, children=children)
         try:
             pool._start(0)
             child = pool._children[0]
@@ -223,9 +235,32 @@ def test_the_pool_marks_a_dead_child_and_counts_its_restart(tmp_path: Path) -> N
             now = time.monotonic()
             pool._check(0, now)  # seen dead; the backoff holds its restart
             assert not live_gauge.exists()  # its live gauge is gone ...
-            assert (Path(path) / f"counter_{pid}.db").exists()  # ... its counters stay
+            assert not (Path(path) / f"counter_{pid}.db").exists()  # ... its counters folded into the archive
+            assert (Path(path) / "counter_archive.db").exists()
             assert pool.metrics.restarts == 0
             pool._check(0, now + BACKOFF_MIN)
             assert pool.metrics.restarts == 1
         finally:
             pool.stop()
+
+
+def test_retiring_children_keeps_every_total_and_bounds_the_files() -> None:
+    with multiprocess_dir(True) as path:
+        assert path is not None
+        children = ChildMetrics(path)
+        registry = pool_registry(children, PoolMetrics())
+        pids = [run_child(n) for n in (1, 2, 3, 4)]
+        before = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                  for f in registry.collect() for s in f.samples if f.name != "chat_worker_breaker_open"}
+        assert registry.get_sample_value("chat_worker_breaker_open") == 4  # not marked dead yet
+        for pid in pids:
+            children.retire(pid)
+        after = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                 for f in registry.collect() for s in f.samples if f.name != "chat_worker_breaker_open"}
+        assert after == before
+        assert registry.get_sample_value("chat_worker_lines_total") == 10
+        assert registry.get_sample_value("chat_worker_redis_round_trip_seconds_bucket", {"le": "0.0025"}) == 2
+        assert registry.get_sample_value("chat_worker_breaker_open") in (None, 0)  # no live process
+        assert sorted(os.listdir(path)) == ["counter_archive.db", "histogram_archive.db"]
+        children.retire(pids[0])  # twice, or a pid with no files: nothing changes
+        assert registry.get_sample_value("chat_worker_lines_total") == 10
