@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import zmq
 
-from broker.server import Broker, BrokerConfig
+from broker.server import MAX_MESSAGE, Broker, BrokerConfig
 from stack.process import Stopping, setup_logging
 
 
@@ -37,12 +37,14 @@ def run(config: BrokerConfig) -> None:
               help="Missed heartbeats before a worker or gateway is taken for dead.")
 @click.option("--hwm", default=100_000, envvar="CHAT_HWM", show_envvar=True, type=click.IntRange(1),
               help="ZeroMQ high-water mark of every socket, in messages.")
+@click.option("--max-message", default=MAX_MESSAGE, envvar="CHAT_MAX_MESSAGE", show_envvar=True,
+              type=click.IntRange(1 << 16), help="Largest frame a peer may send, in bytes; larger: dropped.")
 @click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
 def main(frontend: str, backend: str, pub_in: str, pub_out: str, heartbeat: float, liveness: int,
-         hwm: int, log_level: str) -> None:
+         hwm: int, max_message: int, log_level: str) -> None:
     """Balance client events over workers and route their replies to gateways."""
     setup_logging("chat-broker", log_level)
-    run(BrokerConfig(frontend, backend, pub_in, pub_out, heartbeat, liveness, hwm))
+    run(BrokerConfig(frontend, backend, pub_in, pub_out, heartbeat, liveness, hwm, max_message))
 
 
 if __name__ == "__main__":

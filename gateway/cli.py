@@ -12,6 +12,7 @@ import zmq
 
 from gateway.client import ClientLimits
 from gateway.server import Gateway, GatewayConfig
+from protocol import proxy
 from stack.process import setup_logging
 
 log = logging.getLogger("chat.gateway")
@@ -24,6 +25,22 @@ def parse_listen(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise click.BadParameter(f"expected HOST:PORT, got {value!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_trusted_proxies(proxy_protocol: bool, text: str) -> tuple[proxy.Network, ...]:
+    """The PROXY protocol without a list of trusted balancers would let any host claim
+    any address: refuse to start rather than guess."""
+    if not proxy_protocol:
+        if text.strip():
+            raise click.UsageError("--trusted-proxies is only for --proxy-protocol")
+        return ()
+    if not text.strip():
+        raise click.UsageError("--proxy-protocol needs --trusted-proxies CIDR[,CIDR...] (CHAT_TRUSTED_PROXIES): "
+                               "the balancers whose PROXY headers are believed")
+    try:
+        return proxy.parse_networks(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trusted-proxies") from None
 
 
 async def run(config: GatewayConfig) -> None:
@@ -79,7 +96,11 @@ async def shut_down(gateway: Gateway, grace: float = 3.0) -> None:
 @click.option("--max-per-address", default=256, envvar="CHAT_MAX_PER_ADDRESS", show_envvar=True,
               type=click.IntRange(0), help="Clients from one IP address at once (0: no limit).")
 @click.option("--proxy-protocol", is_flag=True, envvar="CHAT_PROXY_PROTOCOL", show_envvar=True,
-              help="Expect a PROXY v1 header (HAProxy send-proxy) with the client's real address.")
+              help="Expect a PROXY v1 or v2 header (HAProxy send-proxy, send-proxy-v2) with the client's "
+                   "real address; needs --trusted-proxies.")
+@click.option("--trusted-proxies", default="", envvar="CHAT_TRUSTED_PROXIES", show_envvar=True,
+              metavar="CIDR[,CIDR...]",
+              help="With --proxy-protocol: the balancers' addresses; every other peer is refused.")
 @click.option("--reuse-port", is_flag=True, envvar="CHAT_REUSE_PORT", show_envvar=True,
               help="SO_REUSEPORT: run several gateways on one port; the kernel spreads the clients.")
 @click.option("--heartbeat", default=1.0, envvar="CHAT_HEARTBEAT", show_envvar=True, type=click.FloatRange(0.05),
@@ -91,12 +112,13 @@ async def shut_down(gateway: Gateway, grace: float = 3.0) -> None:
 @click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
 def main(listen: str, frontend: str, pub_out: str, name: str, max_line: int, max_queue_lines: int,
          max_queue_bytes: int, rate_limit: float, rate_burst: int, max_waiting_lines: int,
-         max_connections: int, max_per_address: int, proxy_protocol: bool, reuse_port: bool, heartbeat: float,
-         liveness: int,
+         max_connections: int, max_per_address: int, proxy_protocol: bool, trusted_proxies: str,
+         reuse_port: bool, heartbeat: float, liveness: int,
          resend_after: float, log_level: str) -> None:
     """Accept chat clients over TCP and bridge them to the broker."""
     if name and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         raise click.BadParameter("letters, digits, _ . - only", param_hint="--id")
+    trusted = parse_trusted_proxies(proxy_protocol, trusted_proxies)
     setup_logging("chat-gateway", log_level)
     host, port = parse_listen(listen)
     limits = ClientLimits(max_line=max_line, max_queue_lines=max_queue_lines, max_queue_bytes=max_queue_bytes,
@@ -105,6 +127,7 @@ def main(listen: str, frontend: str, pub_out: str, name: str, max_line: int, max
                            heartbeat=heartbeat, liveness=liveness, resend_after=resend_after,
                            max_connections=max_connections,
                            max_per_address=max_per_address, proxy_protocol=proxy_protocol,
+                           trusted_proxies=trusted,
                            reuse_port=reuse_port, limits=limits)
     trio.run(run, config)
 

@@ -8,6 +8,14 @@ unique to this run of the process, so a restarted gateway never reuses an
 ID. The gateway subscribes to its own topic only. It keeps the open
 connections and their sessions with the broker (`gateway.session`), and
 nothing else: the chat's state is the workers'.
+
+Fenced: when the broker declared this instance lost (it says `Fenced`), or
+pub-out skipped some of our messages (a gap in its numbering), or a worker
+closes one of our connections as "gateway lost", our clients can no longer
+be promised anything: each is told to reconnect and closed, and the gateway
+takes a new instance name (DEALER identity, pub-out topic, connection IDs)
+and serves again. `serving` is False while the broker is silent or while we
+re-join: the accept loop refuses clients then, so a balancer sees us down.
 """
 
 from __future__ import annotations
@@ -31,19 +39,26 @@ from gateway.zmq_pump import ZmqPump
 from protocol import codec
 from protocol.errors import DecodeError
 from protocol.messages import (
+    GATEWAY_GONE,
+    GATEWAY_LOST_REASON,
     Batch,
+    Close,
     Deliver,
+    Fenced,
     Heartbeat,
     Mark,
     SetMode,
     gateway_of,
     topic_of,
 )
+from protocol.proxy import Network
 from protocol.render import is_own_echo, render_json, render_text
 
 log = logging.getLogger("chat.gateway")
 
 UNAVAILABLE = b"! service temporarily unavailable\n"
+RECONNECT = f"! {GATEWAY_GONE}\n".encode()
+MAX_MESSAGE = 64 << 20  # largest frame taken from the broker (ZMQ_MAXMSGSIZE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +73,8 @@ class GatewayConfig:
     resend_after: float = 5.0
     max_connections: int = 20_000  # 0: no limit
     max_per_address: int = 256  # 0: no limit
-    proxy_protocol: bool = False  # behind HAProxy `send-proxy`: the client's address comes first
+    proxy_protocol: bool = False  # behind HAProxy `send-proxy(-v2)`: the client's address comes first
+    trusted_proxies: tuple[Network, ...] = ()  # with proxy_protocol: the only peers accepted
     reuse_port: bool = False  # SO_REUSEPORT: several gateway processes on one port
     limits: ClientLimits = field(default_factory=ClientLimits)
 
@@ -81,6 +97,10 @@ class Gateway:
         self.broker_id = ""
         self.pub_seq = 0  # the broker's number of the last pub-out message we got
         self.broker_heard = trio.current_time()
+        self._silence_logged = False  # "the broker is silent" said once per silence
+        self._fenced: str | None = None  # why we were fenced, until we re-instance
+        self._rejoining = False  # re-instanced, not yet heard by the broker under the new name
+        self._fence_event = trio.Event()
         self._numbers = itertools.count(1)
         self.dealer = ctx.socket(zmq.DEALER)
         self.dealer.setsockopt_string(zmq.IDENTITY, self.instance)
@@ -90,6 +110,7 @@ class Gateway:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, 100_000)
             sock.setsockopt(zmq.SNDHWM, 100_000)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         self.dealer.connect(config.frontend)
         self.sub.connect(config.pub_out)
         self.to_broker = ZmqPump(self.dealer, self._on_broker)
@@ -107,6 +128,7 @@ class Gateway:
             nursery.start_soon(self.to_broker.run)
             nursery.start_soon(self.from_broker.run)
             nursery.start_soon(self._tick)
+            nursery.start_soon(self._rejoin_when_fenced)
             listener = await accept.listen(self.config.host, self.config.port, self.config.reuse_port)
             nursery.start_soon(trio.serve_listeners, self._handle, [listener])
             task_status.started(listener.socket.getsockname()[:2])
@@ -118,12 +140,19 @@ class Gateway:
         silent = trio.current_time() - self.broker_heard
         return silent > self.config.heartbeat * self.config.liveness
 
+    @property
+    def serving(self) -> bool:
+        """Whether new clients may be accepted: the broker hears us under this name."""
+        return not (self.broker_down or self._fenced is not None or self._rejoining)
+
     async def _tick(self) -> None:
         """Heartbeat the broker; send again what it left unanswered too long."""
-        beat = codec.encode(Heartbeat(self.instance))
         while True:
-            self.to_broker.put_nowait([beat])
+            self.to_broker.put_nowait([codec.encode(Heartbeat(self.instance))])
             now = trio.current_time()
+            if self.broker_down and not self._silence_logged:
+                self._silence_logged = True
+                log.warning("the broker is silent for %.1f s: not accepting clients", now - self.broker_heard)
             for session in self.sessions.values():
                 frame = session.overdue(now, self.config.resend_after)
                 if frame is not None:
@@ -137,10 +166,23 @@ class Gateway:
         except DecodeError as exc:
             self._count(f"frontend: {exc}")
             return
+        if isinstance(msg, Fenced):
+            self._fence(f"the broker {msg.broker} declared {self.instance} lost")
+            return
         if not isinstance(msg, Heartbeat):
             self._count(f"frontend: unexpected {type(msg).__name__}")
             return
-        self.broker_heard = trio.current_time()
+        self._on_heartbeat(msg)
+
+    def _on_heartbeat(self, msg: Heartbeat) -> None:
+        now = trio.current_time()
+        if self._silence_logged:
+            self._silence_logged = False
+            log.warning("the broker is heard again after %.1f s", now - self.broker_heard)
+        self.broker_heard = now
+        if self._rejoining and self._fenced is None:
+            self._rejoining = False
+            log.warning("re-joined as %s: accepting clients again", self.instance)
         if msg.sender != self.broker_id:
             if self.broker_id:
                 log.warning("the broker restarted (%s): sending unanswered events again", msg.sender)
@@ -159,23 +201,27 @@ class Gateway:
         frame = session.next_frame(trio.current_time())
         if frame is not None:
             self.to_broker.put_nowait([frame])
-        if session.finished:
-            del self.sessions[session.cid]
+        if session.finished and session.cid not in self.clients:
+            self.sessions.pop(session.cid, None)
         elif (client := self.clients.get(session.cid)) is not None:
             client.wake_reader()
 
     def _check_sequence(self, frame: bytes) -> None:
         """Count and log a gap in the broker's numbering: a loss must be loud."""
         seq = int.from_bytes(frame, "big")
-        if seq > self.pub_seq + 1 and seq != 1:
+        if self.pub_seq and seq > self.pub_seq + 1 and seq != 1:
             missed = seq - self.pub_seq - 1
             self.counts["pub-out messages missed"] += missed
             log.error("missed %d message(s) from the broker (seq %d after %d)", missed, seq, self.pub_seq)
+            self._fence(f"missed {missed} message(s) from the broker")
         self.pub_seq = seq
 
     def _on_batch(self, frames: list[bytes]) -> None:
         if len(frames) != 3 or len(frames[1]) != 8:
             self._count("pub-out: wrong frame count")
+            return
+        if frames[0] != topic_of(self.instance):  # queued for the instance we were before a fence
+            self.counts["pub-out: for an earlier instance, dropped"] += 1
             return
         self._check_sequence(frames[1])
         try:
@@ -200,7 +246,7 @@ class Gateway:
             elif isinstance(item, SetMode):
                 client.json = item.json
             else:
-                self._close(client, item.reason)
+                self._on_close(client, item)
         for session in answered:  # after the whole batch: a Close in it stops what was pending
             self._advance(session)
 
@@ -214,6 +260,48 @@ class Gateway:
             if session is not None and session.answered(mark.seq):
                 answered.append(session)
         return True
+
+    def _on_close(self, client: Client, close: Close) -> None:
+        if close.reason == GATEWAY_LOST_REASON:  # a worker found us declared lost
+            self._fence(f"a worker closed {close.cid} as {close.reason!r}")
+        self._close(client, close.reason)
+
+    # --- fencing -------------------------------------------------------------------
+
+    def _fence(self, why: str) -> None:
+        """We were declared lost: re-instance (once, in `_rejoin_when_fenced`)."""
+        if self._fenced is not None or self._rejoining:
+            self.counts["fence signals while re-joining"] += 1
+            return
+        log.warning("fenced: %s", why)
+        self._fenced = why
+        self._fence_event.set()
+
+    async def _rejoin_when_fenced(self) -> None:
+        while True:
+            await self._fence_event.wait()
+            self._fence_event = trio.Event()
+            self._reinstance()
+
+    def _reinstance(self) -> None:
+        """Tell and close every client; take a new name, identity and topic; serve again."""
+        old, self.instance = self.instance, instance_name(self.config.name)
+        log.warning("closing %d client(s); %s re-joins as %s", len(self.clients), old, self.instance)
+        self.counts["re-instanced after a fence"] += 1
+        for client in list(self.clients.values()):
+            client.close_after(RECONNECT, "gateway fenced")
+        for session in self.sessions.values():
+            session.abandon()
+        self.to_broker.clear()
+        self.dealer.disconnect(self.config.frontend)
+        self.dealer.setsockopt_string(zmq.IDENTITY, self.instance)
+        self.dealer.connect(self.config.frontend)
+        self.sub.setsockopt(zmq.UNSUBSCRIBE, topic_of(old))
+        self.sub.setsockopt(zmq.SUBSCRIBE, topic_of(self.instance))
+        self.pub_seq = 0
+        self._rejoining = True
+        self._fenced = None
+        self.to_broker.put_nowait([codec.encode(Heartbeat(self.instance))])
 
     def _close(self, client: Client, reason: str) -> None:
         """The worker closes the connection (/quit): lines it sent after that are dropped."""
@@ -275,9 +363,14 @@ class Gateway:
         accept.keep_alive(sock)
         try:
             try:
-                peer, first = await accept.client_address(sock, self.config.proxy_protocol)
+                peer, first = await accept.client_address(sock, self.config.proxy_protocol,
+                                                          self.config.trusted_proxies)
+            except accept.NoClient as exc:
+                self.counts[exc.cause] += 1
+                return
             except accept.Refused as exc:
-                self._count(f"refused: {exc}")
+                self.counts[f"refused: {exc.cause}"] += 1  # by cause: the peer is in the log
+                log.warning("refused: %s", exc)
                 return
             address = peer.rpartition(":")[0]
             refusal = self._refusal(address)

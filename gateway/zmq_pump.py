@@ -49,6 +49,11 @@ class ZmqPump:
             await self._space.park()
         self.put_nowait(frames)
 
+    def clear(self) -> None:
+        """Forget what is queued (for an identity this socket has given up)."""
+        self._outbox.clear()
+        self._space.unpark_all()
+
     def put_nowait(self, frames: list[bytes]) -> None:
         """Queue frames past the bound: for the few that must not wait (goodbyes)."""
         self._outbox.append(frames)

@@ -6,7 +6,6 @@ import os
 import socket
 
 import click
-import redis
 
 from protocol.lines import DEFAULT_MAX_LINE
 from stack.metrics import parse_listen, serve_metrics
@@ -14,6 +13,7 @@ from stack.process import LOG_FORMATS, Stopping, set_log_instance, setup_logging
 from workers.logic import ChatLimits
 from workers.metrics import ChildMetrics, PoolMetrics, pool_registry
 from workers.pool import Pool, multiprocess_dir
+from workers.redis_client import RedisUrlError, parse_redis_url
 from workers.worker import WorkerConfig
 
 
@@ -29,8 +29,8 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
 def _redis_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """Refuse here what every child would crash on, again and again."""
     try:
-        redis.ConnectionPool.from_url(value)
-    except ValueError as exc:
+        parse_redis_url(value)
+    except RedisUrlError as exc:
         raise click.BadParameter(str(exc)) from None
     return value
 

@@ -4,7 +4,8 @@ Children get the configuration (URLs, not clients) and build their own
 ZeroMQ context and Redis client after the fork, as rq and the ZeroMQ guide
 advise. A child that dies is started again after a backoff that grows
 while children keep dying young. SIGTERM or SIGINT stops every child with
-SIGTERM, waits `grace` seconds, then kills what is left.
+SIGTERM, waits `grace` seconds, then kills what is left. A child whose
+pool dies (even by `kill -9`) gets SIGTERM from the kernel (Linux).
 
 Metrics (`workers.metrics`): with a metrics directory, the pool owns
 PROMETHEUS_MULTIPROC_DIR: `multiprocess_dir` makes the directory and sets
@@ -26,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.process import BaseProcess
 
+from stack.children import die_with_parent
 from stack.process import Stopping, setup_logging
 from workers.metrics import ChildMetrics, PoolMetrics
 from workers.worker import WorkerConfig, run_worker
@@ -58,7 +60,9 @@ def multiprocess_dir(enabled: bool) -> Iterator[str | None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _child_main(config: WorkerConfig, log_level: str, log_format: str) -> None:
+def _child_main(config: WorkerConfig, log_level: str, log_format: str, pool_pid: int) -> None:
+    if not die_with_parent(pool_pid):
+        return  # the pool died while this child was starting
     setup_logging("chat-worker", log_level, log_format)
     try:
         run_worker(config)
@@ -85,8 +89,8 @@ class Pool:
 
     def _start(self, slot: int) -> None:
         child = self._ctx.Process(
-            target=_child_main, args=(self.config, self.log_level, self.log_format), name=f"chat-worker-{slot}",
-            daemon=False,
+            target=_child_main, args=(self.config, self.log_level, self.log_format, os.getpid()),
+            name=f"chat-worker-{slot}", daemon=False,
         )
         child.start()
         self._children[slot] = child
