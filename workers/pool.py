@@ -8,7 +8,8 @@ SIGTERM, waits `grace` seconds, then kills what is left. A child whose
 pool dies (even by `kill -9`) gets SIGTERM from the kernel (Linux).
 
 Metrics (`workers.metrics`): with a metrics directory, the pool owns
-PROMETHEUS_MULTIPROC_DIR: `multiprocess_dir` makes the directory and sets
+PROMETHEUS_MULTIPROC_DIR: `multiprocess_dir` makes the directory (with an
+owner marker, as chat-stack's run directories) and sets
 the variable before any child is spawned (a child reads it when it imports
 prometheus_client), and removes both on exit; a child that exits is retired
 there (`ChildMetrics.retire`): its live gauges go, its totals stay. Without
@@ -21,14 +22,15 @@ import logging
 import multiprocessing
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 from stack.children import die_with_parent
 from stack.process import Stopping, setup_logging
+from stack.rundir import make_run_dir, sweep_stale_run_dirs
 from workers.metrics import ChildMetrics, PoolMetrics
 from workers.worker import WorkerConfig, run_worker
 
@@ -40,18 +42,22 @@ HEALTHY_AFTER = 10.0  # a child that lived this long resets the backoff
 
 
 MULTIPROC_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+METRICS_DIR_PREFIX = "chat-worker-metrics-"
 
 
 @contextmanager
-def multiprocess_dir(enabled: bool) -> Iterator[str | None]:
+def multiprocess_dir(enabled: bool, parent: Path | None = None) -> Iterator[str | None]:
     """A private directory for the children's metric files, named in their environment
-    (None, and no such variable, when metrics are off); removed on exit."""
+    (None, and no such variable, when metrics are off); removed on exit. One that a pool
+    killed with `kill -9` left behind is removed by the next pool on the host."""
     for name in MULTIPROC_ENV:
         os.environ.pop(name, None)
+    for left in sweep_stale_run_dirs(parent, METRICS_DIR_PREFIX):
+        log.info("removed %s, left by a pool that is gone", left)
     if not enabled:
         yield None
         return
-    path = tempfile.mkdtemp(prefix="chat-worker-metrics-")
+    path = str(make_run_dir(parent, METRICS_DIR_PREFIX))
     os.environ[MULTIPROC_ENV[0]] = path
     try:
         yield path

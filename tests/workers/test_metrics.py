@@ -30,7 +30,7 @@ from workers.metrics import (
     pool_registry,
     redis_cause,
 )
-from workers.pool import BACKOFF_MIN, MULTIPROC_ENV, Pool, multiprocess_dir
+from workers.pool import BACKOFF_MIN, METRICS_DIR_PREFIX, MULTIPROC_ENV, Pool, multiprocess_dir
 from workers.store import Store
 from workers.worker import Breaker, Handler, WorkerConfig, open_redis
 
@@ -173,6 +173,23 @@ def test_pool_metrics_report_what_the_pool_keeps() -> None:
     assert families == {"chat_worker_processes_alive": 3, "chat_worker_restarts": 2}
 
 
+def test_a_metrics_dir_left_by_a_killed_pool_is_swept(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True, timeout=30)
+    left = tmp_path / f"{METRICS_DIR_PREFIX}{int(dead.stdout)}-abcd1234"
+    left.mkdir()
+    (left / "owner").write_text(f"{int(dead.stdout)} 1\n")
+    (left / "counter_1.db").write_bytes(b"")
+    stranger = tmp_path / "chat-worker-metrics-notapid"  # not ours by its name: left alone
+    stranger.mkdir()
+    with multiprocess_dir(True, tmp_path) as path:
+        assert path is not None and Path(path).parent == tmp_path
+        assert not left.exists() and stranger.exists()
+        assert sorted(os.listdir(path)) == ["owner"]
+        assert pool_registry(ChildMetrics(path), PoolMetrics()).get_sample_value("chat_worker_restarts_total") == 0
+    assert not os.path.exists(path)
+
+
 def test_multiprocess_dir_is_private_named_for_children_and_removed() -> None:
     with multiprocess_dir(True) as path:
         assert path is not None and os.path.isdir(path)
@@ -261,6 +278,6 @@ def test_retiring_children_keeps_every_total_and_bounds_the_files() -> None:
         assert registry.get_sample_value("chat_worker_lines_total") == 10
         assert registry.get_sample_value("chat_worker_redis_round_trip_seconds_bucket", {"le": "0.0025"}) == 2
         assert registry.get_sample_value("chat_worker_breaker_open") in (None, 0)  # no live process
-        assert sorted(os.listdir(path)) == ["counter_archive.db", "histogram_archive.db"]
+        assert sorted(os.listdir(path)) == ["counter_archive.db", "histogram_archive.db", "owner"]
         children.retire(pids[0])  # twice, or a pid with no files: nothing changes
         assert registry.get_sample_value("chat_worker_lines_total") == 10
