@@ -6,15 +6,15 @@ parent runs prometheus_client's multiprocess mode: it makes a private
 directory, names it in PROMETHEUS_MULTIPROC_DIR before it spawns the
 children (a spawned child inherits the environment at exec, so the
 library reads it on import), and serves a `MultiProcessCollector` over
-that directory. Counters and the histogram of a child that died stay in
-its files, so totals never go back; the breaker gauge is `livesum`: the
-number of live processes whose breaker is open.
+that directory. The counters and the histogram of a child that died are
+kept, so totals never go back; the breaker gauge is `livesum`: the number
+of live processes whose breaker is open, a dead one's gone with it.
 
 A restarted child writes new files (they are named by pid), so a crash
 loop would grow the directory and every scrape without bound:
 `ChildMetrics.retire` folds a dead child's counters and histogram into
 one archive file per type and removes its files, under the lock that each
-scrape takes, so no scrape sees a total go down or twice.
+scrape takes, so no scrape sees a total go down or counted twice.
 
 The parent's own metrics (processes alive, restarts) are not library
 values at all (which would take the multiprocess path and write files of
