@@ -8,6 +8,8 @@ not taken for the owner. A stack killed with `kill -9` cannot remove its
 directory; the next stack that starts removes every such directory whose
 owner is gone. A directory whose owner cannot be read is left alone unless
 the PID in its name is dead: never remove what a live stack is using.
+Other processes use the same scheme under a prefix of their own
+(`chat-worker`'s metric files: `chat-worker-metrics-`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from pathlib import Path
 
 PREFIX = "chat-stack-"
 MARKER = "owner"
-_NAME_RE = re.compile(rf"{re.escape(PREFIX)}(\d{{1,10}})-\w+")
+
+
+def _name_re(prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"{re.escape(prefix)}(\d{{1,10}})-\w+")
 
 
 def start_time(pid: int) -> str:
@@ -51,16 +56,16 @@ def owner_alive(pid: int, started: str) -> bool:
     return not (started and now and now != started)
 
 
-def make_run_dir(parent: Path | None = None) -> Path:
+def make_run_dir(parent: Path | None = None, prefix: str = PREFIX) -> Path:
     """A fresh private directory owned by this process, with its marker."""
     pid = os.getpid()
-    path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{pid}-", dir=parent))
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{pid}-", dir=parent))
     (path / MARKER).write_text(f"{pid} {start_time(pid)}\n")
     return path
 
 
-def _is_stale(path: Path) -> bool:
-    match = _NAME_RE.fullmatch(path.name)
+def _is_stale(path: Path, prefix: str) -> bool:
+    match = _name_re(prefix).fullmatch(path.name)
     if not match or path.is_symlink() or not path.is_dir() or path.stat().st_uid != os.getuid():
         return False
     name_pid = int(match.group(1))
@@ -72,17 +77,17 @@ def _is_stale(path: Path) -> bool:
     return pid == name_pid and not owner_alive(pid, started)
 
 
-def sweep_stale_run_dirs(parent: Path | None = None) -> list[Path]:
-    """Remove the run directories of stacks that are gone -> what was removed."""
+def sweep_stale_run_dirs(parent: Path | None = None, prefix: str = PREFIX) -> list[Path]:
+    """Remove the run directories of stacks (or `prefix`) that are gone -> what was removed."""
     root = parent or Path(tempfile.gettempdir())
     removed = []
     try:
-        entries = [p for p in root.iterdir() if p.name.startswith(PREFIX)]
+        entries = [p for p in root.iterdir() if p.name.startswith(prefix)]
     except OSError:
         return []
     for path in entries:
         try:
-            stale = _is_stale(path)
+            stale = _is_stale(path, prefix)
         except OSError:  # it vanished meanwhile, or is not ours to read
             continue
         if stale:
