@@ -5,36 +5,123 @@ gateway processes share one port (the kernel spreads connections over
 them). `client_address` learns who a new connection is: the peer address,
 or with the PROXY protocol (HAProxy `send-proxy`), the address in the header
 the balancer sends first; bytes after the header are the client's own.
+
+`Acceptor` accepts until told to pause; out of file descriptors, it says
+so once in a while and backs off instead of spinning. `connection_limit`
+raises the soft RLIMIT_NOFILE to the hard one and caps the clients at what
+the descriptors allow.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
+import resource
 import socket
+from collections.abc import Callable
 
 import trio
 
 from protocol import proxy
 
+log = logging.getLogger("chat.gateway")
+
 PROXY_TIMEOUT = 5.0  # seconds a balancer has to send the PROXY header
+FD_HEADROOM = 64  # descriptors kept for ZeroMQ, Trio, the listener, logs and refusing one more client
+GONE = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL})
+BACKOFF_FIRST, BACKOFF_MAX = 0.01, 1.0  # seconds between accept tries while out of descriptors
+LOG_EVERY = 10.0  # seconds between two log lines about running out of descriptors
 
 
 class Refused(Exception):
     """A connection that does not start as it must; the text says why."""
 
 
-async def listen(host: str, port: int, reuse_port: bool) -> trio.SocketListener:
-    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
-    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
-    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+def listen(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A non-blocking listening socket on host:port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        await sock.bind((host, port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
         sock.listen(4096)
+        sock.setblocking(False)
     except BaseException:
         sock.close()
         raise
-    return trio.SocketListener(sock)
+    return sock
+
+
+def connection_limit(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one -> the clients we can hold (`wanted`, 0: any)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    room = max(1, soft - FD_HEADROOM)
+    if wanted and wanted <= room:
+        return wanted
+    log.warning("open-file limit %d: taking at most %d clients (asked for %s)", soft, room, wanted or "no limit")
+    return room
+
+
+class Acceptor:
+    """Accept connections from a listening socket and hand each one on, until paused."""
+
+    def __init__(self, listener: socket.socket, on_accept: Callable[[socket.socket], None]) -> None:
+        self.listener = listener
+        self.on_accept = on_accept
+        self.failures = 0  # accepts that failed (out of descriptors, mostly)
+        self._open = trio.Event()
+        self._open.set()
+        self._logged = -LOG_EVERY
+
+    @property
+    def accepting(self) -> bool:
+        return self._open.is_set()
+
+    def pause(self) -> None:
+        """Stop accepting: new clients wait in the listen backlog (or are refused by the kernel)."""
+        if self._open.is_set():
+            self._open = trio.Event()
+
+    def resume(self) -> None:
+        self._open.set()
+
+    async def run(self) -> None:
+        backoff = BACKOFF_FIRST
+        while True:
+            await self._open.wait()
+            await trio.lowlevel.wait_readable(self.listener)
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                continue
+            except OSError as exc:
+                if exc.errno in GONE:
+                    raise  # the listener itself is closed: nothing to wait for
+                self._failed(exc)
+                await trio.sleep(backoff)
+                backoff = min(BACKOFF_MAX, backoff * 2)
+                continue
+            backoff = BACKOFF_FIRST
+            sock.setblocking(False)
+            self.on_accept(sock)
+
+    def _failed(self, exc: OSError) -> None:
+        """Out of descriptors (EMFILE, ENFILE) or memory: one log line per LOG_EVERY, not per try."""
+        self.failures += 1
+        now = trio.current_time()
+        if now - self._logged >= LOG_EVERY:
+            self._logged = now
+            log.error("cannot accept clients: %s (%d failed accepts so far); backing off", exc, self.failures)
 
 
 KEEPALIVE = ((socket.SO_KEEPALIVE, 1),)

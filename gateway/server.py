@@ -60,6 +60,7 @@ class GatewayConfig:
     max_per_address: int = 256  # 0: no limit
     proxy_protocol: bool = False  # behind HAProxy `send-proxy`: the client's address comes first
     reuse_port: bool = False  # SO_REUSEPORT: several gateway processes on one port
+    half_close_wait: float = 10.0  # how long a half-closed client's last replies may take
     limits: ClientLimits = field(default_factory=ClientLimits)
 
 
@@ -102,14 +103,18 @@ class Gateway:
         self.sub.close()
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery  # client writers run here, while they have a backlog
-            nursery.start_soon(self.to_broker.run)
-            nursery.start_soon(self.from_broker.run)
-            nursery.start_soon(self._tick)
-            listener = await accept.listen(self.config.host, self.config.port, self.config.reuse_port)
-            nursery.start_soon(trio.serve_listeners, self._handle, [listener])
-            task_status.started(listener.socket.getsockname()[:2])
+        self.max_connections = accept.connection_limit(self.config.max_connections)
+        self._handling = 0  # accepted sockets open now: clients, and those still being let in
+        listener = accept.listen(self.config.host, self.config.port, self.config.reuse_port)
+        self.acceptor = accept.Acceptor(listener, self._accepted)
+        with listener:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery  # client tasks and writers run here
+                nursery.start_soon(self.to_broker.run)
+                nursery.start_soon(self.from_broker.run)
+                nursery.start_soon(self._tick)
+                nursery.start_soon(self.acceptor.run)
+                task_status.started(listener.getsockname()[:2])
 
     # --- the broker side ------------------------------------------------------
 
@@ -161,8 +166,8 @@ class Gateway:
             self.to_broker.put_nowait([frame])
         if session.finished:
             del self.sessions[session.cid]
-        elif (client := self.clients.get(session.cid)) is not None:
-            client.wake_reader()
+        if (client := self.clients.get(session.cid)) is not None:
+            client.wake_reader()  # a reader held back, or a half-closed client waiting for its end
 
     def _check_sequence(self, frame: bytes) -> None:
         """Count and log a gap in the broker's numbering: a loss must be loud."""
@@ -263,17 +268,20 @@ class Gateway:
 
     def _refusal(self, address: str) -> bytes | None:
         config = self.config
-        if config.max_connections and len(self.clients) >= config.max_connections:
-            return f"! server full ({config.max_connections} connections): try again later\n".encode()
+        if self.max_connections and self._handling > self.max_connections:
+            return f"! server full ({self.max_connections} connections): try again later\n".encode()
         if config.max_per_address and self.per_address[address] >= config.max_per_address:
             return f"! too many connections from your address (max {config.max_per_address})\n".encode()
         return None
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        # the connection is a plain non-blocking socket from here on (see gateway.client)
-        sock = socket.socket(fileno=stream.socket.detach())
-        accept.keep_alive(sock)
+    def _accepted(self, sock: socket.socket) -> None:
+        self._nursery.start_soon(self._handle, sock)
+
+    async def _handle(self, sock: socket.socket) -> None:
+        # the connection is a plain non-blocking socket (see gateway.client)
+        self._handling += 1
         try:
+            accept.keep_alive(sock)
             try:
                 peer, first = await accept.client_address(sock, self.config.proxy_protocol)
             except accept.Refused as exc:
@@ -294,6 +302,7 @@ class Gateway:
                 if not self.per_address[address]:
                     del self.per_address[address]
         finally:
+            self._handling -= 1
             sock.close()
 
     async def _serve_client(self, sock: socket.socket, peer: str, first: bytes) -> None:
@@ -306,12 +315,25 @@ class Gateway:
         self.to_broker.put_nowait([session.in_flight.frame])
         ended = ""
         try:
-            ended = await client.serve(self._on_lines, first)
+            ended = await client.serve(self._on_lines, first, self._on_eof)
         finally:
             del self.clients[cid]
             trio.lowlevel.notify_closing(sock)  # a writer still waiting on it gives up
-            session.leave(client.closing or ended)
-            self._advance(session)
+            if not session.finished:  # a half-closed client's session may be over already
+                session.leave(client.closing or ended)
+                self._advance(session)
+
+    async def _on_eof(self, client: Client) -> None:
+        """The client half-closed: it may still read. Say goodbye for it, and let
+        out what its lines cause until the broker answers (`half_close_wait` at most)."""
+        session = self.sessions.get(client.cid)
+        if session is None:
+            return
+        session.leave("")
+        self._advance(session)
+        with trio.move_on_after(self.config.half_close_wait):
+            while client.cid in self.sessions and client.closing is None:
+                await client.wait_for_reader_wakeup(self.config.heartbeat)
 
     async def _on_lines(self, client: Client, lines: list[str]) -> None:
         """Hand a client's lines to its session; wait while too many are pending."""
