@@ -100,6 +100,8 @@ class Acceptor:
         while True:
             await self._open.wait()
             await trio.lowlevel.wait_readable(self.listener)
+            if not self.accepting:
+                continue  # paused while waiting
             try:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from stack.children import Child, start, stop
@@ -85,8 +86,8 @@ def test_floods_of_every_kind_are_cut_and_bystanders_keep_their_latency(defaults
             for flooder in flooders:
                 flooder.start()
             rtts = ping_round_trips(bystander, 30)
-            for flooder in flooders:
-                flooder.join(FLOOD_FOR + 5)
+            while any(f.is_alive() for f in flooders):  # and on, for as long as the flood lasts
+                rtts += ping_round_trips(bystander, 1)
         finally:
             for flooder in flooders:
                 flooder.stop_at = 0.0
@@ -94,6 +95,28 @@ def test_floods_of_every_kind_are_cut_and_bystanders_keep_their_latency(defaults
         assert [f.cut for f in flooders] == [True] * FLOODERS, f"not cut off: {[f.sent for f in flooders]} bytes sent"
         assert statistics.median(rtts) < 0.150, f"/ping round trips (s): {sorted(rtts)}"
         assert bystander.sync() == []  # the bystander is still served
+
+
+def test_endless_lines_are_held_to_the_rate_not_burnt_on(defaults: Cluster) -> None:
+    """Bytes with no newline end no line: such a client is slowed (its bytes cost), not cut."""
+    port = defaults.ports[0]
+    gateway = psutil.Process(defaults.children["gw1"].pid)
+    with ChatClient(port) as bystander:
+        flooders = [Flooder(port, b"x" * 4096, time.monotonic() + 3.0) for _ in range(FLOODERS)]
+        cpu = sum(gateway.cpu_times()[:2])
+        try:
+            for flooder in flooders:
+                flooder.start()
+            rtts = ping_round_trips(bystander, 30)
+            while any(f.is_alive() for f in flooders):
+                rtts += ping_round_trips(bystander, 1)
+        finally:
+            for flooder in flooders:
+                flooder.stop_at = 0.0
+                flooder.join(5)
+        assert sum(gateway.cpu_times()[:2]) - cpu < 1.5, "the gateway burnt its CPU on the flood"
+        assert statistics.median(rtts) < 0.150, f"/ping round trips (s): {sorted(rtts)}"
+        assert bystander.sync() == []
 
 
 def test_a_flooder_is_told_why(defaults: Cluster) -> None:
