@@ -14,6 +14,7 @@ the descriptors allow.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import resource
@@ -114,8 +115,7 @@ class Acceptor:
                 backoff = min(BACKOFF_MAX, backoff * 2)
                 continue
             backoff = BACKOFF_FIRST
-            sock.setblocking(False)
-            self.on_accept(sock)
+            self.on_accept(_client_socket(sock))
 
     def _failed(self, exc: OSError) -> None:
         """Out of descriptors (EMFILE, ENFILE) or memory: one log line per LOG_EVERY, not per try."""
@@ -124,6 +124,20 @@ class Acceptor:
         if now - self._logged >= LOG_EVERY:
             self._logged = now
             log.error("cannot accept clients: %s (%d failed accepts so far); backing off", exc, self.failures)
+
+
+NOTSENT_LOWAT = 1 << 14  # unsent bytes the kernel holds for a client: our queue limits count the rest
+
+
+def _client_socket(sock: socket.socket) -> socket.socket:
+    """Non-blocking; small writes go out at once; the kernel buffers little unsent output
+    (as Trio's SocketStream does), so a client that does not read fills our bounded queue."""
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+    return sock
 
 
 KEEPALIVE = ((socket.SO_KEEPALIVE, 1),)

@@ -32,6 +32,9 @@ def test_pause_holds_new_clients_back_and_resume_lets_them_in() -> None:
                 with trio.fail_after(5):
                     await arrived.wait()
                 assert len(got) == 1 and not got[0].getblocking()
+                assert got[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                if hasattr(socket, "TCP_NOTSENT_LOWAT"):  # a client that does not read fills our queue
+                    assert got[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == accept.NOTSENT_LOWAT
                 nursery.cancel_scope.cancel()
         finally:
             for sock in (*clients, *got, listener):
