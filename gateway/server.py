@@ -76,6 +76,7 @@ class GatewayConfig:
     proxy_protocol: bool = False  # behind HAProxy `send-proxy(-v2)`: the client's address comes first
     trusted_proxies: tuple[Network, ...] = ()  # with proxy_protocol: the only peers accepted
     reuse_port: bool = False  # SO_REUSEPORT: several gateway processes on one port
+    half_close_wait: float = 10.0  # how long a half-closed client's last replies may take
     limits: ClientLimits = field(default_factory=ClientLimits)
 
 
@@ -123,15 +124,24 @@ class Gateway:
         self.sub.close()
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery  # client writers run here, while they have a backlog
-            nursery.start_soon(self.to_broker.run)
-            nursery.start_soon(self.from_broker.run)
-            nursery.start_soon(self._tick)
-            nursery.start_soon(self._rejoin_when_fenced)
-            listener = await accept.listen(self.config.host, self.config.port, self.config.reuse_port)
-            nursery.start_soon(trio.serve_listeners, self._handle, [listener])
-            task_status.started(listener.socket.getsockname()[:2])
+        self.max_connections = accept.connection_limit(self.config.max_connections)
+        self._handling = 0  # accepted sockets open now: clients, and those still being let in
+        config = self.config
+        listener = accept.listen(config.host, config.port, config.reuse_port)
+        port = listener.getsockname()[1]  # the same port again when the listener reopens
+        self.acceptor = accept.Acceptor(listener, self._accepted,
+                                        lambda: accept.listen(config.host, port, config.reuse_port))
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery  # client tasks and writers run here
+                nursery.start_soon(self.to_broker.run)
+                nursery.start_soon(self.from_broker.run)
+                nursery.start_soon(self._tick)
+                nursery.start_soon(self._rejoin_when_fenced)
+                nursery.start_soon(self.acceptor.run)
+                task_status.started(listener.getsockname()[:2])
+        finally:
+            self.acceptor.close()
 
     # --- the broker side ------------------------------------------------------
 
@@ -145,9 +155,20 @@ class Gateway:
         """Whether new clients may be accepted: the broker hears us under this name."""
         return not (self.broker_down or self._fenced is not None or self._rejoining)
 
+    def _sync_accepting(self) -> None:
+        """Keep the client port open exactly while we can serve: a balancer's health
+        check then tells the truth, and clients go to a gateway that can serve them."""
+        if self.serving:
+            if not self.acceptor.accepting and self.acceptor.open():
+                log.warning("serving again: accepting clients")
+        elif self.acceptor.listener is not None:
+            self.acceptor.close()
+            log.warning("cannot serve: client port closed until the broker hears us")
+
     async def _tick(self) -> None:
         """Heartbeat the broker; send again what it left unanswered too long."""
         while True:
+            self._sync_accepting()
             self.to_broker.put_nowait([codec.encode(Heartbeat(self.instance))])
             now = trio.current_time()
             if self.broker_down and not self._silence_logged:
@@ -182,7 +203,8 @@ class Gateway:
         self.broker_heard = now
         if self._rejoining and self._fenced is None:
             self._rejoining = False
-            log.warning("re-joined as %s: accepting clients again", self.instance)
+            log.warning("re-joined as %s", self.instance)
+        self._sync_accepting()
         if msg.sender != self.broker_id:
             if self.broker_id:
                 log.warning("the broker restarted (%s): sending unanswered events again", msg.sender)
@@ -201,10 +223,11 @@ class Gateway:
         frame = session.next_frame(trio.current_time())
         if frame is not None:
             self.to_broker.put_nowait([frame])
-        if session.finished and session.cid not in self.clients:
+        client = self.clients.get(session.cid)
+        if session.finished and client is None:
             self.sessions.pop(session.cid, None)
-        elif (client := self.clients.get(session.cid)) is not None:
-            client.wake_reader()
+        if client is not None:
+            client.wake_reader()  # a reader held back, or a half-closed client waiting for its end
 
     def _check_sequence(self, frame: bytes) -> None:
         """Count and log a gap in the broker's numbering: a loss must be loud."""
@@ -275,6 +298,7 @@ class Gateway:
             return
         log.warning("fenced: %s", why)
         self._fenced = why
+        self._sync_accepting()
         self._fence_event.set()
 
     async def _rejoin_when_fenced(self) -> None:
@@ -351,17 +375,20 @@ class Gateway:
 
     def _refusal(self, address: str) -> bytes | None:
         config = self.config
-        if config.max_connections and len(self.clients) >= config.max_connections:
-            return f"! server full ({config.max_connections} connections): try again later\n".encode()
+        if self.max_connections and self._handling > self.max_connections:
+            return f"! server full ({self.max_connections} connections): try again later\n".encode()
         if config.max_per_address and self.per_address[address] >= config.max_per_address:
             return f"! too many connections from your address (max {config.max_per_address})\n".encode()
         return None
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        # the connection is a plain non-blocking socket from here on (see gateway.client)
-        sock = socket.socket(fileno=stream.socket.detach())
-        accept.keep_alive(sock)
+    def _accepted(self, sock: socket.socket) -> None:
+        self._nursery.start_soon(self._handle, sock)
+
+    async def _handle(self, sock: socket.socket) -> None:
+        # the connection is a plain non-blocking socket (see gateway.client)
+        self._handling += 1
         try:
+            accept.keep_alive(sock)
             try:
                 peer, first = await accept.client_address(sock, self.config.proxy_protocol,
                                                           self.config.trusted_proxies)
@@ -387,6 +414,7 @@ class Gateway:
                 if not self.per_address[address]:
                     del self.per_address[address]
         finally:
+            self._handling -= 1
             sock.close()
 
     async def _serve_client(self, sock: socket.socket, peer: str, first: bytes) -> None:
@@ -399,12 +427,27 @@ class Gateway:
         self.to_broker.put_nowait([session.in_flight.frame])
         ended = ""
         try:
-            ended = await client.serve(self._on_lines, first)
+            ended = await client.serve(self._on_lines, first, self._on_eof)
         finally:
             del self.clients[cid]
             trio.lowlevel.notify_closing(sock)  # a writer still waiting on it gives up
-            session.leave(client.closing or ended)
-            self._advance(session)
+            if session.finished:  # a half-closed (or fenced) client's session is over already
+                self.sessions.pop(cid, None)
+            else:
+                session.leave(client.closing or ended)
+                self._advance(session)
+
+    async def _on_eof(self, client: Client) -> None:
+        """The client half-closed: it may still read. Say goodbye for it, and let
+        out what its lines cause until the broker answers (`half_close_wait` at most)."""
+        session = self.sessions.get(client.cid)
+        if session is None:
+            return
+        session.leave("")
+        self._advance(session)
+        with trio.move_on_after(self.config.half_close_wait):
+            while not session.finished and client.closing is None:
+                await client.wait_for_reader_wakeup(self.config.heartbeat)
 
     async def _on_lines(self, client: Client, lines: list[str]) -> None:
         """Hand a client's lines to its session; wait while too many are pending."""
