@@ -91,8 +91,14 @@ async def shut_down(gateway: Gateway, grace: float = 3.0) -> None:
               help="Lines a client may send at once before the rate limit applies.")
 @click.option("--max-waiting-lines", default=1000, envvar="CHAT_MAX_WAITING_LINES", show_envvar=True,
               type=click.IntRange(1), help="Lines held back by the rate limit before a flooder is disconnected.")
+@click.option("--max-bad-lines", default=20, envvar="CHAT_MAX_BAD_LINES", show_envvar=True,
+              type=click.IntRange(1), help="Bad lines (invalid UTF-8, too long, or 32 telnet commands each) a client "
+              "may send at once, then one a second, before it is disconnected as a flooder (off with rate limit 0).")
+@click.option("--half-close-wait", default=10.0, envvar="CHAT_HALF_CLOSE_WAIT", show_envvar=True,
+              type=click.FloatRange(0), help="Seconds a client that closed its sending side still gets its replies.")
 @click.option("--max-connections", default=20_000, envvar="CHAT_MAX_CONNECTIONS", show_envvar=True,
-              type=click.IntRange(0), help="Clients this gateway accepts at once (0: no limit).")
+              type=click.IntRange(0),
+              help="Clients this gateway accepts at once (0: no limit); lowered to fit the open-file limit.")
 @click.option("--max-per-address", default=256, envvar="CHAT_MAX_PER_ADDRESS", show_envvar=True,
               type=click.IntRange(0), help="Clients from one IP address at once (0: no limit).")
 @click.option("--proxy-protocol", is_flag=True, envvar="CHAT_PROXY_PROTOCOL", show_envvar=True,
@@ -112,6 +118,7 @@ async def shut_down(gateway: Gateway, grace: float = 3.0) -> None:
 @click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
 def main(listen: str, frontend: str, pub_out: str, name: str, max_line: int, max_queue_lines: int,
          max_queue_bytes: int, rate_limit: float, rate_burst: int, max_waiting_lines: int,
+         max_bad_lines: int, half_close_wait: float,
          max_connections: int, max_per_address: int, proxy_protocol: bool, trusted_proxies: str,
          reuse_port: bool, heartbeat: float, liveness: int,
          resend_after: float, log_level: str) -> None:
@@ -122,13 +129,14 @@ def main(listen: str, frontend: str, pub_out: str, name: str, max_line: int, max
     setup_logging("chat-gateway", log_level)
     host, port = parse_listen(listen)
     limits = ClientLimits(max_line=max_line, max_queue_lines=max_queue_lines, max_queue_bytes=max_queue_bytes,
-                          rate=rate_limit, burst=rate_burst, max_waiting_lines=max_waiting_lines)
+                          rate=rate_limit, burst=rate_burst, max_waiting_lines=max_waiting_lines,
+                          max_bad_lines=max_bad_lines)
     config = GatewayConfig(host=host, port=port, frontend=frontend, pub_out=pub_out, name=name,
                            heartbeat=heartbeat, liveness=liveness, resend_after=resend_after,
                            max_connections=max_connections,
                            max_per_address=max_per_address, proxy_protocol=proxy_protocol,
                            trusted_proxies=trusted,
-                           reuse_port=reuse_port, limits=limits)
+                           reuse_port=reuse_port, half_close_wait=half_close_wait, limits=limits)
     trio.run(run, config)
 
 

@@ -8,6 +8,14 @@ unique to this run of the process, so a restarted gateway never reuses an
 ID. The gateway subscribes to its own topic only. It keeps the open
 connections and their sessions with the broker (`gateway.session`), and
 nothing else: the chat's state is the workers'.
+
+Fenced: when the broker declared this instance lost (it says `Fenced`), or
+pub-out skipped some of our messages (a gap in its numbering), or a worker
+closes one of our connections as "gateway lost", our clients can no longer
+be promised anything: each is told to reconnect and closed, and the gateway
+takes a new instance name (DEALER identity, pub-out topic, connection IDs)
+and serves again. `serving` is False while the broker is silent or while we
+re-join: the accept loop refuses clients then, so a balancer sees us down.
 """
 
 from __future__ import annotations
@@ -31,8 +39,12 @@ from gateway.zmq_pump import ZmqPump
 from protocol import codec
 from protocol.errors import DecodeError
 from protocol.messages import (
+    GATEWAY_GONE,
+    GATEWAY_LOST_REASON,
     Batch,
+    Close,
     Deliver,
+    Fenced,
     Heartbeat,
     Mark,
     SetMode,
@@ -45,6 +57,8 @@ from protocol.render import is_own_echo, render_json, render_text
 log = logging.getLogger("chat.gateway")
 
 UNAVAILABLE = b"! service temporarily unavailable\n"
+RECONNECT = f"! {GATEWAY_GONE}\n".encode()
+MAX_MESSAGE = 64 << 20  # largest frame taken from the broker (ZMQ_MAXMSGSIZE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +76,7 @@ class GatewayConfig:
     proxy_protocol: bool = False  # behind HAProxy `send-proxy(-v2)`: the client's address comes first
     trusted_proxies: tuple[Network, ...] = ()  # with proxy_protocol: the only peers accepted
     reuse_port: bool = False  # SO_REUSEPORT: several gateway processes on one port
+    half_close_wait: float = 10.0  # how long a half-closed client's last replies may take
     limits: ClientLimits = field(default_factory=ClientLimits)
 
 
@@ -83,6 +98,10 @@ class Gateway:
         self.broker_id = ""
         self.pub_seq = 0  # the broker's number of the last pub-out message we got
         self.broker_heard = trio.current_time()
+        self._silence_logged = False  # "the broker is silent" said once per silence
+        self._fenced: str | None = None  # why we were fenced, until we re-instance
+        self._rejoining = False  # re-instanced, not yet heard by the broker under the new name
+        self._fence_event = trio.Event()
         self._numbers = itertools.count(1)
         self.dealer = ctx.socket(zmq.DEALER)
         self.dealer.setsockopt_string(zmq.IDENTITY, self.instance)
@@ -92,6 +111,7 @@ class Gateway:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, 100_000)
             sock.setsockopt(zmq.SNDHWM, 100_000)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         self.dealer.connect(config.frontend)
         self.sub.connect(config.pub_out)
         self.to_broker = ZmqPump(self.dealer, self._on_broker)
@@ -104,14 +124,24 @@ class Gateway:
         self.sub.close()
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery  # client writers run here, while they have a backlog
-            nursery.start_soon(self.to_broker.run)
-            nursery.start_soon(self.from_broker.run)
-            nursery.start_soon(self._tick)
-            listener = await accept.listen(self.config.host, self.config.port, self.config.reuse_port)
-            nursery.start_soon(trio.serve_listeners, self._handle, [listener])
-            task_status.started(listener.socket.getsockname()[:2])
+        self.max_connections = accept.connection_limit(self.config.max_connections)
+        self._handling = 0  # accepted sockets open now: clients, and those still being let in
+        config = self.config
+        listener = accept.listen(config.host, config.port, config.reuse_port)
+        port = listener.getsockname()[1]  # the same port again when the listener reopens
+        self.acceptor = accept.Acceptor(listener, self._accepted,
+                                        lambda: accept.listen(config.host, port, config.reuse_port))
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery  # client tasks and writers run here
+                nursery.start_soon(self.to_broker.run)
+                nursery.start_soon(self.from_broker.run)
+                nursery.start_soon(self._tick)
+                nursery.start_soon(self._rejoin_when_fenced)
+                nursery.start_soon(self.acceptor.run)
+                task_status.started(listener.getsockname()[:2])
+        finally:
+            self.acceptor.close()
 
     # --- the broker side ------------------------------------------------------
 
@@ -120,12 +150,30 @@ class Gateway:
         silent = trio.current_time() - self.broker_heard
         return silent > self.config.heartbeat * self.config.liveness
 
+    @property
+    def serving(self) -> bool:
+        """Whether new clients may be accepted: the broker hears us under this name."""
+        return not (self.broker_down or self._fenced is not None or self._rejoining)
+
+    def _sync_accepting(self) -> None:
+        """Keep the client port open exactly while we can serve: a balancer's health
+        check then tells the truth, and clients go to a gateway that can serve them."""
+        if self.serving:
+            if not self.acceptor.accepting and self.acceptor.open():
+                log.warning("serving again: accepting clients")
+        elif self.acceptor.listener is not None:
+            self.acceptor.close()
+            log.warning("cannot serve: client port closed until the broker hears us")
+
     async def _tick(self) -> None:
         """Heartbeat the broker; send again what it left unanswered too long."""
-        beat = codec.encode(Heartbeat(self.instance))
         while True:
-            self.to_broker.put_nowait([beat])
+            self._sync_accepting()
+            self.to_broker.put_nowait([codec.encode(Heartbeat(self.instance))])
             now = trio.current_time()
+            if self.broker_down and not self._silence_logged:
+                self._silence_logged = True
+                log.warning("the broker is silent for %.1f s: not accepting clients", now - self.broker_heard)
             for session in self.sessions.values():
                 frame = session.overdue(now, self.config.resend_after)
                 if frame is not None:
@@ -139,10 +187,24 @@ class Gateway:
         except DecodeError as exc:
             self._count(f"frontend: {exc}")
             return
+        if isinstance(msg, Fenced):
+            self._fence(f"the broker {msg.broker} declared {self.instance} lost")
+            return
         if not isinstance(msg, Heartbeat):
             self._count(f"frontend: unexpected {type(msg).__name__}")
             return
-        self.broker_heard = trio.current_time()
+        self._on_heartbeat(msg)
+
+    def _on_heartbeat(self, msg: Heartbeat) -> None:
+        now = trio.current_time()
+        if self._silence_logged:
+            self._silence_logged = False
+            log.warning("the broker is heard again after %.1f s", now - self.broker_heard)
+        self.broker_heard = now
+        if self._rejoining and self._fenced is None:
+            self._rejoining = False
+            log.warning("re-joined as %s", self.instance)
+        self._sync_accepting()
         if msg.sender != self.broker_id:
             if self.broker_id:
                 log.warning("the broker restarted (%s): sending unanswered events again", msg.sender)
@@ -161,23 +223,28 @@ class Gateway:
         frame = session.next_frame(trio.current_time())
         if frame is not None:
             self.to_broker.put_nowait([frame])
-        if session.finished:
-            del self.sessions[session.cid]
-        elif (client := self.clients.get(session.cid)) is not None:
-            client.wake_reader()
+        client = self.clients.get(session.cid)
+        if session.finished and client is None:
+            self.sessions.pop(session.cid, None)
+        if client is not None:
+            client.wake_reader()  # a reader held back, or a half-closed client waiting for its end
 
     def _check_sequence(self, frame: bytes) -> None:
         """Count and log a gap in the broker's numbering: a loss must be loud."""
         seq = int.from_bytes(frame, "big")
-        if seq > self.pub_seq + 1 and seq != 1:
+        if self.pub_seq and seq > self.pub_seq + 1 and seq != 1:
             missed = seq - self.pub_seq - 1
             self.counts["pub-out messages missed"] += missed
             log.error("missed %d message(s) from the broker (seq %d after %d)", missed, seq, self.pub_seq)
+            self._fence(f"missed {missed} message(s) from the broker")
         self.pub_seq = seq
 
     def _on_batch(self, frames: list[bytes]) -> None:
         if len(frames) != 3 or len(frames[1]) != 8:
             self._count("pub-out: wrong frame count")
+            return
+        if frames[0] != topic_of(self.instance):  # queued for the instance we were before a fence
+            self.counts["pub-out: for an earlier instance, dropped"] += 1
             return
         self._check_sequence(frames[1])
         try:
@@ -202,7 +269,7 @@ class Gateway:
             elif isinstance(item, SetMode):
                 client.json = item.json
             else:
-                self._close(client, item.reason)
+                self._on_close(client, item)
         for session in answered:  # after the whole batch: a Close in it stops what was pending
             self._advance(session)
 
@@ -216,6 +283,49 @@ class Gateway:
             if session is not None and session.answered(mark.seq):
                 answered.append(session)
         return True
+
+    def _on_close(self, client: Client, close: Close) -> None:
+        if close.reason == GATEWAY_LOST_REASON:  # a worker found us declared lost
+            self._fence(f"a worker closed {close.cid} as {close.reason!r}")
+        self._close(client, close.reason)
+
+    # --- fencing -------------------------------------------------------------------
+
+    def _fence(self, why: str) -> None:
+        """We were declared lost: re-instance (once, in `_rejoin_when_fenced`)."""
+        if self._fenced is not None or self._rejoining:
+            self.counts["fence signals while re-joining"] += 1
+            return
+        log.warning("fenced: %s", why)
+        self._fenced = why
+        self._sync_accepting()
+        self._fence_event.set()
+
+    async def _rejoin_when_fenced(self) -> None:
+        while True:
+            await self._fence_event.wait()
+            self._fence_event = trio.Event()
+            self._reinstance()
+
+    def _reinstance(self) -> None:
+        """Tell and close every client; take a new name, identity and topic; serve again."""
+        old, self.instance = self.instance, instance_name(self.config.name)
+        log.warning("closing %d client(s); %s re-joins as %s", len(self.clients), old, self.instance)
+        self.counts["re-instanced after a fence"] += 1
+        for client in list(self.clients.values()):
+            client.close_after(RECONNECT, "gateway fenced")
+        for session in self.sessions.values():
+            session.abandon()
+        self.to_broker.clear()
+        self.dealer.disconnect(self.config.frontend)
+        self.dealer.setsockopt_string(zmq.IDENTITY, self.instance)
+        self.dealer.connect(self.config.frontend)
+        self.sub.setsockopt(zmq.UNSUBSCRIBE, topic_of(old))
+        self.sub.setsockopt(zmq.SUBSCRIBE, topic_of(self.instance))
+        self.pub_seq = 0
+        self._rejoining = True
+        self._fenced = None
+        self.to_broker.put_nowait([codec.encode(Heartbeat(self.instance))])
 
     def _close(self, client: Client, reason: str) -> None:
         """The worker closes the connection (/quit): lines it sent after that are dropped."""
@@ -265,17 +375,20 @@ class Gateway:
 
     def _refusal(self, address: str) -> bytes | None:
         config = self.config
-        if config.max_connections and len(self.clients) >= config.max_connections:
-            return f"! server full ({config.max_connections} connections): try again later\n".encode()
+        if self.max_connections and self._handling > self.max_connections:
+            return f"! server full ({self.max_connections} connections): try again later\n".encode()
         if config.max_per_address and self.per_address[address] >= config.max_per_address:
             return f"! too many connections from your address (max {config.max_per_address})\n".encode()
         return None
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        # the connection is a plain non-blocking socket from here on (see gateway.client)
-        sock = socket.socket(fileno=stream.socket.detach())
-        accept.keep_alive(sock)
+    def _accepted(self, sock: socket.socket) -> None:
+        self._nursery.start_soon(self._handle, sock)
+
+    async def _handle(self, sock: socket.socket) -> None:
+        # the connection is a plain non-blocking socket (see gateway.client)
+        self._handling += 1
         try:
+            accept.keep_alive(sock)
             try:
                 peer, first = await accept.client_address(sock, self.config.proxy_protocol,
                                                           self.config.trusted_proxies)
@@ -301,6 +414,7 @@ class Gateway:
                 if not self.per_address[address]:
                     del self.per_address[address]
         finally:
+            self._handling -= 1
             sock.close()
 
     async def _serve_client(self, sock: socket.socket, peer: str, first: bytes) -> None:
@@ -313,12 +427,27 @@ class Gateway:
         self.to_broker.put_nowait([session.in_flight.frame])
         ended = ""
         try:
-            ended = await client.serve(self._on_lines, first)
+            ended = await client.serve(self._on_lines, first, self._on_eof)
         finally:
             del self.clients[cid]
             trio.lowlevel.notify_closing(sock)  # a writer still waiting on it gives up
-            session.leave(client.closing or ended)
-            self._advance(session)
+            if session.finished:  # a half-closed (or fenced) client's session is over already
+                self.sessions.pop(cid, None)
+            else:
+                session.leave(client.closing or ended)
+                self._advance(session)
+
+    async def _on_eof(self, client: Client) -> None:
+        """The client half-closed: it may still read. Say goodbye for it, and let
+        out what its lines cause until the broker answers (`half_close_wait` at most)."""
+        session = self.sessions.get(client.cid)
+        if session is None:
+            return
+        session.leave("")
+        self._advance(session)
+        with trio.move_on_after(self.config.half_close_wait):
+            while not session.finished and client.closing is None:
+                await client.wait_for_reader_wakeup(self.config.heartbeat)
 
     async def _on_lines(self, client: Client, lines: list[str]) -> None:
         """Hand a client's lines to its session; wait while too many are pending."""

@@ -73,6 +73,12 @@ class Session:
         self.in_flight = None
         return True
 
+    def abandon(self) -> None:
+        """The gateway was fenced: this connection's events are the broker's no more."""
+        self.finished = True
+        self.in_flight = None
+        self.pending.clear()
+
     def overdue(self, now: float, timeout: float) -> bytes | None:
         """The in-flight frame again if it waited past `timeout` (and restart its clock)."""
         if self.in_flight is None or now - self.in_flight.sent < timeout:

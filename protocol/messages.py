@@ -27,7 +27,15 @@ instance name and ask its clients to reconnect.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
+
+# What a fenced gateway tells each of its clients before it closes them
+# (and what a worker tells a connection of a gateway it knows was lost).
+GATEWAY_GONE = "this server lost its link to the service: please reconnect"
+GATEWAY_LOST_REASON = "gateway lost"  # the reason of a worker's Close for such a connection
+
+_GATEWAY_TOPIC = re.compile(rb"[A-Za-z0-9_.-]{1,128}:")
 
 
 def gateway_of(cid: str) -> str:
@@ -210,3 +218,8 @@ def event_key(item: WorkItem) -> tuple[str, int]:
 def topic_of(gateway: str) -> bytes:
     """The pub-out topic of a gateway; the ':' keeps 'gw1' from matching 'gw10'."""
     return gateway.encode() + b":"
+
+
+def is_gateway_topic(topic: bytes) -> bool:
+    """Whether `topic` is exactly one gateway's pub-out topic (`<name>:`)."""
+    return _GATEWAY_TOPIC.fullmatch(topic) is not None

@@ -4,7 +4,9 @@ Starts the embedded Valkey (unless --redis-url), the broker on ipc://
 endpoints in a private temporary directory, `chat-worker -n N`, and G
 gateways on consecutive ports. Ctrl-C or SIGTERM stops them in order
 (gateways first, so clients hear why) and removes the directory. If a part
-dies, the stack stops the rest and exits non-zero.
+dies, the stack stops the rest and exits non-zero. If the stack itself is
+killed (even `kill -9`), every part gets SIGTERM from the kernel
+(PR_SET_PDEATHSIG), and the next stack removes the directory left behind.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import tempfile
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +22,8 @@ import click
 
 from stack.children import Child, ChildFailed, python_module, start, stop
 from stack.process import Stopping
-from stack.valkey import start_valkey
+from stack.rundir import make_run_dir, sweep_stale_run_dirs
+from stack.valkey import parse_memory, start_valkey
 
 
 def gateway_ports(port: int, gateways: int, reuse_port: bool) -> list[int]:
@@ -29,11 +32,11 @@ def gateway_ports(port: int, gateways: int, reuse_port: bool) -> list[int]:
 
 def start_parts(run_dir: Path, data_dir: Path, port: int, host: str, gateways: int, workers: int,
                 redis_url: str | None, extra_gateway_args: tuple[str, ...] = (),
-                reuse_port: bool = False) -> list[Child]:
+                reuse_port: bool = False, valkey_maxmemory: int = 0) -> list[Child]:
     children: list[Child] = []
     try:
         if redis_url is None:
-            valkey, redis_url = start_valkey(data_dir)
+            valkey, redis_url = start_valkey(data_dir, maxmemory=valkey_maxmemory, die_with_parent=True)
             children.append(valkey)
         ep = {name: f"ipc://{run_dir}/{name}" for name in ("frontend", "backend", "pub-in", "pub-out")}
         children.append(start("broker", python_module(
@@ -70,6 +73,13 @@ def watch(children: list[Child], stopping: Stopping) -> Child | None:
     return None
 
 
+def _memory_option(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_memory(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command(context_settings={"show_default": True})
 @click.option("--port", default=7000, envvar="CHAT_PORT", show_envvar=True, type=click.IntRange(1, 65535),
               help="Client port of the first gateway; the others take the next ports.")
@@ -87,15 +97,22 @@ def watch(children: list[Child], stopping: Stopping) -> Child | None:
               help="All gateways on --port (SO_REUSEPORT) instead of consecutive ports.")
 @click.option("--data-dir", default=None, envvar="CHAT_DATA_DIR", show_envvar=True, type=click.Path(file_okay=False),
               help="Where the embedded Valkey keeps its append-only file (default: a temporary directory).")
+@click.option("--valkey-maxmemory", default="256mb", envvar="CHAT_VALKEY_MAXMEMORY", show_envvar=True,
+              callback=_memory_option,
+              help="Memory limit of the embedded Valkey (at least 1mb). When it is full, writes are refused "
+              "(noeviction): lines that change state get '! service temporarily unavailable'.")
 def main(port: int, host: str, gateways: int, workers: int, redis_url: str | None, rate_limit: float,
-         max_per_address: int, reuse_port: bool, data_dir: str | None) -> None:
+         max_per_address: int, reuse_port: bool, data_dir: str | None, valkey_maxmemory: int) -> None:
     """Run the whole chat backend on this machine."""
     stopping = Stopping().install()
-    run_dir = Path(tempfile.mkdtemp(prefix="chat-stack-"))
+    for left in sweep_stale_run_dirs():
+        print(f"chat-stack: removed {left}, left behind by a stack that is gone", file=sys.stderr, flush=True)
+    run_dir = make_run_dir()
     data = Path(data_dir) if data_dir else run_dir / "valkey"
     try:
         gateway_args = ("--rate-limit", str(rate_limit), "--max-per-address", str(max_per_address))
-        children = start_parts(run_dir, data, port, host, gateways, workers, redis_url, gateway_args, reuse_port)
+        children = start_parts(run_dir, data, port, host, gateways, workers, redis_url, gateway_args, reuse_port,
+                               valkey_maxmemory)
     except ChildFailed as exc:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise click.ClickException(str(exc)) from None

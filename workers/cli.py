@@ -1,16 +1,47 @@
-"""`chat-worker -n N`: options -> WorkerConfig -> a supervised pool."""
+"""`chat-worker -n N`: options -> WorkerConfig -> a supervised pool (and its metrics)."""
 
 from __future__ import annotations
 
-import logging
+import os
+import socket
 
 import click
 
 from protocol.lines import DEFAULT_MAX_LINE
-from stack.process import Stopping, setup_logging
+from stack.metrics import parse_listen, serve_metrics
+from stack.process import LOG_FORMATS, Stopping, set_log_instance, setup_logging
 from workers.logic import ChatLimits
-from workers.pool import Pool
+from workers.metrics import ChildMetrics, PoolMetrics, pool_registry
+from workers.pool import Pool, multiprocess_dir
+from workers.redis_client import RedisUrlError, parse_redis_url
 from workers.worker import WorkerConfig
+
+
+def _listen(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
+    if not value:
+        return None
+    try:
+        return parse_listen(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _redis_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Refuse here what every child would crash on, again and again."""
+    try:
+        parse_redis_url(value)
+    except RedisUrlError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def _serve(children: ChildMetrics, pool: PoolMetrics, listen: tuple[str, int]) -> None:
+    """Bind the metrics endpoint and say where, before the ready line."""
+    try:
+        host, port = serve_metrics(pool_registry(children, pool), *listen)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve metrics on {listen[0]}:{listen[1]}: {exc}") from None
+    print(f"chat-worker metrics on {host}:{port}", flush=True)
 
 
 @click.command(context_settings={"show_default": True})
@@ -19,6 +50,7 @@ from workers.worker import WorkerConfig
 @click.option("--backend", default="tcp://127.0.0.1:5556", envvar="CHAT_BACKEND", show_envvar=True,
               help="The broker's backend endpoint.")
 @click.option("--redis-url", default="redis://127.0.0.1:6379/0", envvar="CHAT_REDIS_URL", show_envvar=True,
+              callback=_redis_url,
               help="Redis (or Valkey) holding the chat's state: redis://, rediss:// or unix://.")
 @click.option("--prefix", default="chat:", envvar="CHAT_PREFIX", show_envvar=True,
               help="Prefix of every Redis key, so deployments can share one Redis.")
@@ -39,18 +71,29 @@ from workers.worker import WorkerConfig
 @click.option("--history-ttl", default=86_400, envvar="CHAT_HISTORY_TTL", show_envvar=True,
               type=click.IntRange(1), help="Seconds the history of a room is kept after its last member left.")
 @click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
+@click.option("--log-format", default="text", envvar="CHAT_LOG_FORMAT", show_envvar=True,
+              type=click.Choice(LOG_FORMATS), help="Log lines on stderr as text or one JSON object a line.")
+@click.option("--metrics-listen", default=None, envvar="CHAT_METRICS_LISTEN", show_envvar=True, callback=_listen,
+              help="Serve Prometheus metrics of all the worker processes on HOST:PORT (port 0: any free one). "
+              "Off unless given.")
 def main(processes: int, backend: str, redis_url: str, prefix: str, credit: int, heartbeat: float,
          liveness: int, redis_timeout: float, max_line: int, max_rooms: int, history_ttl: int,
-         log_level: str) -> None:
+         log_level: str, log_format: str, metrics_listen: tuple[str, int] | None) -> None:
     """Run the chat logic: N processes taking events from the broker."""
-    setup_logging("chat-worker", log_level)
+    setup_logging("chat-worker", log_level, log_format)
+    set_log_instance(f"pool-{socket.gethostname()}-{os.getpid()}")
     config = WorkerConfig(backend=backend, redis_url=redis_url, prefix=prefix, credit=credit,
                           heartbeat=heartbeat, liveness=liveness, redis_timeout=redis_timeout,
                           limits=ChatLimits(max_line=max_line), max_rooms=max_rooms, history_ttl=history_ttl)
     stopping = Stopping().install()
-    pool = Pool(config, processes, logging.getLogger().level)
-    print(f"chat-worker started {processes} worker process(es)", flush=True)
-    pool.run(stopping)
+    with multiprocess_dir(metrics_listen is not None) as metrics_dir:
+        metrics = PoolMetrics()
+        children = None if metrics_dir is None else ChildMetrics(metrics_dir)
+        if children is not None and metrics_listen is not None:
+            _serve(children, metrics, metrics_listen)
+        pool = Pool(config, processes, log_level, log_format, children, metrics)
+        print(f"chat-worker started {processes} worker process(es)", flush=True)
+        pool.run(stopping)
 
 
 if __name__ == "__main__":

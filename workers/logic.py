@@ -23,7 +23,6 @@ lines past the per-event bound are refused here, where they would be stored.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -47,6 +46,7 @@ from protocol.messages import (
 )
 from protocol.replies import ReplyCode as R
 from workers.effects import Effects
+from workers.metrics import RefusedCause, WorkerMetrics, redis_cause
 from workers.store import Call, Failed, Gone, Store
 
 log = logging.getLogger("chat.worker")
@@ -111,10 +111,10 @@ def _reply(kind: str, cid: str, text: str, code: str = "", args: tuple[str, ...]
 
 
 class Chat:
-    def __init__(self, store: Store, limits: ChatLimits = ChatLimits()) -> None:
+    def __init__(self, store: Store, limits: ChatLimits = ChatLimits(), metrics: WorkerMetrics | None = None) -> None:
         self.store = store
         self.limits = limits
-        self.counts: Counter[str] = Counter()  # events that failed, by cause
+        self.metrics = WorkerMetrics() if metrics is None else metrics
         self._plans: dict[type, Callable[[At, Any], Step]] = {
             c.Nick: self._nick,
             c.Join: self._join,
@@ -161,8 +161,8 @@ class Chat:
         except redis.RedisError:
             raise
         except Exception:
-            self.counts["events failed: internal error"] += 1
-            log.exception("failed to handle %r (%d so far)", item, self.counts["events failed: internal error"])
+            self.metrics.internal_error()
+            log.exception("failed to handle %r", item)
             if isinstance(item, (Lines, Connected)):
                 fx.error(item.cid, INTERNAL_ERROR, R.INTERNAL_ERROR)
             return None
@@ -182,9 +182,11 @@ class Chat:
     def _answer(self, fx: Effects, item: WorkItem, step: Step, result: Any) -> None:
         if isinstance(result, Exception) and not isinstance(result, redis.RedisError):
             raise result  # a reply that did not parse: a bug, for the event's guard
-        if isinstance(result, Exception):  # a per-call error from Redis
+        if isinstance(result, redis.RedisError):  # a per-call error from Redis
             log.warning("redis refused a call for %s: %s", getattr(item, "cid", item), result)
+            self.metrics.redis_failed(redis_cause(result))
             if isinstance(item, Lines):
+                self.metrics.refused(RefusedCause.UNAVAILABLE)
                 fx.error(item.cid, UNAVAILABLE, R.UNAVAILABLE)
             return
         step.respond(fx, result)
@@ -224,9 +226,11 @@ class Chat:
         for offset, line in enumerate(lines):
             if offset == self.limits.max_event_lines:  # a gateway never sends so many: refuse the rest
                 limit = self.limits.max_event_lines
+                self.metrics.refused(RefusedCause.TOO_MANY_LINES, len(lines) - offset)
                 steps.append(_reply("error", cid, TOO_MANY_LINES.format(max=limit), R.TOO_MANY_LINES, (str(limit),)))
                 break
             if self._too_long(line):
+                self.metrics.refused(RefusedCause.TOO_LONG)
                 steps.append(_reply("error", cid, LineError(LineProblem.TOO_LONG, self.limits.max_line).message(),
                                     R.LINE_TOO_LONG, (str(self.limits.max_line),)))
                 continue

@@ -232,26 +232,39 @@ return out
 """
 
 
+# Valkey refuses a script's first deny-oom write (SET, SADD, XADD, HSET ...) when it
+# is over maxmemory, but once a script has written anything (even a DEL or an
+# EXPIRE) it lets the rest through, so that a script never stops half-way.
+# GUARD is therefore the first write: `HSET` for the operations that grow the
+# state (refused whole when Valkey is full: the sender is told), an `EXPIRE`
+# for the reads and the departures (served when full: they only keep their
+# result, which expires, or they free memory). A replay of a recorded
+# result returns before it, so it is always served.
 _REPLAYABLE = """
 local rk = p..'res:'..cid
 local event, line = ARGV[#ARGV - 1], ARGV[#ARGV]
-if redis.call('HGET', rk, 'event') == event then
+local current = redis.call('HGET', rk, 'event') == event
+if current then
   local hit = redis.call('HGET', rk, line)
   if hit then return cjson.decode(hit) end
-else
+end
+GUARD
+if not current then
   redis.call('DEL', rk)
   redis.call('HSET', rk, 'event', event)
 end
 local result = op()
 if type(result) ~= 'table' or result[1] ~= 'gone' then
-  redis.call('HSET', rk, line, cjson.encode(result))
   redis.call('EXPIRE', rk, RESULT_TTL)
+  redis.call('HSET', rk, line, cjson.encode(result))
 end
 return result
 """
+_GROWS = "redis.call('HSET', rk, 'event', event)"
+_SERVED_WHEN_FULL = "redis.call('EXPIRE', rk, RESULT_TTL)"
 
 
-def replayable(script: str, ttl: int = RESULT_TTL) -> str:
+def replayable(script: str, ttl: int = RESULT_TTL, grows: bool = True) -> str:
     """Make a mutating script idempotent per line of a connection.
 
     The script's first line binds ARGV (p and cid first); the rest becomes
@@ -262,23 +275,26 @@ def replayable(script: str, ttl: int = RESULT_TTL) -> str:
     another, the script returns the first result and changes nothing: the
     replay publishes exactly what the first run would have. The results
     expire `ttl` seconds after the last change: a replay comes within seconds.
+
+    `grows`: the script adds state, so a full Valkey (maxmemory, noeviction)
+    refuses it whole with an OOM error; otherwise (reads, departures) it is
+    served also when Valkey is full.
     """
     first, _, body = script.strip().partition("\n")
-    return f"{first}\nlocal function op()\n{body}\nend\n" + _REPLAYABLE.replace(
-        "RESULT_TTL", str(ttl)
-    )
+    wrapper = _REPLAYABLE.replace("GUARD", _GROWS if grows else _SERVED_WHEN_FULL)
+    return f"{first}\nlocal function op()\n{body}\nend\n" + wrapper.replace("RESULT_TTL", str(ttl))
 
 
 NICK = replayable(_NICK_SRC)
 JOIN = replayable(_JOIN_SRC)
-PART = replayable(_PART_SRC)
+PART = replayable(_PART_SRC, grows=False)  # it frees memory
 SAY = replayable(_SAY_SRC)
-LEAVE = replayable(_LEAVE_SRC, GONE_TTL)
-REAP = replayable(_REAP_SRC, GONE_TTL)
-PRIVATE = replayable(_PRIVATE_SRC)
-WHO = replayable(_WHO_SRC)
-ROOMS = replayable(_ROOMS_SRC)
-HISTORY = replayable(_HISTORY_SRC)
-HISTORY_AFTER = replayable(_HISTORY_AFTER_SRC)
-TOPIC = replayable(_TOPIC_SRC)
+LEAVE = replayable(_LEAVE_SRC, GONE_TTL, grows=False)
+REAP = replayable(_REAP_SRC, GONE_TTL, grows=False)
+PRIVATE = replayable(_PRIVATE_SRC, grows=False)  # a delivery, nothing stored
+WHO = replayable(_WHO_SRC, grows=False)
+ROOMS = replayable(_ROOMS_SRC, grows=False)
+HISTORY = replayable(_HISTORY_SRC, grows=False)
+HISTORY_AFTER = replayable(_HISTORY_AFTER_SRC, grows=False)
+TOPIC = replayable(_TOPIC_SRC)  # a set adds state (a show too is refused when Valkey is full)
 CONNECT = _CONNECT_SRC

@@ -25,6 +25,7 @@ string.lower folds them as Python does.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -98,8 +99,9 @@ class Store:
     """
 
     def __init__(self, client: redis.Redis, prefix: str = "chat:", max_rooms: int = 50,
-                 history_ttl: int = 86_400) -> None:
+                 history_ttl: int = 86_400, on_round_trip: Callable[[float], None] | None = None) -> None:
         self._client = client
+        self._on_round_trip = on_round_trip  # gets the seconds of every round trip, failed ones too
         self._p = prefix
         self.max_rooms = max_rooms  # rooms one connection may be in
         self.history_ttl = history_ttl  # seconds an emptied room's history is kept
@@ -138,7 +140,12 @@ class Store:
                 pipe.execute_command(*call.args)
             else:
                 pipe.evalsha(self._sha(call.script), 0, self._p, *call.args)
-        return pipe.execute(raise_on_error=False)
+        started = time.perf_counter()
+        try:
+            return pipe.execute(raise_on_error=False)
+        finally:
+            if self._on_round_trip is not None:
+                self._on_round_trip(time.perf_counter() - started)
 
     def _load_scripts(self, calls: list[Call]) -> None:
         for script in {c.script for c in calls if c.script is not None}:

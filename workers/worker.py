@@ -51,9 +51,10 @@ from protocol.messages import (
     WorkItem,
     event_key,
 )
-from stack.process import Stopping
+from stack.process import Stopping, set_log_instance
 from workers.effects import Effects
 from workers.logic import INTERNAL_ERROR, UNAVAILABLE, Chat, ChatLimits
+from workers.metrics import RedisCause, RefusedCause, WorkerMetrics, redis_cause
 from workers.store import Store
 
 log = logging.getLogger("chat.worker")
@@ -106,6 +107,10 @@ class Handler:
         self.reaps: list[GatewayLost] = []  # lost gateways still to clean up
         self.unknown_to = ""  # a broker that said it does not know us
 
+    @property
+    def metrics(self) -> WorkerMetrics:
+        return self.chat.metrics
+
     def frames(self, frames: list[bytes], now: float, tick: float) -> Done:
         """Decode and handle one dispatch (events, or a heartbeat) -> the Done to send.
 
@@ -123,8 +128,10 @@ class Handler:
                 self.unknown_to = msg.broker
             elif not isinstance(msg, Heartbeat):  # a heartbeat is only a sign of life
                 log.warning("dropped an unexpected %s from the broker", type(msg).__name__)
+        self.metrics.took(items)
         fx = Effects()
         self.batch([*items, *self._due_reaps(tick)], fx, now, tick)
+        self.metrics.breaker(not self.breaker.allows(tick))
         return Done(tuple(event_key(item) for item in items), fx.encoded())
 
     def batch(self, items: list[WorkItem], fx: Effects, now: float, tick: float) -> None:
@@ -132,6 +139,7 @@ class Handler:
         if not items:
             return
         if not self.breaker.allows(tick):  # fail fast, and leave the cooldown as it is
+            self.metrics.redis_failed(RedisCause.BREAKER_OPEN)
             for item in items:
                 self._unserved(item, fx)
             return
@@ -139,12 +147,14 @@ class Handler:
             effects = self.chat.handle_batch(items, now)
         except redis.RedisError as exc:
             self.breaker.trip(tick)
+            self.metrics.redis_failed(redis_cause(exc))
             log.warning("redis failed on a dispatch of %d events: %s", len(items), exc)
             for item in items:
                 self._unserved(item, fx)
             return
         except Exception:  # each event has its guard in the chat: this is a bug of the dispatch itself
             log.exception("failed to handle a dispatch of %d events: answering them all", len(items))
+            self.metrics.internal_error(len(items))
             for item in items:
                 fx.mark(*event_key(item))
                 if isinstance(item, (Lines, Connected)):
@@ -156,6 +166,7 @@ class Handler:
 
     def _unserved(self, item: WorkItem, fx: Effects) -> None:
         if isinstance(item, Lines):
+            self.metrics.refused(RefusedCause.UNAVAILABLE, len(item.lines))
             fx.mark(*event_key(item))
             fx.error(item.cid, UNAVAILABLE)
         elif isinstance(item, GatewayLost):
@@ -183,12 +194,20 @@ def worker_name() -> str:
 
 
 def _open_backend(ctx: zmq.Context[zmq.Socket[bytes]], config: WorkerConfig) -> zmq.Socket[bytes]:
+    """A DEALER under a fresh identity (a reconnect is a new worker to the broker), which
+    names this process in its JSON log lines from now on."""
+    name = worker_name()
+    set_log_instance(name)
     sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # a bigger frame drops the peer's link
-    sock.setsockopt_string(zmq.IDENTITY, worker_name())
-    sock.connect(config.backend)
-    sock.send(codec.encode(Ready(config.credit)))
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # a bigger frame drops the peer's link
+        sock.setsockopt_string(zmq.IDENTITY, name)
+        sock.connect(config.backend)
+        sock.send(codec.encode(Ready(config.credit)))
+    except BaseException:
+        sock.close()  # an open socket would hang the context's term()
+        raise
     return sock
 
 
@@ -225,8 +244,9 @@ def run_worker(config: WorkerConfig) -> None:
     """The body of one worker process."""
     stopping = Stopping().install()
     client = open_redis(config.redis_url, config.redis_timeout)
-    store = Store(client, config.prefix, config.max_rooms, config.history_ttl)
-    handler = Handler(Chat(store, config.limits), Breaker(config.breaker_cooldown))
+    metrics = WorkerMetrics()  # under the pool's multiprocess mode, its values go to the pool's directory
+    store = Store(client, config.prefix, config.max_rooms, config.history_ttl, metrics.redis_round_trip.observe)
+    handler = Handler(Chat(store, config.limits, metrics), Breaker(config.breaker_cooldown))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         while not stopping.requested:

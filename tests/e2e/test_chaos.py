@@ -4,7 +4,9 @@ Real processes (Valkey, broker, `chat-worker -n 3`, two gateways); for each
 fault a fresh set of JSON-mode clients sends numbered messages into two
 shared rooms and to private partners across the gateways, the fault strikes
 mid-stream, and `tests.e2e.chaos.judge` checks every receiver whose
-connection stayed open. The summary table is printed (and written to
+connection stayed open. The stalled gateway (SIGSTOP past the liveness window,
+then SIGCONT) must also tell each of its clients to reconnect, close them, and
+serve new clients afterwards. The summary table is printed (and written to
 chaos-summary.md in the pytest temp dir).
 """
 
@@ -18,6 +20,7 @@ from collections.abc import Callable
 import psutil
 import pytest
 
+from protocol.messages import GATEWAY_GONE
 from stack.children import python_module, start, stop
 from stack.valkey import start_valkey
 from tests.e2e.chaos import HEADER, Collector, Member, Stream, Verdict, judge, send_streams, wait_quiet
@@ -28,6 +31,8 @@ from tests.e2e.load import wait_until
 MESSAGES = 150
 INTERVAL = 0.005
 RSS_LIMIT = 300 * 1024 * 1024  # per process; the chat's processes stay far below
+Rooms = dict[str, list[Member]]
+Strike = Callable[[Rooms], None]
 
 
 def _member(port: int, nick: str, rooms: list[str]) -> Member:
@@ -59,14 +64,14 @@ def _scenario(cluster: Cluster, tag: str, senders_on: list[int]):  # type: ignor
     return rooms, streams, partners
 
 
-def _run_phase(cluster: Cluster, fault: str, tag: str, strike: Callable[[], None],
+def _run_phase(cluster: Cluster, fault: str, tag: str, strike: Strike,
                senders_on: list[int]) -> tuple[Verdict, list[Member]]:
     rooms, streams, partners = _scenario(cluster, tag, senders_on)
     members = list({id(m): m for ms in rooms.values() for m in ms}.values())
     members += list(partners.values()) + [s.sender for s in streams if not s.target.startswith("#")]
     threads = send_streams(streams, INTERVAL)
     wait_until(lambda: sum(s.sender.sends for s in streams) > len(streams) * MESSAGES // 3, 20, "load")
-    strike()
+    strike(rooms)
     for t in threads:
         t.join(30)
     wait_quiet(members, quiet=3.0, limit=30)
@@ -103,12 +108,12 @@ def test_chaos(cluster: Cluster, tmp_path, capsys) -> None:  # type: ignore[no-u
     verdicts: list[Verdict] = []
     peak: dict[str, int] = {}
 
-    def kill_worker() -> None:
+    def kill_worker(_rooms: Rooms) -> None:
         pool = psutil.Process(cluster.children["workers"].pid)
         workers = [p for p in pool.children() if "spawn_main" in " ".join(p.cmdline())]
         os.kill(workers[0].pid, signal.SIGKILL)
 
-    def restart_broker() -> None:
+    def restart_broker(_rooms: Rooms) -> None:
         broker = cluster.children["broker"]
         os.kill(broker.pid, signal.SIGKILL)
         broker.proc.wait(5)
@@ -117,20 +122,24 @@ def test_chaos(cluster: Cluster, tmp_path, capsys) -> None:  # type: ignore[no-u
             "broker.cli", "--frontend", eps["frontend"], "--backend", eps["backend"],
             "--pub-in", eps["pub-in"], "--pub-out", eps["pub-out"], *FAST), "chat-broker ready")
 
-    def kill_gateway() -> None:
+    def kill_gateway(_rooms: Rooms) -> None:
         gw = cluster.children["gw1"]
         os.kill(gw.pid, signal.SIGKILL)
         gw.proc.wait(5)
 
-    def restart_redis() -> None:
+    def restart_redis(_rooms: Rooms) -> None:
         stop(cluster.children["valkey"])
         assert cluster.data_dir is not None
         cluster.children["valkey"], _ = start_valkey(cluster.data_dir)
+
+    def stall_gateway(rooms: Rooms) -> None:
+        _stall_until_lost(cluster.children["gw1"].pid, rooms)
 
     phases = [
         ("worker kill -9", "wk", kill_worker, [0, 1]),
         ("broker kill -9 and restart", "br", restart_broker, [0, 1]),
         ("gateway kill -9", "gk", kill_gateway, [1]),
+        ("gateway SIGSTOP past liveness, SIGCONT", "gs", stall_gateway, [1]),
         ("Redis restart", "rr", restart_redis, [0, 1]),
     ]
     for fault, tag, strike, senders_on in phases:
@@ -141,6 +150,8 @@ def test_chaos(cluster: Cluster, tmp_path, capsys) -> None:  # type: ignore[no-u
         if tag == "gk":
             _check_nicks_freed(cluster, [m.nick for m in members if m.client.closed])
             cluster.children["gw1"], cluster.ports[0] = start_gateway(cluster.endpoints, "gw1", *FAST_GATEWAY)
+        if tag == "gs":
+            _check_told_and_serving(cluster, [m for m in members if _port(m) == cluster.ports[0]])
         for m in members:
             m.client.close()
 
@@ -166,3 +177,53 @@ def _takes(c: ChatClient, nick: str) -> bool:
     c.send(f"/nick {nick}")
     line = c.read_line(time.monotonic() + 2)
     return line == f"* you are now {nick}"
+
+
+def _stall_until_lost(pid: int, rooms: Rooms) -> None:
+    """SIGSTOP the gateway until a client of the other gateway sees its listeners quit
+    (the broker declared it lost), then SIGCONT it, also when the wait fails."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for members in rooms.values():
+            stalled = {m.nick for m in members if m.nick.endswith("l0")}  # listeners on gw1
+            watcher = next(m for m in members if m.nick.endswith("l1"))  # a listener on gw2
+            wait_until(lambda stalled=stalled, watcher=watcher: stalled <= _quits(watcher), 20,
+                       f"{watcher.nick} to see {stalled} quit")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _quits(member: Member) -> set[str]:
+    return {str(o.get("from")) for o in list(member.collector.objects) if o.get("type") == "quit"}
+
+
+def _port(member: Member) -> int:
+    return int(member.client.sock.getpeername()[1])
+
+
+def _check_told_and_serving(cluster: Cluster, stalled: list[Member]) -> None:
+    """Every client of the stalled gateway was told to reconnect and closed;
+    the gateway serves a new client afterwards."""
+    assert stalled, "the stalled gateway had clients"
+    for m in stalled:
+        m.client.wait_closed()
+        assert f"! {GATEWAY_GONE}" in m.client.seen, (m.nick, m.client.seen[-3:])
+    with ChatClient(cluster.ports[1]) as peer:
+        peer.join("#gsback")
+        wait_until(lambda: _chats_back(cluster.ports[0], peer), 20, "the stalled gateway to serve again")
+
+
+def _chats_back(port: int, peer: ChatClient) -> bool:
+    """A new client of `port` joins #gsback and reaches `peer` (on the other gateway)."""
+    try:
+        c = ChatClient(port, greet=True)
+    except (AssertionError, OSError):
+        return False
+    with c:
+        try:
+            c.join("#gsback")
+            c.send("back again")
+            peer.expect(lambda line: line.startswith("#gsback <") and line.endswith("> back again"), 5)
+        except (AssertionError, OSError):
+            return False
+    return True

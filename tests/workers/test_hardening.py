@@ -128,7 +128,7 @@ def test_a_failing_event_costs_that_event_only(chat: Chat, bug: object) -> None:
     delivered = [(i.cids, i.event.text) for batch in fx for i in batch.items if isinstance(i, Deliver)]  # type: ignore[attr-defined]
     assert ((a.cid,), INTERNAL_ERROR) in delivered
     assert any(text == "hi" and b.cid in cids for cids, text in delivered)  # the other event served
-    assert chat.counts["events failed: internal error"] == 1
+    assert chat.metrics.registry.get_sample_value("chat_worker_internal_errors_total") == 1
 
 
 def test_a_failing_connect_is_answered_and_counted(chat: Chat) -> None:
