@@ -118,6 +118,20 @@ class SentinelSet:
     def current_master(self) -> int:
         return master_of(self.sentinel_ports[0], self.master, self.password)
 
+    def kill_master(self, servers: Servers) -> int:
+        """kill -9 whichever server the Sentinels name master now -> its port."""
+        port = self.current_master()
+        name = "master" if port == self.master_port else f"replica-{self.replica_ports.index(port)}"
+        child = next(c for c in servers.children if c.name == name)
+        child.proc.kill()
+        child.proc.wait(5)
+        return port
+
+    def wait_new_master(self, old: int, timeout: float = 30) -> int:
+        """Wait until the Sentinels name a master other than `old` -> its port."""
+        wait_until(lambda: self.current_master() != old, timeout, "the Sentinels to name a new master")
+        return self.current_master()
+
     def knows_all(self, sentinel_port: int) -> bool:
         with _client(sentinel_port, self.password) as s:
             return (len(s.sentinel_slaves(self.master)) == len(self.replica_ports)

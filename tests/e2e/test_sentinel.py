@@ -68,9 +68,9 @@ def test_workers_log_in_as_an_acl_user(servers: Servers, tmp_path: Path) -> None
             b.join("#acl")
             a.send("hello through an ACL user")
             b.expect("#acl <acl_a> hello through an ACL user")
-        with redis.Redis(host="127.0.0.1", port=port, username="chat", password=PASSWORD,
-                         decode_responses=True) as r:
-            assert r.get("chat:nick:acl_a")  # the state is in that Valkey
+            with redis.Redis(host="127.0.0.1", port=port, username="chat", password=PASSWORD,
+                             decode_responses=True) as r:
+                assert r.get("chat:nick:acl_a")  # the state is in that Valkey
     finally:
         cluster.stop()
 
@@ -121,23 +121,8 @@ def _workers_logging_to(log_path: Path, backend: str, redis_url: str) -> Child:
 def start_sentinel_cluster(servers: Servers, tmp: Path, workers: int = 2) -> tuple[SentinelSet, Cluster]:
     """1 master, 2 replicas, 3 Sentinels (down after 1s) and a fast cluster on them."""
     sentinels = start_sentinel_set(servers, tmp, MASTER, PASSWORD, down_after_ms=1000, failover_timeout_ms=3000)
-    cluster = start_cluster(tmp, workers=workers, gateways=2, redis_url=sentinels.url(),
-                            gateway_args=FAST_GATEWAY, broker_args=FAST, worker_args=WORKER_ARGS)
-    return sentinels, cluster
-
-
-def kill_master(servers: Servers, sentinels: SentinelSet) -> None:
-    """kill -9 whichever server the Sentinels name master now."""
-    port = sentinels.current_master()
-    name = "master" if port == sentinels.master_port else f"replica-{sentinels.replica_ports.index(port)}"
-    child = next(c for c in servers.children if c.name == name)
-    child.proc.kill()
-    child.proc.wait(5)
-
-
-def new_master_named(sentinels: SentinelSet, old: int) -> int:
-    wait_for_redis(lambda: sentinels.current_master() != old, 30, "the Sentinels to name a new master")
-    return sentinels.current_master()
+    return sentinels, start_cluster(tmp, workers=workers, gateways=2, redis_url=sentinels.url(),
+                                    gateway_args=FAST_GATEWAY, broker_args=FAST, worker_args=WORKER_ARGS)
 
 
 @dataclass
@@ -183,9 +168,7 @@ def test_kill_9_of_the_master_under_nick_changes(servers: Servers, tmp_path: Pat
         for t in threads:
             t.start()
         wait_until(lambda: all(r.served >= 5 for r in renamers), 20, "the renames to flow")
-        old = sentinels.current_master()
-        kill_master(servers, sentinels)
-        new = new_master_named(sentinels, old)
+        new = sentinels.wait_new_master(sentinels.kill_master(servers))
         for r in renamers:
             r.after.set()
         for t in threads:
