@@ -51,7 +51,14 @@ def _serve(children: ChildMetrics, pool: PoolMetrics, listen: tuple[str, int]) -
               help="The broker's backend endpoint.")
 @click.option("--redis-url", default="redis://127.0.0.1:6379/0", envvar="CHAT_REDIS_URL", show_envvar=True,
               callback=_redis_url,
-              help="Redis (or Valkey) holding the chat's state: redis://, rediss:// or unix://.")
+              help="Redis (or Valkey) holding the chat's state: redis://[USER:PASS@]HOST:PORT/DB, rediss://..., "
+              "unix:///PATH or redis+sentinel://[USER:PASS@]HOST:PORT[,HOST:PORT...]/MASTER[/DB].")
+@click.option("--redis-ca", default=None, envvar="CHAT_REDIS_CA", show_envvar=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="CA certificate that signed a rediss:// server's certificate (default: the system's CAs).")
+@click.option("--redis-wait-replicas", default=None, envvar="CHAT_REDIS_WAIT_REPLICAS", show_envvar=True,
+              type=click.IntRange(0, 16), help="Replicas that must have a nick claim or a departure before it is "
+              "answered (Redis WAIT, up to half of --redis-timeout). Default: 1 for redis+sentinel://, else 0.")
 @click.option("--prefix", default="chat:", envvar="CHAT_PREFIX", show_envvar=True,
               help="Prefix of every Redis key, so deployments can share one Redis.")
 @click.option("--credit", default=16, envvar="CHAT_CREDIT", show_envvar=True, type=click.IntRange(1, 10_000),
@@ -76,13 +83,17 @@ def _serve(children: ChildMetrics, pool: PoolMetrics, listen: tuple[str, int]) -
 @click.option("--metrics-listen", default=None, envvar="CHAT_METRICS_LISTEN", show_envvar=True, callback=_listen,
               help="Serve Prometheus metrics of all the worker processes on HOST:PORT (port 0: any free one). "
               "Off unless given.")
-def main(processes: int, backend: str, redis_url: str, prefix: str, credit: int, heartbeat: float,
+def main(processes: int, backend: str, redis_url: str, redis_ca: str | None, redis_wait_replicas: int | None,
+         prefix: str, credit: int, heartbeat: float,
          liveness: int, redis_timeout: float, max_line: int, max_rooms: int, history_ttl: int,
          log_level: str, log_format: str, metrics_listen: tuple[str, int] | None) -> None:
     """Run the chat logic: N processes taking events from the broker."""
+    if redis_ca is not None and parse_redis_url(redis_url).kind != "tls":
+        raise click.BadParameter("a CA file is only for rediss:// URLs", param_hint="'--redis-ca'")
     setup_logging("chat-worker", log_level, log_format)
     set_log_instance(f"pool-{socket.gethostname()}-{os.getpid()}")
-    config = WorkerConfig(backend=backend, redis_url=redis_url, prefix=prefix, credit=credit,
+    config = WorkerConfig(backend=backend, redis_url=redis_url, redis_ca=redis_ca,
+                          redis_wait_replicas=redis_wait_replicas, prefix=prefix, credit=credit,
                           heartbeat=heartbeat, liveness=liveness, redis_timeout=redis_timeout,
                           limits=ChatLimits(max_line=max_line), max_rooms=max_rooms, history_ttl=history_ttl)
     stopping = Stopping().install()

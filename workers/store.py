@@ -25,6 +25,7 @@ string.lower folds them as Python does.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from typing import Any
 import redis
 
 from workers import scripts
+
+log = logging.getLogger("chat.store")
 
 HISTORY_KEEP = scripts.HISTORY_KEEP
 HISTORY_SCAN = 10 * HISTORY_KEEP  # entries /history after ID reads at most (trimming is approximate)
@@ -64,6 +67,17 @@ class Call:
     script: str | None
     args: tuple[Any, ...]
     parse: Callable[[Any], Any]
+    durable: bool = False  # a claim that must survive a failover: WAIT for replicas after it
+
+
+@dataclass(frozen=True, slots=True)
+class Durability:
+    """Replication is asynchronous: a write the master acknowledged may die with it.
+    A round trip with a durable call ends with `WAIT replicas timeout_ms`; fewer
+    replicas than asked is logged (the write happened: it is answered anyway)."""
+
+    replicas: int
+    timeout_ms: int
 
 
 def _failed_or(res: list[Any], ok: Callable[[list[Any]], Any]) -> Any:
@@ -99,8 +113,10 @@ class Store:
     """
 
     def __init__(self, client: redis.Redis, prefix: str = "chat:", max_rooms: int = 50,
-                 history_ttl: int = 86_400, on_round_trip: Callable[[float], None] | None = None) -> None:
+                 history_ttl: int = 86_400, on_round_trip: Callable[[float], None] | None = None,
+                 durability: Durability | None = None) -> None:
         self._client = client
+        self._durability = durability
         self._on_round_trip = on_round_trip  # gets the seconds of every round trip, failed ones too
         self._p = prefix
         self.max_rooms = max_rooms  # rooms one connection may be in
@@ -140,12 +156,24 @@ class Store:
                 pipe.execute_command(*call.args)
             else:
                 pipe.evalsha(self._sha(call.script), 0, self._p, *call.args)
+        wait = self._durability if any(call.durable for call in calls) else None
+        if wait is not None:
+            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
         started = time.perf_counter()
         try:
-            return pipe.execute(raise_on_error=False)
+            replies = pipe.execute(raise_on_error=False)
         finally:
             if self._on_round_trip is not None:
                 self._on_round_trip(time.perf_counter() - started)
+        if wait is not None:
+            self._check_replicated(replies.pop(), wait)
+        return replies
+
+    @staticmethod
+    def _check_replicated(reply: Any, wait: Durability) -> None:
+        if isinstance(reply, Exception) or int(reply) < wait.replicas:
+            log.warning("a nick claim or departure reached %s of %d replicas within %dms: "
+                        "a failover now could lose it", reply, wait.replicas, wait.timeout_ms)
 
     def _load_scripts(self, calls: list[Call]) -> None:
         for script in {c.script for c in calls if c.script is not None}:
@@ -164,11 +192,11 @@ class Store:
 
     def connect(self, cid: str, gateway: str, addr: str) -> Call:
         """Register a connection under a fresh guest nick (idempotent) -> the nick, or None."""
-        return Call(scripts.CONNECT, (cid, gateway, addr), lambda nick: nick or None)
+        return Call(scripts.CONNECT, (cid, gateway, addr), lambda nick: nick or None, durable=True)
 
     def set_nick(self, op: Op, cid: str, nick: str) -> Call:
         """-> (old nick, cids sharing a room) or Failed('taken')."""
-        return Call(scripts.NICK, (cid, nick, *op), lambda r: _failed_or(r, lambda r: (r[1], r[2])))
+        return Call(scripts.NICK, (cid, nick, *op), lambda r: _failed_or(r, lambda r: (r[1], r[2])), durable=True)
 
     def join(self, op: Op, cid: str, room: str) -> Call:
         """-> (nick, newly joined, member cids, member nicks, topic) or Failed('toomany')."""
@@ -223,12 +251,13 @@ class Store:
 
     def leave(self, op: Op, cid: str) -> Call:
         """Forget a connection -> (its nick, cids that shared a room) or None."""
-        return Call(scripts.LEAVE, (cid, self.history_ttl, *op), lambda r: (r[0], r[1]) if r else None)
+        return Call(scripts.LEAVE, (cid, self.history_ttl, *op), lambda r: (r[0], r[1]) if r else None,
+                    durable=True)
 
     def reap(self, gateway: str, ttl: int = 86_400) -> Call:
         """Forget every connection of a lost gateway, and refuse its late connects for `ttl`
         seconds (no ghosts) -> [(nick, cids that shared a room)]."""
         return Call(scripts.REAP, ("!" + gateway, gateway, ttl, self.history_ttl, 0, 0),
-                    lambda r: [(g[0], g[1]) for g in r])
+                    lambda r: [(g[0], g[1]) for g in r], durable=True)
 
 

@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 
 import redis
 import zmq
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from protocol import codec
 from protocol.errors import DecodeError
@@ -55,9 +53,13 @@ from stack.process import Stopping, set_log_instance
 from workers.effects import Effects
 from workers.logic import INTERNAL_ERROR, UNAVAILABLE, Chat, ChatLimits
 from workers.metrics import RedisCause, RefusedCause, WorkerMetrics, redis_cause
-from workers.store import Store
+from workers.redis_client import open_redis, parse_redis_url
+from workers.store import Durability, Store
 
 log = logging.getLogger("chat.worker")
+
+# the share of --redis-timeout a WAIT for replicas may take
+WAIT_SHARE = 0.5
 
 # one envelope may not grow this process's memory without bound (ZMQ_MAXMSGSIZE)
 MAX_MESSAGE_BYTES = 64 << 20
@@ -72,6 +74,10 @@ class WorkerConfig:
     heartbeat: float = 1.0
     liveness: int = 3
     redis_timeout: float = 1.0
+    redis_ca: str | None = None  # the CA of a rediss:// server (default: the system's)
+    # replicas that must have a nick claim or a departure before it is answered (WAIT);
+    # None: 1 behind Sentinel, 0 (no WAIT) for a single Redis
+    redis_wait_replicas: int | None = None
     breaker_cooldown: float = 1.0
     limits: ChatLimits = field(default_factory=ChatLimits)
     max_rooms: int = 50  # rooms one connection may be in
@@ -180,13 +186,15 @@ class Handler:
         return list(reaps)
 
 
-def open_redis(url: str, timeout: float) -> redis.Redis:
-    """A client whose calls fail within `timeout`: no retries of its own (redis-py retries
-    ten times with backoff by default, seconds of a stalled worker); the breaker is the retry."""
-    return redis.Redis.from_url(
-        url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
+def durability(config: WorkerConfig) -> Durability | None:
+    """How durable claims are made: WAIT for replicas behind Sentinel (or when told), a bit
+    under the call's timeout so that the WAIT's answer comes before the socket gives up."""
+    replicas = config.redis_wait_replicas
+    if replicas is None:
+        replicas = 1 if parse_redis_url(config.redis_url).kind == "sentinel" else 0
+    if replicas == 0:
+        return None
+    return Durability(replicas, max(1, int(config.redis_timeout * 1000 * WAIT_SHARE)))
 
 
 def worker_name() -> str:
@@ -243,9 +251,10 @@ def serve_broker(
 def run_worker(config: WorkerConfig) -> None:
     """The body of one worker process."""
     stopping = Stopping().install()
-    client = open_redis(config.redis_url, config.redis_timeout)
+    client = open_redis(config.redis_url, timeout=config.redis_timeout, ca_file=config.redis_ca)
     metrics = WorkerMetrics()  # under the pool's multiprocess mode, its values go to the pool's directory
-    store = Store(client, config.prefix, config.max_rooms, config.history_ttl, metrics.redis_round_trip.observe)
+    store = Store(client, config.prefix, config.max_rooms, config.history_ttl, metrics.redis_round_trip.observe,
+                  durability=durability(config))
     handler = Handler(Chat(store, config.limits, metrics), Breaker(config.breaker_cooldown))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:

@@ -6,8 +6,10 @@ shared rooms and to private partners across the gateways, the fault strikes
 mid-stream, and `tests.e2e.chaos.judge` checks every receiver whose
 connection stayed open. The stalled gateway (SIGSTOP past the liveness window,
 then SIGCONT) must also tell each of its clients to reconnect, close them, and
-serve new clients afterwards. The summary table is printed (and written to
-chaos-summary.md in the pytest temp dir).
+serve new clients afterwards. The last fault runs on a second cluster whose
+Redis is a master with two replicas behind three Sentinels: kill -9 of the
+master, after which the nickname invariant is checked in the new master. The
+summary table is printed (and written to chaos-summary.md in the pytest temp dir).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import pytest
@@ -23,10 +26,22 @@ import pytest
 from protocol.messages import GATEWAY_GONE
 from stack.children import python_module, start, stop
 from stack.valkey import start_valkey
-from tests.e2e.chaos import HEADER, Collector, Member, Stream, Verdict, judge, send_streams, wait_quiet
+from tests.e2e.chaos import (
+    HEADER,
+    Collector,
+    Member,
+    Stream,
+    Verdict,
+    judge,
+    nick_violations,
+    send_streams,
+    wait_quiet,
+)
 from tests.e2e.chatclient import ChatClient
-from tests.e2e.cluster import FAST, FAST_GATEWAY, Cluster, start_fast_cluster, start_gateway
+from tests.e2e.cluster import FAST, FAST_GATEWAY, Cluster, start_cluster, start_fast_cluster, start_gateway
 from tests.e2e.load import wait_until
+from tests.redis_servers import Servers, start_sentinel_set
+from workers.logic import UNAVAILABLE
 
 MESSAGES = 150
 INTERVAL = 0.005
@@ -154,8 +169,13 @@ def test_chaos(cluster: Cluster, tmp_path, capsys) -> None:  # type: ignore[no-u
             _check_told_and_serving(cluster, [m for m in members if _port(m) == cluster.ports[0]])
         for m in members:
             m.client.close()
+    timings: list[str] = []
+    verdict, rss = _sentinel_phase(tmp_path / "sentinel", timings)
+    verdicts.append(verdict)
+    for name, value in rss.items():
+        peak[name] = max(peak.get(name, 0), value)
 
-    summary = "\n".join([HEADER, *(v.row() for v in verdicts), "",
+    summary = "\n".join([HEADER, *(v.row() for v in verdicts), "", *timings,
                          "peak RSS (MiB): " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in sorted(peak.items()))])
     (tmp_path / "chaos-summary.md").write_text(summary + "\n")
     with capsys.disabled():
@@ -164,6 +184,57 @@ def test_chaos(cluster: Cluster, tmp_path, capsys) -> None:  # type: ignore[no-u
         assert v.ok(), v.row()
         assert v.accepted > 0 and v.delivered > 0, v.row()
     assert all(rss < RSS_LIMIT for rss in peak.values()), peak
+
+
+SENTINEL_MASTER = "chatmaster"
+SENTINEL_PASSWORD = "chaos-pass"
+
+
+def _served(client: ChatClient) -> bool:
+    """A /who (which reads Redis) is answered with anything but unavailable."""
+    client.send("/who")
+    try:
+        return client.expect(lambda line: line.startswith(("! ", "* ")), 5) != f"! {UNAVAILABLE}"
+    except AssertionError:
+        return False
+
+
+def _sentinel_phase(tmp: Path, timings: list[str]) -> tuple[Verdict, dict[str, int]]:
+    """kill -9 the Redis master under load, on a cluster whose Redis is behind Sentinel;
+    then the nickname invariant must hold in the new master, for every live member."""
+    tmp.mkdir()
+    servers = Servers(tmp)
+    cluster = None
+    try:
+        sentinels = start_sentinel_set(servers, tmp, SENTINEL_MASTER, SENTINEL_PASSWORD, down_after_ms=1000,
+                                       failover_timeout_ms=3000)
+        cluster = start_cluster(tmp, workers=3, gateways=2, redis_url=sentinels.url(), gateway_args=FAST_GATEWAY,
+                                broker_args=FAST, worker_args=(*FAST, "--redis-timeout", "0.25"))
+        new: list[int] = []
+        probe = ChatClient(cluster.ports[0])
+
+        def kill_master(_rooms: Rooms) -> None:
+            killed = time.monotonic()
+            new.append(sentinels.wait_new_master(sentinels.kill_master(servers)))
+            named = time.monotonic() - killed
+            wait_until(lambda: _served(probe), 30, "the chat to serve again after the failover")
+            timings.append(f"Redis failover: a new master named {named:.1f}s after the kill -9, "
+                           f"lines served again after {time.monotonic() - killed:.1f}s")
+
+        verdict, members = _run_phase(cluster, "Redis master kill -9 (Sentinel failover)", "rm", kill_master, [0, 1])
+        probe.close()
+        with sentinels.client(new[0]) as db:
+            violations = nick_violations(db, "chat:")
+            unheld = [m.nick for m in members if m.alive and db.get(f"chat:nick:{m.nick.lower()}") is None]
+        assert not violations and not unheld, (violations, unheld)
+        rss = _rss(cluster)
+        for m in members:
+            m.client.close()
+        return verdict, {f"sentinel-cluster {k}": v for k, v in rss.items()}
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        servers.stop()
 
 
 def _check_nicks_freed(cluster: Cluster, nicks: list[str]) -> None:

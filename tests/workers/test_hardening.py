@@ -26,8 +26,9 @@ from protocol.messages import (
 from protocol.render import is_own_echo, render_text
 from tests.workers.test_logic import GW_A, GW_B, connected, events_to, lines_to
 from workers.logic import INTERNAL_ERROR, TOO_MANY_ROOMS, UNAVAILABLE, At, Chat, ChatLimits, Step
+from workers.redis_client import open_redis
 from workers.store import Call, Store
-from workers.worker import Breaker, Handler, open_redis
+from workers.worker import Breaker, Handler
 
 INFO, ERROR = EventType.INFO, EventType.ERROR
 
@@ -47,7 +48,7 @@ def test_breaker_open_does_not_extend_itself() -> None:
 @pytest.fixture
 def dead_redis(tmp_path: Path) -> Iterator[redis.Redis]:
     """A client of a Redis that is not there: a socket path no one listens on."""
-    conn = open_redis(f"unix://{tmp_path / 'nobody.sock'}", 0.2)
+    conn = open_redis(f"unix://{tmp_path / 'nobody.sock'}", timeout=0.2)
     yield conn
     conn.close()
 

@@ -31,8 +31,9 @@ from workers.metrics import (
     redis_cause,
 )
 from workers.pool import BACKOFF_MIN, METRICS_DIR_PREFIX, MULTIPROC_ENV, Pool, multiprocess_dir
+from workers.redis_client import open_redis
 from workers.store import Store
-from workers.worker import Breaker, Handler, WorkerConfig, open_redis
+from workers.worker import Breaker, Handler, WorkerConfig
 
 
 def _frames(*events: object) -> list[bytes]:
@@ -52,7 +53,7 @@ def metrics() -> WorkerMetrics:
 
 @pytest.fixture
 def dead_redis(tmp_path: Path) -> Iterator[redis.Redis]:
-    conn = open_redis(f"unix://{tmp_path / 'nobody.sock'}", 0.2)
+    conn = open_redis(f"unix://{tmp_path / 'nobody.sock'}", timeout=0.2)
     yield conn
     conn.close()
 

@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from stack.children import Child, stop
 from stack.valkey import valkey_binary
+from tests.redis_servers import (
+    Servers,
+    free_port,
+    master_of,
+    role,
+    sentinel_conf,
+    server_args,
+    start_sentinel_set,
+    wait_until,
+)
 from workers.redis_client import RedisAddress, RedisUrlError, open_redis, parse_redis_url
 
 PASSWORD = "s3cret pass/word"  # a space and a slash: percent-encoded in URLs
@@ -99,45 +107,6 @@ def test_errors_and_repr_never_show_the_password() -> None:
 # --- real servers ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-            pass  # still starting
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.05)  # polling a condition, bounded by the deadline
-
-
-class Servers:
-    """Processes started by a test, stopped by PID at its end (also when it fails)."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.children: list[Child] = []
-
-    def start(self, name: str, argv: list[str]) -> Child:
-        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=self.tmp)
-        log.close()
-        child = Child(name, proc)
-        self.children.append(child)
-        return child
-
-    def stop(self) -> None:
-        for child in reversed(self.children):
-            stop(child)
-
-
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[Servers]:
     s = Servers(tmp_path)
@@ -145,16 +114,9 @@ def servers(tmp_path: Path) -> Iterator[Servers]:
     s.stop()
 
 
-def _server_args(tmp: Path, name: str, port: int, *extra: str) -> list[str]:
-    data = tmp / name
-    data.mkdir()
-    return ["--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", "", "--appendonly", "no",
-            "--daemonize", "no", *extra]
-
-
 def test_acl_user_over_tcp_and_a_wrong_password(servers: Servers, tmp_path: Path) -> None:
     port = free_port()
-    servers.start("valkey", [valkey_binary(), *_server_args(tmp_path, "valkey", port)])
+    servers.start("valkey", [valkey_binary(), *server_args(tmp_path, "valkey", port)])
     admin = redis.Redis(host="127.0.0.1", port=port, decode_responses=True)
     wait_until(admin.ping, 15, "valkey answers")
     admin.acl_setuser("chat", enabled=True, passwords=[f"+{PASSWORD}"], keys=["~*"], channels=["&*"],
@@ -183,7 +145,7 @@ def test_acl_user_over_tcp_and_a_wrong_password(servers: Servers, tmp_path: Path
 
 def test_unix_socket_with_password_and_db(servers: Servers, tmp_path: Path) -> None:
     sock = tmp_path / "v.sock"
-    servers.start("valkey", [valkey_binary(), *_server_args(tmp_path, "valkey", 0, "--unixsocket", str(sock),
+    servers.start("valkey", [valkey_binary(), *server_args(tmp_path, "valkey", 0, "--unixsocket", str(sock),
                                                             "--requirepass", "pw")])
     client = open_redis(f"unix://:pw@{sock}?db=2", timeout=1.0)
     try:
@@ -247,7 +209,7 @@ def test_tls_with_a_ca_verifies_the_server(servers: Servers, tmp_path: Path) -> 
     ca = make_ca_and_server_cert(tmp_path, "server")
     other_ca = make_ca_and_server_cert(tmp_path, "other")
     port = free_port()
-    servers.start("redis-tls", [binary, *_server_args(
+    servers.start("redis-tls", [binary, *server_args(
         tmp_path, "redis", 0, "--tls-port", str(port), "--tls-cert-file", str(tmp_path / "server.crt"),
         "--tls-key-file", str(tmp_path / "server.key"), "--tls-ca-cert-file", str(ca),
         "--tls-auth-clients", "no", "--requirepass", "pw", "--bind", "127.0.0.1 127.0.0.2")])
@@ -276,60 +238,9 @@ def test_tls_with_a_ca_verifies_the_server(servers: Servers, tmp_path: Path) -> 
 MASTER = "chatmaster"
 
 
-def _sentinel_conf(tmp: Path, index: int, port: int, master_port: int) -> Path:
-    conf = tmp / f"sentinel-{index}.conf"
-    conf.write_text("\n".join([
-        f"port {port}", "bind 127.0.0.1", f"dir {tmp}", f'requirepass "{PASSWORD}"',
-        f"sentinel monitor {MASTER} 127.0.0.1 {master_port} 2",
-        f"sentinel down-after-milliseconds {MASTER} 1000",
-        f"sentinel failover-timeout {MASTER} 10000",
-        f'sentinel auth-pass {MASTER} "{PASSWORD}"',
-        f'sentinel sentinel-pass "{PASSWORD}"',
-        "",
-    ]))
-    return conf
-
-
-def _master_of(sentinel_port: int) -> int:
-    s = redis.Redis(host="127.0.0.1", port=sentinel_port, password=PASSWORD, decode_responses=True,
-                    socket_timeout=1.0)
-    try:
-        return int(s.sentinel_get_master_addr_by_name(MASTER)[1])
-    finally:
-        s.close()
-
-
-def _knows_replica(sentinel_port: int) -> bool:
-    s = redis.Redis(host="127.0.0.1", port=sentinel_port, password=PASSWORD, decode_responses=True,
-                    socket_timeout=1.0)
-    try:
-        return bool(s.sentinel_slaves(MASTER)) and len(s.sentinel_sentinels(MASTER)) == 2
-    finally:
-        s.close()
-
-
-def _role(port: int) -> str:
-    r = redis.Redis(host="127.0.0.1", port=port, password=PASSWORD, decode_responses=True, socket_timeout=1.0)
-    try:
-        return str(r.info("replication")["role"])
-    finally:
-        r.close()
-
-
 def test_sentinel_follows_the_master_across_a_failover(servers: Servers, tmp_path: Path) -> None:
-    auth = ("--requirepass", PASSWORD, "--masterauth", PASSWORD)
-    master, replica = free_port(), free_port()
-    servers.start("master", [valkey_binary(), *_server_args(tmp_path, "master", master, *auth)])
-    servers.start("replica", [valkey_binary(), *_server_args(tmp_path, "replica", replica, *auth,
-                                                             "--replicaof", f"127.0.0.1 {master}")])
-    wait_until(lambda: _role(replica) == "slave", 15, "the replica runs")
-    sentinels = [free_port() for _ in range(3)]
-    for i, port in enumerate(sentinels):
-        servers.start(f"sentinel-{i}", [valkey_binary(), str(_sentinel_conf(tmp_path, i, port, master)),
-                                        "--sentinel"])
-    for port in sentinels:
-        wait_until(lambda port=port: _knows_replica(port), 30, f"sentinel {port} knows the replica and the others")
-
+    found = start_sentinel_set(servers, tmp_path, MASTER, PASSWORD, replicas=1)
+    master, replica, sentinels = found.master_port, found.replica_ports[0], found.sentinel_ports
     hosts = ",".join(f"127.0.0.1:{p}" for p in sentinels)
     client = open_redis(f"redis+sentinel://:{QUOTED}@{hosts}/{MASTER}/0", timeout=1.0)
     try:
@@ -341,8 +252,9 @@ def test_sentinel_follows_the_master_across_a_failover(servers: Servers, tmp_pat
         wait_until(lambda: admin.sentinel_failover(MASTER), 30, "SENTINEL FAILOVER accepted")
         admin.close()
         for port in sentinels:
-            wait_until(lambda port=port: _master_of(port) == replica, 30, f"sentinel {port} names the new master")
-        wait_until(lambda: _role(master) == "slave", 30, "the old master was made a replica")
+            wait_until(lambda port=port: master_of(port, MASTER, PASSWORD) == replica, 30,
+                       f"sentinel {port} names the new master")
+        wait_until(lambda: role(master, PASSWORD) == "slave", 30, "the old master was made a replica")
 
         failures = 0
         for _ in range(5):  # the connection to the old master fails once, then the client asks the Sentinels
@@ -363,9 +275,10 @@ def test_sentinel_follows_the_master_across_a_failover(servers: Servers, tmp_pat
 
 def test_sentinel_with_a_wrong_password_is_refused(servers: Servers, tmp_path: Path) -> None:
     master, sentinel = free_port(), free_port()
-    servers.start("master", [valkey_binary(), *_server_args(tmp_path, "master", master, "--requirepass", PASSWORD)])
-    servers.start("sentinel", [valkey_binary(), str(_sentinel_conf(tmp_path, 0, sentinel, master)), "--sentinel"])
-    wait_until(lambda: _master_of(sentinel) == master, 15, "the sentinel runs")
+    servers.start("master", [valkey_binary(), *server_args(tmp_path, "master", master, "--requirepass", PASSWORD)])
+    conf = sentinel_conf(tmp_path, 0, sentinel, MASTER, master, PASSWORD)
+    servers.start("sentinel", [valkey_binary(), str(conf), "--sentinel"])
+    wait_until(lambda: master_of(sentinel, MASTER, PASSWORD) == master, 15, "the sentinel runs")
     client = open_redis(f"redis+sentinel://:wrong@127.0.0.1:{sentinel}/{MASTER}", timeout=1.0)
     with pytest.raises(redis.ConnectionError, match="No master found"):  # every Sentinel refused us
         client.ping()
