@@ -26,10 +26,11 @@ from protocol.messages import (
 
 
 class Effects:
-    __slots__ = ("items",)
+    __slots__ = ("items", "unserved")
 
     def __init__(self) -> None:
         self.items: list[BatchItem] = []
+        self.unserved = False  # Redis refused the event's work: leave it unanswered, to come again
 
     def mark(self, cid: str, seq: int) -> None:
         """What follows is the effect of event (cid, seq)."""

@@ -188,6 +188,8 @@ class Chat:
             if isinstance(item, Lines):
                 self.metrics.refused(RefusedCause.UNAVAILABLE)
                 fx.error(item.cid, UNAVAILABLE, R.UNAVAILABLE)
+            elif isinstance(item, (Connected, Disconnected)):
+                fx.unserved = True  # a connect or departure must happen: its gateway sends it again
             return
         step.respond(fx, result)
 

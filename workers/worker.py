@@ -167,6 +167,9 @@ class Handler:
                     fx.error(item.cid, INTERNAL_ERROR)
             return
         for item, item_fx in zip(items, effects, strict=True):
+            if item_fx.unserved:
+                self._unserved(item, fx)
+                continue
             fx.mark(*event_key(item))
             fx.items.extend(item_fx.items)
 
