@@ -34,6 +34,8 @@ from protocol import commands as c
 from protocol.errors import CommandError
 from protocol.lines import DEFAULT_MAX_LINE, LineError, LineProblem
 from protocol.messages import (
+    GATEWAY_GONE,
+    GATEWAY_LOST_REASON,
     MAX_EVENT_LINES,
     ChatEvent,
     Connected,
@@ -53,7 +55,6 @@ log = logging.getLogger("chat.worker")
 
 NO_ROOM = "join a room first: /join #name"
 SESSION_LOST = "the service lost your session (a restart): you are now {nick}; /nick and /join again"
-GATEWAY_GONE = "this server lost its link to the service: please reconnect"
 UNAVAILABLE = "service temporarily unavailable"
 INTERNAL_ERROR = "internal error"
 TOO_MANY_LINES = "too many lines at once (max {max}): the rest were dropped"
@@ -199,7 +200,7 @@ class Chat:
         nick = self.store.run_one(self.store.connect(cid, gateway_of(cid), ""))
         if nick is None:
             fx.error(cid, GATEWAY_GONE, R.GATEWAY_GONE)
-            fx.close(cid, "gateway lost")
+            fx.close(cid, GATEWAY_LOST_REASON)
             return
         fx.info(cid, SESSION_LOST.format(nick=nick), R.SESSION_LOST, (nick,))
         for step in steps:
@@ -256,7 +257,7 @@ class Chat:
     def _greet(self, fx: Effects, cid: str, nick: str | None) -> None:
         if nick is None:
             fx.error(cid, GATEWAY_GONE, R.GATEWAY_GONE)
-            fx.close(cid, "gateway lost")
+            fx.close(cid, GATEWAY_LOST_REASON)
             return
         fx.info(cid, f"welcome! you are {nick}: /nick NAME to change it, /join #room to talk, /help for all commands",
                 R.WELCOME, (nick,))
