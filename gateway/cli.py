@@ -13,7 +13,9 @@ import zmq
 from gateway.client import ClientLimits
 from gateway.server import Gateway, GatewayConfig
 from protocol import proxy
-from stack.process import setup_logging
+from stack.metrics import parse_listen as parse_metrics_listen
+from stack.metrics import serve_metrics
+from stack.process import LOG_FORMATS, set_log_instance, setup_logging
 
 log = logging.getLogger("chat.gateway")
 
@@ -43,13 +45,31 @@ def parse_trusted_proxies(proxy_protocol: bool, text: str) -> tuple[proxy.Networ
         raise click.BadParameter(str(exc), param_hint="--trusted-proxies") from None
 
 
-async def run(config: GatewayConfig) -> None:
+def show(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def serve_gateway_metrics(gateway: Gateway, host: str, port: int) -> str:
+    """Serve the gateway's metrics -> the HOST:PORT bound."""
+    try:
+        return show(*serve_metrics(gateway.metrics.registry(), host, port))
+    except OSError as exc:
+        raise click.ClickException(f"--metrics-listen: cannot listen on {host}:{port}: {exc}") from None
+
+
+async def run(config: GatewayConfig, metrics_listen: tuple[str, int] | None = None) -> None:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     gateway = Gateway(config, ctx)
+    set_log_instance(gateway.instance)
     try:
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(gateway.serve)
-            print(f"chat-gateway {gateway.instance} listening on {host}:{port}", flush=True)
+            ready = f"chat-gateway {gateway.instance} listening on {host}:{port}"
+            if metrics_listen is not None:
+                metrics = serve_gateway_metrics(gateway, *metrics_listen)
+                print(f"chat-gateway metrics on {metrics}", flush=True)
+                ready += f" metrics={metrics}"
+            print(ready, flush=True)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     log.info("%s: closing %d clients", signal.Signals(signum).name, len(gateway.clients))
@@ -68,6 +88,15 @@ async def shut_down(gateway: Gateway, grace: float = 3.0) -> None:
     with trio.move_on_after(grace):
         while (gateway.clients or gateway.sessions) and not gateway.broker_down:
             await trio.sleep(0.05)  # the sessions' goodbyes are being answered
+
+
+def _metrics_listen(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    try:
+        return parse_metrics_listen(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command(context_settings={"show_default": True})
@@ -115,18 +144,23 @@ async def shut_down(gateway: Gateway, grace: float = 3.0) -> None:
               help="Missed broker heartbeats before the broker is taken for down.")
 @click.option("--resend-after", default=5.0, envvar="CHAT_RESEND_AFTER", show_envvar=True,
               type=click.FloatRange(0.1), help="Seconds an unanswered event waits before it is sent again.")
+@click.option("--metrics-listen", default=None, envvar="CHAT_METRICS_LISTEN", show_envvar=True,
+              callback=_metrics_listen,
+              help="Serve Prometheus metrics on HOST:PORT (port 0: any free one). Default: off.")
 @click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
+@click.option("--log-format", default="text", envvar="CHAT_LOG_FORMAT", show_envvar=True,
+              type=click.Choice(LOG_FORMATS), help="Log lines as text or one JSON object a line.")
 def main(listen: str, frontend: str, pub_out: str, name: str, max_line: int, max_queue_lines: int,
          max_queue_bytes: int, rate_limit: float, rate_burst: int, max_waiting_lines: int,
          max_bad_lines: int, half_close_wait: float,
          max_connections: int, max_per_address: int, proxy_protocol: bool, trusted_proxies: str,
          reuse_port: bool, heartbeat: float, liveness: int,
-         resend_after: float, log_level: str) -> None:
+         resend_after: float, metrics_listen: tuple[str, int] | None, log_level: str, log_format: str) -> None:
     """Accept chat clients over TCP and bridge them to the broker."""
     if name and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         raise click.BadParameter("letters, digits, _ . - only", param_hint="--id")
     trusted = parse_trusted_proxies(proxy_protocol, trusted_proxies)
-    setup_logging("chat-gateway", log_level)
+    setup_logging("chat-gateway", log_level, log_format)
     host, port = parse_listen(listen)
     limits = ClientLimits(max_line=max_line, max_queue_lines=max_queue_lines, max_queue_bytes=max_queue_bytes,
                           rate=rate_limit, burst=rate_burst, max_waiting_lines=max_waiting_lines,
@@ -137,7 +171,7 @@ def main(listen: str, frontend: str, pub_out: str, name: str, max_line: int, max
                            max_per_address=max_per_address, proxy_protocol=proxy_protocol,
                            trusted_proxies=trusted,
                            reuse_port=reuse_port, half_close_wait=half_close_wait, limits=limits)
-    trio.run(run, config)
+    trio.run(run, config, metrics_listen)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 OnLines = Callable[["Client", list[str]], Awaitable[None]]
 OnEof = Callable[["Client"], Awaitable[None]]
 FLOODING = b"! flooding: too many lines at once; disconnecting\n"
+FLOODING_REASON = "flooding"  # `closing` of a client cut for flooding
 TELNET_BYTES_PER_BAD_LINE = 32  # telnet commands (IAC bytes) that cost as much as one bad line
 WRITE_ERRORS = (OSError, trio.ClosedResourceError, trio.BusyResourceError)
 
@@ -241,7 +242,7 @@ class Client:
             lines = self._parse(buffer, data, bucket, bad)
             data = b""
             if lines is None:
-                self.close_after(FLOODING, "flooding")
+                self.close_after(FLOODING, FLOODING_REASON)
                 return
             await self._forward(lines, bucket, on_lines)
 
