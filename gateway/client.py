@@ -25,6 +25,7 @@ bytes: a client that does not read is told why and disconnected.
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ FLOODING = b"! flooding: too many lines at once; disconnecting\n"
 FLOODING_REASON = "flooding"  # `closing` of a client cut for flooding
 TELNET_BYTES_PER_BAD_LINE = 32  # telnet commands (IAC bytes) that cost as much as one bad line
 WRITE_ERRORS = (OSError, trio.ClosedResourceError, trio.BusyResourceError)
+# nothing moved now, try again when the socket is ready (OpenSSL says it its way on a TLS socket)
+WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,7 @@ class Client:
         "_reader_lot",
         "_scope",
         "_spawn",
+        "_tls",
         "_writer",
         "broken",
         "cid",
@@ -81,6 +85,7 @@ class Client:
         self.closing: str | None = None
         self.broken = False
         self._spawn = spawn  # starts the writer task when there is a backlog
+        self._tls = isinstance(sock, ssl.SSLSocket)  # OpenSSL may hold decrypted input: read it first
         self._pending: list[bytes] = []  # pushed since the last flush
         self._backlog: list[bytes] | None = None  # what the kernel did not take; None: no writer
         self._writer: trio.CancelScope | None = None
@@ -142,7 +147,7 @@ class Client:
     def _send_now(self, data: bytes) -> None:
         try:
             sent = self.sock.send(data)
-        except BlockingIOError:
+        except WOULD_BLOCK:  # a TLS write that blocked is retried with the same bytes first: the backlog
             sent = 0
         except OSError:
             self.broken = True
@@ -190,7 +195,7 @@ class Client:
         data = b"".join(self._backlog)
         try:
             sent = self.sock.send(data)
-        except BlockingIOError:
+        except WOULD_BLOCK:
             sent = 0
         rest = data[sent:]
         self._backlog = [rest] if rest else []
@@ -212,11 +217,12 @@ class Client:
 
     async def _receive(self) -> bytes:
         while True:
-            await trio.lowlevel.wait_readable(self.sock)
+            if not (self._tls and self.sock.pending()):  # type: ignore[attr-defined]
+                await trio.lowlevel.wait_readable(self.sock)
             try:
                 return self.sock.recv(65536)
-            except BlockingIOError:
-                continue  # woken without data: wait again
+            except WOULD_BLOCK:
+                continue  # woken without data (or half a TLS record): wait again
 
     async def _read_loop(self, on_lines: OnLines, first: bytes) -> None:
         """Read until EOF; `on_lines(client, lines)` gets each read's lines.

@@ -26,13 +26,14 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 from collections import Counter
 from dataclasses import dataclass, field
 
 import trio
 import zmq
 
-from gateway import accept
+from gateway import accept, tls
 from gateway.client import FLOODING_REASON, Client, ClientLimits
 from gateway.metrics import Drop, GatewayMetrics, Gauges, Refusal
 from gateway.session import SeenEvents, Session
@@ -78,6 +79,8 @@ class GatewayConfig:
     proxy_protocol: bool = False  # behind HAProxy `send-proxy(-v2)`: the client's address comes first
     trusted_proxies: tuple[Network, ...] = ()  # with proxy_protocol: the only peers accepted
     reuse_port: bool = False  # SO_REUSEPORT: several gateway processes on one port
+    plain: bool = True  # serve plain TCP on host:port (False: TLS only)
+    tls: tls.TlsConfig | None = None  # serve TLS too (or only)
     half_close_wait: float = 10.0  # how long a half-closed client's last replies may take
     limits: ClientLimits = field(default_factory=ClientLimits)
 
@@ -126,24 +129,46 @@ class Gateway:
         self.sub.close()
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
+        """Serve until cancelled; started with {"plain" and/or "tls": (host, port)}."""
         self.max_connections = accept.connection_limit(self.config.max_connections)
         self._handling = 0  # accepted sockets open now: clients, and those still being let in
-        config = self.config
-        listener = accept.listen(config.host, config.port, config.reuse_port)
-        port = listener.getsockname()[1]  # the same port again when the listener reopens
-        self.acceptor = accept.Acceptor(listener, self._accepted,
-                                        lambda: accept.listen(config.host, port, config.reuse_port))
+        self.acceptors: list[accept.Acceptor] = []
         try:
+            bound = self._open_listeners()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery  # client tasks and writers run here
                 nursery.start_soon(self.to_broker.run)
                 nursery.start_soon(self.from_broker.run)
                 nursery.start_soon(self._tick)
                 nursery.start_soon(self._rejoin_when_fenced)
-                nursery.start_soon(self.acceptor.run)
-                task_status.started(listener.getsockname()[:2])
+                for acceptor in self.acceptors:
+                    nursery.start_soon(acceptor.run)
+                task_status.started(bound)
         finally:
-            self.acceptor.close()
+            for acceptor in self.acceptors:
+                acceptor.close()
+
+    def _open_listeners(self) -> dict[str, tuple[str, int]]:
+        config = self.config
+        bound: dict[str, tuple[str, int]] = {}
+        if config.plain:
+            bound["plain"] = self._add_listener(config.host, config.port, None)
+        if config.tls is not None:
+            context = tls.server_context(config.tls.cert, config.tls.key)
+            bound["tls"] = self._add_listener(config.tls.host, config.tls.port, context)
+        return bound
+
+    def _add_listener(self, host: str, port: int, context: ssl.SSLContext | None) -> tuple[str, int]:
+        reuse = self.config.reuse_port
+        listener = accept.listen(host, port, reuse)
+        address = listener.getsockname()[:2]
+        port = address[1]  # the same port again when the listener reopens
+
+        def on_accept(sock: socket.socket) -> None:
+            self._nursery.start_soon(self._handle, sock, context)
+
+        self.acceptors.append(accept.Acceptor(listener, on_accept, lambda: accept.listen(host, port, reuse)))
+        return address
 
     # --- the broker side ------------------------------------------------------
 
@@ -161,10 +186,12 @@ class Gateway:
         """Keep the client port open exactly while we can serve: a balancer's health
         check then tells the truth, and clients go to a gateway that can serve them."""
         if self.serving:
-            if not self.acceptor.accepting and self.acceptor.open():
+            reopened = [acceptor.open() for acceptor in self.acceptors if not acceptor.accepting]
+            if reopened and all(reopened):
                 log.warning("serving again: accepting clients")
-        elif self.acceptor.listener is not None:
-            self.acceptor.close()
+        elif any(acceptor.listener is not None for acceptor in self.acceptors):
+            for acceptor in self.acceptors:
+                acceptor.close()
             log.warning("cannot serve: client port closed until the broker hears us")
 
     async def _tick(self) -> None:
@@ -400,17 +427,16 @@ class Gateway:
             return Refusal.PER_ADDRESS, too_many.encode()
         return None
 
-    def _accepted(self, sock: socket.socket) -> None:
-        self._nursery.start_soon(self._handle, sock)
-
-    async def _handle(self, sock: socket.socket) -> None:
-        # the connection is a plain non-blocking socket (see gateway.client)
+    async def _handle(self, sock: socket.socket, context: ssl.SSLContext | None) -> None:
+        # the connection is a plain non-blocking socket, or one wrapped by OpenSSL (see gateway.client)
         self._handling += 1
         try:
             accept.keep_alive(sock)
             try:
                 peer, first = await accept.client_address(sock, self.config.proxy_protocol,
-                                                          self.config.trusted_proxies)
+                                                          self.config.trusted_proxies, exact=context is not None)
+                if context is not None:
+                    sock = await self._handshake(context, sock, peer)
             except accept.HealthCheck:
                 self.metrics.health_checks += 1
                 return
@@ -437,7 +463,13 @@ class Gateway:
                     del self.per_address[address]
         finally:
             self._handling -= 1
+            if context is not None:
+                tls.say_goodbye(sock)
             sock.close()
+
+    async def _handshake(self, context: ssl.SSLContext, sock: socket.socket, peer: str) -> socket.socket:
+        assert self.config.tls is not None
+        return await tls.handshake(context, sock, self.config.tls.handshake_timeout, peer)
 
     async def _serve_client(self, sock: socket.socket, peer: str, first: bytes) -> None:
         cid = f"{self.instance}:{next(self._numbers)}"
