@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from stack.children import Child, python_module, start, stop
+from stack.children import Child, python_module, start
 from tests.e2e.chatclient import ChatClient
 from tests.e2e.cluster import FAST, Cluster, start_cluster
 from tests.e2e.load import wait_until

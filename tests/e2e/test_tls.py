@@ -192,9 +192,8 @@ def test_old_tls_versions_are_refused(gw: TlsGateway, version: ssl.TLSVersion) -
     context.load_verify_locations(gw.cert)
     context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer the old versions at all
     context.minimum_version = context.maximum_version = version
-    with socket.create_connection(("127.0.0.1", gw.tls), timeout=10) as raw:
-        with pytest.raises(ssl.SSLError):
-            context.wrap_socket(raw, server_hostname="localhost")
+    with socket.create_connection(("127.0.0.1", gw.tls), timeout=10) as raw, pytest.raises(ssl.SSLError):
+        context.wrap_socket(raw, server_hostname="localhost")
     wait_until(lambda: refused(gw, "tls_handshake") == before + 1, 10, "the gateway refused it")
 
 
