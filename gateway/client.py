@@ -20,6 +20,12 @@ kernel does not take becomes a backlog, and only then does a writer task
 exist, for as long as the backlog does. An idle connection is one task and
 a few small objects. Pushed and backlogged output is bounded in lines and
 bytes: a client that does not read is told why and disconnected.
+
+TLS: the socket may be one wrapped by OpenSSL (`gateway.tls`). It is read
+and written the same way; OpenSSL's "want read/write" counts as a
+would-block (a write that blocked is retried with the same bytes first,
+as OpenSSL requires: they head the backlog), and input OpenSSL has
+decrypted already (`pending`) is read before waiting on the socket again.
 """
 
 from __future__ import annotations

@@ -16,6 +16,11 @@ be promised anything: each is told to reconnect and closed, and the gateway
 takes a new instance name (DEALER identity, pub-out topic, connection IDs)
 and serves again. `serving` is False while the broker is silent or while we
 re-join: the accept loop refuses clients then, so a balancer sees us down.
+
+Clients come on a plain listener, a TLS one (`gateway.tls`), or both; past
+the handshake a TLS client is served like any other. Everything counted
+goes to `GatewayMetrics` (gateway.metrics): plain ints on the hot path,
+drops and refusals by a fixed cause, the detail in the log.
 """
 
 from __future__ import annotations
