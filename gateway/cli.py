@@ -61,7 +61,7 @@ def listeners_shown(bound: dict[str, tuple[str, int]]) -> str:
 
 def tls_config(listen: str | None, cert: str | None, key: str | None, timeout: float) -> TlsConfig | None:
     """The TLS listener's options, checked (the files load) -> its config, or None."""
-    if listen is None:
+    if listen is None or not listen.strip():  # '' as for --listen: none
         if cert or key:
             raise click.UsageError("--tls-cert and --tls-key are for --tls-listen")
         return None
@@ -129,7 +129,7 @@ def _metrics_listen(ctx: click.Context, param: click.Parameter, value: str | Non
 @click.option("--listen", default="0.0.0.0:7000", envvar="CHAT_LISTEN", show_envvar=True,
               help="HOST:PORT for plain TCP clients (port 0: any free port; '': none, TLS only).")
 @click.option("--tls-listen", default=None, envvar="CHAT_TLS_LISTEN", show_envvar=True,
-              help="HOST:PORT for TLS clients (TLS 1.2+). Default: off.")
+              help="HOST:PORT for TLS clients (TLS 1.2+; port 0: any free port). Default: off.")
 @click.option("--tls-cert", default=None, envvar="CHAT_TLS_CERT", show_envvar=True,
               type=click.Path(exists=True, dir_okay=False), help="PEM certificate chain for --tls-listen.")
 @click.option("--tls-key", default=None, envvar="CHAT_TLS_KEY", show_envvar=True,

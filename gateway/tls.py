@@ -11,6 +11,7 @@ read/write" like a would-block, and drains what OpenSSL has decrypted
 already (`pending`) before it waits on the descriptor again.
 
 TLS 1.2 and later only, with the library's default ciphers; no renegotiation.
+A half-close (close_notify, or a bare FIN) ends the input, as on plain TCP.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    # a FIN without close_notify is the client's end of input, as on plain TCP: its replies
+    # still go out (OpenSSL 3 would otherwise take it as a fatal error and refuse to write)
+    context.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
     context.load_cert_chain(cert, key)
     return context
 

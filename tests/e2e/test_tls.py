@@ -241,3 +241,32 @@ def test_a_proxy_header_comes_before_the_handshake(gw: TlsGateway, tmp_path: Pat
         with redis.Redis.from_url(gw.cluster.redis_url, decode_responses=True) as r:
             cid = r.get("chat:nick:proxied")
             assert cid and str(r.hget(f"chat:conn:{cid}", "addr")).startswith("203.0.113.7")
+
+
+def test_a_tls_client_that_half_closes_still_gets_its_replies(gw: TlsGateway) -> None:
+    with tls_client(gw.tls, gw.cert) as client:
+        client.send("/nick halfway", "/join #half", "last words")
+        with socket.fromfd(client.sock.fileno(), socket.AF_INET, socket.SOCK_STREAM) as same:
+            same.shutdown(socket.SHUT_WR)  # a FIN under TLS (no close_notify): the end of input
+        lines = client.wait_closed()
+        assert "* you are now halfway" in lines and any(line.startswith("* you joined #half") for line in lines)
+
+
+def test_tls_only_and_bad_tls_options(gw: TlsGateway) -> None:
+    eps = gw.cluster.endpoints
+    child = start("gwonly", python_module(
+        "gateway.cli", "--listen", "", "--tls-listen", "127.0.0.1:0", "--tls-cert", gw.cert,
+        "--tls-key", gw.cert.replace("cert.pem", "key.pem"), "--frontend", eps["frontend"],
+        "--pub-out", eps["pub-out"], "--id", "gwonly", *FAST), "chat-gateway gwonly.")
+    gw.cluster.children["gwonly"] = child
+    match = re.fullmatch(r"chat-gateway \S+ listening on tls=127\.0\.0\.1:(\d+)", child.ready_line)
+    assert match, child.ready_line
+    with tls_client(int(match[1]), gw.cert) as client:
+        client.sync()
+    for args, error in (((), "needs --tls-cert FILE and --tls-key FILE"),
+                        (("--tls-cert", gw.cert, "--tls-key", gw.cert), "cannot load"),
+                        (("--listen", "", "--tls-listen", ""), "no listener")):
+        argv = ["--tls-listen", "127.0.0.1:0", *args] if args[:1] != ("--listen",) else list(args)
+        done = subprocess.run(python_module("gateway.cli", *argv), capture_output=True, text=True, timeout=30,
+                              check=False)
+        assert done.returncode != 0 and error in done.stderr, done.stderr
