@@ -17,11 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from stack.children import Child, python_module, start
 from tests.e2e.chatclient import ChatClient
-from tests.e2e.cluster import FAST, Cluster, start_cluster
+from tests.e2e.cluster import FAST, Cluster, gateway_instance, start_cluster
 from tests.e2e.load import wait_until
+from tests.e2e.test_hostile_link import RECONNECT, paused
 
 G = "chat_gateway_"
 
@@ -54,7 +56,7 @@ def start_metered_gateway(cluster: Cluster, name: str, log_path: Path, *args: st
 
 
 @pytest.fixture
-def metered(tmp_path: Path) -> Iterator[tuple[Scrape, int, Path]]:
+def metered(tmp_path: Path) -> Iterator[tuple[Scrape, int, Path, Child, str]]:
     cluster = start_cluster(tmp_path, workers=2, gateways=0, broker_args=FAST, worker_args=FAST)
     log_path = tmp_path / "gateway.log"
     try:
@@ -62,13 +64,13 @@ def metered(tmp_path: Path) -> Iterator[tuple[Scrape, int, Path]]:
             cluster, "gwm", log_path, "--rate-limit", "1000", "--max-waiting-lines", "10",
             "--max-per-address", "3", *FAST)
         cluster.children["gwm"] = gateway
-        yield scrape, port, log_path
+        yield scrape, port, log_path, gateway, cluster.redis_url
     finally:
         cluster.stop()
 
 
 def test_the_scrape_counts_traffic_refusals_and_cuts(metered) -> None:  # type: ignore[no-untyped-def]
-    scrape, port, log_path = metered
+    scrape, port, log_path, _, _ = metered
     wait_until(lambda: scrape.value(G + "broker_up") == 1 and scrape.value(G + "serving") == 1, 10, "serving")
     with ChatClient(port) as a, ChatClient(port) as b:
         a.join("#m")
@@ -101,6 +103,26 @@ def _check_json_log(log_path: Path) -> None:
     assert lines, "the gateway logged nothing"
     objects = [json.loads(line) for line in lines]
     assert all(o["part"] == "chat-gateway" and o["instance"].startswith("gwm.") for o in objects), objects
+
+
+def test_a_fence_is_counted_and_the_logs_name_the_new_instance(metered) -> None:  # type: ignore[no-untyped-def]
+    scrape, port, log_path, gateway, redis_url = metered
+    wait_until(lambda: scrape.value(G + "serving") == 1, 10, "serving")
+    with ChatClient(port) as client, redis.Redis.from_url(redis_url) as r:
+        client.send("/nick fenceme")
+        client.expect("* you are now fenceme")
+        with paused(gateway.pid):  # past the liveness window: the broker fences it, its sessions go
+            wait_until(lambda: r.get("chat:nick:fenceme") is None, 15, "the stopped gateway given up")
+        assert RECONNECT in client.wait_closed(10)
+    wait_until(lambda: scrape.value(G + "fences_total") == 1, 15, "the fence counted")
+    wait_until(lambda: scrape.value(G + "serving") == 1 and scrape.value(G + "broker_up") == 1, 15, "serving again")
+    with ChatClient(port) as again:
+        again.sync()
+    objects = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rejoined = [o for o in objects if o["event"].startswith("re-joined as ")]
+    assert rejoined, objects
+    new = rejoined[0]["event"].removeprefix("re-joined as ")
+    assert rejoined[0]["instance"] == new and new != gateway_instance(gateway)
 
 
 def test_a_bad_metrics_listen_is_a_clear_error() -> None:
