@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import trio
 
+from gateway.metrics import Refusal
 from protocol import proxy
 
 log = logging.getLogger("chat.gateway")
@@ -36,18 +37,23 @@ LOG_EVERY = 10.0  # seconds between two log lines about running out of descripto
 
 
 class Refused(Exception):
-    """A connection that does not start as it must: `cause` says why (a fixed text, to
-    count by), `peer` who."""
+    """A connection that does not start as it must: `cause` says why (a fixed enum, to
+    count by), `detail` how, `peer` who."""
 
-    def __init__(self, cause: str, peer: str = "") -> None:
-        super().__init__(f"{cause} from {peer}" if peer else cause)
+    def __init__(self, cause: Refusal, detail: str, peer: str = "") -> None:
+        super().__init__(f"{detail} from {peer}" if peer else detail)
         self.cause = cause
+        self.detail = detail
         self.peer = peer
 
 
 class NoClient(Refused):
     """No client behind this connection (a balancer's health check, a peer gone before
     it was read): counted, not logged."""
+
+
+class HealthCheck(NoClient):
+    """A balancer's health check (a PROXY v2 LOCAL header)."""
 
 
 def listen(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -205,6 +211,16 @@ def keep_alive(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
+def _take(sock: socket.socket, n: int, peer: str) -> None:
+    """Consume `n` bytes already peeked."""
+    try:
+        got = len(sock.recv(n)) if n else 0
+    except OSError as exc:
+        raise Refused(Refusal.BAD_PROXY_HEADER, str(exc), peer) from None
+    if got != n:
+        raise Refused(Refusal.BAD_PROXY_HEADER, "the PROXY header went away", peer)
+
+
 def peer_of(sock: socket.socket) -> str:
     try:
         host, port = sock.getpeername()[:2]
@@ -214,45 +230,52 @@ def peer_of(sock: socket.socket) -> str:
 
 
 async def client_address(sock: socket.socket, proxy_protocol: bool,
-                         trusted: tuple[proxy.Network, ...] = ()) -> tuple[str, bytes]:
+                         trusted: tuple[proxy.Network, ...] = (), exact: bool = False) -> tuple[str, bytes]:
     """-> (the client's "host:port", bytes already read from it); raises Refused.
 
     With the PROXY protocol only a peer inside `trusted` (the balancers) may speak
     at all: any other is refused before a byte is read, so no host can claim an
     address that is not its own. A v2 LOCAL header is the balancer's health check:
-    raises NoClient, and the connection is closed without a word.
+    raises NoClient, and the connection is closed without a word. `exact`: take
+    the header's bytes and not one more (a TLS handshake follows, read by OpenSSL).
     """
     peer = peer_of(sock)
     if not proxy_protocol:
         return peer, b""
     if peer == "?":  # reset before we got to it: HAProxy's checks often are
-        raise NoClient("gone before it was read")
+        raise NoClient(Refusal.PEER_GONE, "gone before it was read")
     if not proxy.is_trusted(peer.rpartition(":")[0], trusted):
-        raise Refused("not a trusted proxy", peer)
+        raise Refused(Refusal.UNTRUSTED_PROXY, "not a trusted proxy", peer)
     with trio.move_on_after(PROXY_TIMEOUT):
-        header, rest = await _read_proxy_header(sock, peer)
+        header, rest = await _read_proxy_header(sock, peer, exact)
         if header.local:
-            raise NoClient("health check", peer)
+            raise HealthCheck(Refusal.PEER_GONE, "health check", peer)
         return header.source or peer, rest
-    raise Refused(f"no PROXY header within {PROXY_TIMEOUT:.0f}s", peer)
+    raise Refused(Refusal.PROXY_TIMEOUT, f"no PROXY header within {PROXY_TIMEOUT:.0f}s", peer)
 
 
-async def _read_proxy_header(sock: socket.socket, peer: str) -> tuple[proxy.Header, bytes]:
+async def _read_proxy_header(sock: socket.socket, peer: str, exact: bool) -> tuple[proxy.Header, bytes]:
+    """Read until a whole header. `exact`: peek first, then take only the header's
+    bytes (while the header is incomplete, every byte peeked is the header's)."""
     data = b""
+    flags = socket.MSG_PEEK if exact else 0
     while True:
         await trio.lowlevel.wait_readable(sock)
         try:
-            chunk = sock.recv(proxy.MAX_HEADER - len(data))
+            chunk = sock.recv(proxy.MAX_HEADER - len(data), flags)
         except (BlockingIOError, InterruptedError):
             continue
         except OSError as exc:
-            raise Refused(str(exc), peer) from None
+            raise Refused(Refusal.BAD_PROXY_HEADER, str(exc), peer) from None
         if not chunk:
-            raise Refused("closed before a PROXY header", peer)
-        data += chunk
+            raise Refused(Refusal.BAD_PROXY_HEADER, "closed before a PROXY header", peer)
         try:
-            header = proxy.split_header(data)
+            split = proxy.split_header(data + chunk)
         except proxy.ProxyError as exc:
-            raise Refused(str(exc), peer) from None
-        if header is not None:
-            return header
+            raise Refused(Refusal.BAD_PROXY_HEADER, str(exc), peer) from None
+        taken = len(chunk) - len(split[1]) if split is not None else len(chunk)
+        if exact:
+            _take(sock, taken, peer)  # peeked, so in the kernel's buffer now: one recv takes it
+        data += chunk[:taken]
+        if split is not None:
+            return split if not exact else (split[0], b"")

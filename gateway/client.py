@@ -20,11 +20,18 @@ kernel does not take becomes a backlog, and only then does a writer task
 exist, for as long as the backlog does. An idle connection is one task and
 a few small objects. Pushed and backlogged output is bounded in lines and
 bytes: a client that does not read is told why and disconnected.
+
+TLS: the socket may be one wrapped by OpenSSL (`gateway.tls`). It is read
+and written the same way; OpenSSL's "want read/write" counts as a
+would-block (a write that blocked is retried with the same bytes first,
+as OpenSSL requires: they head the backlog), and input OpenSSL has
+decrypted already (`pending`) is read before waiting on the socket again.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -37,8 +44,11 @@ Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 OnLines = Callable[["Client", list[str]], Awaitable[None]]
 OnEof = Callable[["Client"], Awaitable[None]]
 FLOODING = b"! flooding: too many lines at once; disconnecting\n"
+FLOODING_REASON = "flooding"  # `closing` of a client cut for flooding
 TELNET_BYTES_PER_BAD_LINE = 32  # telnet commands (IAC bytes) that cost as much as one bad line
 WRITE_ERRORS = (OSError, trio.ClosedResourceError, trio.BusyResourceError)
+# nothing moved now, try again when the socket is ready (OpenSSL says it its way on a TLS socket)
+WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +73,7 @@ class Client:
         "_reader_lot",
         "_scope",
         "_spawn",
+        "_tls",
         "_writer",
         "broken",
         "cid",
@@ -80,6 +91,7 @@ class Client:
         self.closing: str | None = None
         self.broken = False
         self._spawn = spawn  # starts the writer task when there is a backlog
+        self._tls = isinstance(sock, ssl.SSLSocket)  # OpenSSL may hold decrypted input: read it first
         self._pending: list[bytes] = []  # pushed since the last flush
         self._backlog: list[bytes] | None = None  # what the kernel did not take; None: no writer
         self._writer: trio.CancelScope | None = None
@@ -141,7 +153,7 @@ class Client:
     def _send_now(self, data: bytes) -> None:
         try:
             sent = self.sock.send(data)
-        except BlockingIOError:
+        except WOULD_BLOCK:  # a TLS write that blocked is retried with the same bytes first: the backlog
             sent = 0
         except OSError:
             self.broken = True
@@ -189,7 +201,7 @@ class Client:
         data = b"".join(self._backlog)
         try:
             sent = self.sock.send(data)
-        except BlockingIOError:
+        except WOULD_BLOCK:
             sent = 0
         rest = data[sent:]
         self._backlog = [rest] if rest else []
@@ -211,11 +223,12 @@ class Client:
 
     async def _receive(self) -> bytes:
         while True:
-            await trio.lowlevel.wait_readable(self.sock)
+            if not (self._tls and self.sock.pending()):  # type: ignore[attr-defined]
+                await trio.lowlevel.wait_readable(self.sock)
             try:
                 return self.sock.recv(65536)
-            except BlockingIOError:
-                continue  # woken without data: wait again
+            except WOULD_BLOCK:
+                continue  # woken without data (or half a TLS record): wait again
 
     async def _read_loop(self, on_lines: OnLines, first: bytes) -> None:
         """Read until EOF; `on_lines(client, lines)` gets each read's lines.
@@ -241,7 +254,7 @@ class Client:
             lines = self._parse(buffer, data, bucket, bad)
             data = b""
             if lines is None:
-                self.close_after(FLOODING, "flooding")
+                self.close_after(FLOODING, FLOODING_REASON)
                 return
             await self._forward(lines, bucket, on_lines)
 

@@ -16,6 +16,11 @@ be promised anything: each is told to reconnect and closed, and the gateway
 takes a new instance name (DEALER identity, pub-out topic, connection IDs)
 and serves again. `serving` is False while the broker is silent or while we
 re-join: the accept loop refuses clients then, so a balancer sees us down.
+
+Clients come on a plain listener, a TLS one (`gateway.tls`), or both; past
+the handshake a TLS client is served like any other. Everything counted
+goes to `GatewayMetrics` (gateway.metrics): plain ints on the hot path,
+drops and refusals by a fixed cause, the detail in the log.
 """
 
 from __future__ import annotations
@@ -26,14 +31,16 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 from collections import Counter
 from dataclasses import dataclass, field
 
 import trio
 import zmq
 
-from gateway import accept
-from gateway.client import Client, ClientLimits
+from gateway import accept, tls
+from gateway.client import FLOODING_REASON, Client, ClientLimits
+from gateway.metrics import Drop, GatewayMetrics, Gauges, Refusal
 from gateway.session import SeenEvents, Session
 from gateway.zmq_pump import ZmqPump
 from protocol import codec
@@ -53,6 +60,7 @@ from protocol.messages import (
 )
 from protocol.proxy import Network
 from protocol.render import is_own_echo, render_json, render_text
+from stack.process import set_log_instance
 
 log = logging.getLogger("chat.gateway")
 
@@ -76,6 +84,8 @@ class GatewayConfig:
     proxy_protocol: bool = False  # behind HAProxy `send-proxy(-v2)`: the client's address comes first
     trusted_proxies: tuple[Network, ...] = ()  # with proxy_protocol: the only peers accepted
     reuse_port: bool = False  # SO_REUSEPORT: several gateway processes on one port
+    plain: bool = True  # serve plain TCP on host:port (False: TLS only)
+    tls: tls.TlsConfig | None = None  # serve TLS too (or only)
     half_close_wait: float = 10.0  # how long a half-closed client's last replies may take
     limits: ClientLimits = field(default_factory=ClientLimits)
 
@@ -93,7 +103,7 @@ class Gateway:
         self.clients: dict[str, Client] = {}
         self.sessions: dict[str, Session] = {}
         self.seen = SeenEvents()
-        self.counts: Counter[str] = Counter()
+        self.metrics = GatewayMetrics()
         self.per_address: Counter[str] = Counter()
         self.broker_id = ""
         self.pub_seq = 0  # the broker's number of the last pub-out message we got
@@ -124,24 +134,46 @@ class Gateway:
         self.sub.close()
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
+        """Serve until cancelled; started with {"plain" and/or "tls": (host, port)}."""
         self.max_connections = accept.connection_limit(self.config.max_connections)
         self._handling = 0  # accepted sockets open now: clients, and those still being let in
-        config = self.config
-        listener = accept.listen(config.host, config.port, config.reuse_port)
-        port = listener.getsockname()[1]  # the same port again when the listener reopens
-        self.acceptor = accept.Acceptor(listener, self._accepted,
-                                        lambda: accept.listen(config.host, port, config.reuse_port))
+        self.acceptors: list[accept.Acceptor] = []
         try:
+            bound = self._open_listeners()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery  # client tasks and writers run here
                 nursery.start_soon(self.to_broker.run)
                 nursery.start_soon(self.from_broker.run)
                 nursery.start_soon(self._tick)
                 nursery.start_soon(self._rejoin_when_fenced)
-                nursery.start_soon(self.acceptor.run)
-                task_status.started(listener.getsockname()[:2])
+                for acceptor in self.acceptors:
+                    nursery.start_soon(acceptor.run)
+                task_status.started(bound)
         finally:
-            self.acceptor.close()
+            for acceptor in self.acceptors:
+                acceptor.close()
+
+    def _open_listeners(self) -> dict[str, tuple[str, int]]:
+        config = self.config
+        bound: dict[str, tuple[str, int]] = {}
+        if config.plain:
+            bound["plain"] = self._add_listener(config.host, config.port, None)
+        if config.tls is not None:
+            context = tls.server_context(config.tls.cert, config.tls.key)
+            bound["tls"] = self._add_listener(config.tls.host, config.tls.port, context)
+        return bound
+
+    def _add_listener(self, host: str, port: int, context: ssl.SSLContext | None) -> tuple[str, int]:
+        reuse = self.config.reuse_port
+        listener = accept.listen(host, port, reuse)
+        address = listener.getsockname()[:2]
+        port = address[1]  # the same port again when the listener reopens
+
+        def on_accept(sock: socket.socket) -> None:
+            self._nursery.start_soon(self._handle, sock, context)
+
+        self.acceptors.append(accept.Acceptor(listener, on_accept, lambda: accept.listen(host, port, reuse)))
+        return address
 
     # --- the broker side ------------------------------------------------------
 
@@ -159,10 +191,12 @@ class Gateway:
         """Keep the client port open exactly while we can serve: a balancer's health
         check then tells the truth, and clients go to a gateway that can serve them."""
         if self.serving:
-            if not self.acceptor.accepting and self.acceptor.open():
+            reopened = [acceptor.open() for acceptor in self.acceptors if not acceptor.accepting]
+            if reopened and all(reopened):
                 log.warning("serving again: accepting clients")
-        elif self.acceptor.listener is not None:
-            self.acceptor.close()
+        elif any(acceptor.listener is not None for acceptor in self.acceptors):
+            for acceptor in self.acceptors:
+                acceptor.close()
             log.warning("cannot serve: client port closed until the broker hears us")
 
     async def _tick(self) -> None:
@@ -174,24 +208,33 @@ class Gateway:
             if self.broker_down and not self._silence_logged:
                 self._silence_logged = True
                 log.warning("the broker is silent for %.1f s: not accepting clients", now - self.broker_heard)
+            in_flight = 0
             for session in self.sessions.values():
+                in_flight += session.in_flight is not None
                 frame = session.overdue(now, self.config.resend_after)
                 if frame is not None:
-                    self.counts["events sent again"] += 1
+                    self.metrics.resent += 1
                     self.to_broker.put_nowait([frame])
+            self._snapshot(in_flight)
             await trio.sleep(self.config.heartbeat)
+
+    def _snapshot(self, in_flight: int) -> None:
+        """Copy what a scrape shows of the loop's tables (at most one heartbeat old)."""
+        metrics = self.metrics
+        metrics.gauges = Gauges(len(self.clients), in_flight, not self.broker_down, self.serving)
+        metrics.drops[Drop.OUTBOX_FULL] = self.to_broker.dropped
 
     def _on_broker(self, frames: list[bytes]) -> None:
         try:
             msg = codec.decode(frames[-1])
         except DecodeError as exc:
-            self._count(f"frontend: {exc}")
+            self._count(Drop.MALFORMED, f"frontend: {exc}")
             return
         if isinstance(msg, Fenced):
             self._fence(f"the broker {msg.broker} declared {self.instance} lost")
             return
         if not isinstance(msg, Heartbeat):
-            self._count(f"frontend: unexpected {type(msg).__name__}")
+            self._count(Drop.UNEXPECTED_MESSAGE, f"frontend: unexpected {type(msg).__name__}")
             return
         self._on_heartbeat(msg)
 
@@ -216,12 +259,14 @@ class Gateway:
         for session in self.sessions.values():
             frame = session.resend(now)
             if frame is not None:
+                self.metrics.resent += 1
                 self.to_broker.put_nowait([frame])
 
     def _advance(self, session: Session) -> None:
         """Send the session's next event if it may go now."""
         frame = session.next_frame(trio.current_time())
         if frame is not None:
+            self.metrics.events_sent += 1
             self.to_broker.put_nowait([frame])
         client = self.clients.get(session.cid)
         if session.finished and client is None:
@@ -234,32 +279,33 @@ class Gateway:
         seq = int.from_bytes(frame, "big")
         if self.pub_seq and seq > self.pub_seq + 1 and seq != 1:
             missed = seq - self.pub_seq - 1
-            self.counts["pub-out messages missed"] += missed
+            self.metrics.drop(Drop.SEQUENCE_GAP, missed)
             log.error("missed %d message(s) from the broker (seq %d after %d)", missed, seq, self.pub_seq)
             self._fence(f"missed {missed} message(s) from the broker")
         self.pub_seq = seq
 
     def _on_batch(self, frames: list[bytes]) -> None:
         if len(frames) != 3 or len(frames[1]) != 8:
-            self._count("pub-out: wrong frame count")
+            self._count(Drop.WRONG_FRAME_COUNT, f"pub-out: {len(frames)} frame(s)")
             return
         if frames[0] != topic_of(self.instance):  # queued for the instance we were before a fence
-            self.counts["pub-out: for an earlier instance, dropped"] += 1
+            self.metrics.drop(Drop.EARLIER_INSTANCE)
             return
         self._check_sequence(frames[1])
         try:
             batch = codec.decode(frames[2])
         except DecodeError as exc:
-            self._count(f"pub-out: {exc}")
+            self._count(Drop.MALFORMED, f"pub-out: {exc}")
             return
         if not isinstance(batch, Batch):
-            self._count("pub-out: not a batch")
+            self._count(Drop.UNEXPECTED_MESSAGE, f"pub-out: {type(batch).__name__}, not a batch")
             return
         skipping = False
         answered: list[Session] = []
+        now = trio.current_time()
         for item in batch.items:
             if isinstance(item, Mark):
-                skipping = not self._on_mark(item, answered)
+                skipping = not self._on_mark(item, answered, now)
             elif skipping:
                 continue
             elif isinstance(item, Deliver):
@@ -273,14 +319,15 @@ class Gateway:
         for session in answered:  # after the whole batch: a Close in it stops what was pending
             self._advance(session)
 
-    def _on_mark(self, mark: Mark, answered: list[Session]) -> bool:
+    def _on_mark(self, mark: Mark, answered: list[Session], now: float) -> bool:
         """-> False if this event was shown already (a replay)."""
         if not self.seen.first_time(mark.cid, mark.seq):
-            self.counts["replayed events dropped"] += 1
+            self.metrics.drop(Drop.REPLAY_DROPPED)
             return False
         if gateway_of(mark.cid) == self.instance:
             session = self.sessions.get(mark.cid)
-            if session is not None and session.answered(mark.seq):
+            if session is not None and (in_flight := session.in_flight) is not None and session.answered(mark.seq):
+                self.metrics.latency.observe(now - in_flight.first_sent)
                 answered.append(session)
         return True
 
@@ -294,7 +341,7 @@ class Gateway:
     def _fence(self, why: str) -> None:
         """We were declared lost: re-instance (once, in `_rejoin_when_fenced`)."""
         if self._fenced is not None or self._rejoining:
-            self.counts["fence signals while re-joining"] += 1
+            log.debug("fenced again while re-joining: %s", why)
             return
         log.warning("fenced: %s", why)
         self._fenced = why
@@ -311,7 +358,8 @@ class Gateway:
         """Tell and close every client; take a new name, identity and topic; serve again."""
         old, self.instance = self.instance, instance_name(self.config.name)
         log.warning("closing %d client(s); %s re-joins as %s", len(self.clients), old, self.instance)
-        self.counts["re-instanced after a fence"] += 1
+        self.metrics.fences += 1
+        set_log_instance(self.instance)
         for client in list(self.clients.values()):
             client.close_after(RECONNECT, "gateway fenced")
         for session in self.sessions.values():
@@ -340,7 +388,7 @@ class Gateway:
         for cid in item.cids:
             client = self.clients.get(cid)
             if client is None:
-                self.counts["delivery to a closed connection"] += 1
+                self.metrics.drop(Drop.DELIVERY_TO_CLOSED)
                 continue
             if client.json:
                 as_json = as_json or render_json(event)
@@ -351,6 +399,7 @@ class Gateway:
                 text = text or render_text(event)
                 data = text
             if client.push(data):
+                self.metrics.deliveries += 1
                 self._dirty[cid] = client
             else:
                 self._kick(client, "output queue full: you are not reading")
@@ -364,47 +413,51 @@ class Gateway:
     def _kick(self, client: Client, reason: str) -> None:
         log.info("closing %s: %s", client.cid, reason)
         self._dirty.pop(client.cid, None)
-        self.counts[f"closed: {reason}"] += 1
+        self.metrics.drop(Drop.SLOW_CONSUMER_CUT)
         client.close_after(f"! {reason}; disconnecting\n".encode(), reason)
 
-    def _count(self, cause: str) -> None:
-        self.counts[cause] += 1
-        log.warning("dropped: %s (%d so far)", cause, self.counts[cause])
+    def _count(self, cause: Drop, detail: str) -> None:
+        """Count a dropped message by its fixed cause; the log keeps the detail."""
+        log.warning("dropped (%s): %s (%d so far)", cause.value, detail, self.metrics.drop(cause))
 
     # --- the client side ------------------------------------------------------------
 
-    def _refusal(self, address: str) -> bytes | None:
+    def _refusal(self, address: str) -> tuple[Refusal, bytes] | None:
         config = self.config
         if self.max_connections and self._handling > self.max_connections:
-            return f"! server full ({self.max_connections} connections): try again later\n".encode()
+            full = f"! server full ({self.max_connections} connections): try again later\n"
+            return Refusal.SERVER_FULL, full.encode()
         if config.max_per_address and self.per_address[address] >= config.max_per_address:
-            return f"! too many connections from your address (max {config.max_per_address})\n".encode()
+            too_many = f"! too many connections from your address (max {config.max_per_address})\n"
+            return Refusal.PER_ADDRESS, too_many.encode()
         return None
 
-    def _accepted(self, sock: socket.socket) -> None:
-        self._nursery.start_soon(self._handle, sock)
-
-    async def _handle(self, sock: socket.socket) -> None:
-        # the connection is a plain non-blocking socket (see gateway.client)
+    async def _handle(self, sock: socket.socket, context: ssl.SSLContext | None) -> None:
+        # the connection is a plain non-blocking socket, or one wrapped by OpenSSL (see gateway.client)
         self._handling += 1
         try:
             accept.keep_alive(sock)
             try:
                 peer, first = await accept.client_address(sock, self.config.proxy_protocol,
-                                                          self.config.trusted_proxies)
+                                                          self.config.trusted_proxies, exact=context is not None)
+                if context is not None:
+                    sock = await self._handshake(context, sock, peer)
+            except accept.HealthCheck:
+                self.metrics.health_checks += 1
+                return
             except accept.NoClient as exc:
-                self.counts[exc.cause] += 1
+                self.metrics.refuse(exc.cause)
                 return
             except accept.Refused as exc:
-                self.counts[f"refused: {exc.cause}"] += 1  # by cause: the peer is in the log
+                self.metrics.refuse(exc.cause)  # by cause: the peer and the detail are in the log
                 log.warning("refused: %s", exc)
                 return
             address = peer.rpartition(":")[0]
             refusal = self._refusal(address)
             if refusal is not None:
-                self.counts["connections refused"] += 1
+                self.metrics.refuse(refusal[0])
                 with contextlib.suppress(OSError):  # best effort: it is being refused anyway
-                    sock.send(refusal)
+                    sock.send(refusal[1])
                 return
             self.per_address[address] += 1
             try:
@@ -415,7 +468,13 @@ class Gateway:
                     del self.per_address[address]
         finally:
             self._handling -= 1
+            if context is not None:
+                tls.say_goodbye(sock)
             sock.close()
+
+    async def _handshake(self, context: ssl.SSLContext, sock: socket.socket, peer: str) -> socket.socket:
+        assert self.config.tls is not None
+        return await tls.handshake(context, sock, self.config.tls.handshake_timeout, peer)
 
     async def _serve_client(self, sock: socket.socket, peer: str, first: bytes) -> None:
         cid = f"{self.instance}:{next(self._numbers)}"
@@ -423,6 +482,8 @@ class Gateway:
         session = Session(cid, peer, trio.current_time())
         self.clients[cid] = client
         self.sessions[cid] = session
+        self.metrics.accepted += 1
+        self.metrics.events_sent += 1
         assert session.in_flight is not None
         self.to_broker.put_nowait([session.in_flight.frame])
         ended = ""
@@ -430,6 +491,8 @@ class Gateway:
             ended = await client.serve(self._on_lines, first, self._on_eof)
         finally:
             del self.clients[cid]
+            if client.closing == FLOODING_REASON:
+                self.metrics.drop(Drop.FLOOD_CUT)
             trio.lowlevel.notify_closing(sock)  # a writer still waiting on it gives up
             if session.finished:  # a half-closed (or fenced) client's session is over already
                 self.sessions.pop(cid, None)
@@ -457,8 +520,9 @@ class Gateway:
             await client.wait_for_reader_wakeup(self.config.heartbeat)
         room = max(0, hold - len(session.pending))
         if len(lines) > room and self.broker_down:
-            self.counts["lines refused: service unavailable"] += len(lines) - room
+            self.metrics.drop(Drop.LINES_UNAVAILABLE, len(lines) - room)
             lines = lines[:room]
             client.push(UNAVAILABLE)
+        self.metrics.lines_in += len(lines)
         session.add_lines(lines)
         self._advance(session)
