@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 
 # Debian packages the tests drive for real (installed when missing and we are root;
 # policy-rc.d keeps apt from starting their services: the tests start their own)
-APT_PACKAGES := haproxy iproute2 redis-server chromium
+APT_PACKAGES := haproxy iproute2 redis-server chromium irssi tmux
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
