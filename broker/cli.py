@@ -5,21 +5,45 @@ from __future__ import annotations
 import click
 import zmq
 
-from broker.server import Broker, BrokerConfig
-from stack.process import Stopping, setup_logging
+from broker.server import MAX_MESSAGE, Broker, BrokerConfig
+from stack.metrics import parse_listen, serve_metrics
+from stack.process import LOG_FORMATS, Stopping, set_log_instance, setup_logging
 
 
-def run(config: BrokerConfig) -> None:
+def run(config: BrokerConfig, metrics_listen: tuple[str, int] | None = None) -> None:
     stopping = Stopping().install()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     broker = Broker(config, ctx)
+    set_log_instance(broker.name)
     try:
         bound = " ".join(f"{k}={v}" for k, v in broker.endpoints().items())
+        if metrics_listen is not None:
+            metrics = _serve(broker, *metrics_listen)
+            print(f"chat-broker metrics on {metrics}", flush=True)
+            bound += f" metrics={metrics}"
         print(f"chat-broker ready {bound}", flush=True)
         broker.run(stopping)
     finally:
         broker.close()
         ctx.term()
+
+
+def _serve(broker: Broker, host: str, port: int) -> str:
+    """Serve the broker's metrics -> the HOST:PORT bound."""
+    try:
+        host, port = serve_metrics(broker.metrics.registry(), host, port)
+    except OSError as exc:
+        raise click.ClickException(f"--metrics-listen: cannot listen on {host}:{port}: {exc}") from None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _listen(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    try:
+        return parse_listen(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command(context_settings={"show_default": True})
@@ -37,12 +61,19 @@ def run(config: BrokerConfig) -> None:
               help="Missed heartbeats before a worker or gateway is taken for dead.")
 @click.option("--hwm", default=100_000, envvar="CHAT_HWM", show_envvar=True, type=click.IntRange(1),
               help="ZeroMQ high-water mark of every socket, in messages.")
+@click.option("--max-message", default=MAX_MESSAGE, envvar="CHAT_MAX_MESSAGE", show_envvar=True,
+              type=click.IntRange(1 << 16), help="Largest frame a peer may send, in bytes; larger: dropped.")
+@click.option("--metrics-listen", default=None, envvar="CHAT_METRICS_LISTEN", show_envvar=True,
+              callback=_listen, help="Serve Prometheus metrics on HOST:PORT (port 0: any free one). Default: off.")
 @click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
+@click.option("--log-format", default="text", envvar="CHAT_LOG_FORMAT", show_envvar=True,
+              type=click.Choice(LOG_FORMATS), help="Log lines as text or one JSON object a line.")
 def main(frontend: str, backend: str, pub_in: str, pub_out: str, heartbeat: float, liveness: int,
-         hwm: int, log_level: str) -> None:
+         hwm: int, max_message: int, metrics_listen: tuple[str, int] | None, log_level: str,
+         log_format: str) -> None:
     """Balance client events over workers and route their replies to gateways."""
-    setup_logging("chat-broker", log_level)
-    run(BrokerConfig(frontend, backend, pub_in, pub_out, heartbeat, liveness, hwm))
+    setup_logging("chat-broker", log_level, log_format)
+    run(BrokerConfig(frontend, backend, pub_in, pub_out, heartbeat, liveness, hwm, max_message), metrics_listen)
 
 
 if __name__ == "__main__":

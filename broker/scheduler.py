@@ -141,6 +141,19 @@ class Scheduler:
     def workers(self) -> list[bytes]:
         return list(self._workers)
 
+    @property
+    def connections(self) -> int:
+        """Connections with an event waiting or in flight."""
+        return len(self._conns)
+
+    def in_flight_total(self) -> int:
+        """Events given to workers and not yet done: O(workers)."""
+        return sum(len(state.events) for state in self._workers.values())
+
+    def free_credit(self) -> int:
+        """Events the workers can take now, in all: O(workers)."""
+        return sum(state.credit for state in self._workers.values())
+
     def in_flight(self, worker: bytes) -> int:
         state = self._workers.get(worker)
         return len(state.events) if state else 0

@@ -7,10 +7,22 @@
     pub-in    XSUB    <- other publishers' [topic, Batch], forwarded to pub-out
 
 `seq` numbers the messages of each topic (8 bytes, big-endian, from 1 at
-each broker start): a gateway that sees a gap knows it lost something and
-says so. pub-out is XPUB_NODROP: a full subscriber makes the send fail,
-loudly counted, instead of dropping in silence; the lost `Mark` then makes
-the event's gateway send it again.
+each broker start): a gateway that sees a gap knows it lost something.
+pub-out is XPUB_NODROP and XPUB_MANUAL: only subscriptions to one gateway
+topic (`<name>:`) are accepted, so one full pipe fails only its own topic.
+A send that fails at a subscriber's high-water mark is counted by cause,
+goes to the topic's other subscribers, if any, and the gateway that does
+not read is declared lost at once (fenced): it costs only itself.
+
+A fenced gateway instance that speaks again is answered `Fenced` (at most
+once a heartbeat) and its events are ignored; it re-joins under a new name.
+A broker that hears no peer at all within the liveness window suspects its
+own link and reaps nobody; when peers are heard again, the silent ones get
+a fresh window first.
+
+Everything the loop does is counted in `BrokerMetrics` (broker.metrics): plain
+ints on the hot path, the queue's and peers' sizes copied once a heartbeat; every
+drop or refusal under one fixed `Drop` cause.
 
 A `Done` is published on pub-out before its events are marked finished, and
 all of it goes out before any other reply: every gateway sees replies in
@@ -29,7 +41,8 @@ from dataclasses import dataclass
 
 import zmq
 
-from broker.liveness import Liveness
+from broker.liveness import Fence, LinkWatch, Liveness
+from broker.metrics import BrokerMetrics, Drop, Gauges
 from broker.scheduler import Scheduler
 from protocol import codec
 from protocol.errors import DecodeError
@@ -37,6 +50,7 @@ from protocol.messages import (
     Connected,
     Disconnected,
     Done,
+    Fenced,
     GatewayLost,
     Heartbeat,
     Lines,
@@ -45,6 +59,7 @@ from protocol.messages import (
     Unknown,
     event_key,
     gateway_of,
+    is_gateway_topic,
     topic_of,
 )
 from stack.process import Stopping
@@ -52,6 +67,8 @@ from stack.process import Stopping
 log = logging.getLogger("chat.broker")
 
 BURST = 1000  # messages read from one socket before looking at the others
+MAX_TOPICS = 10_000  # pub-out topics subscribed at once: far more gateways than anyone runs
+MAX_MESSAGE = 64 << 20  # default bound of one frame from any peer (ZMQ_MAXMSGSIZE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +80,7 @@ class BrokerConfig:
     heartbeat: float = 1.0
     liveness: int = 3
     hwm: int = 100_000
+    max_message: int = MAX_MESSAGE
 
 
 class Broker:
@@ -75,21 +93,27 @@ class Broker:
         self.scheduler = Scheduler()
         self.workers = Liveness(config.heartbeat, config.liveness)
         self.gateways = Liveness(config.heartbeat, config.liveness)
-        self.counts: Counter[str] = Counter()
+        self.link = LinkWatch(config.heartbeat * config.liveness, time.monotonic())
+        self.fenced = Fence(config.heartbeat)
+        self.metrics = BrokerMetrics()
         self.name = f"broker.{secrets.token_hex(4)}"  # new each run: peers see a restart
         self._heartbeat = codec.encode(Heartbeat(self.name))
         self._unknown = codec.encode(Unknown(self.name))
+        self._fenced = codec.encode(Fenced(self.name))
         self._out_seq: dict[bytes, int] = {}  # per pub-out topic: the last seq sent
+        self._subscribers: Counter[bytes] = Counter()  # per pub-out topic: subscriptions we accepted
 
     def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str) -> zmq.Socket[bytes]:
         sock = ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self.config.hwm)
         sock.setsockopt(zmq.RCVHWM, self.config.hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message)
         if kind == zmq.ROUTER:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if kind == zmq.XPUB:
             sock.setsockopt(zmq.XPUB_NODROP, 1)
+            sock.setsockopt(zmq.XPUB_MANUAL, 1)  # we choose which subscriptions count
         if kind == zmq.XSUB:
             sock.send(b"\x01")  # subscribe to everything
         sock.bind(endpoint)
@@ -109,8 +133,9 @@ class Broker:
     def close(self) -> None:
         for sock in (self.frontend, self.backend, self.pub_in, self.pub_out):
             sock.close()
-        if self.counts:
-            log.info("broker counters: %s", dict(self.counts))
+        drops = {cause.value: n for cause, n in self.metrics.drops.items() if n}
+        if drops:
+            log.info("broker drops by cause: %s", drops, extra={"fields": {"drops": drops}})
 
     # --- the loop -------------------------------------------------------------
 
@@ -147,13 +172,13 @@ class Broker:
     def _decode(self, frames: list[bytes], where: str) -> tuple[bytes, bytes, Message] | None:
         """[peer, body] from a ROUTER -> (peer, body, message), or None (counted and logged)."""
         if len(frames) != 2:
-            self._drop(f"{where}: wrong frame count")
+            self._drop(Drop.WRONG_FRAME_COUNT, f"{where}: {len(frames)} frames")
             return None
         peer, body = frames
         try:
             return peer, body, codec.decode(body)
         except DecodeError as exc:
-            self._drop(f"{where}: {exc}")
+            self._drop(Drop.MALFORMED, f"{where}: {exc}")
             return None
 
     def _on_frontend(self, frames: list[bytes]) -> None:
@@ -161,15 +186,21 @@ class Broker:
         if decoded is None:
             return
         gateway, body, msg = decoded
-        self.gateways.heard(gateway, time.monotonic())
+        now = time.monotonic()
+        if gateway in self.fenced:
+            self._on_fenced(gateway, msg, now)
+            return
+        self._heard(self.gateways, gateway, now)
         if isinstance(msg, (Connected, Lines, Disconnected)):
             if gateway_of(msg.cid).encode() != gateway:
-                self._drop("frontend: a connection ID of another gateway")
+                self._drop(Drop.FOREIGN_CONNECTION_ID, "frontend: a connection ID of another gateway")
                 return
-            if not self.scheduler.submit(msg.cid, msg.seq, body):
-                self.counts["duplicate events ignored"] += 1
+            if self.scheduler.submit(msg.cid, msg.seq, body):
+                self.metrics.received += 1
+            else:
+                self.metrics.drop(Drop.DUPLICATE_EVENT)  # a gateway's resend: normal, not logged
         elif not isinstance(msg, Heartbeat):
-            self._drop(f"frontend: unexpected {type(msg).__name__}")
+            self._drop(Drop.UNEXPECTED_MESSAGE, f"frontend: {type(msg).__name__}")
 
     # --- workers ------------------------------------------------------------------
 
@@ -179,69 +210,151 @@ class Broker:
             return
         worker, _, msg = decoded
         if isinstance(msg, Ready):
-            self.workers.heard(worker, time.monotonic())
+            self._heard(self.workers, worker, time.monotonic())
             self.scheduler.ready(worker, msg.credit)
             log.info("worker %s ready (credit %d)", worker.decode(errors="replace"), msg.credit)
             return
         if worker not in self.workers:  # a worker of a broker before us: ask it to register
-            self.counts["messages from unknown workers"] += 1
+            self.metrics.drop(Drop.UNKNOWN_WORKER)
             with contextlib.suppress(zmq.ZMQError):  # gone already: nothing to tell
                 self.backend.send_multipart([worker, self._unknown], zmq.NOBLOCK)
             return
-        self.workers.heard(worker, time.monotonic())
+        self._heard(self.workers, worker, time.monotonic())
         if isinstance(msg, Done):
+            self.metrics.done += 1
             self._publish(msg)
             self.scheduler.done(worker, list(msg.events))
         elif not isinstance(msg, Heartbeat):
-            self._drop(f"backend: unexpected {type(msg).__name__}")
+            self._drop(Drop.UNEXPECTED_MESSAGE, f"backend: {type(msg).__name__}")
 
     def _publish(self, done: Done) -> None:
         for gateway, batch in done.publish:
             self._send_out(topic_of(gateway), batch, "pub-out: high-water mark")
 
-    def _send_out(self, topic: bytes, batch: bytes, cause: str) -> None:
-        seq = self._out_seq.get(topic, 0) + 1
-        try:
-            self.pub_out.send_multipart([topic, seq.to_bytes(8, "big"), batch], zmq.NOBLOCK)
-        except zmq.Again:
-            self._drop(cause)
+    def _send_out(self, topic: bytes, batch: bytes, where: str) -> None:
+        name = topic[:-1]
+        if name in self.fenced:
+            self.metrics.drop(Drop.TO_FENCED_GATEWAY)
             return
+        if topic not in self._subscribers:  # numbered only when someone can get it: a gap is a loss
+            self.metrics.drop(Drop.NO_SUBSCRIBER)
+            return
+        seq = self._out_seq.get(topic, 0) + 1
+        frames = [topic, seq.to_bytes(8, "big"), batch]
+        try:
+            self.pub_out.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:  # a subscriber of this topic does not read: it alone loses
+            self._drop(Drop.PUB_OUT_FULL, where)
+            self._send_lossy(frames)
+            if name in self.gateways:
+                self._lose_gateway(name, "it does not read pub-out (its pipe is full)")
+                return
         self._out_seq[topic] = seq
+        self.metrics.published += 1
+
+    def _send_lossy(self, frames: list[bytes]) -> None:
+        """Send to the topic's subscribers that have room; the full ones drop it."""
+        self.pub_out.setsockopt(zmq.XPUB_NODROP, 0)
+        try:
+            self.pub_out.send_multipart(frames, zmq.NOBLOCK)
+        finally:
+            self.pub_out.setsockopt(zmq.XPUB_NODROP, 1)
 
     def _dispatch(self) -> None:
         for worker, frames in self.scheduler.dispatch():
             try:
                 self.backend.send_multipart([worker, *frames], zmq.NOBLOCK)
             except zmq.ZMQError as exc:  # unroutable or at the high-water mark
-                self._drop(f"backend: {exc}")
+                self._drop(Drop.BACKEND_UNROUTABLE, f"backend: {exc}")
                 self.workers.forget(worker)
                 self.scheduler.lose_worker(worker)
+                self.metrics.workers_lost += 1
+                continue
+            self.metrics.dispatched += len(frames)
 
     # --- pub-in forwarding ----------------------------------------------------------
 
     def _on_pub_in(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
-            self._drop("pub-in: wrong frame count")
+            self._drop(Drop.WRONG_FRAME_COUNT, f"pub-in: {len(frames)} frames")
             return
         self._send_out(frames[0], frames[1], "pub-out: high-water mark (pub-in)")
 
     def _on_subscription(self, frames: list[bytes]) -> None:
+        """Accept a subscription to one gateway topic only: an empty or odd prefix
+        would match others' topics, and its full pipe would fail their sends."""
+        if len(frames) != 1 or not frames[0] or frames[0][0] not in (0, 1):
+            self._drop(Drop.NOT_A_SUBSCRIPTION, "pub-out: not a subscription")
+            return
+        subscribe, topic = frames[0][0] == 1, frames[0][1:]
+        if not is_gateway_topic(topic):
+            self._drop(Drop.REFUSED_SUBSCRIPTION, "pub-out: not one gateway topic")
+            return
+        if subscribe and topic not in self._subscribers and len(self._subscribers) >= MAX_TOPICS:
+            self._drop(Drop.TOO_MANY_TOPICS, f"pub-out: more than {MAX_TOPICS} topics")
+            return
+        self.pub_out.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
+        self._subscribers[topic] += 1 if subscribe else -1
+        if self._subscribers[topic] <= 0:
+            del self._subscribers[topic]
         self.pub_in.send_multipart(frames)
 
     # --- liveness ---------------------------------------------------------------------
 
+    def _heard(self, peers: Liveness, peer: bytes, now: float) -> None:
+        peers.heard(peer, now)
+        silence = self.link.heard(now)
+        if silence is not None:
+            log.warning("peers heard again after %.1f s of silence from all of them: "
+                        "the silent ones get a fresh window", silence)
+            self.workers.grace(now)
+            self.gateways.grace(now)
+
+    def _on_fenced(self, gateway: bytes, msg: Message, now: float) -> None:
+        """A gateway instance we declared lost: its events are ignored, it is told."""
+        if isinstance(msg, (Connected, Lines, Disconnected)):
+            self.metrics.drop(Drop.FENCED_GATEWAY)
+        if self.fenced.tell(gateway, now):
+            log.info("gateway %s was fenced: telling it", gateway.decode(errors="replace"))
+            with contextlib.suppress(zmq.ZMQError):  # gone or busy: it is told again later
+                self.frontend.send_multipart([gateway, self._fenced], zmq.NOBLOCK)
+
+    def _lose_gateway(self, gateway: bytes, why: str) -> None:
+        name = gateway.decode(errors="replace")
+        log.warning("gateway %s lost (%s): freeing its connections", name, why)
+        self.gateways.forget(gateway)
+        self.fenced.add(gateway)
+        self.metrics.gateways_lost += 1
+        self._out_seq.pop(topic_of(name), None)
+        cid, seq = event_key(GatewayLost(name))
+        self.scheduler.submit(cid, seq, codec.encode(GatewayLost(name)))
+
     def _housekeeping(self, now: float) -> None:
-        for worker in self.workers.expired(now):
-            lost = self.scheduler.lose_worker(worker)
-            log.warning("worker %s lost: %d events go out again", worker.decode(errors="replace"), lost)
-        for gateway in self.gateways.expired(now):
-            name = gateway.decode(errors="replace")
-            log.warning("gateway %s lost: freeing its connections", name)
-            self._out_seq.pop(topic_of(name), None)
-            cid, seq = event_key(GatewayLost(name))
-            self.scheduler.submit(cid, seq, codec.encode(GatewayLost(name)))
+        was_silent = self.link.silent
+        if self.link.may_reap(now):
+            self._reap(now)
+        elif not was_silent:
+            log.warning("no peer heard for %.1f s: suspecting our own link, reaping nobody",
+                        now - self.link.last_heard)
         self._beat(self.backend, self.workers)
         self._beat(self.frontend, self.gateways)
+        self._snapshot()
+
+    def _snapshot(self) -> None:
+        """Copy the queue's and peers' sizes for the metrics (read by the scrape thread)."""
+        queue = self.scheduler
+        self.metrics.gauges = Gauges(
+            waiting=queue.queued, in_flight=queue.in_flight_total(), connections=queue.connections,
+            workers=len(self.workers), credit=queue.free_credit(), gateways=len(self.gateways),
+            fenced=len(self.fenced))
+
+    def _reap(self, now: float) -> None:
+        for worker in self.workers.expired(now):
+            lost = self.scheduler.lose_worker(worker)
+            self.metrics.workers_lost += 1
+            log.warning("worker %s lost: %d events go out again", worker.decode(errors="replace"), lost)
+        for gateway in self.gateways.expired(now):
+            self._lose_gateway(gateway, "silent too long")
 
     def _beat(self, sock: zmq.Socket[bytes], peers: Liveness) -> None:
         for peer in peers:
@@ -251,6 +364,8 @@ class Broker:
         with contextlib.suppress(zmq.ZMQError):  # gone or busy: its liveness will tell
             sock.send_multipart([peer, self._heartbeat], zmq.NOBLOCK)
 
-    def _drop(self, cause: str) -> None:
-        self.counts[cause] += 1
-        log.warning("dropped: %s (%d so far)", cause, self.counts[cause])
+    def _drop(self, cause: Drop, detail: str) -> None:
+        """Count and log a drop: the metric by its fixed cause, the log line with the detail."""
+        n = self.metrics.drop(cause)
+        log.warning("dropped (%s): %s (%d so far)", cause.value, detail, n,
+                    extra={"fields": {"cause": cause.value, "detail": detail, "count": n}})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import signal
+import ssl
 
 import click
 import trio
@@ -12,7 +13,11 @@ import zmq
 
 from gateway.client import ClientLimits
 from gateway.server import Gateway, GatewayConfig
-from stack.process import setup_logging
+from gateway.tls import TlsConfig, server_context
+from protocol import proxy
+from stack.metrics import parse_listen as parse_metrics_listen
+from stack.metrics import serve_metrics
+from stack.process import LOG_FORMATS, set_log_instance, setup_logging
 
 log = logging.getLogger("chat.gateway")
 
@@ -26,13 +31,71 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-async def run(config: GatewayConfig) -> None:
+def parse_trusted_proxies(proxy_protocol: bool, text: str) -> tuple[proxy.Network, ...]:
+    """The PROXY protocol without a list of trusted balancers would let any host claim
+    any address: refuse to start rather than guess."""
+    if not proxy_protocol:
+        if text.strip():
+            raise click.UsageError("--trusted-proxies is only for --proxy-protocol")
+        return ()
+    if not text.strip():
+        raise click.UsageError("--proxy-protocol needs --trusted-proxies CIDR[,CIDR...] (CHAT_TRUSTED_PROXIES): "
+                               "the balancers whose PROXY headers are believed")
+    try:
+        return proxy.parse_networks(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trusted-proxies") from None
+
+
+def show(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listeners_shown(bound: dict[str, tuple[str, int]]) -> str:
+    """The plain listener as HOST:PORT first (what scripts parse), then tls=HOST:PORT."""
+    parts = [show(*bound["plain"])] if "plain" in bound else []
+    if "tls" in bound:
+        parts.append("tls=" + show(*bound["tls"]))
+    return " ".join(parts)
+
+
+def tls_config(listen: str | None, cert: str | None, key: str | None, timeout: float) -> TlsConfig | None:
+    """The TLS listener's options, checked (the files load) -> its config, or None."""
+    if listen is None or not listen.strip():  # '' as for --listen: none
+        if cert or key:
+            raise click.UsageError("--tls-cert and --tls-key are for --tls-listen")
+        return None
+    if not cert or not key:
+        raise click.UsageError("--tls-listen needs --tls-cert FILE and --tls-key FILE (CHAT_TLS_CERT, CHAT_TLS_KEY)")
+    host, port = parse_listen(listen)
+    try:
+        server_context(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise click.ClickException(f"--tls-cert/--tls-key: cannot load {cert} and {key}: {exc}") from None
+    return TlsConfig(host, port, cert, key, timeout)
+
+
+def serve_gateway_metrics(gateway: Gateway, host: str, port: int) -> str:
+    """Serve the gateway's metrics -> the HOST:PORT bound."""
+    try:
+        return show(*serve_metrics(gateway.metrics.registry(), host, port))
+    except OSError as exc:
+        raise click.ClickException(f"--metrics-listen: cannot listen on {host}:{port}: {exc}") from None
+
+
+async def run(config: GatewayConfig, metrics_listen: tuple[str, int] | None = None) -> None:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     gateway = Gateway(config, ctx)
+    set_log_instance(gateway.instance)
     try:
         async with trio.open_nursery() as nursery:
-            host, port = await nursery.start(gateway.serve)
-            print(f"chat-gateway {gateway.instance} listening on {host}:{port}", flush=True)
+            bound = await nursery.start(gateway.serve)
+            ready = f"chat-gateway {gateway.instance} listening on " + listeners_shown(bound)
+            if metrics_listen is not None:
+                metrics = serve_gateway_metrics(gateway, *metrics_listen)
+                print(f"chat-gateway metrics on {metrics}", flush=True)
+                ready += f" metrics={metrics}"
+            print(ready, flush=True)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     log.info("%s: closing %d clients", signal.Signals(signum).name, len(gateway.clients))
@@ -53,9 +116,26 @@ async def shut_down(gateway: Gateway, grace: float = 3.0) -> None:
             await trio.sleep(0.05)  # the sessions' goodbyes are being answered
 
 
+def _metrics_listen(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    try:
+        return parse_metrics_listen(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command(context_settings={"show_default": True})
 @click.option("--listen", default="0.0.0.0:7000", envvar="CHAT_LISTEN", show_envvar=True,
-              help="HOST:PORT for clients (port 0: any free port).")
+              help="HOST:PORT for plain TCP clients (port 0: any free port; '': none, TLS only).")
+@click.option("--tls-listen", default=None, envvar="CHAT_TLS_LISTEN", show_envvar=True,
+              help="HOST:PORT for TLS clients (TLS 1.2+; port 0: any free port). Default: off.")
+@click.option("--tls-cert", default=None, envvar="CHAT_TLS_CERT", show_envvar=True,
+              type=click.Path(exists=True, dir_okay=False), help="PEM certificate chain for --tls-listen.")
+@click.option("--tls-key", default=None, envvar="CHAT_TLS_KEY", show_envvar=True,
+              type=click.Path(exists=True, dir_okay=False), help="PEM private key for --tls-listen.")
+@click.option("--tls-handshake-timeout", default=10.0, envvar="CHAT_TLS_HANDSHAKE_TIMEOUT", show_envvar=True,
+              type=click.FloatRange(0.1), help="Seconds a TLS client has to finish its handshake.")
 @click.option("--frontend", default="tcp://127.0.0.1:5555", envvar="CHAT_FRONTEND", show_envvar=True,
               help="The broker's frontend endpoint.")
 @click.option("--pub-out", default="tcp://127.0.0.1:5558", envvar="CHAT_PUB_OUT", show_envvar=True,
@@ -74,12 +154,22 @@ async def shut_down(gateway: Gateway, grace: float = 3.0) -> None:
               help="Lines a client may send at once before the rate limit applies.")
 @click.option("--max-waiting-lines", default=1000, envvar="CHAT_MAX_WAITING_LINES", show_envvar=True,
               type=click.IntRange(1), help="Lines held back by the rate limit before a flooder is disconnected.")
+@click.option("--max-bad-lines", default=20, envvar="CHAT_MAX_BAD_LINES", show_envvar=True,
+              type=click.IntRange(1), help="Bad lines (invalid UTF-8, too long, or 32 telnet commands each) a client "
+              "may send at once, then one a second, before it is disconnected as a flooder (off with rate limit 0).")
+@click.option("--half-close-wait", default=10.0, envvar="CHAT_HALF_CLOSE_WAIT", show_envvar=True,
+              type=click.FloatRange(0), help="Seconds a client that closed its sending side still gets its replies.")
 @click.option("--max-connections", default=20_000, envvar="CHAT_MAX_CONNECTIONS", show_envvar=True,
-              type=click.IntRange(0), help="Clients this gateway accepts at once (0: no limit).")
+              type=click.IntRange(0),
+              help="Clients this gateway accepts at once (0: no limit); lowered to fit the open-file limit.")
 @click.option("--max-per-address", default=256, envvar="CHAT_MAX_PER_ADDRESS", show_envvar=True,
               type=click.IntRange(0), help="Clients from one IP address at once (0: no limit).")
 @click.option("--proxy-protocol", is_flag=True, envvar="CHAT_PROXY_PROTOCOL", show_envvar=True,
-              help="Expect a PROXY v1 header (HAProxy send-proxy) with the client's real address.")
+              help="Expect a PROXY v1 or v2 header (HAProxy send-proxy, send-proxy-v2) with the client's "
+                   "real address; needs --trusted-proxies.")
+@click.option("--trusted-proxies", default="", envvar="CHAT_TRUSTED_PROXIES", show_envvar=True,
+              metavar="CIDR[,CIDR...]",
+              help="With --proxy-protocol: the balancers' addresses; every other peer is refused.")
 @click.option("--reuse-port", is_flag=True, envvar="CHAT_REUSE_PORT", show_envvar=True,
               help="SO_REUSEPORT: run several gateways on one port; the kernel spreads the clients.")
 @click.option("--heartbeat", default=1.0, envvar="CHAT_HEARTBEAT", show_envvar=True, type=click.FloatRange(0.05),
@@ -88,25 +178,40 @@ async def shut_down(gateway: Gateway, grace: float = 3.0) -> None:
               help="Missed broker heartbeats before the broker is taken for down.")
 @click.option("--resend-after", default=5.0, envvar="CHAT_RESEND_AFTER", show_envvar=True,
               type=click.FloatRange(0.1), help="Seconds an unanswered event waits before it is sent again.")
+@click.option("--metrics-listen", default=None, envvar="CHAT_METRICS_LISTEN", show_envvar=True,
+              callback=_metrics_listen,
+              help="Serve Prometheus metrics on HOST:PORT (port 0: any free one). Default: off.")
 @click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
-def main(listen: str, frontend: str, pub_out: str, name: str, max_line: int, max_queue_lines: int,
+@click.option("--log-format", default="text", envvar="CHAT_LOG_FORMAT", show_envvar=True,
+              type=click.Choice(LOG_FORMATS), help="Log lines as text or one JSON object a line.")
+def main(listen: str, tls_listen: str | None, tls_cert: str | None, tls_key: str | None,
+         tls_handshake_timeout: float, frontend: str, pub_out: str, name: str, max_line: int, max_queue_lines: int,
          max_queue_bytes: int, rate_limit: float, rate_burst: int, max_waiting_lines: int,
-         max_connections: int, max_per_address: int, proxy_protocol: bool, reuse_port: bool, heartbeat: float,
-         liveness: int,
-         resend_after: float, log_level: str) -> None:
+         max_bad_lines: int, half_close_wait: float,
+         max_connections: int, max_per_address: int, proxy_protocol: bool, trusted_proxies: str,
+         reuse_port: bool, heartbeat: float, liveness: int,
+         resend_after: float, metrics_listen: tuple[str, int] | None, log_level: str, log_format: str) -> None:
     """Accept chat clients over TCP and bridge them to the broker."""
     if name and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         raise click.BadParameter("letters, digits, _ . - only", param_hint="--id")
-    setup_logging("chat-gateway", log_level)
-    host, port = parse_listen(listen)
+    trusted = parse_trusted_proxies(proxy_protocol, trusted_proxies)
+    tls = tls_config(tls_listen, tls_cert, tls_key, tls_handshake_timeout)
+    plain = bool(listen.strip())
+    if not plain and tls is None:
+        raise click.UsageError("no listener: give --listen HOST:PORT or --tls-listen HOST:PORT")
+    setup_logging("chat-gateway", log_level, log_format)
+    host, port = parse_listen(listen) if plain else ("", 0)
     limits = ClientLimits(max_line=max_line, max_queue_lines=max_queue_lines, max_queue_bytes=max_queue_bytes,
-                          rate=rate_limit, burst=rate_burst, max_waiting_lines=max_waiting_lines)
+                          rate=rate_limit, burst=rate_burst, max_waiting_lines=max_waiting_lines,
+                          max_bad_lines=max_bad_lines)
     config = GatewayConfig(host=host, port=port, frontend=frontend, pub_out=pub_out, name=name,
                            heartbeat=heartbeat, liveness=liveness, resend_after=resend_after,
                            max_connections=max_connections,
                            max_per_address=max_per_address, proxy_protocol=proxy_protocol,
-                           reuse_port=reuse_port, limits=limits)
-    trio.run(run, config)
+                           trusted_proxies=trusted,
+                           reuse_port=reuse_port, half_close_wait=half_close_wait, limits=limits,
+                           plain=plain, tls=tls)
+    trio.run(run, config, metrics_listen)
 
 
 if __name__ == "__main__":

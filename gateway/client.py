@@ -4,9 +4,14 @@ with output written straight to the kernel whenever it takes it.
 Input: the connection's task (`serve`) waits for the socket to be
 readable, turns bytes into lines (`protocol.lines`) and hands every batch
 of lines that one read completed to the gateway as one event. Bad lines
-are answered here, at once, and never leave the gateway. Lines over the
-rate limit wait in the reader, which meanwhile reads nothing more: the
-client's own TCP window holds it back.
+are answered here, at once, and never leave the gateway. Every read costs
+the client rate-limit tokens, for its bytes and for every line it ends,
+empty and bad ones too (`gateway.ratelimit.read_cost`). Lines over the
+rate limit, and a debt, wait in the reader, which meanwhile reads nothing
+more: the client's own TCP window holds it back. Too many lines in one
+read, or bad lines (and telnet commands) past the client's allowance, and
+it is told it floods and cut off. When the client half-closes (a FIN: it
+may still read), its task lets out what its lines caused before it ends.
 
 Output: the gateway `push`es rendered lines, then `flush`es each client it
 pushed to once per burst of replies: one `send` system call per client per
@@ -15,21 +20,35 @@ kernel does not take becomes a backlog, and only then does a writer task
 exist, for as long as the backlog does. An idle connection is one task and
 a few small objects. Pushed and backlogged output is bounded in lines and
 bytes: a client that does not read is told why and disconnected.
+
+TLS: the socket may be one wrapped by OpenSSL (`gateway.tls`). It is read
+and written the same way; OpenSSL's "want read/write" counts as a
+would-block (a write that blocked is retried with the same bytes first,
+as OpenSSL requires: they head the backlog), and input OpenSSL has
+decrypted already (`pending`) is read before waiting on the socket again.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
 
-from gateway.ratelimit import TokenBucket
-from protocol.lines import LineBuffer, LineError
+from gateway.ratelimit import TokenBucket, read_cost
+from protocol.lines import IAC, LineBuffer, LineError
 
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
+OnLines = Callable[["Client", list[str]], Awaitable[None]]
+OnEof = Callable[["Client"], Awaitable[None]]
+FLOODING = b"! flooding: too many lines at once; disconnecting\n"
+FLOODING_REASON = "flooding"  # `closing` of a client cut for flooding
+TELNET_BYTES_PER_BAD_LINE = 32  # telnet commands (IAC bytes) that cost as much as one bad line
 WRITE_ERRORS = (OSError, trio.ClosedResourceError, trio.BusyResourceError)
+# nothing moved now, try again when the socket is ready (OpenSSL says it its way on a TLS socket)
+WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +60,8 @@ class ClientLimits:
     rate: float = 20.0  # lines a second; 0: no limit
     burst: int = 100
     max_waiting_lines: int = 1000  # read but held back by the rate limit: past this, disconnect
+    max_bad_lines: int = 20  # bad lines (and telnet commands) at once before a flooder is disconnected
+    bad_line_rate: float = 1.0  # bad lines a second that a client may keep sending; 0 with rate 0
 
 
 class Client:
@@ -52,6 +73,7 @@ class Client:
         "_reader_lot",
         "_scope",
         "_spawn",
+        "_tls",
         "_writer",
         "broken",
         "cid",
@@ -69,6 +91,7 @@ class Client:
         self.closing: str | None = None
         self.broken = False
         self._spawn = spawn  # starts the writer task when there is a backlog
+        self._tls = isinstance(sock, ssl.SSLSocket)  # OpenSSL may hold decrypted input: read it first
         self._pending: list[bytes] = []  # pushed since the last flush
         self._backlog: list[bytes] | None = None  # what the kernel did not take; None: no writer
         self._writer: trio.CancelScope | None = None
@@ -79,11 +102,18 @@ class Client:
 
     # --- the connection's task ------------------------------------------------
 
-    async def serve(self, on_lines: Callable[[Client, list[str]], Awaitable[None]], first: bytes = b"") -> str:
-        """Read (`first`, then the socket) until the connection ends -> '' or 'connection reset'."""
+    async def serve(self, on_lines: OnLines, first: bytes = b"", on_eof: OnEof | None = None) -> str:
+        """Read (`first`, then the socket) until the connection ends -> '' or 'connection reset'.
+
+        At the client's end of input (a FIN: it may still be reading), `on_eof`
+        runs before the connection closes: it lets the replies out.
+        """
         with trio.CancelScope() as self._scope:
             try:
                 await self._read_loop(on_lines, first)
+                if on_eof is not None and self.closing is None and not self.broken:
+                    await on_eof(self)
+                    self.close_after(b"", "end of input")
             except (OSError, trio.ClosedResourceError):
                 self.broken = True
             if not self.broken and self.closing is not None and self._backlog is not None:
@@ -123,7 +153,7 @@ class Client:
     def _send_now(self, data: bytes) -> None:
         try:
             sent = self.sock.send(data)
-        except BlockingIOError:
+        except WOULD_BLOCK:  # a TLS write that blocked is retried with the same bytes first: the backlog
             sent = 0
         except OSError:
             self.broken = True
@@ -171,7 +201,7 @@ class Client:
         data = b"".join(self._backlog)
         try:
             sent = self.sock.send(data)
-        except BlockingIOError:
+        except WOULD_BLOCK:
             sent = 0
         rest = data[sent:]
         self._backlog = [rest] if rest else []
@@ -193,41 +223,70 @@ class Client:
 
     async def _receive(self) -> bytes:
         while True:
-            await trio.lowlevel.wait_readable(self.sock)
+            if not (self._tls and self.sock.pending()):  # type: ignore[attr-defined]
+                await trio.lowlevel.wait_readable(self.sock)
             try:
                 return self.sock.recv(65536)
-            except BlockingIOError:
-                continue  # woken without data: wait again
+            except WOULD_BLOCK:
+                continue  # woken without data (or half a TLS record): wait again
 
-    async def _read_loop(self, on_lines: Callable[[Client, list[str]], Awaitable[None]], first: bytes) -> None:
+    async def _read_loop(self, on_lines: OnLines, first: bytes) -> None:
         """Read until EOF; `on_lines(client, lines)` gets each read's lines.
 
-        Lines over the rate limit wait here, and while they wait nothing more
-        is read: the client's own TCP window then holds it back.
+        Every read costs the client tokens (`read_cost`): lines over the rate
+        wait here, and while they (or a debt) wait, nothing more is read: the
+        client's own TCP window then holds it back. A read of too many lines,
+        or more bad lines than the client's allowance, cuts it off.
         """
-        buffer = LineBuffer(self.limits.max_line)
-        bucket = TokenBucket(self.limits.rate, self.limits.burst, trio.current_time())
+        limits = self.limits
+        now = trio.current_time()
+        buffer = LineBuffer(limits.max_line)
+        bucket = TokenBucket(limits.rate, limits.burst, now)
+        bad = TokenBucket(limits.bad_line_rate if limits.rate > 0 else 0.0, limits.max_bad_lines, now)
         data = first
         while self.closing is None:
             if not data:
+                if (debt := bucket.debt_delay(trio.current_time())) > 0:
+                    await trio.sleep(debt)
                 data = await self._receive()
                 if not data:
                     return
-            lines: list[str] = []
-            items, data = buffer.feed(data), b""
-            for item in items:
-                if isinstance(item, LineError):
-                    self.push(f"! {item.message()}\n".encode())
-                else:
-                    lines.append(item)
-            self.flush()
-            if len(lines) > self.limits.max_waiting_lines and self.limits.rate > 0:
-                self.close_after(b"! flooding: too many lines at once; disconnecting\n", "flooding")
+            lines = self._parse(buffer, data, bucket, bad)
+            data = b""
+            if lines is None:
+                self.close_after(FLOODING, FLOODING_REASON)
                 return
-            while lines and self.closing is None:
-                granted = bucket.take(len(lines), trio.current_time())
-                if granted:
-                    await on_lines(self, lines[:granted])
-                    del lines[:granted]
-                if lines:
-                    await trio.sleep(bucket.delay(trio.current_time()))
+            await self._forward(lines, bucket, on_lines)
+
+    def _parse(self, buffer: LineBuffer, data: bytes, bucket: TokenBucket, bad: TokenBucket) -> list[str] | None:
+        """One read -> its good lines (bad ones answered here); None: a flooder."""
+        now = trio.current_time()
+        newlines = data.count(b"\n")  # counted before parsing: a flood costs its sender, not the gateway
+        if self.limits.rate > 0 and newlines > self.limits.max_waiting_lines:
+            return None
+        bad.charge(data.count(IAC) / TELNET_BYTES_PER_BAD_LINE, now)
+        if bad.debt_delay(now) > 0:
+            return None
+        lines: list[str] = []
+        errors: list[LineError] = []
+        for item in buffer.feed(data):
+            if isinstance(item, LineError):
+                errors.append(item)
+            else:
+                lines.append(item)
+        bucket.charge(read_cost(newlines, len(data)) - len(lines), now)
+        answered = bad.take(len(errors), now)
+        for error in errors[:answered]:
+            self.push(f"! {error.message()}\n".encode())
+        self.flush()
+        return lines if answered == len(errors) else None
+
+    async def _forward(self, lines: list[str], bucket: TokenBucket, on_lines: OnLines) -> None:
+        """Hand the lines on at the rate the bucket allows."""
+        while lines and self.closing is None:
+            granted = bucket.take(len(lines), trio.current_time())
+            if granted:
+                await on_lines(self, lines[:granted])
+                del lines[:granted]
+            if lines:
+                await trio.sleep(bucket.delay(trio.current_time()))

@@ -8,6 +8,19 @@ unique to this run of the process, so a restarted gateway never reuses an
 ID. The gateway subscribes to its own topic only. It keeps the open
 connections and their sessions with the broker (`gateway.session`), and
 nothing else: the chat's state is the workers'.
+
+Fenced: when the broker declared this instance lost (it says `Fenced`), or
+pub-out skipped some of our messages (a gap in its numbering), or a worker
+closes one of our connections as "gateway lost", our clients can no longer
+be promised anything: each is told to reconnect and closed, and the gateway
+takes a new instance name (DEALER identity, pub-out topic, connection IDs)
+and serves again. `serving` is False while the broker is silent or while we
+re-join: the accept loop refuses clients then, so a balancer sees us down.
+
+Clients come on a plain listener, a TLS one (`gateway.tls`), or both; past
+the handshake a TLS client is served like any other. Everything counted
+goes to `GatewayMetrics` (gateway.metrics): plain ints on the hot path,
+drops and refusals by a fixed cause, the detail in the log.
 """
 
 from __future__ import annotations
@@ -18,32 +31,42 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 from collections import Counter
 from dataclasses import dataclass, field
 
 import trio
 import zmq
 
-from gateway import accept
-from gateway.client import Client, ClientLimits
+from gateway import accept, tls
+from gateway.client import FLOODING_REASON, Client, ClientLimits
+from gateway.metrics import Drop, GatewayMetrics, Gauges, Refusal
 from gateway.session import SeenEvents, Session
 from gateway.zmq_pump import ZmqPump
 from protocol import codec
 from protocol.errors import DecodeError
 from protocol.messages import (
+    GATEWAY_GONE,
+    GATEWAY_LOST_REASON,
     Batch,
+    Close,
     Deliver,
+    Fenced,
     Heartbeat,
     Mark,
     SetMode,
     gateway_of,
     topic_of,
 )
+from protocol.proxy import Network
 from protocol.render import is_own_echo, render_json, render_text
+from stack.process import set_log_instance
 
 log = logging.getLogger("chat.gateway")
 
 UNAVAILABLE = b"! service temporarily unavailable\n"
+RECONNECT = f"! {GATEWAY_GONE}\n".encode()
+MAX_MESSAGE = 64 << 20  # largest frame taken from the broker (ZMQ_MAXMSGSIZE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +81,12 @@ class GatewayConfig:
     resend_after: float = 5.0
     max_connections: int = 20_000  # 0: no limit
     max_per_address: int = 256  # 0: no limit
-    proxy_protocol: bool = False  # behind HAProxy `send-proxy`: the client's address comes first
+    proxy_protocol: bool = False  # behind HAProxy `send-proxy(-v2)`: the client's address comes first
+    trusted_proxies: tuple[Network, ...] = ()  # with proxy_protocol: the only peers accepted
     reuse_port: bool = False  # SO_REUSEPORT: several gateway processes on one port
+    plain: bool = True  # serve plain TCP on host:port (False: TLS only)
+    tls: tls.TlsConfig | None = None  # serve TLS too (or only)
+    half_close_wait: float = 10.0  # how long a half-closed client's last replies may take
     limits: ClientLimits = field(default_factory=ClientLimits)
 
 
@@ -76,11 +103,15 @@ class Gateway:
         self.clients: dict[str, Client] = {}
         self.sessions: dict[str, Session] = {}
         self.seen = SeenEvents()
-        self.counts: Counter[str] = Counter()
+        self.metrics = GatewayMetrics()
         self.per_address: Counter[str] = Counter()
         self.broker_id = ""
         self.pub_seq = 0  # the broker's number of the last pub-out message we got
         self.broker_heard = trio.current_time()
+        self._silence_logged = False  # "the broker is silent" said once per silence
+        self._fenced: str | None = None  # why we were fenced, until we re-instance
+        self._rejoining = False  # re-instanced, not yet heard by the broker under the new name
+        self._fence_event = trio.Event()
         self._numbers = itertools.count(1)
         self.dealer = ctx.socket(zmq.DEALER)
         self.dealer.setsockopt_string(zmq.IDENTITY, self.instance)
@@ -90,6 +121,7 @@ class Gateway:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, 100_000)
             sock.setsockopt(zmq.SNDHWM, 100_000)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         self.dealer.connect(config.frontend)
         self.sub.connect(config.pub_out)
         self.to_broker = ZmqPump(self.dealer, self._on_broker)
@@ -102,14 +134,46 @@ class Gateway:
         self.sub.close()
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery  # client writers run here, while they have a backlog
-            nursery.start_soon(self.to_broker.run)
-            nursery.start_soon(self.from_broker.run)
-            nursery.start_soon(self._tick)
-            listener = await accept.listen(self.config.host, self.config.port, self.config.reuse_port)
-            nursery.start_soon(trio.serve_listeners, self._handle, [listener])
-            task_status.started(listener.socket.getsockname()[:2])
+        """Serve until cancelled; started with {"plain" and/or "tls": (host, port)}."""
+        self.max_connections = accept.connection_limit(self.config.max_connections)
+        self._handling = 0  # accepted sockets open now: clients, and those still being let in
+        self.acceptors: list[accept.Acceptor] = []
+        try:
+            bound = self._open_listeners()
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery  # client tasks and writers run here
+                nursery.start_soon(self.to_broker.run)
+                nursery.start_soon(self.from_broker.run)
+                nursery.start_soon(self._tick)
+                nursery.start_soon(self._rejoin_when_fenced)
+                for acceptor in self.acceptors:
+                    nursery.start_soon(acceptor.run)
+                task_status.started(bound)
+        finally:
+            for acceptor in self.acceptors:
+                acceptor.close()
+
+    def _open_listeners(self) -> dict[str, tuple[str, int]]:
+        config = self.config
+        bound: dict[str, tuple[str, int]] = {}
+        if config.plain:
+            bound["plain"] = self._add_listener(config.host, config.port, None)
+        if config.tls is not None:
+            context = tls.server_context(config.tls.cert, config.tls.key)
+            bound["tls"] = self._add_listener(config.tls.host, config.tls.port, context)
+        return bound
+
+    def _add_listener(self, host: str, port: int, context: ssl.SSLContext | None) -> tuple[str, int]:
+        reuse = self.config.reuse_port
+        listener = accept.listen(host, port, reuse)
+        address = listener.getsockname()[:2]
+        port = address[1]  # the same port again when the listener reopens
+
+        def on_accept(sock: socket.socket) -> None:
+            self._nursery.start_soon(self._handle, sock, context)
+
+        self.acceptors.append(accept.Acceptor(listener, on_accept, lambda: accept.listen(host, port, reuse)))
+        return address
 
     # --- the broker side ------------------------------------------------------
 
@@ -118,29 +182,72 @@ class Gateway:
         silent = trio.current_time() - self.broker_heard
         return silent > self.config.heartbeat * self.config.liveness
 
+    @property
+    def serving(self) -> bool:
+        """Whether new clients may be accepted: the broker hears us under this name."""
+        return not (self.broker_down or self._fenced is not None or self._rejoining)
+
+    def _sync_accepting(self) -> None:
+        """Keep the client port open exactly while we can serve: a balancer's health
+        check then tells the truth, and clients go to a gateway that can serve them."""
+        if self.serving:
+            reopened = [acceptor.open() for acceptor in self.acceptors if not acceptor.accepting]
+            if reopened and all(reopened):
+                log.warning("serving again: accepting clients")
+        elif any(acceptor.listener is not None for acceptor in self.acceptors):
+            for acceptor in self.acceptors:
+                acceptor.close()
+            log.warning("cannot serve: client port closed until the broker hears us")
+
     async def _tick(self) -> None:
         """Heartbeat the broker; send again what it left unanswered too long."""
-        beat = codec.encode(Heartbeat(self.instance))
         while True:
-            self.to_broker.put_nowait([beat])
+            self._sync_accepting()
+            self.to_broker.put_nowait([codec.encode(Heartbeat(self.instance))])
             now = trio.current_time()
+            if self.broker_down and not self._silence_logged:
+                self._silence_logged = True
+                log.warning("the broker is silent for %.1f s: not accepting clients", now - self.broker_heard)
+            in_flight = 0
             for session in self.sessions.values():
+                in_flight += session.in_flight is not None
                 frame = session.overdue(now, self.config.resend_after)
                 if frame is not None:
-                    self.counts["events sent again"] += 1
+                    self.metrics.resent += 1
                     self.to_broker.put_nowait([frame])
+            self._snapshot(in_flight)
             await trio.sleep(self.config.heartbeat)
+
+    def _snapshot(self, in_flight: int) -> None:
+        """Copy what a scrape shows of the loop's tables (at most one heartbeat old)."""
+        metrics = self.metrics
+        metrics.gauges = Gauges(len(self.clients), in_flight, not self.broker_down, self.serving)
+        metrics.drops[Drop.OUTBOX_FULL] = self.to_broker.dropped
 
     def _on_broker(self, frames: list[bytes]) -> None:
         try:
             msg = codec.decode(frames[-1])
         except DecodeError as exc:
-            self._count(f"frontend: {exc}")
+            self._count(Drop.MALFORMED, f"frontend: {exc}")
+            return
+        if isinstance(msg, Fenced):
+            self._fence(f"the broker {msg.broker} declared {self.instance} lost")
             return
         if not isinstance(msg, Heartbeat):
-            self._count(f"frontend: unexpected {type(msg).__name__}")
+            self._count(Drop.UNEXPECTED_MESSAGE, f"frontend: unexpected {type(msg).__name__}")
             return
-        self.broker_heard = trio.current_time()
+        self._on_heartbeat(msg)
+
+    def _on_heartbeat(self, msg: Heartbeat) -> None:
+        now = trio.current_time()
+        if self._silence_logged:
+            self._silence_logged = False
+            log.warning("the broker is heard again after %.1f s", now - self.broker_heard)
+        self.broker_heard = now
+        if self._rejoining and self._fenced is None:
+            self._rejoining = False
+            log.warning("re-joined as %s", self.instance)
+        self._sync_accepting()
         if msg.sender != self.broker_id:
             if self.broker_id:
                 log.warning("the broker restarted (%s): sending unanswered events again", msg.sender)
@@ -152,45 +259,53 @@ class Gateway:
         for session in self.sessions.values():
             frame = session.resend(now)
             if frame is not None:
+                self.metrics.resent += 1
                 self.to_broker.put_nowait([frame])
 
     def _advance(self, session: Session) -> None:
         """Send the session's next event if it may go now."""
         frame = session.next_frame(trio.current_time())
         if frame is not None:
+            self.metrics.events_sent += 1
             self.to_broker.put_nowait([frame])
-        if session.finished:
-            del self.sessions[session.cid]
-        elif (client := self.clients.get(session.cid)) is not None:
-            client.wake_reader()
+        client = self.clients.get(session.cid)
+        if session.finished and client is None:
+            self.sessions.pop(session.cid, None)
+        if client is not None:
+            client.wake_reader()  # a reader held back, or a half-closed client waiting for its end
 
     def _check_sequence(self, frame: bytes) -> None:
         """Count and log a gap in the broker's numbering: a loss must be loud."""
         seq = int.from_bytes(frame, "big")
-        if seq > self.pub_seq + 1 and seq != 1:
+        if self.pub_seq and seq > self.pub_seq + 1 and seq != 1:
             missed = seq - self.pub_seq - 1
-            self.counts["pub-out messages missed"] += missed
+            self.metrics.drop(Drop.SEQUENCE_GAP, missed)
             log.error("missed %d message(s) from the broker (seq %d after %d)", missed, seq, self.pub_seq)
+            self._fence(f"missed {missed} message(s) from the broker")
         self.pub_seq = seq
 
     def _on_batch(self, frames: list[bytes]) -> None:
         if len(frames) != 3 or len(frames[1]) != 8:
-            self._count("pub-out: wrong frame count")
+            self._count(Drop.WRONG_FRAME_COUNT, f"pub-out: {len(frames)} frame(s)")
+            return
+        if frames[0] != topic_of(self.instance):  # queued for the instance we were before a fence
+            self.metrics.drop(Drop.EARLIER_INSTANCE)
             return
         self._check_sequence(frames[1])
         try:
             batch = codec.decode(frames[2])
         except DecodeError as exc:
-            self._count(f"pub-out: {exc}")
+            self._count(Drop.MALFORMED, f"pub-out: {exc}")
             return
         if not isinstance(batch, Batch):
-            self._count("pub-out: not a batch")
+            self._count(Drop.UNEXPECTED_MESSAGE, f"pub-out: {type(batch).__name__}, not a batch")
             return
         skipping = False
         answered: list[Session] = []
+        now = trio.current_time()
         for item in batch.items:
             if isinstance(item, Mark):
-                skipping = not self._on_mark(item, answered)
+                skipping = not self._on_mark(item, answered, now)
             elif skipping:
                 continue
             elif isinstance(item, Deliver):
@@ -200,20 +315,65 @@ class Gateway:
             elif isinstance(item, SetMode):
                 client.json = item.json
             else:
-                self._close(client, item.reason)
+                self._on_close(client, item)
         for session in answered:  # after the whole batch: a Close in it stops what was pending
             self._advance(session)
 
-    def _on_mark(self, mark: Mark, answered: list[Session]) -> bool:
+    def _on_mark(self, mark: Mark, answered: list[Session], now: float) -> bool:
         """-> False if this event was shown already (a replay)."""
         if not self.seen.first_time(mark.cid, mark.seq):
-            self.counts["replayed events dropped"] += 1
+            self.metrics.drop(Drop.REPLAY_DROPPED)
             return False
         if gateway_of(mark.cid) == self.instance:
             session = self.sessions.get(mark.cid)
-            if session is not None and session.answered(mark.seq):
+            if session is not None and (in_flight := session.in_flight) is not None and session.answered(mark.seq):
+                self.metrics.latency.observe(now - in_flight.first_sent)
                 answered.append(session)
         return True
+
+    def _on_close(self, client: Client, close: Close) -> None:
+        if close.reason == GATEWAY_LOST_REASON:  # a worker found us declared lost
+            self._fence(f"a worker closed {close.cid} as {close.reason!r}")
+        self._close(client, close.reason)
+
+    # --- fencing -------------------------------------------------------------------
+
+    def _fence(self, why: str) -> None:
+        """We were declared lost: re-instance (once, in `_rejoin_when_fenced`)."""
+        if self._fenced is not None or self._rejoining:
+            log.debug("fenced again while re-joining: %s", why)
+            return
+        log.warning("fenced: %s", why)
+        self._fenced = why
+        self._sync_accepting()
+        self._fence_event.set()
+
+    async def _rejoin_when_fenced(self) -> None:
+        while True:
+            await self._fence_event.wait()
+            self._fence_event = trio.Event()
+            self._reinstance()
+
+    def _reinstance(self) -> None:
+        """Tell and close every client; take a new name, identity and topic; serve again."""
+        old, self.instance = self.instance, instance_name(self.config.name)
+        log.warning("closing %d client(s); %s re-joins as %s", len(self.clients), old, self.instance)
+        self.metrics.fences += 1
+        set_log_instance(self.instance)
+        for client in list(self.clients.values()):
+            client.close_after(RECONNECT, "gateway fenced")
+        for session in self.sessions.values():
+            session.abandon()
+        self.to_broker.clear()
+        self.dealer.disconnect(self.config.frontend)
+        self.dealer.setsockopt_string(zmq.IDENTITY, self.instance)
+        self.dealer.connect(self.config.frontend)
+        self.sub.setsockopt(zmq.UNSUBSCRIBE, topic_of(old))
+        self.sub.setsockopt(zmq.SUBSCRIBE, topic_of(self.instance))
+        self.pub_seq = 0
+        self._rejoining = True
+        self._fenced = None
+        self.to_broker.put_nowait([codec.encode(Heartbeat(self.instance))])
 
     def _close(self, client: Client, reason: str) -> None:
         """The worker closes the connection (/quit): lines it sent after that are dropped."""
@@ -228,7 +388,7 @@ class Gateway:
         for cid in item.cids:
             client = self.clients.get(cid)
             if client is None:
-                self.counts["delivery to a closed connection"] += 1
+                self.metrics.drop(Drop.DELIVERY_TO_CLOSED)
                 continue
             if client.json:
                 as_json = as_json or render_json(event)
@@ -239,6 +399,7 @@ class Gateway:
                 text = text or render_text(event)
                 data = text
             if client.push(data):
+                self.metrics.deliveries += 1
                 self._dirty[cid] = client
             else:
                 self._kick(client, "output queue full: you are not reading")
@@ -252,39 +413,51 @@ class Gateway:
     def _kick(self, client: Client, reason: str) -> None:
         log.info("closing %s: %s", client.cid, reason)
         self._dirty.pop(client.cid, None)
-        self.counts[f"closed: {reason}"] += 1
+        self.metrics.drop(Drop.SLOW_CONSUMER_CUT)
         client.close_after(f"! {reason}; disconnecting\n".encode(), reason)
 
-    def _count(self, cause: str) -> None:
-        self.counts[cause] += 1
-        log.warning("dropped: %s (%d so far)", cause, self.counts[cause])
+    def _count(self, cause: Drop, detail: str) -> None:
+        """Count a dropped message by its fixed cause; the log keeps the detail."""
+        log.warning("dropped (%s): %s (%d so far)", cause.value, detail, self.metrics.drop(cause))
 
     # --- the client side ------------------------------------------------------------
 
-    def _refusal(self, address: str) -> bytes | None:
+    def _refusal(self, address: str) -> tuple[Refusal, bytes] | None:
         config = self.config
-        if config.max_connections and len(self.clients) >= config.max_connections:
-            return f"! server full ({config.max_connections} connections): try again later\n".encode()
+        if self.max_connections and self._handling > self.max_connections:
+            full = f"! server full ({self.max_connections} connections): try again later\n"
+            return Refusal.SERVER_FULL, full.encode()
         if config.max_per_address and self.per_address[address] >= config.max_per_address:
-            return f"! too many connections from your address (max {config.max_per_address})\n".encode()
+            too_many = f"! too many connections from your address (max {config.max_per_address})\n"
+            return Refusal.PER_ADDRESS, too_many.encode()
         return None
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        # the connection is a plain non-blocking socket from here on (see gateway.client)
-        sock = socket.socket(fileno=stream.socket.detach())
-        accept.keep_alive(sock)
+    async def _handle(self, sock: socket.socket, context: ssl.SSLContext | None) -> None:
+        # the connection is a plain non-blocking socket, or one wrapped by OpenSSL (see gateway.client)
+        self._handling += 1
         try:
+            accept.keep_alive(sock)
             try:
-                peer, first = await accept.client_address(sock, self.config.proxy_protocol)
+                peer, first = await accept.client_address(sock, self.config.proxy_protocol,
+                                                          self.config.trusted_proxies, exact=context is not None)
+                if context is not None:
+                    sock = await self._handshake(context, sock, peer)
+            except accept.HealthCheck:
+                self.metrics.health_checks += 1
+                return
+            except accept.NoClient as exc:
+                self.metrics.refuse(exc.cause)
+                return
             except accept.Refused as exc:
-                self._count(f"refused: {exc}")
+                self.metrics.refuse(exc.cause)  # by cause: the peer and the detail are in the log
+                log.warning("refused: %s", exc)
                 return
             address = peer.rpartition(":")[0]
             refusal = self._refusal(address)
             if refusal is not None:
-                self.counts["connections refused"] += 1
+                self.metrics.refuse(refusal[0])
                 with contextlib.suppress(OSError):  # best effort: it is being refused anyway
-                    sock.send(refusal)
+                    sock.send(refusal[1])
                 return
             self.per_address[address] += 1
             try:
@@ -294,7 +467,14 @@ class Gateway:
                 if not self.per_address[address]:
                     del self.per_address[address]
         finally:
+            self._handling -= 1
+            if context is not None:
+                tls.say_goodbye(sock)
             sock.close()
+
+    async def _handshake(self, context: ssl.SSLContext, sock: socket.socket, peer: str) -> socket.socket:
+        assert self.config.tls is not None
+        return await tls.handshake(context, sock, self.config.tls.handshake_timeout, peer)
 
     async def _serve_client(self, sock: socket.socket, peer: str, first: bytes) -> None:
         cid = f"{self.instance}:{next(self._numbers)}"
@@ -302,16 +482,35 @@ class Gateway:
         session = Session(cid, peer, trio.current_time())
         self.clients[cid] = client
         self.sessions[cid] = session
+        self.metrics.accepted += 1
+        self.metrics.events_sent += 1
         assert session.in_flight is not None
         self.to_broker.put_nowait([session.in_flight.frame])
         ended = ""
         try:
-            ended = await client.serve(self._on_lines, first)
+            ended = await client.serve(self._on_lines, first, self._on_eof)
         finally:
             del self.clients[cid]
+            if client.closing == FLOODING_REASON:
+                self.metrics.drop(Drop.FLOOD_CUT)
             trio.lowlevel.notify_closing(sock)  # a writer still waiting on it gives up
-            session.leave(client.closing or ended)
-            self._advance(session)
+            if session.finished:  # a half-closed (or fenced) client's session is over already
+                self.sessions.pop(cid, None)
+            else:
+                session.leave(client.closing or ended)
+                self._advance(session)
+
+    async def _on_eof(self, client: Client) -> None:
+        """The client half-closed: it may still read. Say goodbye for it, and let
+        out what its lines cause until the broker answers (`half_close_wait` at most)."""
+        session = self.sessions.get(client.cid)
+        if session is None:
+            return
+        session.leave("")
+        self._advance(session)
+        with trio.move_on_after(self.config.half_close_wait):
+            while not session.finished and client.closing is None:
+                await client.wait_for_reader_wakeup(self.config.heartbeat)
 
     async def _on_lines(self, client: Client, lines: list[str]) -> None:
         """Hand a client's lines to its session; wait while too many are pending."""
@@ -321,8 +520,9 @@ class Gateway:
             await client.wait_for_reader_wakeup(self.config.heartbeat)
         room = max(0, hold - len(session.pending))
         if len(lines) > room and self.broker_down:
-            self.counts["lines refused: service unavailable"] += len(lines) - room
+            self.metrics.drop(Drop.LINES_UNAVAILABLE, len(lines) - room)
             lines = lines[:room]
             client.push(UNAVAILABLE)
+        self.metrics.lines_in += len(lines)
         session.add_lines(lines)
         self._advance(session)

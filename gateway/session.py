@@ -25,7 +25,8 @@ from protocol.messages import ClientEvent, Connected, Disconnected, Lines
 class InFlight:
     seq: int
     frame: bytes
-    sent: float
+    sent: float  # when it last went out: the resend clock
+    first_sent: float  # when it first went out: the latency clock
 
 
 class Session:
@@ -42,7 +43,7 @@ class Session:
 
     def _send(self, event: ClientEvent, now: float) -> bytes:
         frame = codec.encode(event)
-        self.in_flight = InFlight(event.seq, frame, now)
+        self.in_flight = InFlight(event.seq, frame, now, now)
         return frame
 
     def add_lines(self, lines: list[str]) -> None:
@@ -72,6 +73,12 @@ class Session:
             self.finished = True
         self.in_flight = None
         return True
+
+    def abandon(self) -> None:
+        """The gateway was fenced: this connection's events are the broker's no more."""
+        self.finished = True
+        self.in_flight = None
+        self.pending.clear()
 
     def overdue(self, now: float, timeout: float) -> bytes | None:
         """The in-flight frame again if it waited past `timeout` (and restart its clock)."""

@@ -4,10 +4,15 @@ A ZeroMQ socket's FD is a notification, not data: it becomes readable when
 the socket's state *may* have changed, and `ZMQ_EVENTS` says what is true
 now. So the pump always asks `EVENTS` before it sleeps on the FD, and
 sleeps only when there is nothing to read and nothing it may send. Other
-tasks never touch the socket: they `put` frames into the pump's bounded
-outbox (a full outbox makes `put` wait, which pushes back on the clients
-that produce), and the pump hands what it receives to a callback, and
-calls `after_burst` once a burst of received messages is handed over.
+tasks never touch the socket: they `put_nowait` frames into the pump's
+outbox, and the pump hands what it receives to a callback, and calls
+`after_burst` once a burst of received messages is handed over.
+
+The outbox is bounded (`capacity` messages): while the peer is gone or
+slow, a frame that finds it full is dropped and counted, never waited
+for. That loses nothing the gateway needs: events are resent until
+answered (`--resend-after`), and a heartbeat stuck behind a queue says
+nothing anyway.
 
 Chosen over a thread bridge and over zmq-anyio: no thread hand-off per
 message and no extra dependency, and on the Trio run loop itself.
@@ -15,13 +20,17 @@ message and no extra dependency, and on the Trio run loop itself.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 
 import trio
 import zmq
 
+log = logging.getLogger("chat.gateway")
+
 BURST = 256  # messages moved one way before looking the other way
+DROP_LOG_EVERY = 1000  # log the first drop, then one line per this many
 
 
 class ZmqPump:
@@ -36,24 +45,28 @@ class ZmqPump:
         self.on_message = on_message
         self.after_burst = after_burst
         self.capacity = capacity
+        self.dropped = 0  # frames refused by a full outbox
         self._outbox: deque[list[bytes]] = deque()
-        self._space = trio.lowlevel.ParkingLot()
         self._idle: trio.CancelScope | None = None
 
     def __len__(self) -> int:
         return len(self._outbox)
 
-    async def put(self, frames: list[bytes]) -> None:
-        """Queue frames to send, waiting while the outbox is full."""
-        while len(self._outbox) >= self.capacity:
-            await self._space.park()
-        self.put_nowait(frames)
+    def clear(self) -> None:
+        """Forget what is queued (for an identity this socket has given up)."""
+        self._outbox.clear()
 
-    def put_nowait(self, frames: list[bytes]) -> None:
-        """Queue frames past the bound: for the few that must not wait (goodbyes)."""
+    def put_nowait(self, frames: list[bytes]) -> bool:
+        """Queue frames to send -> False (and dropped, counted) if the outbox is full."""
+        if len(self._outbox) >= self.capacity:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % DROP_LOG_EVERY == 0:
+                log.warning("outbox full (%d messages): dropped %d so far", self.capacity, self.dropped)
+            return False
         self._outbox.append(frames)
         if self._idle is not None:
             self._idle.cancel()
+        return True
 
     async def run(self) -> None:
         fd = int(self.sock.getsockopt(zmq.FD))
@@ -94,6 +107,4 @@ class ZmqPump:
                 break
             self._outbox.popleft()
             sent += 1
-        if sent:
-            self._space.unpark_all()
         return sent > 0

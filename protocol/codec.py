@@ -12,11 +12,13 @@ Every message is a msgpack array whose first element is its tag:
     [9, broker]                         Unknown
     [10, broker]                        Fenced
     [8, [item, ...]]                    Batch, whose items are
-        [0, [cid, ...], [type, text, room, sender, to, id, ts, origin, of]]
+        [0, [cid, ...], [type, text, room, sender, to, id, ts, origin, of, code, [arg, ...]]]
         [1, cid, json]                                                   SetMode
         [2, cid, reason]                                                 Close
         [3, cid, seq]                                                    Mark
 
+`code` is a `protocol.replies.ReplyCode` value or '' (a code unknown to
+this version decodes as is and is shown as free text); `args` its data.
 Strings are UTF-8 msgpack str, `batch_bytes` is msgpack bin. `decode`
 checks every field's type and raises only `DecodeError`: a malformed frame
 from any peer is reported, never a crash.
@@ -84,11 +86,11 @@ def _list(value: Any, size: int | None = None) -> list[Any]:
 
 
 def _event_to_wire(e: ChatEvent) -> list[Any]:
-    return [e.type.value, e.text, e.room, e.sender, e.to, e.id, e.ts, e.origin, e.of]
+    return [e.type.value, e.text, e.room, e.sender, e.to, e.id, e.ts, e.origin, e.of, e.code, list(e.args)]
 
 
 def _event_from_wire(raw: Any) -> ChatEvent:
-    t, text, room, sender, to, id_, ts, origin, of = _list(raw, 9)
+    t, text, room, sender, to, id_, ts, origin, of, code, args = _list(raw, 11)
     try:
         kind = EventType(t)
     except ValueError:
@@ -97,7 +99,7 @@ def _event_from_wire(raw: Any) -> ChatEvent:
         raise DecodeError("expected a number for ts")
     return ChatEvent(
         kind, _str(text), _str(room), _str(sender), _str(to), _str(id_), float(ts), _str(origin),
-        _str(of),
+        _str(of), _str(code), _strs(args),
     )
 
 

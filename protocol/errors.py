@@ -10,7 +10,15 @@ class ProtocolError(Exception):
 
 
 class CommandError(ProtocolError):
-    """A client line that is not a valid command; the text is the reply."""
+    """A client line that is not a valid command; the text is the reply.
+
+    `code` (a `protocol.replies.ReplyCode` value) and `details` say which
+    error it is, for dialects that render errors natively."""
+
+    def __init__(self, text: str, code: str = "", details: tuple[str, ...] = ()) -> None:
+        super().__init__(text)
+        self.code = code
+        self.details = details
 
 
 class DecodeError(ProtocolError):

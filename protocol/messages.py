@@ -27,7 +27,15 @@ instance name and ask its clients to reconnect.
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
+
+# What a fenced gateway tells each of its clients before it closes them
+# (and what a worker tells a connection of a gateway it knows was lost).
+GATEWAY_GONE = "this server lost its link to the service: please reconnect"
+GATEWAY_LOST_REASON = "gateway lost"  # the reason of a worker's Close for such a connection
+
+_GATEWAY_TOPIC = re.compile(rb"[A-Za-z0-9_.-]{1,128}:")
 
 
 def gateway_of(cid: str) -> str:
@@ -48,6 +56,7 @@ class EventType(enum.StrEnum):
     INFO = "info"
     ERROR = "error"
     HISTORY = "history"
+    TOPIC = "topic"
 
 
 # --- client events: gateway -> broker -> worker ---------------------------
@@ -58,6 +67,10 @@ class Connected:
     cid: str
     seq: int
     addr: str
+
+
+# lines one `Lines` event may carry: a worker refuses the rest (a gateway sends more in the next event)
+MAX_EVENT_LINES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +145,8 @@ class ChatEvent:
     """One thing a client is shown; rendered by the gateway per connection mode.
 
     `origin` is the connection whose line caused it: a text-mode client
-    does not get its own messages back.
+    does not get its own messages back. `code` says which reply an info or
+    error is, `args` carries its data (see `protocol.replies`).
     """
 
     type: EventType
@@ -144,6 +158,8 @@ class ChatEvent:
     ts: float = 0.0
     origin: str = ""
     of: str = ""  # for HISTORY: the type of the message it replays
+    code: str = ""  # a protocol.replies.ReplyCode value, or '' for free text
+    args: tuple[str, ...] = ()  # the reply's data, per code
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,3 +218,8 @@ def event_key(item: WorkItem) -> tuple[str, int]:
 def topic_of(gateway: str) -> bytes:
     """The pub-out topic of a gateway; the ':' keeps 'gw1' from matching 'gw10'."""
     return gateway.encode() + b":"
+
+
+def is_gateway_topic(topic: bytes) -> bool:
+    """Whether `topic` is exactly one gateway's pub-out topic (`<name>:`)."""
+    return _GATEWAY_TOPIC.fullmatch(topic) is not None

@@ -15,18 +15,32 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM if the parent dies (even by kill -9)."""
+def die_with_parent(parent_pid: int) -> bool:
+    """Linux: this process gets SIGTERM when its parent dies (even by kill -9).
+
+    -> False if the parent `parent_pid` is already gone (it died before the
+    request was made, so no signal will ever come): the caller must exit.
+    """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
+    return os.getppid() == parent_pid
+
+
+def die_with_parent_hook(parent_pid: int) -> Callable[[], None]:
+    """A `preexec_fn`: between fork and exec, so the program itself needs no change."""
+    def hook() -> None:
+        if not die_with_parent(parent_pid):
+            os._exit(1)
+    return hook
 
 
 @dataclass
@@ -52,7 +66,7 @@ def start(name: str, argv: list[str], ready_prefix: str, timeout: float = 20.0,
     `die_with_parent` (Linux) runs a hook between fork and exec: only for a
     parent with no other threads, such as chat-stack.
     """
-    hook = _die_with_parent if die_with_parent else None
+    hook = die_with_parent_hook(os.getpid()) if die_with_parent else None
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL,
         env=env, start_new_session=True, preexec_fn=hook,  # noqa: PLW1509 - see die_with_parent

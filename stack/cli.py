@@ -2,56 +2,135 @@
 
 Starts the embedded Valkey (unless --redis-url), the broker on ipc://
 endpoints in a private temporary directory, `chat-worker -n N`, and G
-gateways on consecutive ports. Ctrl-C or SIGTERM stops them in order
+gateways on consecutive ports (and consecutive TLS ports with --tls-port).
+Every part serves its metrics on 127.0.0.1 (free ports by default, or
+consecutive ones from --metrics-port) and the ready line says where; the
+parts' environment loses CHAT_METRICS_LISTEN and CHAT_TLS_LISTEN, which
+would give them all one port. Ctrl-C or SIGTERM stops them in order
 (gateways first, so clients hear why) and removes the directory. If a part
-dies, the stack stops the rest and exits non-zero.
+dies, the stack stops the rest and exits non-zero. If the stack itself is
+killed (even `kill -9`), every part gets SIGTERM from the kernel
+(PR_SET_PDEATHSIG), and the next stack removes the directory left behind.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
-import tempfile
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from stack.children import Child, ChildFailed, python_module, start, stop
-from stack.process import Stopping
-from stack.valkey import start_valkey
+from stack.process import LOG_FORMATS, Stopping
+from stack.rundir import make_run_dir, sweep_stale_run_dirs
+from stack.valkey import parse_memory, start_valkey
+
+STRIPPED_ENV = ("CHAT_METRICS_LISTEN", "CHAT_TLS_LISTEN")  # every part would take the same port
+
+
+@dataclass(frozen=True, slots=True)
+class PartOptions:
+    """What chat-stack passes on to its parts."""
+
+    port: int = 7000
+    host: str = "0.0.0.0"
+    gateways: int = 1
+    workers: int = 1
+    reuse_port: bool = False
+    metrics: int | None = None  # None: off; 0: any free ports; else the first of consecutive ports
+    log_format: str = "text"
+    tls_port: int | None = None  # the first gateway's TLS port (None: no TLS)
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass
+class Parts:
+    children: list[Child] = field(default_factory=list)
+    metrics: dict[str, str] = field(default_factory=dict)  # part -> HOST:PORT of its metrics
 
 
 def gateway_ports(port: int, gateways: int, reuse_port: bool) -> list[int]:
     return [port] * gateways if reuse_port else [port + i for i in range(gateways)]
 
 
-def start_parts(run_dir: Path, data_dir: Path, port: int, host: str, gateways: int, workers: int,
-                redis_url: str | None, extra_gateway_args: tuple[str, ...] = (),
-                reuse_port: bool = False) -> list[Child]:
-    children: list[Child] = []
+def child_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in STRIPPED_ENV}
+
+
+def metrics_args(options: PartOptions, index: int) -> tuple[str, ...]:
+    """--metrics-listen for the part at `index` (broker 0, workers 1, gateways 2...)."""
+    if options.metrics is None:
+        return ()
+    port = options.metrics + index if options.metrics else 0
+    return ("--metrics-listen", f"127.0.0.1:{port}")
+
+
+def _field(line: str, name: str) -> str:
+    match = re.search(rf"(?:^| ){name}=(\S+)", line)
+    return match.group(1) if match else "?"
+
+
+def start_parts(run_dir: Path, data_dir: Path, options: PartOptions, redis_url: str | None,
+                extra_gateway_args: tuple[str, ...] = (), valkey_maxmemory: int = 0) -> Parts:
+    parts = Parts()
+    children = parts.children
+    env = child_env()
+    logs = ("--log-format", options.log_format)
     try:
         if redis_url is None:
-            valkey, redis_url = start_valkey(data_dir)
+            valkey, redis_url = start_valkey(data_dir, maxmemory=valkey_maxmemory, die_with_parent=True)
             children.append(valkey)
         ep = {name: f"ipc://{run_dir}/{name}" for name in ("frontend", "backend", "pub-in", "pub-out")}
-        children.append(start("broker", python_module(
-            "broker.cli", "--frontend", ep["frontend"], "--backend", ep["backend"],
-            "--pub-in", ep["pub-in"], "--pub-out", ep["pub-out"]), "chat-broker ready", die_with_parent=True))
-        children.append(start("workers", python_module(
-            "workers.cli", "-n", str(workers), "--backend", ep["backend"], "--redis-url", redis_url),
-            "chat-worker started", die_with_parent=True))
-        shared = ("--reuse-port",) if reuse_port else ()
-        for i, gateway_port in enumerate(gateway_ports(port, gateways, reuse_port)):
-            children.append(start(f"gateway-{i + 1}", python_module(
-                "gateway.cli", "--listen", f"{host}:{gateway_port}", "--frontend", ep["frontend"],
-                "--pub-out", ep["pub-out"], "--id", f"gw{i + 1}", *shared, *extra_gateway_args), "chat-gateway",
-                die_with_parent=True))
+        broker = start("broker", python_module(
+            "broker.cli", "--frontend", ep["frontend"], "--backend", ep["backend"], "--pub-in", ep["pub-in"],
+            "--pub-out", ep["pub-out"], *logs, *metrics_args(options, 0)), "chat-broker ready",
+            env=env, die_with_parent=True)
+        children.append(broker)
+        if options.metrics is not None:
+            parts.metrics["broker"] = _field(broker.ready_line, "metrics")
+        workers = start("workers", python_module(
+            "workers.cli", "-n", str(options.workers), "--backend", ep["backend"], "--redis-url", redis_url, *logs,
+            *metrics_args(options, 1)),
+            "chat-worker started" if options.metrics is None else "chat-worker metrics on",
+            env=env, die_with_parent=True)
+        children.append(workers)
+        if options.metrics is not None:  # the pool says where before it says it started
+            parts.metrics["workers"] = workers.ready_line.split()[-1]
+        for i, args in enumerate(gateway_args(options)):
+            name = f"gw{i + 1}"
+            gateway = start(f"gateway-{i + 1}", python_module(
+                "gateway.cli", "--frontend", ep["frontend"], "--pub-out", ep["pub-out"], "--id", name, *args, *logs,
+                *metrics_args(options, 2 + i), *extra_gateway_args), f"chat-gateway {name}.",
+                env=env, die_with_parent=True)
+            children.append(gateway)
+            if options.metrics is not None:
+                parts.metrics[name] = _field(gateway.ready_line, "metrics")
     except BaseException:
         stop_all(children)
         raise
-    return children
+    return parts
+
+
+def gateway_args(options: PartOptions) -> list[tuple[str, ...]]:
+    """Each gateway's listeners and what they share."""
+    shared = ("--reuse-port",) if options.reuse_port else ()
+    plain = gateway_ports(options.port, options.gateways, options.reuse_port)
+    out = []
+    for i, port in enumerate(plain):
+        args: tuple[str, ...] = ("--listen", f"{options.host}:{port}", *shared)
+        if options.tls_port is not None:
+            tls_port = gateway_ports(options.tls_port, options.gateways, options.reuse_port)[i]
+            args += ("--tls-listen", f"{options.host}:{tls_port}", "--tls-cert", options.tls_cert,
+                     "--tls-key", options.tls_key)
+        out.append(args)
+    return out
 
 
 def stop_all(children: list[Child]) -> None:
@@ -70,6 +149,35 @@ def watch(children: list[Child], stopping: Stopping) -> Child | None:
     return None
 
 
+def _memory_option(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_memory(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _metrics_port(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    if value.strip().lower() == "off":
+        return None
+    if not value.strip().isdigit() or int(value) > 65535:
+        raise click.BadParameter(f"expected 'off', 0 (any free ports) or a first port, got {value!r}")
+    return int(value)
+
+
+def ready_line(options: PartOptions, parts: Parts) -> str:
+    ports = ", ".join(str(p) for p in sorted(set(gateway_ports(options.port, options.gateways, options.reuse_port))))
+    line = f"chat-stack ready: {options.gateways} gateway(s) on port(s) {ports}"
+    connect = f"nc localhost {options.port}"
+    if options.tls_port is not None:
+        tls = sorted(set(gateway_ports(options.tls_port, options.gateways, options.reuse_port)))
+        line += ", TLS on port(s) " + ", ".join(map(str, tls))
+        connect += f" or openssl s_client -quiet -connect localhost:{options.tls_port}"
+    line += f", {options.workers} worker(s)."
+    if parts.metrics:
+        line += " Metrics: " + " ".join(f"{part}={where}" for part, where in parts.metrics.items()) + "."
+    return line + f" Connect with: {connect}   (Ctrl-C stops everything)"
+
+
 @click.command(context_settings={"show_default": True})
 @click.option("--port", default=7000, envvar="CHAT_PORT", show_envvar=True, type=click.IntRange(1, 65535),
               help="Client port of the first gateway; the others take the next ports.")
@@ -85,23 +193,47 @@ def watch(children: list[Child], stopping: Stopping) -> Child | None:
               type=click.IntRange(0), help="Clients from one IP address per gateway (0: no limit).")
 @click.option("--reuse-port", is_flag=True, envvar="CHAT_REUSE_PORT", show_envvar=True,
               help="All gateways on --port (SO_REUSEPORT) instead of consecutive ports.")
+@click.option("--metrics-port", default="0", envvar="CHAT_METRICS_PORT", show_envvar=True, callback=_metrics_port,
+              help="Prometheus metrics of every part on 127.0.0.1: 0 picks free ports, a number N gives the broker "
+              "N, the worker pool N+1 and the gateways N+2...; 'off' serves none. The ready line says where.")
+@click.option("--tls-port", default=None, envvar="CHAT_TLS_PORT", show_envvar=True, type=click.IntRange(1, 65535),
+              help="TLS client port of the first gateway (the others take the next ports); needs --tls-cert/--tls-key.")
+@click.option("--tls-cert", default=None, envvar="CHAT_TLS_CERT", show_envvar=True,
+              type=click.Path(exists=True, dir_okay=False), help="PEM certificate chain for the TLS ports.")
+@click.option("--tls-key", default=None, envvar="CHAT_TLS_KEY", show_envvar=True,
+              type=click.Path(exists=True, dir_okay=False), help="PEM private key for the TLS ports.")
+@click.option("--log-format", default="text", envvar="CHAT_LOG_FORMAT", show_envvar=True,
+              type=click.Choice(LOG_FORMATS), help="Every part's log lines as text or one JSON object a line.")
 @click.option("--data-dir", default=None, envvar="CHAT_DATA_DIR", show_envvar=True, type=click.Path(file_okay=False),
               help="Where the embedded Valkey keeps its append-only file (default: a temporary directory).")
+@click.option("--valkey-maxmemory", default="256mb", envvar="CHAT_VALKEY_MAXMEMORY", show_envvar=True,
+              callback=_memory_option,
+              help="Memory limit of the embedded Valkey (at least 1mb). When it is full, writes are refused "
+              "(noeviction): lines that change state get '! service temporarily unavailable'.")
 def main(port: int, host: str, gateways: int, workers: int, redis_url: str | None, rate_limit: float,
-         max_per_address: int, reuse_port: bool, data_dir: str | None) -> None:
+         max_per_address: int, reuse_port: bool, metrics_port: int | None, tls_port: int | None,
+         tls_cert: str | None, tls_key: str | None, log_format: str, data_dir: str | None,
+         valkey_maxmemory: int) -> None:
     """Run the whole chat backend on this machine."""
+    if (tls_port is None) != (tls_cert is None) or (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("TLS needs all of --tls-port, --tls-cert and --tls-key")
+    if metrics_port and metrics_port + 1 + gateways > 65535:
+        raise click.BadParameter("the parts' ports would go past 65535", param_hint="--metrics-port")
+    options = PartOptions(port, host, gateways, workers, reuse_port, metrics_port, log_format, tls_port,
+                          os.path.abspath(tls_cert) if tls_cert else "", os.path.abspath(tls_key) if tls_key else "")
     stopping = Stopping().install()
-    run_dir = Path(tempfile.mkdtemp(prefix="chat-stack-"))
+    for left in sweep_stale_run_dirs():
+        print(f"chat-stack: removed {left}, left behind by a stack that is gone", file=sys.stderr, flush=True)
+    run_dir = make_run_dir()
     data = Path(data_dir) if data_dir else run_dir / "valkey"
     try:
-        gateway_args = ("--rate-limit", str(rate_limit), "--max-per-address", str(max_per_address))
-        children = start_parts(run_dir, data, port, host, gateways, workers, redis_url, gateway_args, reuse_port)
+        extra = ("--rate-limit", str(rate_limit), "--max-per-address", str(max_per_address))
+        parts = start_parts(run_dir, data, options, redis_url, extra, valkey_maxmemory)
     except ChildFailed as exc:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise click.ClickException(str(exc)) from None
-    ports = ", ".join(str(p) for p in sorted(set(gateway_ports(port, gateways, reuse_port))))
-    print(f"chat-stack ready: {gateways} gateway(s) on port(s) {ports}, {workers} worker(s). "
-          f"Connect with: nc localhost {port}   (Ctrl-C stops everything)", flush=True)
+    children = parts.children
+    print(ready_line(options, parts), flush=True)
     try:
         died = watch(children, stopping)
     finally:

@@ -2,16 +2,57 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 from types import FrameType
 
+LOG_FORMATS = ("text", "json")
 
-def setup_logging(name: str, level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s",
-    )
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ts, part, instance, pid, level, logger, event, and the
+    record's `fields` (pass `extra={"fields": {...}}`) and exception, where present."""
+
+    def __init__(self, part: str, instance: str = "") -> None:
+        super().__init__()
+        self.part = part
+        self.instance = instance
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, object] = {
+            "ts": round(record.created, 6),
+            "part": self.part,
+            "instance": self.instance,
+            "pid": record.process,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            obj.update({str(k): v for k, v in fields.items() if k not in obj})
+        if record.exc_info:
+            obj["exception"] = self.formatException(record.exc_info)
+        return json.dumps(obj, default=str, ensure_ascii=False).replace("\u2028", "\\u2028").replace(
+            "\u2029", "\\u2029")
+
+
+def setup_logging(name: str, level: str, fmt: str = "text") -> None:
+    """Log to stderr, as text or one JSON object a line (`fmt`: text or json)."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(name))
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)
+
+
+def set_log_instance(instance: str) -> None:
+    """Name this process's instance in its JSON log lines, once it is known."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler.formatter, JsonFormatter):
+            handler.formatter.instance = instance
 
 
 class Stopping:

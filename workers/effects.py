@@ -26,10 +26,11 @@ from protocol.messages import (
 
 
 class Effects:
-    __slots__ = ("items",)
+    __slots__ = ("items", "unserved")
 
     def __init__(self) -> None:
         self.items: list[BatchItem] = []
+        self.unserved = False  # Redis refused the event's work: leave it unanswered, to come again
 
     def mark(self, cid: str, seq: int) -> None:
         """What follows is the effect of event (cid, seq)."""
@@ -40,11 +41,11 @@ class Effects:
         if cids:
             self.items.append(Deliver(cids, event))
 
-    def info(self, cid: str, text: str) -> None:
-        self.items.append(Deliver((cid,), ChatEvent(EventType.INFO, text)))
+    def info(self, cid: str, text: str, code: str = "", args: tuple[str, ...] = ()) -> None:
+        self.items.append(Deliver((cid,), ChatEvent(EventType.INFO, text, code=code, args=args)))
 
-    def error(self, cid: str, text: str) -> None:
-        self.items.append(Deliver((cid,), ChatEvent(EventType.ERROR, text)))
+    def error(self, cid: str, text: str, code: str = "", args: tuple[str, ...] = ()) -> None:
+        self.items.append(Deliver((cid,), ChatEvent(EventType.ERROR, text, code=code, args=args)))
 
     def set_json(self, cid: str) -> None:
         self.items.append(SetMode(cid, True))

@@ -53,20 +53,26 @@ end
 return {'ok', old, out}
 """
 
+# p rooms:by-size: a sorted set of the rooms that have members, scored by their member count
 _JOIN_SRC = """
-local p, cid, room = ARGV[1], ARGV[2], ARGV[3]
+local p, cid, room, max_rooms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local ck = p..'conn:'..cid
 local nick = redis.call('HGET', ck, 'nick')
 if not nick then return {'gone'} end
 local mk = p..'room:'..room..':members'
+if redis.call('SISMEMBER', mk, cid) == 0 and redis.call('SCARD', ck..':rooms') >= max_rooms then
+  return {'toomany', room}
+end
 local added = redis.call('SADD', mk, cid)
 redis.call('SADD', ck..':rooms', room)
 redis.call('HSET', ck, 'room', room)
-redis.call('SADD', p..'rooms', room)
+redis.call('ZADD', p..'rooms:by-size', redis.call('SCARD', mk), room)
+redis.call('PERSIST', p..'room:'..room..':history')
+redis.call('PERSIST', p..'room:'..room..':topic')
 local members = redis.call('SMEMBERS', mk)
 local nicks = {}
 for i, m in ipairs(members) do nicks[i] = redis.call('HGET', p..'conn:'..m, 'nick') or '?' end
-return {'ok', nick, added, members, nicks}
+return {'ok', nick, added, members, nicks, redis.call('HGET', p..'room:'..room..':topic', 'text') or ''}
 """
 
 # the connection, its nick and current room, and the room meant (ARGV room, or the current one)
@@ -79,16 +85,30 @@ if room == '' then return {'noroom'} end
 local mk = p..'room:'..room..':members'
 """
 
+# after a member left `room`: its size in p rooms:by-size, or, emptied, out of it, its history and
+# topic to expire
+_RESIZE_FN = """
+local function resized(p, room, rest, ttl)
+  if #rest == 0 then
+    redis.call('ZREM', p..'rooms:by-size', room)
+    redis.call('EXPIRE', p..'room:'..room..':history', ttl)
+    redis.call('EXPIRE', p..'room:'..room..':topic', ttl)
+  else
+    redis.call('ZADD', p..'rooms:by-size', #rest, room)
+  end
+end
+"""
+
 _PART_SRC = """
-local p, cid, room = ARGV[1], ARGV[2], ARGV[3]
-""" + _ROOM_OF + """if redis.call('SREM', mk, cid) == 0 then return {'notin', room} end
+local p, cid, room, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+""" + _RESIZE_FN + _ROOM_OF + """if redis.call('SREM', mk, cid) == 0 then return {'notin', room} end
 redis.call('SREM', ck..':rooms', room)
 if current == room then
   current = redis.call('SRANDMEMBER', ck..':rooms') or ''
   redis.call('HSET', ck, 'room', current)
 end
 local rest = redis.call('SMEMBERS', mk)
-if #rest == 0 then redis.call('SREM', p..'rooms', room) end
+resized(p, room, rest, ttl)
 return {'ok', nick, room, current, rest}
 """
 
@@ -123,13 +143,9 @@ return {'ok', room, nicks}
 """
 
 _ROOMS_SRC = """
-local p, cid = ARGV[1], ARGV[2]
-local out = {}
-for _, room in ipairs(redis.call('SMEMBERS', p..'rooms')) do
-  out[#out + 1] = room
-  out[#out + 1] = redis.call('SCARD', p..'room:'..room..':members')
-end
-return out
+local p, cid, shown = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local key = p..'rooms:by-size'
+return {redis.call('ZCARD', key), redis.call('ZREVRANGE', key, 0, shown - 1, 'WITHSCORES')}
 """
 
 _HISTORY_SRC = """
@@ -139,8 +155,41 @@ if room == '' then return {'noroom'} end
 return {'ok', room, redis.call('XREVRANGE', p..'room:'..room..':history', '+', '-', 'COUNT', count)}
 """
 
-_LEAVE_FN = """
-local function leave(p, cid)
+# entries of the room's history after the one whose `id` field is `after`, newest first, at most
+# `count` of them (scanning at most `scan`); gap 1 when `after` is not kept or more came since
+_HISTORY_AFTER_SRC = """
+local p, cid, room, after, count, scan = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+if room == '' then room = redis.call('HGET', p..'conn:'..cid, 'room') or '' end
+if room == '' then return {'noroom'} end
+local out, newer, gap = {}, 0, 1
+for _, entry in ipairs(redis.call('XREVRANGE', p..'room:'..room..':history', '+', '-', 'COUNT', scan)) do
+  local fields, id = entry[2], nil
+  for i = 1, #fields - 1, 2 do if fields[i] == 'id' then id = fields[i + 1]; break end end
+  if id == after then
+    if newer <= count then gap = 0 end
+    break
+  end
+  newer = newer + 1
+  if newer <= count then out[newer] = entry end
+end
+return {'ok', room, out, gap}
+"""
+
+# show (set '0') or set (set '1', members only) a room's topic; the room's members get a set topic
+_TOPIC_SRC = """
+local p, cid, room, text, set, ts = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+""" + _ROOM_OF + """local tk = p..'room:'..room..':topic'
+if set == '1' then
+  if redis.call('SISMEMBER', mk, cid) == 0 then return {'notin', room} end
+  redis.call('HSET', tk, 'text', text, 'by', nick, 'ts', ts)
+  return {'ok', room, text, nick, ts, redis.call('SMEMBERS', mk)}
+end
+local t = redis.call('HMGET', tk, 'text', 'by', 'ts')
+return {'ok', room, t[1] or '', t[2] or '', t[3] or '', {}}
+"""
+
+_LEAVE_FN = _RESIZE_FN + """
+local function leave(p, cid, ttl)
   local ck = p..'conn:'..cid
   local nick, gw = unpack(redis.call('HMGET', ck, 'nick', 'gw'))
   if not nick then return false end
@@ -149,7 +198,7 @@ local function leave(p, cid)
     local mk = p..'room:'..room..':members'
     redis.call('SREM', mk, cid)
     local rest = redis.call('SMEMBERS', mk)
-    if #rest == 0 then redis.call('SREM', p..'rooms', room) end
+    resized(p, room, rest, ttl)
     for _, m in ipairs(rest) do
       if not seen[m] then seen[m] = true; out[#out + 1] = m end
     end
@@ -164,45 +213,58 @@ end
 """
 
 _LEAVE_SRC = """
-local p, cid = ARGV[1], ARGV[2]
+local p, cid, ttl = ARGV[1], ARGV[2], ARGV[3]
 """ + _LEAVE_FN + """
-return leave(p, cid)
+return leave(p, cid, ttl)
 """
 
 # cid is '!<gateway>': the reap's results are kept (and replayed) under that name
 _REAP_SRC = """
-local p, cid, gw, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local p, cid, gw, ttl, history_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 """ + _LEAVE_FN + """
 redis.call('SET', p..'gwdead:'..gw, 1, 'EX', ttl)
 local out = {}
 for _, c in ipairs(redis.call('SMEMBERS', p..'gw:'..gw..':conns')) do
-  local gone = leave(p, c)
+  local gone = leave(p, c, history_ttl)
   if gone then out[#out + 1] = gone end
 end
 return out
 """
 
 
+# Valkey refuses a script's first deny-oom write (SET, SADD, XADD, HSET ...) when it
+# is over maxmemory, but once a script has written anything (even a DEL or an
+# EXPIRE) it lets the rest through, so that a script never stops half-way.
+# GUARD is therefore the first write: `HSET` for the operations that grow the
+# state (refused whole when Valkey is full: the sender is told), an `EXPIRE`
+# for the reads and the departures (served when full: they only keep their
+# result, which expires, or they free memory). A replay of a recorded
+# result returns before it, so it is always served.
 _REPLAYABLE = """
 local rk = p..'res:'..cid
 local event, line = ARGV[#ARGV - 1], ARGV[#ARGV]
-if redis.call('HGET', rk, 'event') == event then
+local current = redis.call('HGET', rk, 'event') == event
+if current then
   local hit = redis.call('HGET', rk, line)
   if hit then return cjson.decode(hit) end
-else
+end
+GUARD
+if not current then
   redis.call('DEL', rk)
   redis.call('HSET', rk, 'event', event)
 end
 local result = op()
 if type(result) ~= 'table' or result[1] ~= 'gone' then
-  redis.call('HSET', rk, line, cjson.encode(result))
   redis.call('EXPIRE', rk, RESULT_TTL)
+  redis.call('HSET', rk, line, cjson.encode(result))
 end
 return result
 """
+_GROWS = "redis.call('HSET', rk, 'event', event)"
+_SERVED_WHEN_FULL = "redis.call('EXPIRE', rk, RESULT_TTL)"
 
 
-def replayable(script: str, ttl: int = RESULT_TTL) -> str:
+def replayable(script: str, ttl: int = RESULT_TTL, grows: bool = True) -> str:
     """Make a mutating script idempotent per line of a connection.
 
     The script's first line binds ARGV (p and cid first); the rest becomes
@@ -213,21 +275,26 @@ def replayable(script: str, ttl: int = RESULT_TTL) -> str:
     another, the script returns the first result and changes nothing: the
     replay publishes exactly what the first run would have. The results
     expire `ttl` seconds after the last change: a replay comes within seconds.
+
+    `grows`: the script adds state, so a full Valkey (maxmemory, noeviction)
+    refuses it whole with an OOM error; otherwise (reads, departures) it is
+    served also when Valkey is full.
     """
     first, _, body = script.strip().partition("\n")
-    return f"{first}\nlocal function op()\n{body}\nend\n" + _REPLAYABLE.replace(
-        "RESULT_TTL", str(ttl)
-    )
+    wrapper = _REPLAYABLE.replace("GUARD", _GROWS if grows else _SERVED_WHEN_FULL)
+    return f"{first}\nlocal function op()\n{body}\nend\n" + wrapper.replace("RESULT_TTL", str(ttl))
 
 
 NICK = replayable(_NICK_SRC)
 JOIN = replayable(_JOIN_SRC)
-PART = replayable(_PART_SRC)
+PART = replayable(_PART_SRC, grows=False)  # it frees memory
 SAY = replayable(_SAY_SRC)
-LEAVE = replayable(_LEAVE_SRC, GONE_TTL)
-REAP = replayable(_REAP_SRC, GONE_TTL)
-PRIVATE = replayable(_PRIVATE_SRC)
-WHO = replayable(_WHO_SRC)
-ROOMS = replayable(_ROOMS_SRC)
-HISTORY = replayable(_HISTORY_SRC)
+LEAVE = replayable(_LEAVE_SRC, GONE_TTL, grows=False)
+REAP = replayable(_REAP_SRC, GONE_TTL, grows=False)
+PRIVATE = replayable(_PRIVATE_SRC, grows=False)  # a delivery, nothing stored
+WHO = replayable(_WHO_SRC, grows=False)
+ROOMS = replayable(_ROOMS_SRC, grows=False)
+HISTORY = replayable(_HISTORY_SRC, grows=False)
+HISTORY_AFTER = replayable(_HISTORY_AFTER_SRC, grows=False)
+TOPIC = replayable(_TOPIC_SRC)  # a set adds state (a show too is refused when Valkey is full)
 CONNECT = _CONNECT_SRC

@@ -8,8 +8,10 @@ configurable prefix `p`:
     p conn:<cid>             hash: nick, room (current, '' for none), gw, addr
     p conn:<cid>:rooms       set of the rooms the connection is in
     p room:<room>:members    set of cids
-    p room:<room>:history    stream, capped, fields id from text ts kind
-    p rooms                  set of rooms that have members
+    p room:<room>:history    stream, capped, fields id from text ts kind; once the room is
+                             empty it expires (history TTL), and a join makes it persist again
+    p room:<room>:topic      hash: text, by (nick), ts; expires and persists with the history
+    p rooms:by-size          sorted set of the rooms that have members, scored by member count
     p gw:<gateway>:conns     set of cids on that gateway
     p gwdead:<gateway>       set when a gateway was lost: it may not connect clients again
     p left:<cid>             for 2 minutes after a connection left: a late line cannot bring it back
@@ -23,6 +25,8 @@ string.lower folds them as Python does.
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +35,10 @@ import redis
 
 from workers import scripts
 
+log = logging.getLogger("chat.store")
+
 HISTORY_KEEP = scripts.HISTORY_KEEP
+HISTORY_SCAN = 10 * HISTORY_KEEP  # entries /history after ID reads at most (trimming is approximate)
 
 Op = tuple[int, int]  # (the event's seq, the line's seq): what makes a call replayable
 
@@ -60,6 +67,17 @@ class Call:
     script: str | None
     args: tuple[Any, ...]
     parse: Callable[[Any], Any]
+    durable: bool = False  # a claim that must survive a failover: WAIT for replicas after it
+
+
+@dataclass(frozen=True, slots=True)
+class Durability:
+    """Replication is asynchronous: a write the master acknowledged may die with it.
+    A round trip with a durable call ends with `WAIT replicas timeout_ms`; fewer
+    replicas than asked is logged (the write happened: it is answered anyway)."""
+
+    replicas: int
+    timeout_ms: int
 
 
 def _failed_or(res: list[Any], ok: Callable[[list[Any]], Any]) -> Any:
@@ -68,6 +86,19 @@ def _failed_or(res: list[Any], ok: Callable[[list[Any]], Any]) -> Any:
     if res[0] != "ok":
         return Failed(res[0], res[1] if len(res) > 1 else "")
     return ok(res)
+
+
+def _biggest_rooms(res: list[Any]) -> tuple[list[tuple[str, int]], int]:
+    total, flat = res
+    rooms = [(room, int(float(n))) for room, n in zip(flat[::2], flat[1::2], strict=True)]
+    return sorted(rooms, key=lambda r: (-r[1], r[0])), int(total)
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text) if text else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _fields(flat: list[str]) -> dict[str, str]:
@@ -81,9 +112,15 @@ class Store:
     order), which is how a worker serves a whole dispatch of events at once.
     """
 
-    def __init__(self, client: redis.Redis, prefix: str = "chat:") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "chat:", max_rooms: int = 50,
+                 history_ttl: int = 86_400, on_round_trip: Callable[[float], None] | None = None,
+                 durability: Durability | None = None) -> None:
         self._client = client
+        self._durability = durability
+        self._on_round_trip = on_round_trip  # gets the seconds of every round trip, failed ones too
         self._p = prefix
+        self.max_rooms = max_rooms  # rooms one connection may be in
+        self.history_ttl = history_ttl  # seconds an emptied room's history is kept
         self._shas: dict[str, str] = {}
 
     # --- running calls ------------------------------------------------------------
@@ -95,8 +132,9 @@ class Store:
         return sha
 
     def run(self, calls: list[Call]) -> list[Any]:
-        """Run calls in order in one round trip -> their results; a `Gone` or a
-        per-call `redis.ResponseError` comes back as a value. A lost connection raises."""
+        """Run calls in order in one round trip -> their results; a `Gone`, a per-call
+        `redis.ResponseError` or a reply that does not parse comes back as a value.
+        A lost connection raises."""
         if not calls:
             return []
         replies = self._execute(calls)
@@ -118,7 +156,24 @@ class Store:
                 pipe.execute_command(*call.args)
             else:
                 pipe.evalsha(self._sha(call.script), 0, self._p, *call.args)
-        return pipe.execute(raise_on_error=False)
+        wait = self._durability if any(call.durable for call in calls) else None
+        if wait is not None:
+            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+        started = time.perf_counter()
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        finally:
+            if self._on_round_trip is not None:
+                self._on_round_trip(time.perf_counter() - started)
+        if wait is not None:
+            self._check_replicated(replies.pop(), wait)
+        return replies
+
+    @staticmethod
+    def _check_replicated(reply: Any, wait: Durability) -> None:
+        if isinstance(reply, Exception) or int(reply) < wait.replicas:
+            log.warning("a nick claim or departure reached %s of %d replicas within %dms: "
+                        "a failover now could lose it", reply, wait.replicas, wait.timeout_ms)
 
     def _load_scripts(self, calls: list[Call]) -> None:
         for script in {c.script for c in calls if c.script is not None}:
@@ -130,26 +185,28 @@ class Store:
             return reply
         try:
             return call.parse(reply)
-        except Gone as gone:
-            return gone
+        except Exception as exc:  # Gone, or a reply we did not expect: a value, for that call's event only
+            return exc
 
     # --- the operations ----------------------------------------------------------------
 
     def connect(self, cid: str, gateway: str, addr: str) -> Call:
         """Register a connection under a fresh guest nick (idempotent) -> the nick, or None."""
-        return Call(scripts.CONNECT, (cid, gateway, addr), lambda nick: nick or None)
+        return Call(scripts.CONNECT, (cid, gateway, addr), lambda nick: nick or None, durable=True)
 
     def set_nick(self, op: Op, cid: str, nick: str) -> Call:
         """-> (old nick, cids sharing a room) or Failed('taken')."""
-        return Call(scripts.NICK, (cid, nick, *op), lambda r: _failed_or(r, lambda r: (r[1], r[2])))
+        return Call(scripts.NICK, (cid, nick, *op), lambda r: _failed_or(r, lambda r: (r[1], r[2])), durable=True)
 
     def join(self, op: Op, cid: str, room: str) -> Call:
-        """-> (nick, newly joined, member cids, member nicks)."""
-        return Call(scripts.JOIN, (cid, room, *op), lambda r: _failed_or(r, lambda r: (r[1], bool(r[2]), r[3], r[4])))
+        """-> (nick, newly joined, member cids, member nicks, topic) or Failed('toomany')."""
+        return Call(scripts.JOIN, (cid, room, self.max_rooms, *op),
+                    lambda r: _failed_or(r, lambda r: (r[1], bool(r[2]), r[3], r[4], r[5])))
 
     def part(self, op: Op, cid: str, room: str | None) -> Call:
         """-> (nick, room left, new current room, remaining member cids)."""
-        return Call(scripts.PART, (cid, room or "", *op), lambda r: _failed_or(r, lambda r: tuple(r[1:5])))
+        return Call(scripts.PART, (cid, room or "", self.history_ttl, *op),
+                    lambda r: _failed_or(r, lambda r: tuple(r[1:5])))
 
     def say(self, op: Op, cid: str, room: str | None, text: str, msg_id: str, ts: float, kind: str) -> Call:
         """Append to the room's history -> (nick, room, member cids, ts as first stored)."""
@@ -168,22 +225,39 @@ class Store:
         """-> (room, member nicks)."""
         return Call(scripts.WHO, (cid, room or "", *op), lambda r: _failed_or(r, lambda r: (r[1], r[2])))
 
-    def rooms(self, op: Op, cid: str) -> Call:
-        """-> [(room, members)], sorted."""
-        return Call(scripts.ROOMS, (cid, *op), lambda flat: sorted(zip(flat[::2], flat[1::2], strict=True)))
+    def rooms(self, op: Op, cid: str, shown: int) -> Call:
+        """-> ([(room, members)] of the `shown` biggest rooms, biggest first, then by name;
+        how many rooms have members)."""
+        return Call(scripts.ROOMS, (cid, shown, *op), _biggest_rooms)
 
     def history(self, op: Op, cid: str, room: str | None, count: int) -> Call:
         """-> (room, the room's last `count` messages oldest first, as field dicts)."""
         return Call(scripts.HISTORY, (cid, room or "", count, *op), lambda r: _failed_or(
             r, lambda r: (r[1], [_fields(fields) for _, fields in reversed(r[2])])))
 
+    def history_after(self, op: Op, cid: str, room: str | None, after: str, count: int) -> Call:
+        """-> (room, at most `count` messages after the one with id `after`, oldest first, as field
+        dicts, True if some between were not kept or `after` is not kept at all)."""
+        return Call(scripts.HISTORY_AFTER, (cid, room or "", after, count, HISTORY_SCAN, *op),
+                    lambda r: _failed_or(r, lambda r: (r[1], [_fields(f) for _, f in reversed(r[2])],
+                                                       bool(r[3]))))
+
+    def topic(self, op: Op, cid: str, room: str | None, text: str | None, ts: float) -> Call:
+        """Show (text None) or set a room's topic -> (room, topic, set by, set at, member cids: those to
+        tell, on a set); Failed('notin') to set it from outside the room."""
+        args = (cid, room or "", text or "", "0" if text is None else "1", repr(ts), *op)
+        return Call(scripts.TOPIC, args, lambda r: _failed_or(
+            r, lambda r: (r[1], r[2], r[3], _float(r[4]), r[5])))
+
     def leave(self, op: Op, cid: str) -> Call:
         """Forget a connection -> (its nick, cids that shared a room) or None."""
-        return Call(scripts.LEAVE, (cid, *op), lambda r: (r[0], r[1]) if r else None)
+        return Call(scripts.LEAVE, (cid, self.history_ttl, *op), lambda r: (r[0], r[1]) if r else None,
+                    durable=True)
 
     def reap(self, gateway: str, ttl: int = 86_400) -> Call:
         """Forget every connection of a lost gateway, and refuse its late connects for `ttl`
         seconds (no ghosts) -> [(nick, cids that shared a room)]."""
-        return Call(scripts.REAP, ("!" + gateway, gateway, ttl, 0, 0), lambda r: [(g[0], g[1]) for g in r])
+        return Call(scripts.REAP, ("!" + gateway, gateway, ttl, self.history_ttl, 0, 0),
+                    lambda r: [(g[0], g[1]) for g in r], durable=True)
 
 

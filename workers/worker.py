@@ -15,7 +15,9 @@ for gone: the worker connects again. A broker that does not know the worker
 registers with `Ready` again.
 
 When Redis fails, a breaker opens for a moment so that the events behind
-the failed one fail fast instead of each waiting out a timeout. A line that
+the failed one fail fast instead of each waiting out a timeout; after the
+cooldown the next dispatch is a trial, whose failure opens it again and
+whose success closes it. A line that
 cannot be served is answered `! service temporarily unavailable`; a connect
 or disconnect is left unanswered (no `Mark`), so its gateway sends it again
 later; a lost gateway's clean-up is kept here and tried again.
@@ -28,7 +30,7 @@ import os
 import secrets
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 import zmq
@@ -47,14 +49,20 @@ from protocol.messages import (
     WorkItem,
     event_key,
 )
-from stack.process import Stopping
+from stack.process import Stopping, set_log_instance
 from workers.effects import Effects
-from workers.logic import Chat
-from workers.store import Store
+from workers.logic import INTERNAL_ERROR, UNAVAILABLE, Chat, ChatLimits
+from workers.metrics import RedisCause, RefusedCause, WorkerMetrics, redis_cause
+from workers.redis_client import open_redis, parse_redis_url
+from workers.store import Durability, Store
 
 log = logging.getLogger("chat.worker")
 
-UNAVAILABLE = "service temporarily unavailable"
+# the share of --redis-timeout a WAIT for replicas may take
+WAIT_SHARE = 0.5
+
+# one envelope may not grow this process's memory without bound (ZMQ_MAXMSGSIZE)
+MAX_MESSAGE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,21 +74,34 @@ class WorkerConfig:
     heartbeat: float = 1.0
     liveness: int = 3
     redis_timeout: float = 1.0
+    redis_ca: str | None = None  # the CA of a rediss:// server (default: the system's)
+    # replicas that must have a nick claim or a departure before it is answered (WAIT);
+    # None: 1 behind Sentinel, 0 (no WAIT) for a single Redis
+    redis_wait_replicas: int | None = None
     breaker_cooldown: float = 1.0
+    limits: ChatLimits = field(default_factory=ChatLimits)
+    max_rooms: int = 50  # rooms one connection may be in
+    history_ttl: int = 86_400  # seconds the history of an emptied room is kept
 
 
 class Breaker:
-    """Open for `cooldown` seconds after a Redis failure: fail fast meanwhile."""
+    """Open for `cooldown` seconds after a Redis failure: fail fast meanwhile.
+
+    Time comes in as a value (monotonic seconds). While open, `allows` says
+    no and nothing extends the cooldown; once it has passed, the next
+    dispatch goes through as a trial: a failure trips it again, a success
+    leaves it closed.
+    """
 
     def __init__(self, cooldown: float) -> None:
         self.cooldown = cooldown
         self.open_until = 0.0
 
-    def closed(self) -> bool:
-        return time.monotonic() >= self.open_until
+    def allows(self, now: float) -> bool:
+        return now >= self.open_until
 
-    def trip(self) -> None:
-        self.open_until = time.monotonic() + self.cooldown
+    def trip(self, now: float) -> None:
+        self.open_until = now + self.cooldown
 
 
 class Handler:
@@ -92,8 +113,14 @@ class Handler:
         self.reaps: list[GatewayLost] = []  # lost gateways still to clean up
         self.unknown_to = ""  # a broker that said it does not know us
 
-    def frames(self, frames: list[bytes], now: float) -> Done:
-        """Decode and handle one dispatch (events, or a heartbeat) -> the Done to send."""
+    @property
+    def metrics(self) -> WorkerMetrics:
+        return self.chat.metrics
+
+    def frames(self, frames: list[bytes], now: float, tick: float) -> Done:
+        """Decode and handle one dispatch (events, or a heartbeat) -> the Done to send.
+
+        `now` is the wall clock (for message times), `tick` the monotonic one (for the breaker)."""
         items: list[WorkItem] = []
         for frame in frames:
             try:
@@ -107,41 +134,70 @@ class Handler:
                 self.unknown_to = msg.broker
             elif not isinstance(msg, Heartbeat):  # a heartbeat is only a sign of life
                 log.warning("dropped an unexpected %s from the broker", type(msg).__name__)
+        self.metrics.took(items)
         fx = Effects()
-        self.batch([*items, *self._due_reaps()], fx, now)
+        self.batch([*items, *self._due_reaps(tick)], fx, now, tick)
+        self.metrics.breaker(not self.breaker.allows(tick))
         return Done(tuple(event_key(item) for item in items), fx.encoded())
 
-    def batch(self, items: list[WorkItem], fx: Effects, now: float) -> None:
+    def batch(self, items: list[WorkItem], fx: Effects, now: float, tick: float) -> None:
         """Handle events in one round trip to Redis; each event's effects after its Mark."""
         if not items:
             return
+        if not self.breaker.allows(tick):  # fail fast, and leave the cooldown as it is
+            self.metrics.redis_failed(RedisCause.BREAKER_OPEN)
+            for item in items:
+                self._unserved(item, fx)
+            return
         try:
-            if not self.breaker.closed():
-                raise redis.ConnectionError("breaker open after a recent failure")
             effects = self.chat.handle_batch(items, now)
         except redis.RedisError as exc:
-            self.breaker.trip()
+            self.breaker.trip(tick)
+            self.metrics.redis_failed(redis_cause(exc))
             log.warning("redis failed on a dispatch of %d events: %s", len(items), exc)
             for item in items:
                 self._unserved(item, fx)
             return
+        except Exception:  # each event has its guard in the chat: this is a bug of the dispatch itself
+            log.exception("failed to handle a dispatch of %d events: answering them all", len(items))
+            self.metrics.internal_error(len(items))
+            for item in items:
+                fx.mark(*event_key(item))
+                if isinstance(item, (Lines, Connected)):
+                    fx.error(item.cid, INTERNAL_ERROR)
+            return
         for item, item_fx in zip(items, effects, strict=True):
+            if item_fx.unserved:
+                self._unserved(item, fx)
+                continue
             fx.mark(*event_key(item))
             fx.items.extend(item_fx.items)
 
     def _unserved(self, item: WorkItem, fx: Effects) -> None:
         if isinstance(item, Lines):
+            self.metrics.refused(RefusedCause.UNAVAILABLE, len(item.lines))
             fx.mark(*event_key(item))
             fx.error(item.cid, UNAVAILABLE)
         elif isinstance(item, GatewayLost):
             self.reaps.append(item)
         # connect, disconnect: no answer (no Mark), so the gateway sends it again
 
-    def _due_reaps(self) -> list[WorkItem]:
-        if not self.reaps or not self.breaker.closed():
+    def _due_reaps(self, tick: float) -> list[WorkItem]:
+        if not self.reaps or not self.breaker.allows(tick):
             return []
         reaps, self.reaps = self.reaps, []
         return list(reaps)
+
+
+def durability(config: WorkerConfig) -> Durability | None:
+    """How durable claims are made: WAIT for replicas behind Sentinel (or when told), a bit
+    under the call's timeout so that the WAIT's answer comes before the socket gives up."""
+    replicas = config.redis_wait_replicas
+    if replicas is None:
+        replicas = 1 if parse_redis_url(config.redis_url).kind == "sentinel" else 0
+    if replicas == 0:
+        return None
+    return Durability(replicas, max(1, int(config.redis_timeout * 1000 * WAIT_SHARE)))
 
 
 def worker_name() -> str:
@@ -149,11 +205,20 @@ def worker_name() -> str:
 
 
 def _open_backend(ctx: zmq.Context[zmq.Socket[bytes]], config: WorkerConfig) -> zmq.Socket[bytes]:
+    """A DEALER under a fresh identity (a reconnect is a new worker to the broker), which
+    names this process in its JSON log lines from now on."""
+    name = worker_name()
+    set_log_instance(name)
     sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt_string(zmq.IDENTITY, worker_name())
-    sock.connect(config.backend)
-    sock.send(codec.encode(Ready(config.credit)))
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # a bigger frame drops the peer's link
+        sock.setsockopt_string(zmq.IDENTITY, name)
+        sock.connect(config.backend)
+        sock.send(codec.encode(Ready(config.credit)))
+    except BaseException:
+        sock.close()  # an open socket would hang the context's term()
+        raise
     return sock
 
 
@@ -169,7 +234,7 @@ def serve_broker(
         if poller.poll(int(config.heartbeat * 1000)):
             frames = sock.recv_multipart()
             last_heard = time.monotonic()
-            done = handler.frames(frames, time.time())
+            done = handler.frames(frames, time.time(), time.monotonic())
             if done.events or done.publish:
                 sock.send(codec.encode(done))
                 last_sent = time.monotonic()
@@ -189,11 +254,11 @@ def serve_broker(
 def run_worker(config: WorkerConfig) -> None:
     """The body of one worker process."""
     stopping = Stopping().install()
-    client = redis.Redis.from_url(
-        config.redis_url, decode_responses=True,
-        socket_timeout=config.redis_timeout, socket_connect_timeout=config.redis_timeout,
-    )
-    handler = Handler(Chat(Store(client, config.prefix)), Breaker(config.breaker_cooldown))
+    client = open_redis(config.redis_url, timeout=config.redis_timeout, ca_file=config.redis_ca)
+    metrics = WorkerMetrics()  # under the pool's multiprocess mode, its values go to the pool's directory
+    store = Store(client, config.prefix, config.max_rooms, config.history_ttl, metrics.redis_round_trip.observe,
+                  durability=durability(config))
+    handler = Handler(Chat(store, config.limits, metrics), Breaker(config.breaker_cooldown))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         while not stopping.requested:

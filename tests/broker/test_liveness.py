@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.liveness import Liveness
+from broker.liveness import Fence, LinkWatch, Liveness
 
 
 def test_timeout_is_interval_times_liveness() -> None:
@@ -64,3 +64,77 @@ def test_iteration_is_a_snapshot() -> None:
     for peer in live:  # forgetting while iterating is safe
         live.forget(peer)
     assert list(live) == []
+
+
+def test_grace_gives_every_peer_a_fresh_window() -> None:
+    live = Liveness(1.0, 3)
+    live.heard(b"a", 0.0)
+    live.heard(b"b", 2.0)
+    live.grace(10.0)
+    assert live.expired(12.9) == []
+    assert sorted(live.expired(13.1)) == [b"a", b"b"]
+
+
+def test_link_watch_allows_reaping_while_someone_is_heard() -> None:
+    watch = LinkWatch(3.0, now=0.0)
+    assert watch.may_reap(3.0)
+    watch.heard(2.0)
+    assert watch.may_reap(5.0)
+    assert not watch.silent
+
+
+def test_link_watch_suspects_itself_when_everyone_is_silent() -> None:
+    watch = LinkWatch(3.0, now=0.0)
+    watch.heard(1.0)
+    assert not watch.may_reap(4.5)
+    assert watch.silent
+    assert not watch.may_reap(100.0)  # however long it lasts
+    assert watch.heard(101.0) == pytest.approx(100.0)  # silent since the last peer was heard
+    assert not watch.silent
+    assert watch.may_reap(101.5)
+
+
+def test_link_watch_reports_no_silence_when_there_was_none() -> None:
+    watch = LinkWatch(3.0, now=0.0)
+    assert watch.heard(1.0) is None
+    assert watch.heard(3.9) is None  # within the window: not a silence
+
+
+def test_partition_then_return_reaps_nobody_and_only_the_truly_dead_later() -> None:
+    """The broker's rule, as it runs it: reap only while someone speaks; after a
+    silence of its own, the silent get a fresh window."""
+    live, watch = Liveness(1.0, 3), LinkWatch(3.0, now=0.0)
+    for peer in (b"gw1", b"gw2", b"w1"):
+        live.heard(peer, 0.0)
+        watch.heard(0.0)
+    assert not watch.may_reap(10.0)  # everyone silent for 10 s: our link, not theirs
+    live.heard(b"w1", 10.5)  # the link is back: the worker speaks first
+    if watch.heard(10.5) is not None:
+        live.grace(10.5)
+    assert watch.may_reap(11.0) and live.expired(11.0) == []
+    live.heard(b"gw1", 11.0)
+    watch.heard(11.0)
+    live.heard(b"w1", 13.0)
+    watch.heard(13.0)
+    assert watch.may_reap(13.6)
+    assert live.expired(13.6) == [b"gw2"]  # gw2 never came back: reaped after its fresh window
+
+
+def test_fence_tells_a_fenced_peer_at_most_once_per_interval() -> None:
+    fence = Fence(1.0)
+    assert not fence.tell(b"gw", 0.0)  # not fenced
+    fence.add(b"gw")
+    assert b"gw" in fence and b"other" not in fence
+    assert fence.tell(b"gw", 0.0)
+    assert not fence.tell(b"gw", 0.5)
+    assert fence.tell(b"gw", 1.0)
+    fence.add(b"gw")  # again: no reset
+    assert not fence.tell(b"gw", 1.2)
+
+
+def test_fence_is_bounded_oldest_first() -> None:
+    fence = Fence(1.0, capacity=2)
+    for peer in (b"a", b"b", b"c"):
+        fence.add(peer)
+    assert len(fence) == 2
+    assert b"a" not in fence and b"b" in fence and b"c" in fence

@@ -12,6 +12,9 @@ was handled. Then, for every receiver whose connection stayed open:
   different orders;
 - unexplained: messages neither accepted nor answered by an error
   (a silent loss at the sender's side).
+
+After a Redis failover, `nick_violations` checks the nickname invariant in
+the new master: conn:<cid> has nick N exactly when nick:<lower N> is cid.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+
+import redis
 
 from tests.e2e.chatclient import ChatClient
 
@@ -176,3 +181,23 @@ def wait_quiet(members: list[Member], quiet: float, limit: float) -> None:
         if time.monotonic() - newest >= quiet:
             return
         time.sleep(0.1)
+
+
+def nick_violations(db: redis.Redis, prefix: str) -> list[str]:
+    """Every break of the nickname invariant: a connection whose nick does not point
+    back to it, a nick held for a connection that does not have it (two holders
+    of one nick show as one of these)."""
+    bad: list[str] = []
+    conn, nick_key = f"{prefix}conn:", f"{prefix}nick:"
+    for key in db.scan_iter(f"{conn}*", count=1000):
+        if db.type(key) != "hash":
+            continue  # conn:<cid>:rooms
+        cid, nick = key[len(conn):], db.hget(key, "nick")
+        if not nick or db.get(nick_key + nick.lower()) != cid:
+            bad.append(f"{cid} has nick {nick!r}, which points to {db.get(nick_key + str(nick).lower())!r}")
+    for key in db.scan_iter(f"{nick_key}*", count=1000):
+        cid = db.get(key)
+        nick = db.hget(f"{conn}{cid}", "nick")
+        if nick is None or nick.lower() != key[len(nick_key):]:
+            bad.append(f"{key} points to {cid}, whose nick is {nick!r}")
+    return bad

@@ -11,8 +11,9 @@ DEFAULT_TIMEOUT = 10.0
 
 
 class ChatClient:
-    def __init__(self, port: int, host: str = "127.0.0.1", greet: bool = True) -> None:
-        self.sock = socket.create_connection((host, port), timeout=DEFAULT_TIMEOUT)
+    def __init__(self, port: int, host: str = "127.0.0.1", greet: bool = True, source: str = "") -> None:
+        self.sock = socket.create_connection((host, port), timeout=DEFAULT_TIMEOUT,
+                                             source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buf = b""
         self.seen: list[str] = []

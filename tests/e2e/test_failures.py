@@ -262,7 +262,8 @@ def _greets(port: int) -> bool:
 
 def test_proxy_protocol_gives_the_real_address_to_the_limits(tmp_path) -> None:
     c = start_fast_cluster(tmp_path / "v", workers=1, gateways=1,
-                           gateway_args=("--proxy-protocol", "--max-per-address", "1"))
+                           gateway_args=("--proxy-protocol", "--trusted-proxies", "127.0.0.0/8",
+                                         "--max-per-address", "1"))
     port = c.ports[0]
 
     def via_balancer(source: str) -> ChatClient:

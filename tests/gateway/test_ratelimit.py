@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ratelimit import TokenBucket
+from gateway.ratelimit import TokenBucket, read_cost
 
 
 def test_a_full_burst_at_once_then_nothing() -> None:
@@ -71,3 +71,37 @@ def test_rate_zero_is_unlimited(rate: float) -> None:
     for _ in range(3):
         assert bucket.take(1000, 0.0) == 1000
     assert bucket.delay(0.0) == 0.0
+
+
+def test_a_charge_past_zero_is_a_debt_to_wait_off() -> None:
+    bucket = TokenBucket(rate=10.0, burst=5, now=0.0)
+    bucket.charge(25.0, 0.0)  # 5 saved up, 20 owed
+    assert bucket.debt_delay(0.0) == pytest.approx(2.0)
+    assert bucket.take(1, 1.0) == 0  # still owing
+    assert bucket.debt_delay(1.0) == pytest.approx(1.0)
+    assert bucket.debt_delay(2.0) == pytest.approx(0.0)
+    assert bucket.take(1, 2.1) == 1
+
+
+def test_without_a_rate_nothing_is_owed() -> None:
+    bucket = TokenBucket(rate=0.0, burst=1, now=0.0)
+    bucket.charge(1e9, 0.0)
+    assert bucket.debt_delay(0.0) == 0.0
+    assert bucket.take(7, 0.0) == 7
+
+
+def test_every_read_costs_something() -> None:
+    assert read_cost(0, 0) > 0  # a read of nothing but a wake-up
+    assert read_cost(0, 1) < read_cost(0, 65536)  # bytes cost, with or without lines
+    assert read_cost(10, 10) >= 10  # every line it ends: empty, bad or good
+
+
+def test_a_stream_of_reads_is_held_to_the_rate() -> None:
+    """A client paying its debts gets rate tokens a second of work, however it sends."""
+    bucket = TokenBucket(rate=20.0, burst=100, now=0.0)
+    now, cost = 0.0, 0.0
+    while now < 60.0:  # tiny reads, each waited off like the reader does
+        bucket.charge(read_cost(1, 2), now)
+        cost += read_cost(1, 2)
+        now += bucket.debt_delay(now)
+    assert cost <= 100 + 20 * 60.0 + read_cost(1, 2)

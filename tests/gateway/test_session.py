@@ -225,3 +225,14 @@ def test_seen_events_evicts_the_least_recently_active_beyond_capacity() -> None:
     assert not seen.first_time("g:3", 1)
     assert seen.first_time("g:2", 1)  # forgotten: new again (evicts g:1)
     assert seen.first_time("g:1", 1)  # forgotten too
+
+
+def test_an_abandoned_session_sends_nothing_more() -> None:
+    s = Session("gw.x:1", "127.0.0.1:1", 0.0)
+    s.abandon()
+    s.add_lines(["late"])
+    s.leave("gone")
+    assert s.finished
+    assert s.next_frame(1.0) is None
+    assert s.overdue(100.0, 1.0) is None
+    assert s.resend(100.0) is None

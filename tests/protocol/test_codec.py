@@ -33,6 +33,7 @@ from protocol.messages import (
     gateway_of,
     topic_of,
 )
+from protocol.replies import ReplyCode
 
 FAST = settings(
     max_examples=150,
@@ -63,6 +64,8 @@ chat_events = st.builds(
     ts=timestamps,
     origin=texts,
     of=st.one_of(st.just(""), event_types.map(lambda t: t.value), texts),
+    code=st.one_of(st.just(""), st.sampled_from(list(ReplyCode)).map(str), texts),
+    args=st.lists(texts, max_size=4).map(tuple),
 )
 delivers = st.builds(Deliver, cids=st.lists(cids, max_size=4).map(tuple), event=chat_events)
 set_modes = st.builds(SetMode, cid=cids, json=st.booleans())
@@ -92,7 +95,7 @@ messages = st.one_of(
 EVENT = ChatEvent(
     EventType.MESSAGE, "hi", "#chat", "bob", "", "gw1:7-1", 1700000000.5, "gw1:7", ""
 )
-EVENT_WIRE = ["message", "hi", "#chat", "bob", "", "gw1:7-1", 1700000000.5, "gw1:7", ""]
+EVENT_WIRE = ["message", "hi", "#chat", "bob", "", "gw1:7-1", 1700000000.5, "gw1:7", "", "", []]
 
 EXAMPLES: list[tuple[Message, list[Any]]] = [
     (Connected("gw1:1", 0, "127.0.0.1:5000"), [1, "gw1:1", 0, "127.0.0.1:5000"]),
@@ -141,7 +144,7 @@ def pack(obj: Any) -> bytes:
 
 
 def event_wire(**changes: Any) -> list[Any]:
-    fields = ["type", "text", "room", "sender", "to", "id", "ts", "origin", "of"]
+    fields = ["type", "text", "room", "sender", "to", "id", "ts", "origin", "of", "code", "args"]
     wire = list(EVENT_WIRE)
     for key, value in changes.items():
         wire[fields.index(key)] = value
@@ -179,6 +182,19 @@ def test_every_event_type_round_trips(kind: EventType) -> None:
     item = decoded.items[0]
     assert isinstance(item, Deliver)
     assert item.event.type is kind
+
+
+def test_code_and_args_round_trip_at_the_end_of_the_event() -> None:
+    event = ChatEvent(EventType.INFO, "you joined #a (1 here: al)", code=ReplyCode.JOINED, args=("#a", "", "al"))
+    wire = to_wire(Batch((Deliver(("c:1",), event),)))
+    assert wire[1][0][2][-2:] == ["joined", ["#a", "", "al"]]
+    assert decode(encode(Batch((Deliver(("c:1",), event),)))) == Batch((Deliver(("c:1",), event),))
+
+
+def test_an_unknown_code_decodes_as_is() -> None:
+    msg = decode(pack([8, [[0, ["c:1"], event_wire(code="from_the_future", args=["x"])]]]))
+    assert isinstance(msg, Batch) and isinstance(msg.items[0], Deliver)
+    assert msg.items[0].event.code == "from_the_future" and msg.items[0].event.args == ("x",)
 
 
 def test_default_chat_event_round_trips() -> None:
@@ -384,6 +400,12 @@ WRONG_FIELD_TYPES: list[Any] = [
     [8, [[0, ["c:1"], event_wire(ts=True)]]],
     [8, [[0, ["c:1"], event_wire(origin=0)]]],
     [8, [[0, ["c:1"], event_wire(of=False)]]],
+    [8, [[0, ["c:1"], event_wire(code=None)]]],
+    [8, [[0, ["c:1"], event_wire(code=7)]]],
+    [8, [[0, ["c:1"], event_wire(args="nick")]]],
+    [8, [[0, ["c:1"], event_wire(args=[1])]]],
+    [8, [[0, ["c:1"], event_wire(args=None)]]],
+    [8, [[0, ["c:1"], EVENT_WIRE[:9]]]],  # the layout before code and args
     # SetMode
     [8, [[1, "c:1", 1]]],
     [8, [[1, "c:1", "true"]]],

@@ -29,6 +29,8 @@ from protocol.commands import (
     check_room,
     clean_text,
     parse_line,
+    quoted,
+    shown,
 )
 from protocol.errors import CommandError, ProtocolError
 
@@ -39,7 +41,37 @@ COMMAND_NAMES = [
 ]
 NICK_SPEC = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
 ROOM_SPEC = re.compile(r"#[a-z0-9_.-]{1,64}")  # canonical: lower case
-CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# the issue's list of characters no client may show another, written out independently of UNSAFE
+UNSAFE_RANGES = [
+    (0x00, 0x08), (0x0A, 0x1F), (0x7F, 0x9F),  # C0 but TAB, DEL, C1
+    (0x2028, 0x2029),  # line and paragraph separators
+    (0x202A, 0x202E), (0x2066, 0x2069), (0x200E, 0x200F), (0x061C, 0x061C),  # bidi
+    (0x200B, 0x200B), (0x2060, 0x2064), (0xFEFF, 0xFEFF),  # zero-width, invisible
+    (0x206A, 0x206F), (0xFFF9, 0xFFFB),  # deprecated format controls, annotation
+    (0xD800, 0xDFFF),  # lone surrogates
+]
+UNSAFE_CHARS = [chr(c) for lo, hi in UNSAFE_RANGES for c in range(lo, hi + 1)]
+CONTROL = re.compile("[" + "".join(re.escape(c) for c in UNSAFE_CHARS) + "]")
+# what the issue names, one by one: each must go
+ATTACKS = {
+    "CSI (8-bit)": "\x9b",
+    "NEL": "\x85",
+    "OSC (8-bit)": "\x9d",
+    "ESC": "\x1b",
+    "CR": "\r",
+    "LINE SEPARATOR": "\u2028",
+    "PARAGRAPH SEPARATOR": "\u2029",
+    "RLO": "\u202e",
+    "LRE": "\u202a",
+    "RLI": "\u2067",
+    "PDI": "\u2069",
+    "LRM": "\u200e",
+    "RLM": "\u200f",
+    "ALM": "\u061c",
+    "ZWSP": "\u200b",
+    "WORD JOINER": "\u2060",
+    "BOM": "\ufeff",
+}
 
 
 def error_of(line: str) -> str:
@@ -253,6 +285,40 @@ def test_unknown_commands(line: str, error: str) -> None:
     assert error_of(line) == error
 
 
+def test_shown_strips_and_shortens() -> None:
+    assert shown("a\x9b\u202eb" + "c" * 100) == "ab" + "c" * 38
+
+
+@pytest.mark.parametrize("char", ATTACKS.values())
+def test_quoted_names_escape_every_unsafe_character(char: str) -> None:
+    text = quoted(f"evil{char}")
+    assert not CONTROL.search(text)
+    assert text.startswith("'evil\\")
+
+
+def test_quoted_names_are_shortened() -> None:
+    assert quoted("x" * 81) == repr("x" * 80) + "..."
+    assert quoted("x" * 80) == repr("x" * 80)
+    assert error_of("/nick " + "y" * 4000) == nick_error("y" * 80).replace("': ", "'...: ")
+
+
+@pytest.mark.parametrize("char", ["\x85", "\u2028", "\u2029", "\x1c", "\x1d", "\x1e", "\x0b", "\x0c", "\u3000", "\xa0"])
+def test_arguments_split_only_on_ascii_blanks(char: str) -> None:
+    # str.split() splits on these: `/nick evil<NEL>` passed as `evil`
+    assert error_of(f"/nick evil{char}") == nick_error(f"evil{char}")
+    assert error_of(f"/nick evil{char}x") == nick_error(f"evil{char}x")
+    assert error_of(f"/join #r{char}") == room_error(f"#r{char}")
+    assert error_of(f"/msg bob{char} hi") == nick_error(f"bob{char}")
+    assert error_of(f"/who #r{char}") == room_error(f"#r{char}")
+
+
+def test_tabs_separate_arguments_and_the_command_name() -> None:
+    assert parse_line("/nick\tbob") == Nick("bob")
+    assert parse_line("/msg\tbob\thi there") == Msg("bob", "hi there")
+    assert parse_line("/history\t#a\t5") == History("#a", 5)
+    assert parse_line("/ping\t") == Ping()
+
+
 def test_unknown_command_name_is_shortened() -> None:
     error = error_of("/" + "y" * 1000)
     assert error == f"unknown command /{'y' * 40} (try /help)"
@@ -355,6 +421,42 @@ def test_history_bounds_rejected(line: str) -> None:
 )
 def test_control_characters_are_stripped_from_text(line: str, command: object) -> None:
     assert parse_line(line) == command
+
+
+@pytest.mark.parametrize("char", UNSAFE_CHARS[::7] + list(ATTACKS.values()))
+def test_every_unsafe_character_is_stripped_everywhere_text_goes(char: str) -> None:
+    text = f"a{char}b"
+    assert clean_text(text) == "ab"
+    assert parse_line(text) == Say("ab")
+    assert parse_line(f"//{text}") == Say("/ab")
+    assert parse_line(f"/me {text}") == Me("ab")
+    assert parse_line(f"/msg bob {text}") == Msg("bob", "ab")
+    assert parse_line(f"/msg #r {text}") == Msg("#r", "ab")
+    assert parse_line(f"/quit {text}") == Quit("ab")
+    assert error_of(f"/{text}") == "unknown command /ab (try /help)"
+
+
+def test_every_unsafe_character_is_unprintable() -> None:
+    # strip_unsafe and render_json skip printable text: that is only right while this holds
+    assert not any(char.isprintable() for char in UNSAFE_CHARS)
+
+
+def test_all_unsafe_characters_together_leave_nothing() -> None:
+    assert clean_text("".join(UNSAFE_CHARS)) == ""
+    assert parse_line("".join(UNSAFE_CHARS)) is None
+
+
+def test_the_8bit_csi_prefix_spoof_is_defused() -> None:
+    # CSI 2K erases the line, CSI G returns the cursor: "<alice>" would vanish
+    line = "\x9b2K\x9bG* alice is now known as admin"
+    assert parse_line(line) == Say("2KG* alice is now known as admin")
+
+
+@pytest.mark.parametrize(
+    "text", ["👨\u200d👩\u200d👧", "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "soft\xadhyphen", "☃\ufe0f", "\U0001f3f4\U000e0067\U000e007f"]
+)
+def test_joiners_and_other_harmless_format_characters_are_kept(text: str) -> None:
+    assert clean_text(text) == text
 
 
 def test_clean_text() -> None:
@@ -493,3 +595,50 @@ def test_property_history_count_bounds(n: int) -> None:
         assert parse_line(f"/history {n}") == History(None, n)
     else:
         assert error_of(f"/history {n}") == HISTORY_USAGE
+
+
+@FAST
+@given(st.text(min_size=1, max_size=40).filter(lambda s: not set(s) & {" ", "\t"}))
+def test_property_a_nick_argument_is_taken_whole(name: str) -> None:
+    # one word without ASCII blanks is one argument, whatever other whitespace it holds
+    if NICK_SPEC.fullmatch(name):
+        assert parse_line(f"/nick {name}") == Nick(name)
+    else:
+        assert error_of(f"/nick {name}") == nick_error(name)
+
+
+# --- /topic and /history after ID ------------------------------------------------
+
+
+def test_topic_parses() -> None:
+    from protocol.commands import TOPIC_MAX, History, Topic
+    assert parse_line("/topic") == Topic(None, None)
+    assert parse_line("/topic #A") == Topic("#a", None)
+    assert parse_line("/topic #a  hello\x1b world ") == Topic("#a", "hello world")
+    assert parse_line("/topic hello world") == Topic(None, "hello world")
+    assert parse_line("/topic #a \x07") == Topic("#a", None)  # nothing left after filtering: show it
+    assert parse_line("/topic " + "x" * TOPIC_MAX) == Topic(None, "x" * TOPIC_MAX)
+    with pytest.raises(CommandError, match="topic too long"):
+        parse_line("/topic " + "x" * (TOPIC_MAX + 1))
+    with pytest.raises(CommandError, match="invalid room name"):
+        parse_line("/topic #bad! text")
+    assert parse_line("/history #a after gw.x:1/42") == History("#a", 100, "gw.x:1/42")
+    assert parse_line("/history AFTER gw.x:1/42") == History(None, 100, "gw.x:1/42")
+
+
+@pytest.mark.parametrize("line", ["/history after", "/history after x", "/history after a/b",
+                                  "/history after a/1 2", "/history #a after " + "a" * 161 + "/1",
+                                  "/history after a\u2028/1"])
+def test_history_after_needs_one_plain_id(line: str) -> None:
+    with pytest.raises(CommandError, match="usage: /history"):
+        parse_line(line)
+
+
+def test_action_names_its_room() -> None:
+    from protocol.commands import Me
+    assert parse_line("/action #A waves \x1b hi") == Me("waves  hi", "#a")
+    for line in ("/action", "/action #a", "/action #a \x07"):
+        with pytest.raises(CommandError, match="usage: /action"):
+            parse_line(line)
+    with pytest.raises(CommandError, match="invalid room name"):
+        parse_line("/action bob waves")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from hypothesis import given, settings
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from protocol.messages import ChatEvent, EventType
 from protocol.render import is_own_echo, render_json, render_text, to_json_object
+from tests.protocol.test_commands import ATTACKS, CONTROL
 
 FAST = settings(max_examples=150, deadline=None, database=None)
 
@@ -26,7 +28,7 @@ chat_events = st.builds(
     sender=st.text(max_size=10),
     to=st.text(max_size=10),
     id=st.text(max_size=10),
-    ts=st.one_of(st.just(0.0), st.floats(min_value=0, max_value=4e9)),
+    ts=st.one_of(st.just(0.0), st.floats(min_value=0, max_value=4e9), st.floats()),
     origin=st.text(max_size=10),
     of=st.one_of(st.just(""), event_types.map(lambda t: t.value)),
 )
@@ -108,24 +110,61 @@ def test_ids_times_and_origins_are_not_shown_in_text_mode() -> None:
     assert render_text(event) == b"#r <s> hi\n"
 
 
+def expected_text_line(event: ChatEvent) -> str:
+    kind = event.type
+    if kind is EventType.MESSAGE or (kind is EventType.HISTORY and event.of != "action"):
+        return f"{event.room} <{event.sender}> {event.text}"
+    if kind is EventType.ACTION or kind is EventType.HISTORY:
+        return f"{event.room} * {event.sender} {event.text}"
+    if kind is EventType.PRIVATE:
+        return f"*{event.sender}* {event.text}"
+    if kind is EventType.ERROR:
+        return f"! {event.text}"
+    return f"* {event.text}"
+
+
 @FAST
-@given(chat_events.filter(lambda e: "\n" not in e.text + e.room + e.sender))
-def test_property_text_mode_is_one_line_with_the_right_prefix(event: ChatEvent) -> None:
+@given(chat_events)
+def test_property_text_mode_is_one_safe_line_with_the_right_prefix(event: ChatEvent) -> None:
     out = render_text(event)
     assert out.endswith(b"\n")
     assert out.count(b"\n") == 1
     line = out.decode("utf-8")[:-1]
-    kind = event.type
-    if kind is EventType.MESSAGE or (kind is EventType.HISTORY and event.of != "action"):
-        assert line == f"{event.room} <{event.sender}> {event.text}"
-    elif kind is EventType.ACTION or kind is EventType.HISTORY:
-        assert line == f"{event.room} * {event.sender} {event.text}"
-    elif kind is EventType.PRIVATE:
-        assert line == f"*{event.sender}* {event.text}"
-    elif kind is EventType.ERROR:
-        assert line == f"! {event.text}"
-    else:
-        assert line == f"* {event.text}"
+    assert not CONTROL.search(line)
+    assert len(line.splitlines()) <= 1  # no other character any splitter breaks on
+    assert line == CONTROL.sub("", expected_text_line(event))
+
+
+hostile = st.text(
+    st.one_of(st.characters(), st.sampled_from(list(ATTACKS.values()))), max_size=30
+)
+
+
+@FAST
+@given(st.sampled_from(list(EventType)), hostile, hostile, hostile)
+def test_property_hostile_text_never_reaches_a_text_client(
+    kind: EventType, text: str, room: str, sender: str
+) -> None:
+    out = render_text(ChatEvent(kind, text, room=room, sender=sender, of="message"))
+    line = out.decode("utf-8")
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert not CONTROL.search(line[:-1])
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("kind", list(EventType))
+def test_every_attack_character_is_removed_in_text_mode(name: str, kind: EventType) -> None:
+    char = ATTACKS[name]
+    event = ChatEvent(kind, f"a{char}b", room=f"#r{char}", sender=f"s{char}", of="action")
+    line = render_text(event).decode()
+    assert char not in line[:-1]
+    assert "ab" in line
+
+
+def test_an_outside_csi_spoof_is_shown_harmless() -> None:
+    # 8-bit CSI 2K erases the line, CSI G homes the cursor: the prefix would vanish
+    event = ChatEvent(EventType.MESSAGE, "\x9b2K\x9bG* alice is now known as admin", room="#r", sender="eve")
+    assert render_text(event) == b"#r <eve> 2KG* alice is now known as admin\n"
 
 
 # --- JSON mode ------------------------------------------------------------------------
@@ -232,6 +271,50 @@ def test_json_newlines_in_text_stay_inside_the_one_line() -> None:
     assert parse_json_line(out)["text"] == "line one\nline two\r\n"
 
 
+@pytest.mark.parametrize("name", ATTACKS)
+def test_json_escapes_every_attack_character(name: str) -> None:
+    char = ATTACKS[name]
+    event = ChatEvent(EventType.MESSAGE, f"a{char}b", room="#r", sender=f"s{char}", id="i", ts=1.0)
+    out = render_json(event)
+    assert not CONTROL.search(out.decode()[:-1])
+    obj = parse_json_line(out)
+    assert obj["text"] == f"a{char}b"  # the data is kept, only written as an escape
+    assert obj["from"] == f"s{char}"
+
+
+def test_json_line_separators_are_escaped() -> None:
+    out = render_json(ChatEvent(EventType.INFO, "a\u2028b\u2029c"))
+    assert out == b'{"type": "info", "text": "a\\u2028b\\u2029c"}\n'
+    assert len(out.decode().splitlines()) == 1
+
+
+def test_json_escapes_after_a_literal_backslash_stay_escapes() -> None:
+    text = "\\\x85\\\u2028\\\\u2029"  # backslashes before raw characters and before a "u"
+    obj = parse_json_line(render_json(ChatEvent(EventType.INFO, text)))
+    assert obj["text"] == text
+
+
+@pytest.mark.parametrize("ts", [float("nan"), float("inf"), float("-inf")])
+def test_json_leaves_out_a_ts_that_is_not_a_number(ts: float) -> None:
+    assert parse_json_line(render_json(ChatEvent(EventType.INFO, "x", ts=ts))) == {
+        "type": "info", "text": "x"
+    }
+
+
+@FAST
+@given(st.sampled_from(list(EventType)), hostile, hostile, st.floats())
+def test_property_json_line_parses_and_has_no_raw_unsafe_character(
+    kind: EventType, text: str, sender: str, ts: float
+) -> None:
+    out = render_json(ChatEvent(kind, text, room="#r", sender=sender, ts=ts))
+    line = out.decode("utf-8")
+    assert "\u2028" not in line and "\u2029" not in line
+    assert not CONTROL.search(line[:-1])
+    obj = parse_json_line(out)
+    assert obj.get("text", "") == text
+    assert obj.get("from", "") == sender
+
+
 def test_json_is_utf8() -> None:
     out = render_json(ChatEvent(EventType.MESSAGE, "héllo ☕ 你好"))
     assert parse_json_line(out)["text"] == "héllo ☕ 你好"
@@ -257,7 +340,7 @@ def test_property_json_is_one_object_per_line_with_the_applicable_fields(event: 
             assert obj[key] == value
         else:
             assert key not in obj
-    if event.ts:
+    if event.ts and math.isfinite(event.ts):
         assert obj["ts"] == event.ts
     else:
         assert "ts" not in obj
@@ -290,3 +373,19 @@ def test_event_without_origin_is_nobodys_echo() -> None:
 @given(chat_events, st.text(max_size=10))
 def test_property_is_own_echo_rule(event: ChatEvent, cid: str) -> None:
     assert is_own_echo(event, cid) == (event.origin == cid and event.type in ECHOED)
+
+
+def test_json_mode_adds_the_reply_code_and_args_and_keeps_the_rest() -> None:
+    from protocol.replies import ReplyCode
+
+    event = ChatEvent(EventType.INFO, "you joined #a (1 here: al)", code=ReplyCode.JOINED, args=("#a", "", "al"))
+    assert json.loads(render_json(event)) == {
+        "type": "info", "text": "you joined #a (1 here: al)", "code": "joined", "args": ["#a", "", "al"]}
+    assert render_text(event) == b"* you joined #a (1 here: al)\n"
+    assert b"code" not in render_json(ChatEvent(EventType.INFO, "x"))
+
+
+def test_a_topic_change_renders_as_information() -> None:
+    event = ChatEvent(EventType.TOPIC, "al set the topic of #a: hi\u202e", room="#a", sender="al", args=("#a", "hi"))
+    assert render_text(event) == b"* al set the topic of #a: hi\n"
+    assert json.loads(render_json(event))["type"] == "topic"

@@ -29,6 +29,7 @@ from protocol.messages import (
     Lines,
     SetMode,
 )
+from protocol.replies import ReplyCode as R
 from tests.workers.conftest import new_prefix
 from workers.effects import Effects
 from workers.logic import Chat
@@ -95,6 +96,8 @@ def snapshot(client: redis.Redis, prefix: str, stream_ids: bool = True) -> dict[
             value = client.hgetall(key)
         elif kind == "set":
             value = sorted(client.smembers(key))
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1, withscores=True)
         elif kind == "stream":
             entries: list[tuple[str, dict[str, str]]] = client.xrange(key)  # type: ignore[assignment]
             value = entries if stream_ids else [fields for _, fields in entries]
@@ -177,7 +180,7 @@ def test_nick_change_is_told_to_room_members_once(chat: Chat) -> None:
     assert events_to(fx, c.cid) == [notice]
     assert events_to(fx, d.cid) == []
     same = a.send("/nick ann")  # no change: no notice
-    assert same.items == [Deliver((a.cid,), ChatEvent(INFO, "you are now ann"))]
+    assert same.items == [Deliver((a.cid,), ChatEvent(INFO, "you are now ann", code=R.NICK_SET, args=("ann",)))]
 
 
 def test_invalid_nick(chat: Chat) -> None:
@@ -194,14 +197,15 @@ def test_join_tells_the_others(chat: Chat) -> None:
     a = connected(chat, f"{GW_A}:1", "alice")
     b = connected(chat, f"{GW_B}:1", "bob")
     fx = a.send("/join #Room")
-    assert fx.items == [Deliver((a.cid,), ChatEvent(INFO, "you joined #room (1 here: alice)"))]
+    assert fx.items == [Deliver((a.cid,), ChatEvent(INFO, "you joined #room (1 here: alice)", code=R.JOINED, args=("#room", "", "alice")))]
     fx = b.send("/join #room")
     assert lines_to(fx, b.cid) == [(INFO, "you joined #room (2 here: alice, bob)")]
     assert events_to(fx, a.cid) == [
         ChatEvent(EventType.JOIN, "bob joined #room", room="#room", sender="bob")
     ]
     again = b.send("/join #ROOM")  # already in: no notice
-    assert again.items == [Deliver((b.cid,), ChatEvent(INFO, "you joined #room (2 here: alice, bob)"))]
+    assert again.items == [Deliver((b.cid,), ChatEvent(INFO, "you joined #room (2 here: alice, bob)", code=R.JOINED,
+                                         args=("#room", "", "alice", "bob")))]
 
 
 def test_part(chat: Chat) -> None:
@@ -213,7 +217,7 @@ def test_part(chat: Chat) -> None:
     fx = a.send("/part #s")
     assert lines_to(fx, a.cid) == [(ERROR, "you are not in #s: /join #s first")]
     fx = a.send("/part #r")
-    assert fx.items == [Deliver((a.cid,), ChatEvent(INFO, "you left #r"))]  # alone: no one told
+    assert fx.items == [Deliver((a.cid,), ChatEvent(INFO, "you left #r", code=R.PARTED, args=("#r", "")))]  # alone: no one told
     fx = a.send("/part")
     assert lines_to(fx, a.cid) == [(ERROR, "you are in no room")]
 
@@ -282,7 +286,7 @@ def test_history(chat: Chat) -> None:
     b = connected(chat, f"{GW_B}:1", "bob")  # not a member: may still read
     fx = b.send("/history #r 2")
     assert events_to(fx, b.cid) == [
-        ChatEvent(INFO, "history of #r: 2 messages"),
+        ChatEvent(INFO, "history of #r: 2 messages", code=R.HISTORY, args=("#r", "2")),
         ChatEvent(EventType.HISTORY, "two", room="#r", sender="alice", id=f"{a.cid}/{first + 1}",
                   ts=2.5, of="action"),
         ChatEvent(EventType.HISTORY, "three", room="#r", sender="alice", id=f"{a.cid}/{first + 2}",
@@ -312,7 +316,7 @@ def test_simple_commands(chat: Chat) -> None:
     assert lines_to(a.send("/PING"), a.cid) == [(INFO, "pong")]
     assert [t for _, t in lines_to(a.send("/help"), a.cid)] == list(HELP_LINES)
     fx = a.send("/json")
-    assert fx.items == [SetMode(a.cid, True), Deliver((a.cid,), ChatEvent(INFO, "json mode on"))]
+    assert fx.items == [SetMode(a.cid, True), Deliver((a.cid,), ChatEvent(INFO, "json mode on", code=R.JSON_ON))]
 
 
 def test_errors_do_not_stop_the_lines_after_them(chat: Chat) -> None:
@@ -333,8 +337,8 @@ def test_quit(chat: Chat) -> None:
     b = connected(chat, f"{GW_B}:1", "bob", "#r")
     fx = a.send("/quit gone fishing", "after quit")
     assert fx.items == [
-        Deliver((a.cid,), ChatEvent(INFO, "bye")),
-        Deliver((b.cid,), ChatEvent(EventType.QUIT, "alice quit (gone fishing)", sender="alice")),
+        Deliver((a.cid,), ChatEvent(INFO, "bye", code=R.BYE)),
+        Deliver((b.cid,), ChatEvent(EventType.QUIT, "alice quit (gone fishing)", sender="alice", code=R.QUIT, args=("gone fishing",))),
         Close(a.cid, "quit"),
     ]
     assert lines_to(b.send("/who"), b.cid) == [(INFO, "#r (1): bob")]
@@ -345,7 +349,7 @@ def test_quit(chat: Chat) -> None:
 def test_quit_without_reason(chat: Chat) -> None:
     a = connected(chat, f"{GW_A}:1", "alice", "#r")
     b = connected(chat, f"{GW_B}:1", "bob", "#r")
-    assert events_to(a.send("/quit"), b.cid) == [ChatEvent(EventType.QUIT, "alice quit", sender="alice")]
+    assert events_to(a.send("/quit"), b.cid) == [ChatEvent(EventType.QUIT, "alice quit", sender="alice", code=R.QUIT, args=("",))]
 
 
 def test_disconnected_frees_nick_and_memberships(chat: Chat, client: redis.Redis, prefix: str) -> None:
@@ -353,7 +357,8 @@ def test_disconnected_frees_nick_and_memberships(chat: Chat, client: redis.Redis
     b = connected(chat, f"{GW_B}:1", "bob", "#r", "#s")
     fx = a.leave("connection reset")
     assert fx.items == [
-        Deliver((b.cid,), ChatEvent(EventType.QUIT, "alice quit (connection reset)", sender="alice"))
+        Deliver((b.cid,), ChatEvent(EventType.QUIT, "alice quit (connection reset)", sender="alice", code=R.QUIT,
+                                  args=("connection reset",)))
     ]
     assert lines_to(b.send("/rooms"), b.cid) == [(INFO, "rooms: #r (1), #s (1)")]
     assert lines_to(b.send("/nick ALICE"), b.cid) == [(INFO, "you are now ALICE")]
@@ -387,7 +392,7 @@ def test_gateway_lost_frees_its_connections(chat: Chat, client: redis.Redis, pre
     late = f"{GW_A}:9"
     fx = chat.handle(Connected(late, 0, "addr"), 31.0)
     assert fx.items == [
-        Deliver((late,), ChatEvent(ERROR, "this server lost its link to the service: please reconnect")),
+        Deliver((late,), ChatEvent(ERROR, "this server lost its link to the service: please reconnect", code=R.GATEWAY_GONE)),
         Close(late, "gateway lost"),
     ]
     assert not client.exists(f"{prefix}conn:{late}")
@@ -475,7 +480,8 @@ def test_replay_of_a_taken_nick(chat: Chat, client: redis.Redis, prefix: str) ->
     b = connected(chat, f"{GW_B}:1", "bob")
     first = b.send("/nick alice")
     again = replay(b, client, prefix)
-    assert again.items == first.items == [Deliver((b.cid,), ChatEvent(ERROR, "nickname alice is taken"))]
+    assert again.items == first.items == [
+        Deliver((b.cid,), ChatEvent(ERROR, "nickname alice is taken", code=R.NICK_TAKEN, args=("alice",)))]
 
 
 def test_replay_of_room_messages_keeps_ids_ts_and_history(chat: Chat, client: redis.Redis, prefix: str) -> None:
