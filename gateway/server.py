@@ -60,6 +60,7 @@ from protocol.messages import (
 )
 from protocol.proxy import Network
 from protocol.render import is_own_echo, render_json, render_text
+from stack.curve import ClientKeys
 from stack.process import set_log_instance
 
 log = logging.getLogger("chat.gateway")
@@ -88,6 +89,7 @@ class GatewayConfig:
     tls: tls.TlsConfig | None = None  # serve TLS too (or only)
     half_close_wait: float = 10.0  # how long a half-closed client's last replies may take
     limits: ClientLimits = field(default_factory=ClientLimits)
+    curve: ClientKeys | None = None  # None: plain links
 
 
 def instance_name(name: str) -> str:
@@ -122,6 +124,8 @@ class Gateway:
             sock.setsockopt(zmq.RCVHWM, 100_000)
             sock.setsockopt(zmq.SNDHWM, 100_000)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+            if config.curve:
+                config.curve.apply(sock)
         self.dealer.connect(config.frontend)
         self.sub.connect(config.pub_out)
         self.to_broker = ZmqPump(self.dealer, self._on_broker)
