@@ -270,22 +270,23 @@ def talk_while(deployment: Deployment, sender: ChatClient, receiver: ChatClient,
 def people(deployment: Deployment) -> Iterator[dict[str, ChatClient]]:
     """alice and carol on one gateway, bob and dave on the other, all in #hall."""
     clients = [deployment.connect() for _ in range(4)]
+    named: dict[str, ChatClient] = {}
     try:
         by_gateway: dict[str, list[ChatClient]] = {}
         for client in clients:
             by_gateway.setdefault(deployment.gateway_of(client.guest_nick), []).append(client)
         assert sorted(map(len, by_gateway.values())) == [2, 2], f"leastconn should share: {by_gateway}"
         first, second = by_gateway.values()
-        named = dict(zip(("alice", "carol", "bob", "dave"), (*first, *second), strict=True))
+        named.update(zip(("alice", "carol", "bob", "dave"), (*first, *second), strict=True))
         for nick, client in named.items():
             client.send(f"/nick {nick}")
             client.expect(f"* you are now {nick}")
             client.join("#hall")
         for client in named.values():
             client.sync()
-        yield named
+        yield named  # the tests may add clients: closed here too
     finally:
-        for client in clients:
+        for client in {*clients, *named.values()}:
             client.close()
 
 
@@ -437,4 +438,5 @@ def test_cut_links_cost_a_pause_and_lose_nothing(deployment: Deployment, people:
     dave.expect("#hall <erin> still here")
     assert deployment.broker_counter("gateways_lost_total") == lost_gateways
     assert not any(client.closed for client in (bob, dave, erin))
-    print("timings:", {k: round(v, 2) for k, v in t.items()})
+    print("timings:", {k: round(v, 2) for k, v in t.items()},
+          "broker lost:", {name: deployment.broker_counter(f"{name}_lost_total") for name in ("gateways", "workers")})
