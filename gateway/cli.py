@@ -221,8 +221,8 @@ def _metrics_listen(ctx: click.Context, param: click.Parameter, value: str | Non
               type=click.Choice(LOG_FORMATS), help="Log lines as text or one JSON object a line.")
 def main(listen: str, tls_listen: str | None, tls_cert: str | None, tls_key: str | None,
          tls_handshake_timeout: float, irc_listen: str | None, irc_server_name: str, ws_listen: str | None,
-         ws_origins: str, ready_timeout: float, frontend: str, pub_out: str, name: str, max_line: int, max_queue_lines: int,
-         max_queue_bytes: int, rate_limit: float, rate_burst: int, max_waiting_lines: int,
+         ws_origins: str, ready_timeout: float, frontend: str, pub_out: str, name: str, max_line: int,
+         max_queue_lines: int, max_queue_bytes: int, rate_limit: float, rate_burst: int, max_waiting_lines: int,
          max_bad_lines: int, half_close_wait: float,
          max_connections: int, max_per_address: int, proxy_protocol: bool, trusted_proxies: str,
          reuse_port: bool, heartbeat: float, liveness: int,

@@ -211,7 +211,7 @@ class WebDoor:
 
     def feed(self, data: bytes) -> Input:
         got = self.conn.feed(data)
-        return Input(list(got.lines), got.out, got.frames, 0, 0.0, got.close)
+        return Input(list(got.lines), got.out, got.frames + len(got.lines), 0, 0.0, got.close)
 
     def render(self, event: ChatEvent, cid: str) -> bytes:
         return self.conn.render(event)

@@ -115,3 +115,102 @@ class IrcClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class WsClient:
+    """A WebSocket client over a real socket (wsproto, client side): lines out, JSON objects in."""
+
+    def __init__(self, port: int, origin: str | None = None, path: str = "/ws") -> None:
+        from wsproto import ConnectionType, WSConnection
+        from wsproto.events import Request
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.port = port
+        headers = [(b"Origin", origin.encode())] if origin else []
+        self.sock.sendall(self.ws.send(Request(host=f"127.0.0.1:{port}", target=path, extra_headers=headers)))
+        self.events: list[object] = []  # every wsproto event received
+        self.objects: list[dict] = []
+        self.closed = False
+
+    def send(self, *lines: str) -> None:
+        from wsproto.events import TextMessage
+
+        self.sock.sendall(self.ws.send(TextMessage("\n".join(lines))))
+
+    def frame(self, text: str) -> bytes:
+        from wsproto.events import TextMessage
+
+        return self.ws.send(TextMessage(text))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_frame(self, event: object) -> None:
+        self.sock.sendall(self.ws.send(event))  # type: ignore[arg-type]
+
+    def _pump(self, deadline: float) -> bool:
+        """Read once -> False at the deadline or EOF."""
+        import json
+
+        from wsproto.events import TextMessage
+
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or self.closed:
+            return False
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            data = b""
+        self.ws.receive_data(data or None)
+        for event in self.ws.events():
+            self.events.append(event)
+            if isinstance(event, TextMessage):
+                self.objects.append(json.loads(event.data))
+        if not data:
+            self.closed = True
+        return True
+
+    def expect(self, match: Callable[[dict], bool], timeout: float = TIMEOUT) -> dict:
+        deadline = time.monotonic() + timeout
+        checked = 0
+        while True:
+            for obj in self.objects[checked:]:
+                if match(obj):
+                    return obj
+            checked = len(self.objects)
+            if not self._pump(deadline):
+                raise AssertionError(f"no matching object; got {self.objects[-10:]}")
+
+    def expect_event(self, kind: type, timeout: float = TIMEOUT) -> object:
+        deadline = time.monotonic() + timeout
+        checked = 0
+        while True:
+            for event in self.events[checked:]:
+                if isinstance(event, kind):
+                    return event
+            checked = len(self.events)
+            if not self._pump(deadline):
+                raise AssertionError(f"no {kind.__name__}; got {self.events[-10:]}")
+
+    def wait_closed(self, timeout: float = TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while self._pump(deadline):
+            pass
+        assert self.closed, "still open"
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def http_get(port: int, request: bytes, timeout: float = TIMEOUT) -> bytes:
+    """Send raw bytes, read until the server closes -> everything it wrote."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)

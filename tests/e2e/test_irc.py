@@ -4,6 +4,7 @@ seeing each other across gateways, the door's limits, and a real irssi."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import shutil
@@ -284,9 +285,9 @@ def test_a_client_that_never_registers_is_cut(strict: int) -> None:
 def test_a_flooder_is_cut(strict: int, u: str) -> None:
     client = IrcClient(strict)
     client.register(f"f{u}")
-    with pytest.raises(OSError):  # the gateway cuts it; writing on may then fail
+    with contextlib.suppress(OSError):  # once cut off, writing on may fail
         for _ in range(20):
-            client.send_raw(b"FROBNICATE\r\n" * 200)
+            client.send_raw(b"FROBNICATE\r\n" * 2000)
     got = client.wait_closed()
     assert any(ln.startswith("ERROR :Closing Link: flooding") for ln in got), got[-3:]
     client.close()
