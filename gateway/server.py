@@ -417,21 +417,22 @@ class Gateway:
         text: bytes | None = None
         as_json: bytes | None = None
         framed: bytes | None = None
+        clients, text_view, json_view, web_view = self.clients, View.TEXT, View.JSON, View.WEB  # locals: the hot loop
         for cid in item.cids:
-            client = self.clients.get(cid)
+            client = clients.get(cid)
             if client is None:
                 self.metrics.drop(Drop.DELIVERY_TO_CLOSED)
                 continue
             view = client.door.view
-            if view is View.TEXT:
+            if view is text_view:
                 if is_own_echo(event, cid):
                     continue
                 text = text or render_text(event)
                 data = text
-            elif view is View.JSON:
+            elif view is json_view:
                 as_json = as_json or render_json(event)
                 data = as_json
-            elif view is View.WEB:
+            elif view is web_view:
                 framed = framed or render_event(event)
                 data = framed
             else:
