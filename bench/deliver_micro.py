@@ -24,7 +24,7 @@ import zmq
 from gateway.client import Client
 from gateway.server import Gateway, GatewayConfig
 from protocol import codec
-from protocol.messages import Batch, ChatEvent, Deliver, EventType, Mark, SetMode, topic_of
+from protocol.messages import Batch, BatchItem, ChatEvent, Deliver, EventType, Mark, SetMode, topic_of
 
 
 def _door(view: str) -> object:
@@ -33,13 +33,13 @@ def _door(view: str) -> object:
     from protocol.websocket import WebConfig
 
     if view == "irc":
-        door = IrcDoor(IrcSettings("irc.bench"))
-        door.conn.registered, door.conn.nick = True, "bench"
-        return door
+        irc = IrcDoor(IrcSettings("irc.bench"))
+        irc.conn.registered, irc.conn.nick = True, "bench"
+        return irc
     if view == "ws":
-        door = WebDoor(WebConfig())
-        door.conn.phase = type(door.conn.phase).OPEN
-        return door
+        web = WebDoor(WebConfig())
+        web.conn.phase = type(web.conn.phase).OPEN
+        return web
     return LineDoor(4096)
 
 
@@ -63,14 +63,15 @@ async def run(clients: int, rounds: int, view: str) -> tuple[float, int]:
             for cid, (ours, _) in zip(cids, pairs, strict=True):
                 ours.setblocking(False)
                 gateway.clients[cid] = _client(gateway, cid, ours, view)
-            modes = tuple(SetMode(cid, True) for cid in cids) if view == "json" else ()
+            modes: tuple[BatchItem, ...] = tuple(SetMode(cid, True) for cid in cids) if view == "json" else ()
             topic = topic_of(gateway.instance)
             frames = []
             for n in range(rounds):
                 event = ChatEvent(EventType.MESSAGE, f"message number {n} for the room", room="#bench",
                                   sender="speaker", origin="elsewhere:1", id=f"x:1/{n}", ts=1.7e9)
-                items = (*modes, Mark("elsewhere:1", n + 1), Deliver(tuple(cids), event)) if n == 0 else (
-                    Mark("elsewhere:1", n + 1), Deliver(tuple(cids), event))
+                items: tuple[BatchItem, ...] = (Mark("elsewhere:1", n + 1), Deliver(tuple(cids), event))
+                if n == 0:
+                    items = modes + items
                 frames.append([topic, (n + 1).to_bytes(8, "big"), codec.encode(Batch(items))])
             spent = 0.0
             for n, batch in enumerate(frames):
