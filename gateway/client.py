@@ -295,12 +295,14 @@ class Client:
         if self.limits.rate > 0 and items > self.limits.max_waiting_lines:
             return None
         bad.charge(got.noise, now)
-        flooding = bad.debt_delay(now) > 0 or bad.take(got.bad, now) < got.bad
+        if bad.debt_delay(now) > 0:
+            return None
+        answered = bad.take(len(got.bad), now)
         bucket.charge(read_cost(items, len(data)) - len(got.lines), now)
-        if got.out:
-            self.push(got.out)
+        if got.replies:
+            self.push(got.written(answered))
         self.flush()
-        return None if flooding else got
+        return None if answered < len(got.bad) else got
     async def _forward(self, lines: list[str], bucket: TokenBucket, on_lines: OnLines) -> None:
         """Hand the lines on at the rate the bucket allows."""
         while lines and self.closing is None:

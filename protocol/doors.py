@@ -55,16 +55,24 @@ class DoorKind(enum.StrEnum):
 class Input:
     """What one read meant (see the module docstring)."""
 
-    __slots__ = ("bad", "close", "items", "lines", "noise", "out")
+    __slots__ = ("bad", "close", "items", "lines", "noise", "replies")
 
-    def __init__(self, lines: list[str], out: bytes = b"", items: int = 0, bad: int = 0,
-                 noise: float = 0.0, close: str | None = None) -> None:
+    def __init__(self, lines: list[str], replies: list[bytes] | None = None, items: int = 0,
+                 bad: tuple[int, ...] = (), noise: float = 0.0, close: str | None = None) -> None:
         self.lines = lines  # for the chat, in order
-        self.out = out  # write now, before what the lines cause
+        self.replies = replies or []  # write now (in order), before what the lines cause
         self.items = items  # lines (or frames) the read ended, good, bad and empty
-        self.bad = bad  # bad ones among them, answered in `out`
+        self.bad = bad  # which replies answer bad input (indexes into `replies`)
         self.noise = noise  # more bad-line cost (telnet commands)
-        self.close = close  # close after writing `out`: why
+        self.close = close  # close after writing: why
+
+    def written(self, answered: int) -> bytes:
+        """The replies to write when only the first `answered` bad ones get an answer
+        (past a client's allowance for bad lines, the rest go unanswered)."""
+        if answered >= len(self.bad):
+            return b"".join(self.replies)
+        skipped = set(self.bad[answered:])
+        return b"".join(reply for i, reply in enumerate(self.replies) if i not in skipped)
 
 
 class Door(Protocol):
@@ -115,8 +123,11 @@ class LineDoor:
                 errors.append(item)
             else:
                 lines.append(item)
-        out = b"".join(self.notice(error.message()) for error in errors)
-        return Input(lines, out, data.count(b"\n"), len(errors), data.count(IAC) / TELNET_BYTES_PER_BAD_LINE)
+        if not errors:
+            return Input(lines, None, data.count(b"\n"), (), data.count(IAC) / TELNET_BYTES_PER_BAD_LINE)
+        replies = [self.notice(error.message()) for error in errors]
+        return Input(lines, replies, data.count(b"\n"), tuple(range(len(replies))),
+                     data.count(IAC) / TELNET_BYTES_PER_BAD_LINE)
 
     def render(self, event: ChatEvent, cid: str) -> bytes:
         raise NotImplementedError("the line protocol renders once per delivery (View.TEXT, View.JSON)")
@@ -155,15 +166,16 @@ class IrcDoor:
     def feed(self, data: bytes) -> Input:
         before = self.conn.lines_seen
         lines: list[str] = []
-        out: list[bytes] = []
-        bad = 0
+        replies: list[bytes] = []
+        bad: list[int] = []
         for action in self.conn.feed(data):
             if isinstance(action, ToChat):
                 lines.extend(action.lines)
             elif isinstance(action, Reply):
-                out.append(action.data)
-                bad += _is_irc_error(action.data)
-        return Input(lines, b"".join(out), self.conn.lines_seen - before, bad)
+                if _is_irc_error(action.data):
+                    bad.append(len(replies))
+                replies.append(action.data)
+        return Input(lines, replies, self.conn.lines_seen - before, tuple(bad))
 
     def render(self, event: ChatEvent, cid: str) -> bytes:
         return self.conn.render(event, cid)
@@ -211,7 +223,7 @@ class WebDoor:
 
     def feed(self, data: bytes) -> Input:
         got = self.conn.feed(data)
-        return Input(list(got.lines), got.out, got.frames + len(got.lines), 0, 0.0, got.close)
+        return Input(list(got.lines), [got.out] if got.out else None, got.frames + len(got.lines), (), 0.0, got.close)
 
     def render(self, event: ChatEvent, cid: str) -> bytes:
         return self.conn.render(event)
