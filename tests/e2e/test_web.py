@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,12 @@ from typing import Any
 import pytest
 from wsproto.events import BytesMessage, CloseConnection
 
-from stack.children import Child, stop
+from stack.children import Child, python_module, start, stop
 from tests.e2e.browser import browser, open_page, screenshot  # noqa: F401 (fixtures)
 from tests.e2e.chatclient import ChatClient
 from tests.e2e.cluster import GATEWAY_ARGS, start_gateway
 from tests.e2e.doors import DOOR_ARGS, DoorCluster, WsClient, door_port, http_get, start_door_cluster
+from tests.e2e.load import wait_until
 
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "web-client.png"
 _names = itertools.count(1)
@@ -233,3 +235,25 @@ def test_a_flooder_is_cut(strict: int, ws: Callable[..., WsClient]) -> None:
             client.send_raw(b"".join(client.frame("\n".join(["/ping"] * 50)) for _ in range(100)))
     close = client.expect_event(CloseConnection)
     assert close.code == 1008 and "flooding" in close.reason  # type: ignore[attr-defined]
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_every_door_closes_while_the_gateway_cannot_serve(tmp_path: Path) -> None:
+    """No broker answers: the line, IRC and WebSocket ports all close (a balancer sees it down)."""
+    child = start("gw-alone", python_module(
+        "gateway.cli", "--listen", "127.0.0.1:0", "--frontend", "tcp://127.0.0.1:1", "--pub-out", "tcp://127.0.0.1:1",
+        "--id", "gw-alone", "--heartbeat", "0.1", "--liveness", "2", *DOOR_ARGS), "chat-gateway")
+    try:
+        line = child.ready_line
+        ports = [int(line.split(" listening on ")[1].split()[0].rsplit(":", 1)[1]),
+                 door_port(line, "irc"), door_port(line, "ws")]
+        wait_until(lambda: all(map(_refused, ports)), 10, "every door to close")
+    finally:
+        stop(child)
