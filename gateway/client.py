@@ -2,16 +2,20 @@
 with output written straight to the kernel whenever it takes it.
 
 Input: the connection's task (`serve`) waits for the socket to be
-readable, turns bytes into lines (`protocol.lines`) and hands every batch
-of lines that one read completed to the gateway as one event. Bad lines
-are answered here, at once, and never leave the gateway. Every read costs
-the client rate-limit tokens, for its bytes and for every line it ends,
+readable, has its door (`protocol.doors`: the line protocol, IRC or
+WebSocket) say what the bytes mean, and hands every batch of chat lines
+that one read completed to the gateway as one event. What the door answers
+itself (bad lines, IRC's local replies, the WebSocket handshake) is written
+here, at once, and never leaves the gateway. Every read costs the client
+rate-limit tokens, for its bytes and for every line (or frame) it ends,
 empty and bad ones too (`gateway.ratelimit.read_cost`). Lines over the
 rate limit, and a debt, wait in the reader, which meanwhile reads nothing
 more: the client's own TCP window holds it back. Too many lines in one
 read, or bad lines (and telnet commands) past the client's allowance, and
-it is told it floods and cut off. When the client half-closes (a FIN: it
-may still read), its task lets out what its lines caused before it ends.
+it is told it floods and cut off. A client that is not `ready` (an IRC
+client registered, a browser upgraded to WebSocket) by its deadline is cut
+too. When the client half-closes (a FIN: it may still read), its task lets
+out what its lines caused before it ends.
 
 Output: the gateway `push`es rendered lines, then `flush`es each client it
 pushed to once per burst of replies: one `send` system call per client per

@@ -17,8 +17,14 @@ takes a new instance name (DEALER identity, pub-out topic, connection IDs)
 and serves again. `serving` is False while the broker is silent or while we
 re-join: the accept loop refuses clients then, so a balancer sees us down.
 
-Clients come on a plain listener, a TLS one (`gateway.tls`), or both; past
-the handshake a TLS client is served like any other. Everything counted
+Clients come on a plain listener, a TLS one (`gateway.tls`), an IRC one
+and a WebSocket one (which also serves the web client's page); past the
+handshake a TLS client is served like any other. Each connection has a door
+(`protocol.doors`): what its bytes mean and how a delivery is shown. The
+broker link, the connection table, admission, flood control and the write
+path are the same for every door; a delivery is rendered once per view
+that can share it (text, JSON, WebSocket), an IRC connection renders its
+own. The PROXY protocol, when on, applies to every listener. Everything counted
 goes to `GatewayMetrics` (gateway.metrics): plain ints on the hot path,
 drops and refusals by a fixed cause, the detail in the log.
 """
@@ -74,6 +80,20 @@ MAX_MESSAGE = 64 << 20  # largest frame taken from the broker (ZMQ_MAXMSGSIZE)
 
 
 @dataclass(frozen=True, slots=True)
+class IrcDoorConfig:
+    host: str
+    port: int
+    server_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebDoorConfig:
+    host: str
+    port: int
+    origins: frozenset[str] = frozenset()  # allowed besides the page's own host
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     host: str = "0.0.0.0"
     port: int = 7000
@@ -95,20 +115,6 @@ class GatewayConfig:
     irc: IrcDoorConfig | None = None  # serve IRC clients too
     web: WebDoorConfig | None = None  # serve the web client and WebSocket too
     ready_timeout: float = 30.0  # seconds to register (IRC) or upgrade (WebSocket) before a cut
-
-
-@dataclass(frozen=True, slots=True)
-class IrcDoorConfig:
-    host: str
-    port: int
-    server_name: str
-
-
-@dataclass(frozen=True, slots=True)
-class WebDoorConfig:
-    host: str
-    port: int
-    origins: frozenset[str] = frozenset()  # allowed besides the page's own host
 
 
 def instance_name(name: str) -> str:
