@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import shutil
 import socket
 from collections.abc import Callable, Iterator
@@ -140,8 +141,8 @@ def test_two_browsers_and_nc_chat_across_two_gateways(
 
     screenshot(bob, tmp_path / "bob.png")
     shot = screenshot(alice, tmp_path / "alice.png")
-    DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-    shutil.copyfile(shot, DOCS_SCREENSHOT)
+    if os.environ.get("CHAT_UPDATE_SCREENSHOT"):  # the README's picture: refreshed on demand, not on every run
+        shutil.copyfile(shot, DOCS_SCREENSHOT)
     assert not problems, problems
 
 
