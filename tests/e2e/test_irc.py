@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -362,3 +363,12 @@ def test_irssi_talks_with_a_line_client_on_the_other_gateway(
         (tmp_path / "irssi-screen.txt").write_text(tmux.screen())
     finally:
         tmux.kill()
+
+
+def test_a_half_closed_client_gets_its_replies_then_the_end(irc: Callable[..., IrcClient], u: str) -> None:
+    client = registered(irc, f"hc{u}")
+    client.send(f"JOIN #hc{u}")
+    client.sock.shutdown(socket.SHUT_WR)  # a FIN: it still reads
+    got = client.wait_closed()
+    assert f":hc{u}!hc{u}@irc.test JOIN :#hc{u}" in got
+    assert any(" 366 " in ln for ln in got), got
