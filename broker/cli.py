@@ -6,6 +6,7 @@ import click
 import zmq
 
 from broker.server import MAX_MESSAGE, Broker, BrokerConfig
+from stack.curve import KeyFileError, server_curve
 from stack.metrics import parse_listen, serve_metrics
 from stack.process import LOG_FORMATS, Stopping, set_log_instance, setup_logging
 
@@ -65,15 +66,24 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
               type=click.IntRange(1 << 16), help="Largest frame a peer may send, in bytes; larger: dropped.")
 @click.option("--metrics-listen", default=None, envvar="CHAT_METRICS_LISTEN", show_envvar=True,
               callback=_listen, help="Serve Prometheus metrics on HOST:PORT (port 0: any free one). Default: off.")
+@click.option("--curve-secret", default=None, envvar="CHAT_CURVE_SECRET", show_envvar=True,
+              type=click.Path(dir_okay=False), help="The broker's secret key file (NAME.key_secret): CURVE on.")
+@click.option("--curve-clients", default=None, envvar="CHAT_CURVE_CLIENTS", show_envvar=True,
+              type=click.Path(file_okay=False), help="Directory of the admitted public keys (NAME.key, with roles).")
 @click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
 @click.option("--log-format", default="text", envvar="CHAT_LOG_FORMAT", show_envvar=True,
               type=click.Choice(LOG_FORMATS), help="Log lines as text or one JSON object a line.")
 def main(frontend: str, backend: str, pub_in: str, pub_out: str, heartbeat: float, liveness: int,
-         hwm: int, max_message: int, metrics_listen: tuple[str, int] | None, log_level: str,
-         log_format: str) -> None:
+         hwm: int, max_message: int, metrics_listen: tuple[str, int] | None, curve_secret: str | None,
+         curve_clients: str | None, log_level: str, log_format: str) -> None:
     """Balance client events over workers and route their replies to gateways."""
     setup_logging("chat-broker", log_level, log_format)
-    run(BrokerConfig(frontend, backend, pub_in, pub_out, heartbeat, liveness, hwm, max_message), metrics_listen)
+    try:
+        curve = server_curve("chat-broker", curve_secret, curve_clients, [frontend, backend, pub_in, pub_out])
+    except KeyFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    run(BrokerConfig(frontend, backend, pub_in, pub_out, heartbeat, liveness, hwm, max_message, curve),
+        metrics_listen)
 
 
 if __name__ == "__main__":

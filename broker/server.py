@@ -62,6 +62,7 @@ from protocol.messages import (
     is_gateway_topic,
     topic_of,
 )
+from stack.curve import ServerKeys
 from stack.process import Stopping
 
 log = logging.getLogger("chat.broker")
@@ -81,15 +82,17 @@ class BrokerConfig:
     liveness: int = 3
     hwm: int = 100_000
     max_message: int = MAX_MESSAGE
+    curve: ServerKeys | None = None  # None: plain links
 
 
 class Broker:
     def __init__(self, config: BrokerConfig, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
         self.config = config
-        self.frontend = self._bind(ctx, zmq.ROUTER, config.frontend)
-        self.backend = self._bind(ctx, zmq.ROUTER, config.backend)
-        self.pub_in = self._bind(ctx, zmq.XSUB, config.pub_in)
-        self.pub_out = self._bind(ctx, zmq.XPUB, config.pub_out)
+        self.auth = config.curve.open_authenticator(ctx) if config.curve else None
+        self.frontend = self._bind(ctx, zmq.ROUTER, config.frontend, "frontend")
+        self.backend = self._bind(ctx, zmq.ROUTER, config.backend, "backend")
+        self.pub_in = self._bind(ctx, zmq.XSUB, config.pub_in, "pub-in")
+        self.pub_out = self._bind(ctx, zmq.XPUB, config.pub_out, "pub-out")
         self.scheduler = Scheduler()
         self.workers = Liveness(config.heartbeat, config.liveness)
         self.gateways = Liveness(config.heartbeat, config.liveness)
@@ -103,8 +106,10 @@ class Broker:
         self._out_seq: dict[bytes, int] = {}  # per pub-out topic: the last seq sent
         self._subscribers: Counter[bytes] = Counter()  # per pub-out topic: subscriptions we accepted
 
-    def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str) -> zmq.Socket[bytes]:
+    def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str, domain: str) -> zmq.Socket[bytes]:
         sock = ctx.socket(kind)
+        if self.config.curve and self.auth:
+            self.config.curve.apply(sock, domain, self.auth)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self.config.hwm)
         sock.setsockopt(zmq.RCVHWM, self.config.hwm)
@@ -133,6 +138,8 @@ class Broker:
     def close(self) -> None:
         for sock in (self.frontend, self.backend, self.pub_in, self.pub_out):
             sock.close()
+        if self.auth:
+            self.auth.close()
         drops = {cause.value: n for cause, n in self.metrics.drops.items() if n}
         if drops:
             log.info("broker drops by cause: %s", drops, extra={"fields": {"drops": drops}})

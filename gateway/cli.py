@@ -16,6 +16,7 @@ from gateway.client import ClientLimits
 from gateway.server import Gateway, GatewayConfig, IrcDoorConfig, WebDoorConfig
 from gateway.tls import TlsConfig, server_context
 from protocol import proxy
+from stack.curve import KeyFileError, client_curve
 from stack.metrics import parse_listen as parse_metrics_listen
 from stack.metrics import serve_metrics
 from stack.process import LOG_FORMATS, set_log_instance, setup_logging
@@ -216,6 +217,10 @@ def _metrics_listen(ctx: click.Context, param: click.Parameter, value: str | Non
 @click.option("--metrics-listen", default=None, envvar="CHAT_METRICS_LISTEN", show_envvar=True,
               callback=_metrics_listen,
               help="Serve Prometheus metrics on HOST:PORT (port 0: any free one). Default: off.")
+@click.option("--curve-secret", default=None, envvar="CHAT_CURVE_SECRET", show_envvar=True,
+              type=click.Path(dir_okay=False), help="This part's secret key file (NAME.key_secret): CURVE on.")
+@click.option("--curve-server", default=None, envvar="CHAT_CURVE_SERVER", show_envvar=True,
+              type=click.Path(dir_okay=False), help="The broker's public key file (NAME.key).")
 @click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
 @click.option("--log-format", default="text", envvar="CHAT_LOG_FORMAT", show_envvar=True,
               type=click.Choice(LOG_FORMATS), help="Log lines as text or one JSON object a line.")
@@ -226,7 +231,8 @@ def main(listen: str, tls_listen: str | None, tls_cert: str | None, tls_key: str
          max_bad_lines: int, half_close_wait: float,
          max_connections: int, max_per_address: int, proxy_protocol: bool, trusted_proxies: str,
          reuse_port: bool, heartbeat: float, liveness: int,
-         resend_after: float, metrics_listen: tuple[str, int] | None, log_level: str, log_format: str) -> None:
+         resend_after: float, metrics_listen: tuple[str, int] | None, curve_secret: str | None,
+         curve_server: str | None, log_level: str, log_format: str) -> None:
     """Accept chat clients over TCP and bridge them to the broker."""
     if name and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
         raise click.BadParameter("letters, digits, _ . - only", param_hint="--id")
@@ -238,6 +244,10 @@ def main(listen: str, tls_listen: str | None, tls_cert: str | None, tls_key: str
         raise click.UsageError("no listener: give --listen, --tls-listen, --irc-listen or --ws-listen HOST:PORT")
     setup_logging("chat-gateway", log_level, log_format)
     host, port = parse_listen(listen) if plain else ("", 0)
+    try:
+        curve = client_curve("chat-gateway", "gateway", curve_secret, curve_server, [frontend, pub_out])
+    except KeyFileError as exc:
+        raise click.ClickException(str(exc)) from None
     limits = ClientLimits(max_line=max_line, max_queue_lines=max_queue_lines, max_queue_bytes=max_queue_bytes,
                           rate=rate_limit, burst=rate_burst, max_waiting_lines=max_waiting_lines,
                           max_bad_lines=max_bad_lines)
@@ -247,7 +257,7 @@ def main(listen: str, tls_listen: str | None, tls_cert: str | None, tls_key: str
                            max_per_address=max_per_address, proxy_protocol=proxy_protocol,
                            trusted_proxies=trusted,
                            reuse_port=reuse_port, half_close_wait=half_close_wait, limits=limits,
-                           plain=plain, tls=tls, irc=irc, web=web, ready_timeout=ready_timeout)
+                           plain=plain, tls=tls, irc=irc, web=web, ready_timeout=ready_timeout, curve=curve)
     trio.run(run, config, metrics_listen)
 
 

@@ -71,6 +71,7 @@ from protocol.messages import (
 from protocol.proxy import Network
 from protocol.render import is_own_echo, render_json, render_text
 from protocol.websocket import WebConfig, render_event
+from stack.curve import ClientKeys
 from stack.process import set_log_instance
 
 log = logging.getLogger("chat.gateway")
@@ -115,6 +116,7 @@ class GatewayConfig:
     irc: IrcDoorConfig | None = None  # serve IRC clients too
     web: WebDoorConfig | None = None  # serve the web client and WebSocket too
     ready_timeout: float = 30.0  # seconds to register (IRC) or upgrade (WebSocket) before a cut
+    curve: ClientKeys | None = None  # None: plain links
 
 
 def instance_name(name: str) -> str:
@@ -149,6 +151,8 @@ class Gateway:
             sock.setsockopt(zmq.RCVHWM, 100_000)
             sock.setsockopt(zmq.SNDHWM, 100_000)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+            if config.curve:
+                config.curve.apply(sock)
         self.dealer.connect(config.frontend)
         self.sub.connect(config.pub_out)
         self.to_broker = ZmqPump(self.dealer, self._on_broker)

@@ -28,6 +28,7 @@ from pathlib import Path
 import click
 
 from stack.children import Child, ChildFailed, python_module, start, stop
+from stack.curve import make_stack_keys
 from stack.process import LOG_FORMATS, Stopping
 from stack.rundir import make_run_dir, sweep_stale_run_dirs
 from stack.valkey import parse_memory, start_valkey
@@ -92,16 +93,19 @@ def start_parts(run_dir: Path, data_dir: Path, options: PartOptions, redis_url: 
             valkey, redis_url = start_valkey(data_dir, maxmemory=valkey_maxmemory, die_with_parent=True)
             children.append(valkey)
         ep = {name: f"ipc://{run_dir}/{name}" for name in ("frontend", "backend", "pub-in", "pub-out")}
+        keys = make_stack_keys(run_dir)
+        server = ("--curve-server", str(keys.broker_public))
         broker = start("broker", python_module(
             "broker.cli", "--frontend", ep["frontend"], "--backend", ep["backend"], "--pub-in", ep["pub-in"],
-            "--pub-out", ep["pub-out"], *logs, *metrics_args(options, 0)), "chat-broker ready",
+            "--pub-out", ep["pub-out"], "--curve-secret", str(keys.broker_secret), "--curve-clients", str(keys.clients),
+            *logs, *metrics_args(options, 0)), "chat-broker ready",
             env=env, die_with_parent=True)
         children.append(broker)
         if options.metrics is not None:
             parts.metrics["broker"] = _field(broker.ready_line, "metrics")
         workers = start("workers", python_module(
             "workers.cli", "-n", str(options.workers), "--backend", ep["backend"], "--redis-url", redis_url, *logs,
-            *metrics_args(options, 1)),
+            "--curve-secret", str(keys.worker_secret), *server, *metrics_args(options, 1)),
             "chat-worker started" if options.metrics is None else "chat-worker metrics on",
             env=env, die_with_parent=True)
         children.append(workers)
@@ -111,6 +115,7 @@ def start_parts(run_dir: Path, data_dir: Path, options: PartOptions, redis_url: 
             name = f"gw{i + 1}"
             gateway = start(f"gateway-{i + 1}", python_module(
                 "gateway.cli", "--frontend", ep["frontend"], "--pub-out", ep["pub-out"], "--id", name, *args, *logs,
+                "--curve-secret", str(keys.gateway_secret), *server,
                 *metrics_args(options, 2 + i), *extra_gateway_args), f"chat-gateway {name}.",
                 env=env, die_with_parent=True)
             children.append(gateway)

@@ -8,6 +8,7 @@ import socket
 import click
 
 from protocol.lines import DEFAULT_MAX_LINE
+from stack.curve import KeyFileError, client_curve
 from stack.metrics import parse_listen, serve_metrics
 from stack.process import LOG_FORMATS, Stopping, set_log_instance, setup_logging
 from workers.logic import ChatLimits
@@ -77,6 +78,10 @@ def _serve(children: ChildMetrics, pool: PoolMetrics, listen: tuple[str, int]) -
               help="Rooms one connection may be in at once.")
 @click.option("--history-ttl", default=86_400, envvar="CHAT_HISTORY_TTL", show_envvar=True,
               type=click.IntRange(1), help="Seconds the history of a room is kept after its last member left.")
+@click.option("--curve-secret", default=None, envvar="CHAT_CURVE_SECRET", show_envvar=True,
+              type=click.Path(dir_okay=False), help="This part's secret key file (NAME.key_secret): CURVE on.")
+@click.option("--curve-server", default=None, envvar="CHAT_CURVE_SERVER", show_envvar=True,
+              type=click.Path(dir_okay=False), help="The broker's public key file (NAME.key).")
 @click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
 @click.option("--log-format", default="text", envvar="CHAT_LOG_FORMAT", show_envvar=True,
               type=click.Choice(LOG_FORMATS), help="Log lines on stderr as text or one JSON object a line.")
@@ -86,16 +91,22 @@ def _serve(children: ChildMetrics, pool: PoolMetrics, listen: tuple[str, int]) -
 def main(processes: int, backend: str, redis_url: str, redis_ca: str | None, redis_wait_replicas: int | None,
          prefix: str, credit: int, heartbeat: float,
          liveness: int, redis_timeout: float, max_line: int, max_rooms: int, history_ttl: int,
-         log_level: str, log_format: str, metrics_listen: tuple[str, int] | None) -> None:
+         curve_secret: str | None, curve_server: str | None, log_level: str, log_format: str,
+         metrics_listen: tuple[str, int] | None) -> None:
     """Run the chat logic: N processes taking events from the broker."""
     if redis_ca is not None and parse_redis_url(redis_url).kind != "tls":
         raise click.BadParameter("a CA file is only for rediss:// URLs", param_hint="'--redis-ca'")
     setup_logging("chat-worker", log_level, log_format)
     set_log_instance(f"pool-{socket.gethostname()}-{os.getpid()}")
+    try:
+        curve = client_curve("chat-worker", "worker", curve_secret, curve_server, [backend])
+    except KeyFileError as exc:
+        raise click.ClickException(str(exc)) from None
     config = WorkerConfig(backend=backend, redis_url=redis_url, redis_ca=redis_ca,
                           redis_wait_replicas=redis_wait_replicas, prefix=prefix, credit=credit,
                           heartbeat=heartbeat, liveness=liveness, redis_timeout=redis_timeout,
-                          limits=ChatLimits(max_line=max_line), max_rooms=max_rooms, history_ttl=history_ttl)
+                          limits=ChatLimits(max_line=max_line), max_rooms=max_rooms, history_ttl=history_ttl,
+                          curve=curve)
     stopping = Stopping().install()
     with multiprocess_dir(metrics_listen is not None) as metrics_dir:
         metrics = PoolMetrics()

@@ -49,6 +49,7 @@ from protocol.messages import (
     WorkItem,
     event_key,
 )
+from stack.curve import ClientKeys
 from stack.process import Stopping, set_log_instance
 from workers.effects import Effects
 from workers.logic import INTERNAL_ERROR, UNAVAILABLE, Chat, ChatLimits
@@ -81,6 +82,7 @@ class WorkerConfig:
     breaker_cooldown: float = 1.0
     limits: ChatLimits = field(default_factory=ChatLimits)
     max_rooms: int = 50  # rooms one connection may be in
+    curve: ClientKeys | None = None  # None: plain link
     history_ttl: int = 86_400  # seconds the history of an emptied room is kept
 
 
@@ -214,6 +216,8 @@ def _open_backend(ctx: zmq.Context[zmq.Socket[bytes]], config: WorkerConfig) -> 
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # a bigger frame drops the peer's link
         sock.setsockopt_string(zmq.IDENTITY, name)
+        if config.curve:
+            config.curve.apply(sock)
         sock.connect(config.backend)
         sock.send(codec.encode(Ready(config.credit)))
     except BaseException:
