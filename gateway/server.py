@@ -17,8 +17,14 @@ takes a new instance name (DEALER identity, pub-out topic, connection IDs)
 and serves again. `serving` is False while the broker is silent or while we
 re-join: the accept loop refuses clients then, so a balancer sees us down.
 
-Clients come on a plain listener, a TLS one (`gateway.tls`), or both; past
-the handshake a TLS client is served like any other. Everything counted
+Clients come on a plain listener, a TLS one (`gateway.tls`), an IRC one
+and a WebSocket one (which also serves the web client's page); past the
+handshake a TLS client is served like any other. Each connection has a door
+(`protocol.doors`): what its bytes mean and how a delivery is shown. The
+broker link, the connection table, admission, flood control and the write
+path are the same for every door; a delivery is rendered once per view
+that can share it (text, JSON, WebSocket), an IRC connection renders its
+own. The PROXY protocol, when on, applies to every listener. Everything counted
 goes to `GatewayMetrics` (gateway.metrics): plain ints on the hot path,
 drops and refusals by a fixed cause, the detail in the log.
 """
@@ -33,6 +39,7 @@ import secrets
 import socket
 import ssl
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -42,9 +49,12 @@ from gateway import accept, tls
 from gateway.client import FLOODING_REASON, Client, ClientLimits
 from gateway.metrics import Drop, GatewayMetrics, Gauges, Refusal
 from gateway.session import SeenEvents, Session
+from gateway.web import load_static
 from gateway.zmq_pump import ZmqPump
 from protocol import codec
+from protocol.doors import Door, IrcDoor, LineDoor, View, WebDoor
 from protocol.errors import DecodeError
+from protocol.irc import IrcSettings
 from protocol.messages import (
     GATEWAY_GONE,
     GATEWAY_LOST_REASON,
@@ -60,14 +70,28 @@ from protocol.messages import (
 )
 from protocol.proxy import Network
 from protocol.render import is_own_echo, render_json, render_text
+from protocol.websocket import WebConfig, render_event
 from stack.curve import ClientKeys
 from stack.process import set_log_instance
 
 log = logging.getLogger("chat.gateway")
 
-UNAVAILABLE = b"! service temporarily unavailable\n"
-RECONNECT = f"! {GATEWAY_GONE}\n".encode()
+UNAVAILABLE = "service temporarily unavailable"
 MAX_MESSAGE = 64 << 20  # largest frame taken from the broker (ZMQ_MAXMSGSIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class IrcDoorConfig:
+    host: str
+    port: int
+    server_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebDoorConfig:
+    host: str
+    port: int
+    origins: frozenset[str] = frozenset()  # allowed besides the page's own host
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +113,9 @@ class GatewayConfig:
     tls: tls.TlsConfig | None = None  # serve TLS too (or only)
     half_close_wait: float = 10.0  # how long a half-closed client's last replies may take
     limits: ClientLimits = field(default_factory=ClientLimits)
+    irc: IrcDoorConfig | None = None  # serve IRC clients too
+    web: WebDoorConfig | None = None  # serve the web client and WebSocket too
+    ready_timeout: float = 30.0  # seconds to register (IRC) or upgrade (WebSocket) before a cut
     curve: ClientKeys | None = None  # None: plain links
 
 
@@ -131,6 +158,7 @@ class Gateway:
         self.to_broker = ZmqPump(self.dealer, self._on_broker)
         self.from_broker = ZmqPump(self.sub, self._on_batch, after_burst=self._flush)
         self._dirty: dict[str, Client] = {}  # clients pushed to since the last flush
+        self._peers: dict[str, str] = {}  # connection -> the client's address, for its session
         self._nursery: trio.Nursery
 
     def close(self) -> None:
@@ -160,21 +188,29 @@ class Gateway:
     def _open_listeners(self) -> dict[str, tuple[str, int]]:
         config = self.config
         bound: dict[str, tuple[str, int]] = {}
+        max_line = config.limits.max_line
         if config.plain:
-            bound["plain"] = self._add_listener(config.host, config.port, None)
+            bound["plain"] = self._add_listener(config.host, config.port, None, lambda: LineDoor(max_line))
         if config.tls is not None:
             context = tls.server_context(config.tls.cert, config.tls.key)
-            bound["tls"] = self._add_listener(config.tls.host, config.tls.port, context)
+            bound["tls"] = self._add_listener(config.tls.host, config.tls.port, context, lambda: LineDoor(max_line))
+        if (irc := config.irc) is not None:
+            settings = IrcSettings(irc.server_name)
+            bound["irc"] = self._add_listener(irc.host, irc.port, None, lambda: IrcDoor(settings))
+        if (web := config.web) is not None:
+            web_config = WebConfig(static=load_static(), origins=web.origins, max_line=max_line)
+            bound["ws"] = self._add_listener(web.host, web.port, None, lambda: WebDoor(web_config))
         return bound
 
-    def _add_listener(self, host: str, port: int, context: ssl.SSLContext | None) -> tuple[str, int]:
+    def _add_listener(self, host: str, port: int, context: ssl.SSLContext | None,
+                      make_door: Callable[[], Door]) -> tuple[str, int]:
         reuse = self.config.reuse_port
         listener = accept.listen(host, port, reuse)
         address = listener.getsockname()[:2]
         port = address[1]  # the same port again when the listener reopens
 
         def on_accept(sock: socket.socket) -> None:
-            self._nursery.start_soon(self._handle, sock, context)
+            self._nursery.start_soon(self._handle, sock, context, make_door)
 
         self.acceptors.append(accept.Acceptor(listener, on_accept, lambda: accept.listen(host, port, reuse)))
         return address
@@ -317,7 +353,7 @@ class Gateway:
             elif (client := self.clients.get(item.cid)) is None:
                 continue  # a SetMode or Close for a connection that is gone
             elif isinstance(item, SetMode):
-                client.json = item.json
+                client.door.set_json(item.json)
             else:
                 self._on_close(client, item)
         for session in answered:  # after the whole batch: a Close in it stops what was pending
@@ -365,7 +401,7 @@ class Gateway:
         self.metrics.fences += 1
         set_log_instance(self.instance)
         for client in list(self.clients.values()):
-            client.close_after(RECONNECT, "gateway fenced")
+            client.close_after(client.door.end(GATEWAY_GONE), "gateway fenced")
         for session in self.sessions.values():
             session.abandon()
         self.to_broker.clear()
@@ -386,22 +422,33 @@ class Gateway:
             session.pending.clear()
 
     def _deliver(self, item: Deliver) -> None:
+        """Render once per view that shares renderings (IRC renders per connection)."""
         event = item.event
         text: bytes | None = None
         as_json: bytes | None = None
+        framed: bytes | None = None
+        clients, text_view, json_view, web_view = self.clients, View.TEXT, View.JSON, View.WEB  # locals: the hot loop
         for cid in item.cids:
-            client = self.clients.get(cid)
+            client = clients.get(cid)
             if client is None:
                 self.metrics.drop(Drop.DELIVERY_TO_CLOSED)
                 continue
-            if client.json:
-                as_json = as_json or render_json(event)
-                data = as_json
-            elif is_own_echo(event, cid):
-                continue
-            else:
+            view = client.door.view
+            if view is text_view:
+                if is_own_echo(event, cid):
+                    continue
                 text = text or render_text(event)
                 data = text
+            elif view is json_view:
+                as_json = as_json or render_json(event)
+                data = as_json
+            elif view is web_view:
+                framed = framed or render_event(event)
+                data = framed
+            else:
+                data = client.door.render(event, cid)
+                if not data:
+                    continue
             if client.push(data):
                 self.metrics.deliveries += 1
                 self._dirty[cid] = client
@@ -418,7 +465,7 @@ class Gateway:
         log.info("closing %s: %s", client.cid, reason)
         self._dirty.pop(client.cid, None)
         self.metrics.drop(Drop.SLOW_CONSUMER_CUT)
-        client.close_after(f"! {reason}; disconnecting\n".encode(), reason)
+        client.close_after(client.door.end(f"{reason}; disconnecting"), reason)
 
     def _count(self, cause: Drop, detail: str) -> None:
         """Count a dropped message by its fixed cause; the log keeps the detail."""
@@ -426,17 +473,16 @@ class Gateway:
 
     # --- the client side ------------------------------------------------------------
 
-    def _refusal(self, address: str) -> tuple[Refusal, bytes] | None:
+    def _refusal(self, address: str) -> tuple[Refusal, str] | None:
         config = self.config
         if self.max_connections and self._handling > self.max_connections:
-            full = f"! server full ({self.max_connections} connections): try again later\n"
-            return Refusal.SERVER_FULL, full.encode()
+            return Refusal.SERVER_FULL, f"server full ({self.max_connections} connections): try again later"
         if config.max_per_address and self.per_address[address] >= config.max_per_address:
-            too_many = f"! too many connections from your address (max {config.max_per_address})\n"
-            return Refusal.PER_ADDRESS, too_many.encode()
+            return Refusal.PER_ADDRESS, f"too many connections from your address (max {config.max_per_address})"
         return None
 
-    async def _handle(self, sock: socket.socket, context: ssl.SSLContext | None) -> None:
+    async def _handle(self, sock: socket.socket, context: ssl.SSLContext | None,
+                      make_door: Callable[[], Door]) -> None:
         # the connection is a plain non-blocking socket, or one wrapped by OpenSSL (see gateway.client)
         self._handling += 1
         try:
@@ -457,15 +503,16 @@ class Gateway:
                 log.warning("refused: %s", exc)
                 return
             address = peer.rpartition(":")[0]
+            door = make_door()
             refusal = self._refusal(address)
             if refusal is not None:
                 self.metrics.refuse(refusal[0])
                 with contextlib.suppress(OSError):  # best effort: it is being refused anyway
-                    sock.send(refusal[1])
+                    sock.send(door.refuse(refusal[1]))
                 return
             self.per_address[address] += 1
             try:
-                await self._serve_client(sock, peer, first)
+                await self._serve_client(sock, peer, first, door)
             finally:
                 self.per_address[address] -= 1
                 if not self.per_address[address]:
@@ -480,29 +527,39 @@ class Gateway:
         assert self.config.tls is not None
         return await tls.handshake(context, sock, self.config.tls.handshake_timeout, peer)
 
-    async def _serve_client(self, sock: socket.socket, peer: str, first: bytes) -> None:
+    async def _serve_client(self, sock: socket.socket, peer: str, first: bytes, door: Door) -> None:
         cid = f"{self.instance}:{next(self._numbers)}"
-        client = Client(cid, sock, self.config.limits, self._nursery.start_soon)
-        session = Session(cid, peer, trio.current_time())
+        client = Client(cid, sock, door, self.config.limits, self._nursery.start_soon)
         self.clients[cid] = client
-        self.sessions[cid] = session
         self.metrics.accepted += 1
-        self.metrics.events_sent += 1
-        assert session.in_flight is not None
-        self.to_broker.put_nowait([session.in_flight.frame])
+        self.metrics.accepted_by_door[door.kind] += 1
+        self._peers[cid] = peer
+        if door.chatting:
+            self._open_session(client)
+        deadline = trio.current_time() + self.config.ready_timeout
         ended = ""
         try:
-            ended = await client.serve(self._on_lines, first, self._on_eof)
+            ended = await client.serve(self._on_lines, first, self._on_eof, self._open_session, deadline)
         finally:
             del self.clients[cid]
+            self._peers.pop(cid, None)
             if client.closing == FLOODING_REASON:
                 self.metrics.drop(Drop.FLOOD_CUT)
             trio.lowlevel.notify_closing(sock)  # a writer still waiting on it gives up
-            if session.finished:  # a half-closed (or fenced) client's session is over already
+            session = self.sessions.get(cid)
+            if session is None or session.finished:  # never a chat connection, or its session is over already
                 self.sessions.pop(cid, None)
             else:
                 session.leave(client.closing or ended)
                 self._advance(session)
+
+    def _open_session(self, client: Client) -> None:
+        """The connection is a chat connection from now on: tell the chat."""
+        session = Session(client.cid, self._peers.get(client.cid, "?"), trio.current_time())
+        self.sessions[client.cid] = session
+        self.metrics.events_sent += 1
+        assert session.in_flight is not None
+        self.to_broker.put_nowait([session.in_flight.frame])
 
     async def _on_eof(self, client: Client) -> None:
         """The client half-closed: it may still read. Say goodbye for it, and let
@@ -526,7 +583,7 @@ class Gateway:
         if len(lines) > room and self.broker_down:
             self.metrics.drop(Drop.LINES_UNAVAILABLE, len(lines) - room)
             lines = lines[:room]
-            client.push(UNAVAILABLE)
+            client.push(client.door.notice(UNAVAILABLE))
         self.metrics.lines_in += len(lines)
         session.add_lines(lines)
         self._advance(session)

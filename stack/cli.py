@@ -2,11 +2,12 @@
 
 Starts the embedded Valkey (unless --redis-url), the broker on ipc://
 endpoints in a private temporary directory, `chat-worker -n N`, and G
-gateways on consecutive ports (and consecutive TLS ports with --tls-port).
+gateways on consecutive ports (and consecutive TLS, IRC and web ports:
+--tls-port, --irc-port, --web-port).
 Every part serves its metrics on 127.0.0.1 (free ports by default, or
 consecutive ones from --metrics-port) and the ready line says where; the
-parts' environment loses CHAT_METRICS_LISTEN and CHAT_TLS_LISTEN, which
-would give them all one port. Ctrl-C or SIGTERM stops them in order
+parts' environment loses CHAT_METRICS_LISTEN, CHAT_TLS_LISTEN,
+CHAT_IRC_LISTEN and CHAT_WS_LISTEN, which would give them all one port. Ctrl-C or SIGTERM stops them in order
 (gateways first, so clients hear why) and removes the directory. If a part
 dies, the stack stops the rest and exits non-zero. If the stack itself is
 killed (even `kill -9`), every part gets SIGTERM from the kernel
@@ -32,7 +33,7 @@ from stack.process import LOG_FORMATS, Stopping
 from stack.rundir import make_run_dir, sweep_stale_run_dirs
 from stack.valkey import parse_memory, start_valkey
 
-STRIPPED_ENV = ("CHAT_METRICS_LISTEN", "CHAT_TLS_LISTEN")  # every part would take the same port
+STRIPPED_ENV = ("CHAT_METRICS_LISTEN", "CHAT_TLS_LISTEN", "CHAT_IRC_LISTEN", "CHAT_WS_LISTEN")  # one port for all
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,9 @@ class PartOptions:
     tls_port: int | None = None  # the first gateway's TLS port (None: no TLS)
     tls_cert: str = ""
     tls_key: str = ""
+    irc_port: int | None = None  # the first gateway's IRC port (None: no IRC)
+    web_port: int | None = None  # the first gateway's web client and WebSocket port (None: none)
+    irc_server_name: str = ""  # '': each gateway's host name
 
 
 @dataclass
@@ -134,6 +138,14 @@ def gateway_args(options: PartOptions) -> list[tuple[str, ...]]:
             tls_port = gateway_ports(options.tls_port, options.gateways, options.reuse_port)[i]
             args += ("--tls-listen", f"{options.host}:{tls_port}", "--tls-cert", options.tls_cert,
                      "--tls-key", options.tls_key)
+        if options.irc_port is not None:
+            irc_port = gateway_ports(options.irc_port, options.gateways, options.reuse_port)[i]
+            args += ("--irc-listen", f"{options.host}:{irc_port}")
+            if options.irc_server_name:
+                args += ("--irc-server-name", options.irc_server_name)
+        if options.web_port is not None:
+            web_port = gateway_ports(options.web_port, options.gateways, options.reuse_port)[i]
+            args += ("--ws-listen", f"{options.host}:{web_port}")
         out.append(args)
     return out
 
@@ -161,6 +173,15 @@ def _memory_option(ctx: click.Context, param: click.Parameter, value: str) -> in
         raise click.BadParameter(str(exc)) from None
 
 
+def _door_port(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    """A door's first port, or 'off' -> None."""
+    if value.strip().lower() == "off":
+        return None
+    if not value.strip().isdigit() or not 1 <= int(value) <= 65535:
+        raise click.BadParameter(f"expected 'off' or a port, got {value!r}")
+    return int(value)
+
+
 def _metrics_port(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
     if value.strip().lower() == "off":
         return None
@@ -177,6 +198,14 @@ def ready_line(options: PartOptions, parts: Parts) -> str:
         tls = sorted(set(gateway_ports(options.tls_port, options.gateways, options.reuse_port)))
         line += ", TLS on port(s) " + ", ".join(map(str, tls))
         connect += f" or openssl s_client -quiet -connect localhost:{options.tls_port}"
+    if options.irc_port is not None:
+        irc = sorted(set(gateway_ports(options.irc_port, options.gateways, options.reuse_port)))
+        line += ", IRC on port(s) " + ", ".join(map(str, irc))
+        connect += f" or irssi -c localhost -p {options.irc_port}"
+    if options.web_port is not None:
+        web = sorted(set(gateway_ports(options.web_port, options.gateways, options.reuse_port)))
+        line += ", web on port(s) " + ", ".join(map(str, web))
+        connect += f" or http://localhost:{options.web_port}/"
     line += f", {options.workers} worker(s)."
     if parts.metrics:
         line += " Metrics: " + " ".join(f"{part}={where}" for part, where in parts.metrics.items()) + "."
@@ -207,6 +236,13 @@ def ready_line(options: PartOptions, parts: Parts) -> str:
               type=click.Path(exists=True, dir_okay=False), help="PEM certificate chain for the TLS ports.")
 @click.option("--tls-key", default=None, envvar="CHAT_TLS_KEY", show_envvar=True,
               type=click.Path(exists=True, dir_okay=False), help="PEM private key for the TLS ports.")
+@click.option("--irc-port", default="6667", envvar="CHAT_IRC_PORT", show_envvar=True, callback=_door_port,
+              help="IRC port of the first gateway (the others take the next ports); 'off': no IRC.")
+@click.option("--irc-server-name", default="", envvar="CHAT_IRC_SERVER_NAME", show_envvar=True,
+              help="The server name IRC clients see (default: the host name).")
+@click.option("--web-port", default="8080", envvar="CHAT_WEB_PORT", show_envvar=True, callback=_door_port,
+              help="Web client and WebSocket (/ws) port of the first gateway (the others take the next ports); "
+                   "'off': none.")
 @click.option("--log-format", default="text", envvar="CHAT_LOG_FORMAT", show_envvar=True,
               type=click.Choice(LOG_FORMATS), help="Every part's log lines as text or one JSON object a line.")
 @click.option("--data-dir", default=None, envvar="CHAT_DATA_DIR", show_envvar=True, type=click.Path(file_okay=False),
@@ -217,7 +253,8 @@ def ready_line(options: PartOptions, parts: Parts) -> str:
               "(noeviction): lines that change state get '! service temporarily unavailable'.")
 def main(port: int, host: str, gateways: int, workers: int, redis_url: str | None, rate_limit: float,
          max_per_address: int, reuse_port: bool, metrics_port: int | None, tls_port: int | None,
-         tls_cert: str | None, tls_key: str | None, log_format: str, data_dir: str | None,
+         tls_cert: str | None, tls_key: str | None, irc_port: int | None, irc_server_name: str,
+         web_port: int | None, log_format: str, data_dir: str | None,
          valkey_maxmemory: int) -> None:
     """Run the whole chat backend on this machine."""
     if (tls_port is None) != (tls_cert is None) or (tls_cert is None) != (tls_key is None):
@@ -225,7 +262,8 @@ def main(port: int, host: str, gateways: int, workers: int, redis_url: str | Non
     if metrics_port and metrics_port + 1 + gateways > 65535:
         raise click.BadParameter("the parts' ports would go past 65535", param_hint="--metrics-port")
     options = PartOptions(port, host, gateways, workers, reuse_port, metrics_port, log_format, tls_port,
-                          os.path.abspath(tls_cert) if tls_cert else "", os.path.abspath(tls_key) if tls_key else "")
+                          os.path.abspath(tls_cert) if tls_cert else "", os.path.abspath(tls_key) if tls_key else "",
+                          irc_port, web_port, irc_server_name)
     stopping = Stopping().install()
     for left in sweep_stale_run_dirs():
         print(f"chat-stack: removed {left}, left behind by a stack that is gone", file=sys.stderr, flush=True)
