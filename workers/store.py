@@ -137,6 +137,7 @@ class Store:
         A lost connection raises."""
         if not calls:
             return []
+        self._load_scripts([call for call in calls if call.script is not None and call.script not in self._shas])
         replies = self._execute(calls)
         if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
             self._load_scripts(calls)  # a restarted Redis forgot them; the scripts are replayable
@@ -176,8 +177,10 @@ class Store:
                         "a failover now could lose it", reply, wait.replicas, wait.timeout_ms)
 
     def _load_scripts(self, calls: list[Call]) -> None:
+        """Load the calls' scripts before they run: a pipeline whose script is missing would
+        run the calls after it out of order (a retry replays what they recorded)."""
         for script in {c.script for c in calls if c.script is not None}:
-            self._client.script_load(script)
+            self._shas[script] = self._client.script_load(script)
 
     @staticmethod
     def _parse(call: Call, reply: Any) -> Any:

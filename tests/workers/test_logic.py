@@ -208,6 +208,17 @@ def test_join_tells_the_others(chat: Chat) -> None:
                                          args=("#room", "", "alice", "bob")))]
 
 
+def test_part_join_and_say_in_one_event_run_in_order_with_scripts_not_yet_loaded(chat: Chat) -> None:
+    """Regression: PART and SAY were new to Redis (NOSCRIPT) while JOIN was loaded: the JOIN ran
+    before the PART, and the retry replayed its result: 'you joined' while still in, then 'join a
+    room first', and nobody was told."""
+    a = connected(chat, f"{GW_A}:1", "ann", "#r")
+    b = connected(chat, f"{GW_B}:1", "bob", "#r")
+    fx = a.send("/part #r", "/join #r", "back")
+    assert [text for _, text in lines_to(fx, a.cid)] == ["you left #r", "you joined #r (2 here: ann, bob)", "back"]
+    assert [text for _, text in lines_to(fx, b.cid)] == ["ann left #r", "ann joined #r", "back"]
+
+
 def test_part(chat: Chat) -> None:
     a = connected(chat, f"{GW_A}:1", "alice", "#r", "#s")
     b = connected(chat, f"{GW_B}:1", "bob", "#s")
