@@ -137,7 +137,6 @@ class Store:
         A lost connection raises."""
         if not calls:
             return []
-        self._load_scripts([call for call in calls if call.script is not None and call.script not in self._shas])
         replies = self._execute(calls)
         if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
             self._load_scripts(calls)  # a restarted Redis forgot them; the scripts are replayable
@@ -162,6 +161,7 @@ class Store:
             pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
         started = time.perf_counter()
         try:
+            self._load_scripts([call for call in calls if call.script is not None and call.script not in self._shas])
             replies = pipe.execute(raise_on_error=False)
         finally:
             if self._on_round_trip is not None:
