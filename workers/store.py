@@ -150,6 +150,7 @@ class Store:
         return result
 
     def _execute(self, calls: list[Call]) -> list[Any]:
+        new = [call for call in calls if call.script is not None and call.script not in self._shas]
         pipe = self._client.pipeline(transaction=False)
         for call in calls:
             if call.script is None:
@@ -161,7 +162,7 @@ class Store:
             pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
         started = time.perf_counter()
         try:
-            self._load_scripts([call for call in calls if call.script is not None and call.script not in self._shas])
+            self._load_scripts(new)  # first use in this process: loaded before the pipeline needs them
             replies = pipe.execute(raise_on_error=False)
         finally:
             if self._on_round_trip is not None:
