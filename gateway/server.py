@@ -59,17 +59,20 @@ from protocol.messages import (
     GATEWAY_GONE,
     GATEWAY_LOST_REASON,
     Batch,
+    ChatEvent,
     Close,
     Deliver,
     Fenced,
     Heartbeat,
     Mark,
+    RoomEvent,
     SetMode,
     gateway_of,
     topic_of,
 )
 from protocol.proxy import Network
 from protocol.render import is_own_echo, render_json, render_text
+from protocol.rooms import RoomTable
 from protocol.websocket import WebConfig, render_event
 from stack.curve import ClientKeys
 from stack.process import set_log_instance
@@ -132,6 +135,7 @@ class Gateway:
         self.clients: dict[str, Client] = {}
         self.sessions: dict[str, Session] = {}
         self.seen = SeenEvents()
+        self.rooms = RoomTable(self._is_member)  # our connections' rooms, from the room events
         self.metrics = GatewayMetrics()
         self.per_address: Counter[str] = Counter()
         self.broker_id = ""
@@ -160,6 +164,10 @@ class Gateway:
         self._dirty: dict[str, Client] = {}  # clients pushed to since the last flush
         self._peers: dict[str, str] = {}  # connection -> the client's address, for its session
         self._nursery: trio.Nursery
+
+    def _is_member(self, cid: str) -> bool:
+        """A room event's joiner or leaver that is ours to count (an open connection of ours)."""
+        return cid in self.clients
 
     def close(self) -> None:
         self.dealer.close()
@@ -256,6 +264,7 @@ class Gateway:
                     self.metrics.resent += 1
                     self.to_broker.put_nowait([frame])
             self._snapshot(in_flight)
+            self.rooms.sweep(now)
             await trio.sleep(self.config.heartbeat)
 
     def _snapshot(self, in_flight: int) -> None:
@@ -343,13 +352,17 @@ class Gateway:
         skipping = False
         answered: list[Session] = []
         now = trio.current_time()
-        for item in batch.items:
+        rooms, items = self.rooms, batch.items
+        for index, item in enumerate(items):
             if isinstance(item, Mark):
                 skipping = not self._on_mark(item, answered, now)
             elif skipping:
                 continue
+            elif isinstance(item, RoomEvent):
+                for cids, event in rooms.apply(item, now, items, index):
+                    self._deliver(cids, event)
             elif isinstance(item, Deliver):
-                self._deliver(item)
+                self._deliver(item.cids, item.event)
             elif (client := self.clients.get(item.cid)) is None:
                 continue  # a SetMode or Close for a connection that is gone
             elif isinstance(item, SetMode):
@@ -404,6 +417,7 @@ class Gateway:
             client.close_after(client.door.end(GATEWAY_GONE), "gateway fenced")
         for session in self.sessions.values():
             session.abandon()
+        self.rooms = RoomTable(self._is_member)  # none of the old instance's connections stays
         self.to_broker.clear()
         self.dealer.disconnect(self.config.frontend)
         self.dealer.setsockopt_string(zmq.IDENTITY, self.instance)
@@ -421,14 +435,13 @@ class Gateway:
         if (session := self.sessions.get(client.cid)) is not None:
             session.pending.clear()
 
-    def _deliver(self, item: Deliver) -> None:
+    def _deliver(self, cids: tuple[str, ...], event: ChatEvent) -> None:
         """Render once per view that shares renderings (IRC renders per connection)."""
-        event = item.event
         text: bytes | None = None
         as_json: bytes | None = None
         framed: bytes | None = None
         clients, text_view, json_view, web_view = self.clients, View.TEXT, View.JSON, View.WEB  # locals: the hot loop
-        for cid in item.cids:
+        for cid in cids:
             client = clients.get(cid)
             if client is None:
                 self.metrics.drop(Drop.DELIVERY_TO_CLOSED)
@@ -542,6 +555,7 @@ class Gateway:
             ended = await client.serve(self._on_lines, first, self._on_eof, self._open_session, deadline)
         finally:
             del self.clients[cid]
+            self.rooms.forget(cid)
             self._peers.pop(cid, None)
             if client.closing == FLOODING_REASON:
                 self.metrics.drop(Drop.FLOOD_CUT)

@@ -16,6 +16,7 @@ Every message is a msgpack array whose first element is its tag:
         [1, cid, json]                                                   SetMode
         [2, cid, reason]                                                 Close
         [3, cid, seq]                                                    Mark
+        [4, room, seq, member, change, event]                            RoomEvent
 
 `code` is a `protocol.replies.ReplyCode` value or '' (a code unknown to
 this version decodes as is and is shown as free text); `args` its data.
@@ -49,6 +50,7 @@ from protocol.messages import (
     Mark,
     Message,
     Ready,
+    RoomEvent,
     SetMode,
     Unknown,
 )
@@ -110,13 +112,24 @@ def _item_to_wire(item: BatchItem) -> list[Any]:
         return [1, item.cid, item.json]
     if isinstance(item, Mark):
         return [3, item.cid, item.seq]
+    if isinstance(item, RoomEvent):
+        return [4, item.room, item.seq, item.member, item.change, _event_to_wire(item.event)]
     return [2, item.cid, item.reason]
+
+
+def _room_event(fields: list[Any]) -> RoomEvent:
+    _, room, seq, member, change, event = fields
+    if _int(change) not in (-1, 0, 1) or (change != 0) != (member != ""):
+        raise DecodeError("a room event's change is -1 or 1 with a member, 0 without")
+    return RoomEvent(_str(room), _int(seq), _event_from_wire(event), _str(member), change)
 
 
 def _item_from_wire(raw: Any) -> BatchItem:
     fields = _list(raw)
+    if len(fields) == 6 and fields[0] == 4 and type(fields[0]) is int:
+        return _room_event(fields)
     if len(fields) != 3 or type(fields[0]) is not int:
-        raise DecodeError("a batch item is [tag, field, field]")
+        raise DecodeError("a batch item is [tag, field, field], or [4, ...] with 5 fields")
     if fields[0] == 0:
         return Deliver(_strs(fields[1]), _event_from_wire(fields[2]))
     if fields[0] == 1 and type(fields[2]) is bool:

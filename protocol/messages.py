@@ -16,7 +16,8 @@ hears from a worker it does not know answers `Unknown`.
 Broker -> gateway, on pub-out under the gateway's topic: a `Batch` of
 `Mark` (whose event the next items belong to, and the acknowledgement of
 the gateway's own events), `Deliver` (an event for some connections),
-`SetMode` and `Close` items, in order.
+`RoomEvent` (an event for the gateway's own members of a room, and the
+joins and parts that make them members), `SetMode` and `Close` items, in order.
 
 Gateway <-> broker: `Heartbeat` both ways keeps each alive to the other.
 Broker -> gateway: `Fenced` when the broker hears from a gateway instance it
@@ -197,7 +198,26 @@ class Mark:
     seq: int
 
 
-BatchItem = Deliver | SetMode | Close | Mark
+@dataclass(frozen=True, slots=True)
+class RoomEvent:
+    """An event for every member of `room` on the receiving gateway, sent once per gateway.
+
+    `seq` places it in the room's membership history, as Redis committed it:
+    each join and part of the room takes the next number, a message the
+    current one. The event goes to the gateway's connections that joined at
+    or before `seq` and had not parted by then (`protocol.rooms`). `member`
+    joined (`change` 1) or parted (`change` -1) at `seq`, and is not shown
+    the event; '' and 0 for a message.
+    """
+
+    room: str
+    seq: int
+    event: ChatEvent
+    member: str = ""
+    change: int = 0
+
+
+BatchItem = Deliver | SetMode | Close | Mark | RoomEvent
 
 
 @dataclass(frozen=True, slots=True)

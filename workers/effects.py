@@ -4,12 +4,14 @@
 items after its `Mark`. `by_gateway` splits them into one `Batch` per
 gateway, keeping that order: a gateway gets an event's Mark before its
 items, and the gateway that sent the event always gets its Mark, which
-is its acknowledgement.
+is its acknowledgement. A `RoomEvent` goes, whole, to each of the
+gateways named with it (those with members in the room).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from protocol import codec
 from protocol.messages import (
@@ -20,16 +22,25 @@ from protocol.messages import (
     Deliver,
     EventType,
     Mark,
+    RoomEvent,
     SetMode,
     gateway_of,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ToGateways:
+    """A room event and the gateways it goes to."""
+
+    gateways: tuple[str, ...]
+    item: RoomEvent
 
 
 class Effects:
     __slots__ = ("items", "unserved")
 
     def __init__(self) -> None:
-        self.items: list[BatchItem] = []
+        self.items: list[BatchItem | ToGateways] = []
         self.unserved = False  # Redis refused the event's work: leave it unanswered, to come again
 
     def mark(self, cid: str, seq: int) -> None:
@@ -40,6 +51,10 @@ class Effects:
         cids = tuple(cids)
         if cids:
             self.items.append(Deliver(cids, event))
+
+    def room(self, gateways: Iterable[str], item: RoomEvent) -> None:
+        """`item` for the members of its room on each of `gateways` (once each, in this order)."""
+        self.items.append(ToGateways(tuple(dict.fromkeys(gateways)), item))
 
     def info(self, cid: str, text: str, code: str = "", args: tuple[str, ...] = ()) -> None:
         self.items.append(Deliver((cid,), ChatEvent(EventType.INFO, text, code=code, args=args)))
@@ -75,8 +90,13 @@ class Effects:
             elif isinstance(item, Deliver):
                 for gateway, cids in _split_cids(item.cids).items():
                     to(gateway, Deliver(cids, item.event))
-            else:
+            elif isinstance(item, ToGateways):
+                for gateway in item.gateways:
+                    to(gateway, item.item)
+            elif isinstance(item, (SetMode, Close)):
                 to(gateway_of(item.cid), item)
+            else:  # a room event is added with its gateways (`room`)
+                raise TypeError(f"a room event without its gateways: {item!r}")
         return out
 
     def encoded(self) -> tuple[tuple[str, bytes], ...]:

@@ -43,6 +43,7 @@ from protocol.messages import (
     EventType,
     GatewayLost,
     Lines,
+    RoomEvent,
     WorkItem,
     gateway_of,
 )
@@ -303,42 +304,44 @@ class Chat:
         return Step(self.store.set_nick(at.op, at.cid, cmd.nick), respond)
 
     def _join(self, at: At, cmd: c.Join) -> Step:
-        def respond(fx: Effects, res: Failed | tuple[str, bool, list[str], list[str], str]) -> None:
+        def respond(fx: Effects, res: Failed | tuple[str, bool, list[str], list[str], str, int, list[str]]) -> None:
             if isinstance(res, Failed):
                 limit = self.store.max_rooms
                 fx.error(at.cid, TOO_MANY_ROOMS.format(max=limit), R.TOO_MANY_ROOMS, (str(limit), cmd.room))
                 return
-            nick, added, members, nicks, topic = res
+            nick, added, members, nicks, topic, seq, gateways = res
             names = sorted(nicks, key=str.lower)
             fx.info(at.cid, f"you joined {cmd.room} ({len(members)} here: {', '.join(names)})",
                     R.JOINED, (cmd.room, topic, *names))
             if topic:
                 fx.info(at.cid, f"topic of {cmd.room}: {topic}", R.JOIN_TOPIC, (cmd.room, topic))
-            if added:
-                others = [m for m in members if m != at.cid]
-                fx.deliver(others, ChatEvent(EventType.JOIN, f"{nick} joined {cmd.room}", room=cmd.room, sender=nick))
+            if added:  # to the others; and the joiner's gateway counts it a member from here
+                event = ChatEvent(EventType.JOIN, f"{nick} joined {cmd.room}", room=cmd.room, sender=nick)
+                fx.room([gateway_of(at.cid), *gateways], RoomEvent(cmd.room, seq, event, at.cid, 1))
 
         return Step(self.store.join(at.op, at.cid, cmd.room), respond)
 
     def _part(self, at: At, cmd: c.Part) -> Step:
-        def respond(fx: Effects, res: Failed | tuple[str, str, str, list[str]]) -> None:
+        def respond(fx: Effects, res: Failed | tuple[str, str, str, int, list[str]]) -> None:
             if isinstance(res, Failed):
                 _refuse(fx, at.cid, res, "you are in no room")
                 return
-            nick, room, current, rest = res
+            nick, room, current, seq, gateways = res
             now_in = f"; your current room is {current}" if current else ""
             fx.info(at.cid, f"you left {room}{now_in}", R.PARTED, (room, current))
-            fx.deliver(rest, ChatEvent(EventType.PART, f"{nick} left {room}", room=room, sender=nick))
+            event = ChatEvent(EventType.PART, f"{nick} left {room}", room=room, sender=nick)
+            fx.room([gateway_of(at.cid), *gateways], RoomEvent(room, seq, event, at.cid, -1))
 
         return Step(self.store.part(at.op, at.cid, cmd.room), respond)
 
     def _to_room(self, at: At, room: str | None, text: str, kind: EventType) -> Step:
-        def respond(fx: Effects, res: Failed | tuple[str, str, list[str], float]) -> None:
+        def respond(fx: Effects, res: Failed | tuple[str, str, list[str], float, int]) -> None:
             if isinstance(res, Failed):
                 _refuse(fx, at.cid, res, NO_ROOM)
                 return
-            nick, where, members, ts = res
-            fx.deliver(members, ChatEvent(kind, text, room=where, sender=nick, id=at.mid, ts=ts, origin=at.cid))
+            nick, where, gateways, ts, seq = res
+            event = ChatEvent(kind, text, room=where, sender=nick, id=at.mid, ts=ts, origin=at.cid)
+            fx.room(gateways, RoomEvent(where, seq, event))
 
         return Step(self.store.say(at.op, at.cid, room, text, at.mid, at.now, kind.value), respond)
 

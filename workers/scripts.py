@@ -69,20 +69,28 @@ redis.call('HSET', ck, 'room', room)
 redis.call('ZADD', p..'rooms:by-size', redis.call('SCARD', mk), room)
 redis.call('PERSIST', p..'room:'..room..':history')
 redis.call('PERSIST', p..'room:'..room..':topic')
+redis.call('PERSIST', p..'room:'..room..':seq')
+local gk, seq = p..'room:'..room..':gws', 0
+if added == 1 then
+  redis.call('HINCRBY', gk, redis.call('HGET', ck, 'gw'), 1)
+  seq = redis.call('INCR', p..'room:'..room..':seq')
+end
 local members = redis.call('SMEMBERS', mk)
 local nicks = {}
 for i, m in ipairs(members) do nicks[i] = redis.call('HGET', p..'conn:'..m, 'nick') or '?' end
-return {'ok', nick, added, members, nicks, redis.call('HGET', p..'room:'..room..':topic', 'text') or ''}
+return {'ok', nick, added, members, nicks, redis.call('HGET', p..'room:'..room..':topic', 'text') or '',
+        seq, redis.call('HKEYS', gk)}
 """
 
 # the connection, its nick and current room, and the room meant (ARGV room, or the current one)
 _ROOM_OF = """
 local ck = p..'conn:'..cid
-local nick, current = unpack(redis.call('HMGET', ck, 'nick', 'room'))
+local nick, current, gw = unpack(redis.call('HMGET', ck, 'nick', 'room', 'gw'))
 if not nick then return {'gone'} end
 if room == '' then room = current end
 if room == '' then return {'noroom'} end
 local mk = p..'room:'..room..':members'
+local gk, sk = p..'room:'..room..':gws', p..'room:'..room..':seq'
 """
 
 # after a member left `room`: its size in p rooms:by-size, or, emptied, out of it, its history and
@@ -93,9 +101,15 @@ local function resized(p, room, rest, ttl)
     redis.call('ZREM', p..'rooms:by-size', room)
     redis.call('EXPIRE', p..'room:'..room..':history', ttl)
     redis.call('EXPIRE', p..'room:'..room..':topic', ttl)
+    redis.call('EXPIRE', p..'room:'..room..':seq', ttl)
   else
     redis.call('ZADD', p..'rooms:by-size', #rest, room)
   end
+end
+-- a member on gateway gw left the room: one fewer there (p room:<room>:gws counts them per gateway)
+local function gateway_left(p, room, gw)
+  local gk = p..'room:'..room..':gws'
+  if redis.call('HINCRBY', gk, gw, -1) <= 0 then redis.call('HDEL', gk, gw) end
 end
 """
 
@@ -109,7 +123,8 @@ if current == room then
 end
 local rest = redis.call('SMEMBERS', mk)
 resized(p, room, rest, ttl)
-return {'ok', nick, room, current, rest}
+gateway_left(p, room, gw)
+return {'ok', nick, room, current, redis.call('INCR', sk), redis.call('HKEYS', gk)}
 """
 
 _SAY_SRC = """
@@ -117,7 +132,7 @@ local p, cid, room, text, id, ts, kind, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4
 """ + _ROOM_OF + """if redis.call('SISMEMBER', mk, cid) == 0 then return {'notin', room} end
 redis.call('XADD', p..'room:'..room..':history', 'MAXLEN', '~', keep, '*',
            'id', id, 'from', nick, 'text', text, 'ts', ts, 'kind', kind)
-return {'ok', nick, room, redis.call('SMEMBERS', mk), ts}
+return {'ok', nick, room, redis.call('HKEYS', gk), ts, tonumber(redis.call('GET', sk) or '0')}
 """
 
 _PRIVATE_SRC = """
@@ -199,6 +214,7 @@ local function leave(p, cid, ttl)
     redis.call('SREM', mk, cid)
     local rest = redis.call('SMEMBERS', mk)
     resized(p, room, rest, ttl)
+    gateway_left(p, room, gw)
     for _, m in ipairs(rest) do
       if not seen[m] then seen[m] = true; out[#out + 1] = m end
     end

@@ -8,6 +8,9 @@ configurable prefix `p`:
     p conn:<cid>             hash: nick, room (current, '' for none), gw, addr
     p conn:<cid>:rooms       set of the rooms the connection is in
     p room:<room>:members    set of cids
+    p room:<room>:gws        hash: gateway -> how many of the members are its connections
+    p room:<room>:seq        counter: each join and part of the room takes the next number (the
+                             order gateways keep membership in); expires and persists with the history
     p room:<room>:history    stream, capped, fields id from text ts kind; once the room is
                              empty it expires (history TTL), and a join makes it persist again
     p room:<room>:topic      hash: text, by (nick), ts; expires and persists with the history
@@ -203,19 +206,21 @@ class Store:
         return Call(scripts.NICK, (cid, nick, *op), lambda r: _failed_or(r, lambda r: (r[1], r[2])), durable=True)
 
     def join(self, op: Op, cid: str, room: str) -> Call:
-        """-> (nick, newly joined, member cids, member nicks, topic) or Failed('toomany')."""
+        """-> (nick, newly joined, member cids, member nicks, topic, the join's room seq (0 if it was
+        a member already), gateways with members) or Failed('toomany')."""
         return Call(scripts.JOIN, (cid, room, self.max_rooms, *op),
-                    lambda r: _failed_or(r, lambda r: (r[1], bool(r[2]), r[3], r[4], r[5])))
+                    lambda r: _failed_or(r, lambda r: (r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7])))
 
     def part(self, op: Op, cid: str, room: str | None) -> Call:
-        """-> (nick, room left, new current room, remaining member cids)."""
+        """-> (nick, room left, new current room, the part's room seq, gateways with members left)."""
         return Call(scripts.PART, (cid, room or "", self.history_ttl, *op),
-                    lambda r: _failed_or(r, lambda r: tuple(r[1:5])))
+                    lambda r: _failed_or(r, lambda r: tuple(r[1:6])))
 
     def say(self, op: Op, cid: str, room: str | None, text: str, msg_id: str, ts: float, kind: str) -> Call:
-        """Append to the room's history -> (nick, room, member cids, ts as first stored)."""
+        """Append to the room's history -> (nick, room, gateways with members, ts as first stored,
+        the room's seq)."""
         args = (cid, room or "", text, msg_id, repr(ts), kind, HISTORY_KEEP, *op)
-        return Call(scripts.SAY, args, lambda r: _failed_or(r, lambda r: (r[1], r[2], r[3], float(r[4]))))
+        return Call(scripts.SAY, args, lambda r: _failed_or(r, lambda r: (r[1], r[2], r[3], float(r[4]), r[5])))
 
     # Reads are replayable too: a replay must see what the first run saw, not
     # what the event's later lines have written since.

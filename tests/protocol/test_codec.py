@@ -27,6 +27,7 @@ from protocol.messages import (
     Mark,
     Message,
     Ready,
+    RoomEvent,
     SetMode,
     Unknown,
     event_key,
@@ -71,7 +72,11 @@ delivers = st.builds(Deliver, cids=st.lists(cids, max_size=4).map(tuple), event=
 set_modes = st.builds(SetMode, cid=cids, json=st.booleans())
 closes = st.builds(Close, cid=cids, reason=texts)
 marks = st.builds(Mark, cid=cids, seq=ints)
-batch_items = st.one_of(delivers, set_modes, closes, marks)
+room_events = st.one_of(
+    st.builds(RoomEvent, room=texts, seq=ints, event=chat_events),
+    st.builds(RoomEvent, room=texts, seq=ints, event=chat_events, member=cids, change=st.sampled_from([-1, 1])),
+)
+batch_items = st.one_of(delivers, set_modes, closes, marks, room_events)
 batches = st.builds(Batch, items=st.lists(batch_items, max_size=5).map(tuple))
 
 connecteds = st.builds(Connected, cid=cids, seq=ints, addr=texts)
@@ -122,6 +127,8 @@ EXAMPLES: list[tuple[Message, list[Any]]] = [
                 SetMode("gw1:2", False),
                 Close("gw1:1", "bye"),
                 Mark("gw1:2", 0),
+                RoomEvent("#r", 7, EVENT),
+                RoomEvent("#r", 8, EVENT, "gw1:2", -1),
             )
         ),
         [
@@ -133,6 +140,8 @@ EXAMPLES: list[tuple[Message, list[Any]]] = [
                 [1, "gw1:2", False],
                 [2, "gw1:1", "bye"],
                 [3, "gw1:2", 0],
+                [4, "#r", 7, "", 0, EVENT_WIRE],
+                [4, "#r", 8, "gw1:2", -1, EVENT_WIRE],
             ],
         ],
     ),
@@ -565,3 +574,18 @@ def test_messages_are_frozen_and_slotted() -> None:
         msg.credit = 2  # type: ignore[misc]
     assert not hasattr(msg, "__dict__")
     assert not hasattr(EVENT, "__dict__")
+
+
+@pytest.mark.parametrize("wire", [
+    [4, "#r", 1, "", 1, EVENT_WIRE],  # a change without a member
+    [4, "#r", 1, "gw1:1", 0, EVENT_WIRE],  # a member without a change
+    [4, "#r", 1, "gw1:1", 2, EVENT_WIRE],
+    [4, "#r", 1, "gw1:1", True, EVENT_WIRE],
+    [4, "#r", "1", "", 0, EVENT_WIRE],
+    [4, b"#r", 1, "", 0, EVENT_WIRE],
+    [4, "#r", 1, "", 0, [1]],
+    [4, "#r", 1, "", 0],
+])
+def test_malformed_room_events_are_refused(wire: list[Any]) -> None:
+    with pytest.raises(DecodeError):
+        decode(pack([8, [wire]]))

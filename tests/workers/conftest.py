@@ -8,8 +8,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from protocol.messages import Deliver, Disconnected, RoomEvent, WorkItem, gateway_of
+from protocol.rooms import RoomTable
 from stack.children import stop
 from stack.valkey import start_valkey
+from workers.effects import Effects, ToGateways
 from workers.logic import Chat
 from workers.store import Store
 
@@ -47,6 +50,52 @@ def store(client: redis.Redis, prefix: str) -> Store:
     return Store(client, prefix=prefix)
 
 
+class GatewaysChat(Chat):
+    """A chat whose room events come back as the `Deliver`s the gateways make of them.
+
+    Every gateway keeps its `RoomTable` from the room events, in the order
+    they are handled here (one process: the order pub-out would give), so
+    the tests see who gets what, as before the fan-out moved to the gateways.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.tables: dict[str, RoomTable] = {}
+        self.shown: dict[ToGateways, list[Deliver]] = {}  # a replay shows what the first run showed
+
+    def _table(self, gateway: str) -> RoomTable:
+        if gateway not in self.tables:
+            self.tables[gateway] = RoomTable(lambda cid: gateway_of(cid) == gateway)
+        return self.tables[gateway]
+
+    def handle_batch(self, items: list[WorkItem], now: float) -> list[Effects]:
+        out = super().handle_batch(items, now)
+        for item, fx in zip(items, out, strict=True):
+            fx.items = [expanded for each in fx.items for expanded in self._expand(each, now)]
+            if isinstance(item, Disconnected):
+                self._table(gateway_of(item.cid)).forget(item.cid)
+        return out
+
+    def _expand(self, item, now: float) -> list:  # type: ignore[no-untyped-def]
+        if not isinstance(item, ToGateways):
+            return [item]
+        if item in self.shown:  # a gateway drops a replayed event: the first run's deliveries stand
+            return self.shown[item]
+        out: list[Deliver] = []
+        for gateway in item.gateways:
+            table = self._table(gateway)
+            out += [Deliver(*delivery) for delivery in table.apply(item.item, now)]
+        self.shown[item] = _merged(out, item.item)
+        return self.shown[item]
+
+
+def _merged(delivers: list[Deliver], room_event: RoomEvent) -> list[Deliver]:
+    """The gateways' deliveries of one room event as one `Deliver` (as a worker used to make it)."""
+    cids = tuple(cid for d in delivers if d.event is room_event.event for cid in d.cids)
+    rest = [d for d in delivers if d.event is not room_event.event]
+    return ([Deliver(cids, room_event.event)] if cids else []) + rest
+
+
 @pytest.fixture
 def chat(store: Store) -> Chat:
-    return Chat(store)
+    return GatewaysChat(store)

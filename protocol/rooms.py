@@ -1,0 +1,198 @@
+"""A gateway's table of its own connections' rooms: who gets a `RoomEvent`.
+
+A worker sends a room's message once to each gateway that has members in
+it; the gateway expands it to its members with this table. The table is
+kept from the `RoomEvent`s themselves (a join or part of one of its
+connections rides on the room event that announces it), so it needs no
+other source and nothing to rebuild it: a connection's memberships die
+with it, and a new gateway instance has no connections.
+
+Pub-out delivers the events of one connection in order, but not the events
+of different connections in Redis's commit order: two workers may publish
+in either order. So membership is decided by Redis's order, not by arrival:
+every join and part of a room takes the next number of the room's sequence
+in the same script, and a message carries the room's current number. A
+connection that joined at `j` and parted at `p` (or not yet) is a member
+for exactly the events numbered `j <= seq < p`, whatever order they arrive
+in:
+
+- an event that arrives before the join that entitles a member to it waits
+  in the room's ring (the last `ring` events of the room) and is shown to
+  the joiner as the join arrives (up to the connection's part, when the
+  same batch carries it too: the one event in flight per connection means
+  a later part comes in a later batch);
+- an event committed before a part that arrives after it still reaches the
+  parted connection, kept as a former member for `keep` seconds;
+- an event committed after a part that arrives before it is shown to the
+  parting connection (it is still a member here): before its "you left",
+  as a chat over a network may, and never twice if it joins again.
+
+One case breaks the one order, and is counted in `reordered`: a connection
+that parted and joined again, owed an event that came before its re-join
+while it was shown, as a former member, an event that came after that one
+(committed before its part, published late). It gets both, once each, in
+the other order. It takes a part, a re-join and an older event published
+after a newer one within the time of two round trips.
+
+Events are shown in the order they arrive, the one order pub-out gives
+every gateway. A late join that a ring too short may have cost something is counted in
+`missed`, never silent. Pure: time comes in as a value.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from protocol.messages import ChatEvent, RoomEvent
+
+RING = 128  # room events kept for a join that arrives after them
+KEEP = 30.0  # seconds a parted member, or a room without members, is kept for late events
+MAX_FORMER = 1024  # parted members kept a room (the oldest go first)
+NEVER = 1 << 62  # the part of a member that has not parted
+
+Delivery = tuple[tuple[str, ...], ChatEvent]
+
+
+@dataclass(slots=True)
+class _Former:
+    cid: str
+    joined: int
+    parted: int
+    at: float
+    shown: range  # the ring positions of the events that came while it was a member (it was shown them)
+    late: int = -1  # the ring position of the last event it was shown after its part
+
+
+@dataclass(slots=True)
+class _Room:
+    members: dict[str, int] = field(default_factory=dict)  # cid -> the seq it joined at
+    since: dict[str, int] = field(default_factory=dict)  # cid -> the ring position its join came at
+    former: deque[_Former] = field(default_factory=deque)
+    ring: deque[RoomEvent] = field(default_factory=deque)
+    pushed: int = 0  # events that went into the ring so far: the next one's position
+    top: int = -1  # the highest seq that went into it
+    evicted: int = -1  # the highest seq the ring let go
+    last: float = 0.0  # when an event last came
+
+    def idle(self) -> bool:
+        return not self.members and not self.former
+
+
+class RoomTable:
+    def __init__(self, is_local: Callable[[str], bool], ring: int = RING, keep: float = KEEP,
+                 max_former: int = MAX_FORMER) -> None:
+        self._is_local = is_local
+        self._ring = ring
+        self._keep = keep
+        self._max_former = max_former
+        self._rooms: dict[str, _Room] = {}
+        self._rooms_of: dict[str, set[str]] = {}  # cid -> rooms it is in
+        self.missed = 0  # late joins that may have missed events the ring had let go
+        self.reordered = 0  # re-joins shown an event after a later one (see the module's docstring)
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    def members(self, room: str) -> set[str]:
+        known = self._rooms.get(room)
+        return set() if known is None else set(known.members)
+
+    def apply(self, item: RoomEvent, now: float, batch: Sequence[object] = (), index: int = 0) -> list[Delivery]:
+        """Take one room event, `batch[index]` -> what to show to whom, in order."""
+        room = self._rooms.get(item.room)
+        if room is None:
+            room = self._rooms[item.room] = _Room()
+        room.last = now
+        out: list[Delivery] = []
+        if item.change and self._is_local(item.member):
+            if item.change > 0:
+                out += self._joined(room, item, batch, index)
+            else:
+                self._parted(room, item, now)
+        seq, member = item.seq, item.member
+        to = [cid for cid, joined in room.members.items() if joined <= seq and cid != member]
+        if room.former:
+            to += self._to_former(room, seq, member)
+        self._keep_in_ring(room, item)
+        if to:
+            out.append((tuple(to), item.event))
+        return out
+
+    @staticmethod
+    def _to_former(room: _Room, seq: int, member: str) -> list[str]:
+        """Parted members owed an event committed before they parted."""
+        out = []
+        for f in room.former:
+            if f.joined <= seq < f.parted and f.cid != member:
+                f.late = room.pushed
+                out.append(f.cid)
+        return out
+
+    def _joined(self, room: _Room, item: RoomEvent, batch: Sequence[object], index: int) -> list[Delivery]:
+        """A member from `item.seq`: and what came before its join that it is owed."""
+        cid, joined = item.member, item.seq
+        room.members[cid] = joined
+        room.since[cid] = room.pushed
+        self._rooms_of.setdefault(cid, set()).add(item.room)
+        if room.top < joined:  # the usual case: nothing committed after the join came before it
+            return []
+        parted = _part_in(batch, index, item)
+        if room.evicted >= joined:  # the ring let go of something it may have been owed
+            self.missed += 1
+        # shown already: what came while a part of it was on its way (a part and a join in one batch)
+        shown = [f.shown for f in room.former if f.cid == cid]
+        late = max((f.late for f in room.former if f.cid == cid), default=-1)
+        first = room.pushed - len(room.ring)
+        owed = [(at, kept.event) for at, kept in enumerate(room.ring, first)
+                if joined <= kept.seq < parted and kept.member != cid and not any(at in r for r in shown)]
+        if owed and owed[0][0] < late:  # it was shown a later event already, as a member that had left
+            self.reordered += 1
+        return [((cid,), event) for _, event in owed]
+
+    def _parted(self, room: _Room, item: RoomEvent, now: float) -> None:
+        joined = room.members.pop(item.member, None)
+        if joined is None:
+            return
+        since = room.since.pop(item.member, room.pushed)
+        self._rooms_of.get(item.member, set()).discard(item.room)
+        room.former.append(_Former(item.member, joined, item.seq, now, range(since, room.pushed)))
+        if len(room.former) > self._max_former:
+            room.former.popleft()
+
+    def _keep_in_ring(self, room: _Room, item: RoomEvent) -> None:
+        room.ring.append(item)
+        room.pushed += 1
+        room.top = max(room.top, item.seq)
+        if len(room.ring) > self._ring:
+            room.evicted = max(room.evicted, room.ring.popleft().seq)
+
+    def forget(self, cid: str) -> None:
+        """The connection closed: it is nobody's member any more."""
+        for name in self._rooms_of.pop(cid, ()):
+            room = self._rooms.get(name)
+            if room is None:
+                continue
+            room.members.pop(cid, None)
+            room.since.pop(cid, None)
+
+    def sweep(self, now: float) -> None:
+        """Let go of parted members and member-less rooms older than `keep` seconds."""
+        horizon = now - self._keep
+        for name in [name for name, room in self._rooms.items() if self._expire(room, horizon)]:
+            del self._rooms[name]
+
+    def _expire(self, room: _Room, horizon: float) -> bool:
+        while room.former and room.former[0].at < horizon:
+            room.former.popleft()
+        return room.idle() and room.last < horizon
+
+
+def _part_in(batch: Sequence[object], index: int, join: RoomEvent) -> int:
+    """The seq of the joiner's part of the room later in the same batch (a big number if none)."""
+    for later in batch[index + 1:]:
+        if (type(later) is RoomEvent and later.change < 0 and later.member == join.member
+                and later.room == join.room):
+            return later.seq
+    return NEVER
