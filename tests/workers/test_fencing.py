@@ -29,7 +29,7 @@ def _snapshot(client: redis.Redis, prefix: str) -> dict[str, object]:
         kind = client.type(key)
         out[key] = {"string": client.get, "hash": client.hgetall, "set": client.smembers,
                     "zset": lambda k: client.zrange(k, 0, -1, withscores=True),
-                    "stream": lambda k: client.xrange(k)}[kind](key)
+                    "stream": client.xrange}[kind](key)
     return out
 
 
