@@ -26,12 +26,12 @@ local lease, epoch, name, ttl = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 local holder = redis.call('GET', lease)
 if holder == name then
   redis.call('PEXPIRE', lease, ttl)
-  return tonumber(redis.call('GET', epoch) or '0')
+  return {tonumber(redis.call('GET', epoch) or '0'), 0}
 end
-if holder then return 0 end
+if holder then return {0, redis.call('PTTL', lease)} end
 local n = redis.call('INCR', epoch)
 redis.call('SET', lease, name, 'PX', ttl)
-return n
+return {n, 0}
 """
 
 _RELEASE = """
@@ -58,11 +58,12 @@ class Lease:
         self._take = self._client.register_script(_TAKE)
         self._release = self._client.register_script(_RELEASE)
         self._failing = False
+        self.ends_in = 0.0  # after a `take` that found another holder: seconds until its lease ends
 
     def take(self, name: str) -> int | None:
         try:
-            epoch = int(self._take(keys=self._keys, args=[name, self._ttl_ms]))
-        except redis.RedisError as exc:
+            epoch, pttl = (int(n) for n in self._take(keys=self._keys, args=[name, self._ttl_ms]))
+        except (redis.RedisError, ValueError, TypeError) as exc:
             if not self._failing:
                 log.warning("cannot reach Redis for the broker lease: %s", exc)
             self._failing = True
@@ -70,6 +71,7 @@ class Lease:
         if self._failing:
             log.warning("Redis answers the broker lease again")
         self._failing = False
+        self.ends_in = max(0.0, pttl / 1000)
         return epoch
 
     def release(self, name: str) -> None:

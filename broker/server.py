@@ -19,6 +19,9 @@ a broker that was frozen past its lease does nothing when it wakes but step
 down. Stepping down forgets everything (a new name, queue and peers: to the
 peers it is a new broker); the standby tries to acquire every heartbeat, and
 on acquiring gives every peer a fresh window and heartbeats them at once.
+When the lease it found held is due to end before its next heartbeat, it
+tries again right then, so a takeover comes about `ttl` after the dead
+broker's last renewal.
 pub-out is XPUB_NODROP and XPUB_MANUAL: only subscriptions to one gateway
 topic (`<name>:`) are accepted, so one full pipe fails only its own topic.
 A send that fails at a subscriber's high-water mark is counted by cause,
@@ -111,6 +114,7 @@ class Broker:
         self.metrics = BrokerMetrics()
         self.role: Role | AlwaysActive = Role(self.lease_ttl) if lease else AlwaysActive()
         self._subscribers: Counter[bytes] = Counter()  # per pub-out topic: subscriptions we accepted
+        self._next_take = float("inf")  # when to try for the lease between heartbeats
         self._forget_all(time.monotonic())
 
     @property
@@ -192,13 +196,16 @@ class Broker:
             poller.register(sock, zmq.POLLIN)
         next_beat = time.monotonic()
         while not stopping.requested:
-            for sock, _ in poller.poll(int(self.config.heartbeat * 500)):
+            wait = min(self.config.heartbeat / 2, max(0.0, self._next_take - time.monotonic()))
+            for sock, _ in poller.poll(int(wait * 1000)):
                 self._drain(sock, handlers[sock])
             self._dispatch()
             now = time.monotonic()
             if now >= next_beat:
                 self._housekeeping(now)
                 next_beat = now + self.config.heartbeat
+            elif now >= self._next_take:  # the holder's lease ends now: try at once, not at our next beat
+                self._keep_lease(now)
 
     def _drain(self, sock: zmq.Socket[bytes], handle) -> None:  # type: ignore[no-untyped-def]
         for _ in range(BURST):
@@ -388,12 +395,15 @@ class Broker:
             return
         if self.role.expired(now):
             self._step_down(now, "the lease could not be renewed in time")
+        self._next_take = float("inf")
         epoch = self.lease.take(self.name)
         if epoch is None:  # Redis did not answer: our clock decides, at the next look
             return
         if epoch == 0:
             if self.role.epoch:
                 self._step_down(now, "another broker holds the lease")
+            if self.lease.ends_in < self.config.heartbeat:  # be there when it ends
+                self._next_take = now + self.lease.ends_in + 0.001
             return
         if self.role.renewed(epoch, now):
             self._activate(now)
@@ -410,6 +420,8 @@ class Broker:
         self.workers.grace(now)
         self.gateways.grace(now)
         self.link = LinkWatch(self.lease_ttl, now)
+        self._beat(self.backend, self.workers)  # peers switch to us now, not at our next beat
+        self._beat(self.frontend, self.gateways)
 
     def _housekeeping(self, now: float) -> None:
         self._keep_lease(now)

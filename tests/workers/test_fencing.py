@@ -40,6 +40,7 @@ def test_one_broker_holds_the_lease_and_a_new_holder_gets_a_new_epoch(
         assert lease.take("broker.a") == 1
         assert lease.take("broker.a") == 1  # renewed, same epoch
         assert lease.take("broker.b") == 0  # held
+        assert 0 < lease.ends_in <= 0.3  # and when it ends
         deadline = time.monotonic() + 5
         while (epoch := lease.take("broker.b")) == 0 and time.monotonic() < deadline:
             client.pexpire(f"{prefix}broker:lease", 1)  # no sleep: end the lease now
