@@ -15,9 +15,10 @@ from workers.redis_client import RedisUrlError
 
 def run(config: BrokerConfig, metrics_listen: tuple[str, int] | None = None,
         lease: LeaseConfig | None = None) -> None:
+    opened = _open_lease(config, lease)  # a wrong URL stops us before anything is bound
     stopping = Stopping().install()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    broker = Broker(config, ctx, _open_lease(config, lease))
+    broker = Broker(config, ctx, opened)
     set_log_instance(broker.name)
     try:
         bound = " ".join(f"{k}={v}" for k, v in broker.endpoints().items())

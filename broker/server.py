@@ -405,6 +405,9 @@ class Broker:
             if self.lease.ends_in < self.config.heartbeat:  # be there when it ends
                 self._next_take = now + self.lease.ends_in + 0.001
             return
+        if self.role.epoch and epoch != self.role.epoch:  # lost and taken again (Redis lost its data):
+            self._step_down(now, f"the lease came back under epoch {epoch}")  # what we sent is fenced
+            return
         if self.role.renewed(epoch, now):
             self._activate(now)
 

@@ -17,7 +17,7 @@ does). Every dispatch starts with its broker's heartbeat, which carries the
 broker's epoch: the scripts run under it, and when one refuses it (`FENCED`:
 that broker was deposed) the dispatch is left unanswered (no Mark: its
 gateways send it again to the new broker) and later dispatches under that
-epoch or an older one are dropped unread. A broker that does not know the worker
+epoch are dropped unread. A broker that does not know the worker
 (it restarted, and ZeroMQ reconnected us to it) says `Unknown`: the worker
 registers with `Ready` again.
 
@@ -37,6 +37,7 @@ import os
 import secrets
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import redis
@@ -68,6 +69,9 @@ log = logging.getLogger("chat.worker")
 
 # the share of --redis-timeout a WAIT for replicas may take
 WAIT_SHARE = 0.5
+
+# deposed broker epochs remembered (a pair deposes one at a time: a few are plenty)
+FENCED_EPOCHS = 16
 
 # one envelope may not grow this process's memory without bound (ZMQ_MAXMSGSIZE)
 MAX_MESSAGE_BYTES = 64 << 20
@@ -121,7 +125,9 @@ class Handler:
         self.breaker = breaker
         self.reaps: list[GatewayLost] = []  # lost gateways still to clean up
         self.unknown_to = ""  # a broker that said it does not know us
-        self.stale_below = 0  # broker epochs below this one were fenced: their dispatches are dropped
+        # broker epochs a script refused: their dispatches are dropped unread (by equality, not
+        # order: a Redis that lost its data counts epochs from 1 again, and those must be served)
+        self.fenced_epochs: deque[int] = deque(maxlen=FENCED_EPOCHS)
 
     @property
     def metrics(self) -> WorkerMetrics:
@@ -147,7 +153,7 @@ class Handler:
                 epoch = msg.epoch
             else:
                 log.warning("dropped an unexpected %s from the broker", type(msg).__name__)
-        if items and 0 < epoch < self.stale_below:  # from a deposed broker: nobody waits for it
+        if items and epoch in self.fenced_epochs:  # from a deposed broker: nobody waits for it
             return Done((), ())
         self.metrics.took(items)
         fx = Effects()
@@ -170,7 +176,8 @@ class Handler:
         try:
             effects = self.chat.handle_batch(items, now)
         except EpochFenced as exc:
-            self.stale_below = max(self.stale_below, self.chat.store.epoch + 1)
+            if self.chat.store.epoch not in self.fenced_epochs:
+                self.fenced_epochs.append(self.chat.store.epoch)
             log.warning("dropped a dispatch of %d events: %s", len(items), exc)
             return False
         except redis.RedisError as exc:

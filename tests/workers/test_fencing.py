@@ -105,3 +105,20 @@ def test_a_fenced_dispatch_is_not_answered_and_its_epoch_is_dropped_after(
     assert done.events == () and _snapshot(client, prefix) == before  # dropped unread
     done = handler.frames(dispatch(2, Lines("gw:1", 1, ("hello",))), time.time(), time.monotonic())
     assert done.events == (("gw:1", 1),)  # the current broker is served
+
+
+def test_a_redis_that_lost_the_epoch_fences_the_old_one_and_serves_the_next(
+        client: redis.Redis, prefix: str) -> None:
+    """Every fence is temporary: epochs counted from 1 again (a Redis without its data) are served."""
+    store = Store(client, prefix=prefix)
+    handler = Handler(Chat(store), Breaker(1.0))
+    client.set(f"{prefix}broker:epoch", 5)
+    beat = codec.encode(Heartbeat("broker.x", 5, True))
+    assert handler.frames([beat, codec.encode(Connected("gw:1", 0, "a"))], time.time(), time.monotonic()).events
+    client.delete(f"{prefix}broker:epoch")  # gone with the data
+    done = handler.frames([beat, codec.encode(Lines("gw:1", 1, ("hi",)))], time.time(), time.monotonic())
+    assert done.events == ()
+    client.incr(f"{prefix}broker:epoch")  # a broker acquires: epoch 1
+    again = codec.encode(Heartbeat("broker.y", 1, True))
+    done = handler.frames([again, codec.encode(Lines("gw:1", 1, ("hi",)))], time.time(), time.monotonic())
+    assert done.events == (("gw:1", 1),)
