@@ -43,7 +43,7 @@ def gateway_instance(child: Child) -> str:
 def start_gateway(eps: dict[str, str], name: str, *args: str) -> tuple[Child, int]:
     child = start(name, python_module(
         "gateway.cli", "--listen", "127.0.0.1:0", "--frontend", eps["frontend"],
-        "--pub-out", eps["pub-out"], "--id", name, *args), "chat-gateway")
+        "--pub-out", eps["pub-out"], "--id", name, *args), f"chat-gateway {name}.")
     port = int(child.ready_line.split(" listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
     return child, port
 

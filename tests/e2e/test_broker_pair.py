@@ -118,7 +118,7 @@ def test_stack_with_a_broker_pair_serves_after_a_kill_9_of_one_broker(tmp_path) 
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     child = start("stack", python_module(
         "stack.cli", "--port", str(port), "--host", "127.0.0.1", "--workers", "1", "--gateways", "2",
-        "--brokers", "2", "--metrics-port", "off"), "chat-stack ready", timeout=60, env=env)
+        "--brokers", "2", "--metrics-port", "off", "--irc-port", "off", "--web-port", "off"), "chat-stack ready", timeout=60, env=env)
     try:
         assert "a broker pair" in child.ready_line
         brokers = _brokers(child)
