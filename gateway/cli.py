@@ -173,9 +173,9 @@ def _metrics_listen(ctx: click.Context, param: click.Parameter, value: str | Non
               type=click.FloatRange(0.1),
               help="Seconds an IRC client has to register, a browser to open its WebSocket, before it is cut.")
 @click.option("--frontend", default="tcp://127.0.0.1:5555", envvar="CHAT_FRONTEND", show_envvar=True,
-              help="The broker's frontend endpoint.")
+              help="The broker's frontend endpoint; a broker pair's: both, comma-separated.")
 @click.option("--pub-out", default="tcp://127.0.0.1:5558", envvar="CHAT_PUB_OUT", show_envvar=True,
-              help="The broker's pub-out endpoint.")
+              help="The broker's pub-out endpoint; a broker pair's: both, comma-separated.")
 @click.option("--id", "name", default="", envvar="CHAT_GATEWAY_ID", show_envvar=True,
               help="Gateway name (letters, digits, _ . -); a random tag is added per run. Default: gw-HOST-PID.")
 @click.option("--max-line", default=4096, envvar="CHAT_MAX_LINE", show_envvar=True, type=click.IntRange(16, 1 << 20),
@@ -245,7 +245,8 @@ def main(listen: str, tls_listen: str | None, tls_cert: str | None, tls_key: str
     setup_logging("chat-gateway", log_level, log_format)
     host, port = parse_listen(listen) if plain else ("", 0)
     try:
-        curve = client_curve("chat-gateway", "gateway", curve_secret, curve_server, [frontend, pub_out])
+        curve = client_curve("chat-gateway", "gateway", curve_secret, curve_server,
+                             [*frontend.split(","), *pub_out.split(",")])
     except KeyFileError as exc:
         raise click.ClickException(str(exc)) from None
     limits = ClientLimits(max_line=max_line, max_queue_lines=max_queue_lines, max_queue_bytes=max_queue_bytes,

@@ -48,6 +48,7 @@ class Drop(enum.StrEnum):
     """What the gateway dropped, and the clients it cut, by cause (label `cause`)."""
 
     SEQUENCE_GAP = "sequence_gap"  # pub-out messages missed (counted by how many)
+    STALE_BROKER = "stale_broker"  # a pub-out message of a deposed broker (an older epoch)
     MALFORMED = "malformed"  # a frame from the broker that does not decode
     WRONG_FRAME_COUNT = "wrong_frame_count"  # a pub-out message not [topic, seq, batch]
     UNEXPECTED_MESSAGE = "unexpected_message"  # a valid message on the wrong socket

@@ -17,6 +17,15 @@ takes a new instance name (DEALER identity, pub-out topic, connection IDs)
 and serves again. `serving` is False while the broker is silent or while we
 re-join: the accept loop refuses clients then, so a balancer sees us down.
 
+A broker pair: `frontend` and `pub_out` list both brokers (comma-separated,
+in the same order). The gateway keeps one DEALER per broker (one identity),
+heartbeats each, and sends events only to the active one (gateway.brokers);
+when another broker becomes active, every unanswered event goes to it again
+(as after a broker restart). One SUB takes every broker's pub-out; each
+message's numbering is the broker's epoch and a sequence number within it: a
+message under an older epoch than one already taken comes from a deposed
+broker and is dropped, which may lose something, so it fences us as a gap does.
+
 Clients come on a plain listener, a TLS one (`gateway.tls`), an IRC one
 and a WebSocket one (which also serves the web client's page); past the
 handshake a TLS client is served like any other. Each connection has a door
@@ -41,11 +50,13 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 import zmq
 
 from gateway import accept, tls
+from gateway.brokers import BrokerChoice
 from gateway.client import FLOODING_REASON, Client, ClientLimits
 from gateway.metrics import Drop, GatewayMetrics, Gauges, Refusal
 from gateway.session import SeenEvents, Session
@@ -138,28 +149,35 @@ class Gateway:
         self.rooms = RoomTable(self._is_member)  # our connections' rooms, from the room events
         self.metrics = GatewayMetrics()
         self.per_address: Counter[str] = Counter()
-        self.broker_id = ""
-        self.pub_seq = 0  # the broker's number of the last pub-out message we got
+        self.broker_id: tuple[int, str, int] | None = None  # the active broker: (index, name, epoch)
+        self.pub_epoch = 0  # the broker epoch of the last pub-out message we got
+        self.pub_seq = 0  # the broker's number of the last pub-out message we got (within its epoch)
         self.broker_heard = trio.current_time()
         self._silence_logged = False  # "the broker is silent" said once per silence
         self._fenced: str | None = None  # why we were fenced, until we re-instance
         self._rejoining = False  # re-instanced, not yet heard by the broker under the new name
         self._fence_event = trio.Event()
         self._numbers = itertools.count(1)
-        self.dealer = ctx.socket(zmq.DEALER)
-        self.dealer.setsockopt_string(zmq.IDENTITY, self.instance)
+        self.frontends = [endpoint.strip() for endpoint in config.frontend.split(",")]
+        self.choice = BrokerChoice(len(self.frontends), config.heartbeat * config.liveness)
+        self.active = 0  # the index of the broker that events go to
+        self.dealers = [ctx.socket(zmq.DEALER) for _ in self.frontends]
+        for dealer in self.dealers:
+            dealer.setsockopt_string(zmq.IDENTITY, self.instance)
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, topic_of(self.instance))
-        for sock in (self.dealer, self.sub):
+        for sock in (*self.dealers, self.sub):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, 100_000)
             sock.setsockopt(zmq.SNDHWM, 100_000)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
             if config.curve:
                 config.curve.apply(sock)
-        self.dealer.connect(config.frontend)
-        self.sub.connect(config.pub_out)
-        self.to_broker = ZmqPump(self.dealer, self._on_broker)
+        for dealer, endpoint in zip(self.dealers, self.frontends, strict=True):
+            dealer.connect(endpoint)
+        for endpoint in config.pub_out.split(","):
+            self.sub.connect(endpoint.strip())
+        self.to_brokers = [ZmqPump(dealer, partial(self._on_broker, i)) for i, dealer in enumerate(self.dealers)]
         self.from_broker = ZmqPump(self.sub, self._on_batch, after_burst=self._flush)
         self._dirty: dict[str, Client] = {}  # clients pushed to since the last flush
         self._peers: dict[str, str] = {}  # connection -> the client's address, for its session
@@ -169,8 +187,14 @@ class Gateway:
         """A room event's joiner or leaver that is ours to count (an open connection of ours)."""
         return cid in self.clients
 
+    @property
+    def to_broker(self) -> ZmqPump:
+        """The link to the active broker (or to the last one that was)."""
+        return self.to_brokers[self.active]
+
     def close(self) -> None:
-        self.dealer.close()
+        for dealer in self.dealers:
+            dealer.close()
         self.sub.close()
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
@@ -182,7 +206,8 @@ class Gateway:
             bound = self._open_listeners()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery  # client tasks and writers run here
-                nursery.start_soon(self.to_broker.run)
+                for pump in self.to_brokers:
+                    nursery.start_soon(pump.run)
                 nursery.start_soon(self.from_broker.run)
                 nursery.start_soon(self._tick)
                 nursery.start_soon(self._rejoin_when_fenced)
@@ -251,7 +276,7 @@ class Gateway:
         """Heartbeat the broker; send again what it left unanswered too long."""
         while True:
             self._sync_accepting()
-            self.to_broker.put_nowait([codec.encode(Heartbeat(self.instance))])
+            self._beat_brokers()
             now = trio.current_time()
             if self.broker_down and not self._silence_logged:
                 self._silence_logged = True
@@ -273,22 +298,31 @@ class Gateway:
         metrics.gauges = Gauges(len(self.clients), in_flight, not self.broker_down, self.serving)
         metrics.drops[Drop.OUTBOX_FULL] = self.to_broker.dropped
 
-    def _on_broker(self, frames: list[bytes]) -> None:
+    def _beat_brokers(self) -> None:
+        beat = codec.encode(Heartbeat(self.instance))
+        for pump in self.to_brokers:
+            pump.put_nowait([beat])
+
+    def _on_broker(self, index: int, frames: list[bytes]) -> None:
         try:
             msg = codec.decode(frames[-1])
         except DecodeError as exc:
             self._count(Drop.MALFORMED, f"frontend: {exc}")
             return
         if isinstance(msg, Fenced):
-            self._fence(f"the broker {msg.broker} declared {self.instance} lost")
+            if index == self.active:  # a standby frees nobody: only the active one's word counts
+                self._fence(f"the broker {msg.broker} declared {self.instance} lost")
             return
         if not isinstance(msg, Heartbeat):
             self._count(Drop.UNEXPECTED_MESSAGE, f"frontend: unexpected {type(msg).__name__}")
             return
-        self._on_heartbeat(msg)
+        self._on_heartbeat(index, msg)
 
-    def _on_heartbeat(self, msg: Heartbeat) -> None:
+    def _on_heartbeat(self, index: int, msg: Heartbeat) -> None:
         now = trio.current_time()
+        self.choice.heard(index, msg, now)
+        if self.choice.active(now) != index:  # a standby, or a deposed broker: a sign of life only
+            return
         if self._silence_logged:
             self._silence_logged = False
             log.warning("the broker is heard again after %.1f s", now - self.broker_heard)
@@ -297,11 +331,14 @@ class Gateway:
             self._rejoining = False
             log.warning("re-joined as %s", self.instance)
         self._sync_accepting()
-        if msg.sender != self.broker_id:
-            if self.broker_id:
-                log.warning("the broker restarted (%s): sending unanswered events again", msg.sender)
+        broker = self.choice.identity(index)
+        if broker != self.broker_id:
+            self.active = index
+            if self.broker_id is not None:
+                log.warning("the broker %s (epoch %d) is active: sending unanswered events again",
+                            msg.sender, msg.epoch)
                 self._resend_all()
-            self.broker_id = msg.sender
+            self.broker_id = broker
 
     def _resend_all(self) -> None:
         now = trio.current_time()
@@ -323,24 +360,33 @@ class Gateway:
         if client is not None:
             client.wake_reader()  # a reader held back, or a half-closed client waiting for its end
 
-    def _check_sequence(self, frame: bytes) -> None:
-        """Count and log a gap in the broker's numbering: a loss must be loud."""
-        seq = int.from_bytes(frame, "big")
+    def _check_sequence(self, frame: bytes) -> bool:
+        """Count and log a gap in the broker's numbering, or a deposed broker's message
+        (dropped: -> False): a loss must be loud."""
+        epoch, seq = int.from_bytes(frame[:8], "big"), int.from_bytes(frame[8:], "big")
+        if epoch < self.pub_epoch:
+            self._count(Drop.STALE_BROKER, f"pub-out: epoch {epoch} after epoch {self.pub_epoch}")
+            self._fence(f"a deposed broker (epoch {epoch}) published after epoch {self.pub_epoch}")
+            return False
+        if epoch > self.pub_epoch:  # a new active broker: its numbering starts afresh
+            self.pub_epoch, self.pub_seq = epoch, 0
         if self.pub_seq and seq > self.pub_seq + 1 and seq != 1:
             missed = seq - self.pub_seq - 1
             self.metrics.drop(Drop.SEQUENCE_GAP, missed)
             log.error("missed %d message(s) from the broker (seq %d after %d)", missed, seq, self.pub_seq)
             self._fence(f"missed {missed} message(s) from the broker")
         self.pub_seq = seq
+        return True
 
     def _on_batch(self, frames: list[bytes]) -> None:
-        if len(frames) != 3 or len(frames[1]) != 8:
+        if len(frames) != 3 or len(frames[1]) != 16:
             self._count(Drop.WRONG_FRAME_COUNT, f"pub-out: {len(frames)} frame(s)")
             return
         if frames[0] != topic_of(self.instance):  # queued for the instance we were before a fence
             self.metrics.drop(Drop.EARLIER_INSTANCE)
             return
-        self._check_sequence(frames[1])
+        if not self._check_sequence(frames[1]):
+            return
         try:
             batch = codec.decode(frames[2])
         except DecodeError as exc:
@@ -418,16 +464,17 @@ class Gateway:
         for session in self.sessions.values():
             session.abandon()
         self.rooms = RoomTable(self._is_member)  # none of the old instance's connections stays
-        self.to_broker.clear()
-        self.dealer.disconnect(self.config.frontend)
-        self.dealer.setsockopt_string(zmq.IDENTITY, self.instance)
-        self.dealer.connect(self.config.frontend)
+        for pump, dealer, endpoint in zip(self.to_brokers, self.dealers, self.frontends, strict=True):
+            pump.clear()
+            dealer.disconnect(endpoint)
+            dealer.setsockopt_string(zmq.IDENTITY, self.instance)
+            dealer.connect(endpoint)
         self.sub.setsockopt(zmq.UNSUBSCRIBE, topic_of(old))
         self.sub.setsockopt(zmq.SUBSCRIBE, topic_of(self.instance))
         self.pub_seq = 0
         self._rejoining = True
         self._fenced = None
-        self.to_broker.put_nowait([codec.encode(Heartbeat(self.instance))])
+        self._beat_brokers()
 
     def _close(self, client: Client, reason: str) -> None:
         """The worker closes the connection (/quit): lines it sent after that are dropped."""

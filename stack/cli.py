@@ -12,6 +12,11 @@ CHAT_IRC_LISTEN and CHAT_WS_LISTEN, which would give them all one port. Ctrl-C o
 dies, the stack stops the rest and exits non-zero. If the stack itself is
 killed (even `kill -9`), every part gets SIGTERM from the kernel
 (PR_SET_PDEATHSIG), and the next stack removes the directory left behind.
+
+`--brokers 2` runs a broker pair on the stack's Redis (the lease decides which
+one is active; the other stands by): workers and gateways get both brokers'
+endpoints, and a broker that dies is not the end of the stack while the other
+one lives.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class PartOptions:
     irc_port: int | None = None  # the first gateway's IRC port (None: no IRC)
     web_port: int | None = None  # the first gateway's web client and WebSocket port (None: none)
     irc_server_name: str = ""  # '': each gateway's host name
+    brokers: int = 1  # 2: a pair, on a lease in the stack's Redis
 
 
 @dataclass
@@ -92,17 +98,23 @@ def start_parts(run_dir: Path, data_dir: Path, options: PartOptions, redis_url: 
         if redis_url is None:
             valkey, redis_url = start_valkey(data_dir, maxmemory=valkey_maxmemory, die_with_parent=True)
             children.append(valkey)
-        ep = {name: f"ipc://{run_dir}/{name}" for name in ("frontend", "backend", "pub-in", "pub-out")}
+        eps = [{name: f"ipc://{run_dir}/{name}{'-' + str(b + 1) if b else ''}"
+                for name in ("frontend", "backend", "pub-in", "pub-out")} for b in range(options.brokers)]
+        ep = {name: ",".join(e[name] for e in eps) for name in ("frontend", "backend", "pub-out")}
         keys = make_stack_keys(run_dir)
         server = ("--curve-server", str(keys.broker_public))
-        broker = start("broker", python_module(
-            "broker.cli", "--frontend", ep["frontend"], "--backend", ep["backend"], "--pub-in", ep["pub-in"],
-            "--pub-out", ep["pub-out"], "--curve-secret", str(keys.broker_secret), "--curve-clients", str(keys.clients),
-            *logs, *metrics_args(options, 0)), "chat-broker ready",
-            env=env, die_with_parent=True)
-        children.append(broker)
-        if options.metrics is not None:
-            parts.metrics["broker"] = _field(broker.ready_line, "metrics")
+        pair = ("--redis-url", redis_url) if options.brokers > 1 else ()
+        for b, own in enumerate(eps):  # a pair shares the broker's keys: one --curve-server for both
+            name = f"broker-{b + 1}" if b else "broker"
+            broker = start(name, python_module(
+                "broker.cli", "--frontend", own["frontend"], "--backend", own["backend"], "--pub-in", own["pub-in"],
+                "--pub-out", own["pub-out"], "--curve-secret", str(keys.broker_secret),
+                "--curve-clients", str(keys.clients), *pair, *logs,
+                *metrics_args(options, 2 + options.gateways + b - 1 if b else 0)), "chat-broker ready",
+                env=env, die_with_parent=True)
+            children.append(broker)
+            if options.metrics is not None:
+                parts.metrics[name] = _field(broker.ready_line, "metrics")
         workers = start("workers", python_module(
             "workers.cli", "-n", str(options.workers), "--backend", ep["backend"], "--redis-url", redis_url, *logs,
             "--curve-secret", str(keys.worker_secret), *server, *metrics_args(options, 1)),
@@ -157,13 +169,25 @@ def stop_all(children: list[Child]) -> None:
 
 
 def watch(children: list[Child], stopping: Stopping) -> Child | None:
-    """Wait until stopped (-> None) or until a part exits (-> that part)."""
+    """Wait until stopped (-> None) or until a part exits (-> that part); a broker of a
+    pair may die while another broker lives (the standby takes over)."""
     while not stopping.requested:
         for child in children:
             if child.proc.poll() is not None:
-                return child
+                if not _spare_broker(children, child):
+                    return child
+                print(f"chat-stack: {child.name} exited with {child.proc.returncode}; "
+                      "the other broker carries on", file=sys.stderr, flush=True)
+                children.remove(child)
+                break
         time.sleep(0.2)  # a supervisor's poll interval
     return None
+
+
+def _spare_broker(children: list[Child], dead: Child) -> bool:
+    """Whether `dead` is a broker and another broker still runs."""
+    brokers = [c for c in children if c.name.startswith("broker")]
+    return dead in brokers and any(c.proc.poll() is None for c in brokers if c is not dead)
 
 
 def _memory_option(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -206,7 +230,8 @@ def ready_line(options: PartOptions, parts: Parts) -> str:
         web = sorted(set(gateway_ports(options.web_port, options.gateways, options.reuse_port)))
         line += ", web on port(s) " + ", ".join(map(str, web))
         connect += f" or http://localhost:{options.web_port}/"
-    line += f", {options.workers} worker(s)."
+    line += f", {options.workers} worker(s)"
+    line += ", a broker pair." if options.brokers > 1 else "."
     if parts.metrics:
         line += " Metrics: " + " ".join(f"{part}={where}" for part, where in parts.metrics.items()) + "."
     return line + f" Connect with: {connect}   (Ctrl-C stops everything)"
@@ -219,6 +244,8 @@ def ready_line(options: PartOptions, parts: Parts) -> str:
 @click.option("--gateways", default=1, envvar="CHAT_GATEWAYS", show_envvar=True, type=click.IntRange(1, 64))
 @click.option("--workers", default=os.cpu_count() or 1, envvar="CHAT_WORKERS", show_envvar=True,
               type=click.IntRange(1, 256), help="Worker processes (default: the CPU count).")
+@click.option("--brokers", default=1, envvar="CHAT_BROKERS", show_envvar=True, type=click.IntRange(1, 2),
+              help="1: one broker; 2: a pair, one active and one standing by (a lease in the stack's Redis).")
 @click.option("--redis-url", default=None, envvar="CHAT_REDIS_URL", show_envvar=True,
               help="Use this Redis instead of starting the embedded Valkey.")
 @click.option("--rate-limit", default=20.0, envvar="CHAT_RATE_LIMIT", show_envvar=True, type=click.FloatRange(0),
@@ -251,7 +278,7 @@ def ready_line(options: PartOptions, parts: Parts) -> str:
               callback=_memory_option,
               help="Memory limit of the embedded Valkey (at least 1mb). When it is full, writes are refused "
               "(noeviction): lines that change state get '! service temporarily unavailable'.")
-def main(port: int, host: str, gateways: int, workers: int, redis_url: str | None, rate_limit: float,
+def main(port: int, host: str, gateways: int, workers: int, brokers: int, redis_url: str | None, rate_limit: float,
          max_per_address: int, reuse_port: bool, metrics_port: int | None, tls_port: int | None,
          tls_cert: str | None, tls_key: str | None, irc_port: int | None, irc_server_name: str,
          web_port: int | None, log_format: str, data_dir: str | None,
@@ -259,11 +286,11 @@ def main(port: int, host: str, gateways: int, workers: int, redis_url: str | Non
     """Run the whole chat backend on this machine."""
     if (tls_port is None) != (tls_cert is None) or (tls_cert is None) != (tls_key is None):
         raise click.UsageError("TLS needs all of --tls-port, --tls-cert and --tls-key")
-    if metrics_port and metrics_port + 1 + gateways > 65535:
+    if metrics_port and metrics_port + gateways + brokers > 65535:
         raise click.BadParameter("the parts' ports would go past 65535", param_hint="--metrics-port")
     options = PartOptions(port, host, gateways, workers, reuse_port, metrics_port, log_format, tls_port,
                           os.path.abspath(tls_cert) if tls_cert else "", os.path.abspath(tls_key) if tls_key else "",
-                          irc_port, web_port, irc_server_name)
+                          irc_port, web_port, irc_server_name, brokers)
     stopping = Stopping().install()
     for left in sweep_stale_run_dirs():
         print(f"chat-stack: removed {left}, left behind by a stack that is gone", file=sys.stderr, flush=True)

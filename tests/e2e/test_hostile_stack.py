@@ -37,7 +37,8 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 def _start_stack(port: int, tmp: Path, workers: int = 2) -> Child:
     return start("stack", python_module(
-        "stack.cli", "--port", str(port), "--host", "127.0.0.1", "--workers", str(workers), "--gateways", "1"),
+        "stack.cli", "--port", str(port), "--host", "127.0.0.1", "--workers", str(workers), "--gateways", "1",
+        "--irc-port", "off", "--web-port", "off"),  # the defaults 6667 and 8080 may be taken here
         "chat-stack ready", timeout=60, env={**os.environ, "TMPDIR": str(tmp)})
 
 

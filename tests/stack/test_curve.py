@@ -351,6 +351,7 @@ def test_command_line_keys_both_or_neither(keys: Keys, tmp_path: Path, caplog: p
         server_curve("chat-broker", None, str(keys.clients), [])
     server = server_curve("chat-broker", str(keys.secret("broker")), str(keys.clients), [])
     assert server is not None and {k.role for k in server.clients.values()} == {"gateway", "worker", "publisher"}
+    caplog.clear()  # what loading the keys above said (at INFO, if an earlier test let INFO through)
     with caplog.at_level(logging.WARNING, logger="chat.curve"):
         assert client_curve("chat-worker", "worker", None, None, ["ipc:///x", "tcp://127.0.0.1:1"]) is None
         assert not caplog.records
