@@ -146,7 +146,7 @@ class Gateway:
         self.clients: dict[str, Client] = {}
         self.sessions: dict[str, Session] = {}
         self.seen = SeenEvents()
-        self.rooms = RoomTable(self._is_member)  # our connections' rooms, from the room events
+        self.rooms = RoomTable(self._is_member, self._is_busy)  # our connections' rooms, from the room events
         self.metrics = GatewayMetrics()
         self.per_address: Counter[str] = Counter()
         self.broker_id: tuple[int, str, int] | None = None  # the active broker: (index, name, epoch)
@@ -186,6 +186,11 @@ class Gateway:
     def _is_member(self, cid: str) -> bool:
         """A room event's joiner or leaver that is ours to count (an open connection of ours)."""
         return cid in self.clients
+
+    def _is_busy(self, cid: str) -> bool:
+        """The connection has an event in flight (it may re-join a room it left)."""
+        session = self.sessions.get(cid)
+        return session is not None and session.in_flight is not None
 
     @property
     def to_broker(self) -> ZmqPump:
@@ -416,6 +421,8 @@ class Gateway:
             else:
                 self._on_close(client, item)
         for session in answered:  # after the whole batch: a Close in it stops what was pending
+            for cids, event in rooms.release(session.cid):  # held while a re-join may have been coming
+                self._deliver(cids, event)
             self._advance(session)
 
     def _on_mark(self, mark: Mark, answered: list[Session], now: float) -> bool:
@@ -463,7 +470,7 @@ class Gateway:
             client.close_after(client.door.end(GATEWAY_GONE), "gateway fenced")
         for session in self.sessions.values():
             session.abandon()
-        self.rooms = RoomTable(self._is_member)  # none of the old instance's connections stays
+        self.rooms = RoomTable(self._is_member, self._is_busy)  # none of the old instance's connections stays
         for pump, dealer, endpoint in zip(self.to_brokers, self.dealers, self.frontends, strict=True):
             pump.clear()
             dealer.disconnect(endpoint)

@@ -27,12 +27,12 @@ in:
   parting connection (it is still a member here): before its "you left",
   as a chat over a network may, and never twice if it joins again.
 
-One case breaks the one order, and is counted in `reordered`: a connection
-that parted and joined again, owed an event that came before its re-join
-while it was shown, as a former member, an event that came after that one
-(committed before its part, published late). It gets both, once each, in
-the other order. It takes a part, a re-join and an older event published
-after a newer one within the time of two round trips.
+A connection that parted and is joining again must not be shown an event
+owed to it as a former member (committed before its part, published late)
+before one that came earlier and that its re-join will entitle it to: while
+a former member has an event in flight (`busy`: its re-join may be in it),
+what it is owed as such is held, and shown when that event is answered
+(`release`), or with what its re-join is owed, in the order they came.
 
 Events are shown in the order they arrive, the one order pub-out gives
 every gateway. A late join that a ring too short may have cost something is counted in
@@ -62,7 +62,7 @@ class _Former:
     parted: int
     at: float
     shown: range  # the ring positions of the events that came while it was a member (it was shown them)
-    late: int = -1  # the ring position of the last event it was shown after its part
+    held: list[tuple[int, ChatEvent]] = field(default_factory=list)  # (ring position, event) owed, held
 
 
 @dataclass(slots=True)
@@ -81,16 +81,17 @@ class _Room:
 
 
 class RoomTable:
-    def __init__(self, is_local: Callable[[str], bool], ring: int = RING, keep: float = KEEP,
-                 max_former: int = MAX_FORMER) -> None:
+    def __init__(self, is_local: Callable[[str], bool], busy: Callable[[str], bool] = lambda cid: False,
+                 ring: int = RING, keep: float = KEEP, max_former: int = MAX_FORMER) -> None:
         self._is_local = is_local
+        self._busy = busy  # the connection has an event in flight
         self._ring = ring
         self._keep = keep
         self._max_former = max_former
         self._rooms: dict[str, _Room] = {}
         self._rooms_of: dict[str, set[str]] = {}  # cid -> rooms it is in
         self.missed = 0  # late joins that may have missed events the ring had let go
-        self.reordered = 0  # re-joins shown an event after a later one (see the module's docstring)
+        self._holding: dict[str, set[str]] = {}  # cid -> rooms where it has events held
 
     def __len__(self) -> int:
         return len(self._rooms)
@@ -114,20 +115,23 @@ class RoomTable:
         seq, member = item.seq, item.member
         to = [cid for cid, joined in room.members.items() if joined <= seq and cid != member]
         if room.former:
-            to += self._to_former(room, seq, member)
+            to += self._to_former(room, seq, member, item.event, item.room)
         self._keep_in_ring(room, item)
         if to:
             out.append((tuple(to), item.event))
         return out
 
-    @staticmethod
-    def _to_former(room: _Room, seq: int, member: str) -> list[str]:
-        """Parted members owed an event committed before they parted."""
+    def _to_former(self, room: _Room, seq: int, member: str, event: ChatEvent, name: str) -> list[str]:
+        """Parted members owed an event committed before they parted: now, or held while busy."""
         out = []
         for f in room.former:
             if f.joined <= seq < f.parted and f.cid != member:
-                f.late = room.pushed
-                out.append(f.cid)
+                # a re-join of it may be on its way; or some are held already: they come first
+                if f.held or (f.cid not in room.members and self._busy(f.cid)):
+                    f.held.append((room.pushed, event))
+                    self._holding.setdefault(f.cid, set()).add(name)
+                else:
+                    out.append(f.cid)
         return out
 
     def _joined(self, room: _Room, item: RoomEvent, batch: Sequence[object], index: int) -> list[Delivery]:
@@ -137,19 +141,36 @@ class RoomTable:
         room.since[cid] = room.pushed
         self._rooms_of.setdefault(cid, set()).add(item.room)
         if room.top < joined:  # the usual case: nothing committed after the join came before it
-            return []
+            return [((cid,), event) for _, event in self._unhold(room, cid)]
         parted = _part_in(batch, index, item)
         if room.evicted >= joined:  # the ring let go of something it may have been owed
             self.missed += 1
         # shown already: what came while a part of it was on its way (a part and a join in one batch)
         shown = [f.shown for f in room.former if f.cid == cid]
-        late = max((f.late for f in room.former if f.cid == cid), default=-1)
         first = room.pushed - len(room.ring)
         owed = [(at, kept.event) for at, kept in enumerate(room.ring, first)
                 if joined <= kept.seq < parted and kept.member != cid and not any(at in r for r in shown)]
-        if owed and owed[0][0] < late:  # it was shown a later event already, as a member that had left
-            self.reordered += 1
+        owed += self._unhold(room, cid)  # owed as a former member, held: in the order they all came
+        owed.sort(key=lambda pair: pair[0])
         return [((cid,), event) for _, event in owed]
+
+    @staticmethod
+    def _unhold(room: _Room, cid: str) -> list[tuple[int, ChatEvent]]:
+        out: list[tuple[int, ChatEvent]] = []
+        for f in room.former:
+            if f.cid == cid and f.held:
+                out += f.held
+                f.held = []
+        return out
+
+    def release(self, cid: str) -> list[Delivery]:
+        """Its event was answered: what it was held as a former member, in the order it came."""
+        out: list[Delivery] = []
+        for name in self._holding.pop(cid, ()):
+            room = self._rooms.get(name)
+            if room is not None:
+                out += [((cid,), event) for _, event in sorted(self._unhold(room, cid), key=lambda p: p[0])]
+        return out
 
     def _parted(self, room: _Room, item: RoomEvent, now: float) -> None:
         joined = room.members.pop(item.member, None)
@@ -170,6 +191,7 @@ class RoomTable:
 
     def forget(self, cid: str) -> None:
         """The connection closed: it is nobody's member any more."""
+        self._holding.pop(cid, None)
         for name in self._rooms_of.pop(cid, ()):
             room = self._rooms.get(name)
             if room is None:
