@@ -55,6 +55,7 @@ class Drop(enum.StrEnum):
     EARLIER_INSTANCE = "earlier_instance"  # a batch for the instance we were before a fence
     REPLAY_DROPPED = "replay_dropped"  # an event shown already (an at-least-once replay)
     DELIVERY_TO_CLOSED = "delivery_to_closed"  # a delivery for a connection that is gone
+    ROOM_CATCH_UP_MISSED = "room_catch_up_missed"  # a join came after more room events than a room's ring keeps
     OUTBOX_FULL = "outbox_full"  # a frame to the broker refused by the full outbox
     LINES_UNAVAILABLE = "lines_unavailable"  # lines refused while the broker is down
     FLOOD_CUT = "flood_cut"  # a client disconnected for flooding

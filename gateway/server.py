@@ -147,6 +147,7 @@ class Gateway:
         self.sessions: dict[str, Session] = {}
         self.seen = SeenEvents()
         self.rooms = RoomTable(self._is_member, self._is_busy)  # our connections' rooms, from the room events
+        self._rooms_missed = 0  # what the tables of earlier instances counted
         self.metrics = GatewayMetrics()
         self.per_address: Counter[str] = Counter()
         self.broker_id: tuple[int, str, int] | None = None  # the active broker: (index, name, epoch)
@@ -302,6 +303,7 @@ class Gateway:
         metrics = self.metrics
         metrics.gauges = Gauges(len(self.clients), in_flight, not self.broker_down, self.serving)
         metrics.drops[Drop.OUTBOX_FULL] = self.to_broker.dropped
+        metrics.drops[Drop.ROOM_CATCH_UP_MISSED] = self._rooms_missed + self.rooms.missed
 
     def _beat_brokers(self) -> None:
         beat = codec.encode(Heartbeat(self.instance))
@@ -470,6 +472,7 @@ class Gateway:
             client.close_after(client.door.end(GATEWAY_GONE), "gateway fenced")
         for session in self.sessions.values():
             session.abandon()
+        self._rooms_missed += self.rooms.missed
         self.rooms = RoomTable(self._is_member, self._is_busy)  # none of the old instance's connections stays
         for pump, dealer, endpoint in zip(self.to_brokers, self.dealers, self.frontends, strict=True):
             pump.clear()
