@@ -4,7 +4,9 @@ By default it starts `chat-stack` itself on free ports of 127.0.0.1 (the
 flood limit and the per-address cap lifted), runs the chosen workloads
 against it, and stops it by PID. `--target` drives a running stack
 instead; `--baseline` runs the same workloads against the naive server of
-`bench.baseline` too and prints the ratios. Progress goes to stderr, the
+`bench.baseline` too and prints the ratios; `--peers ngircd,inspircd` runs
+them against those C IRC servers (`bench.peers`) through the IRC dialect,
+and against the stack's own IRC door (`stack-irc`) when it has one. Progress goes to stderr, the
 Markdown table to stdout, and results.json / results.md / results.png to
 `--out`.
 """
@@ -25,7 +27,17 @@ from bench import churn, idle, report, workloads
 from bench.config import ALL_WORKLOADS, QUICK, BenchConfig, Shape, parse_workloads
 from bench.loadgen import raise_file_limit
 from bench.measure import Result
-from bench.servers import Server, attach_target, start_baseline, start_stack, stop_server
+from bench.peers import PEERS, parse_peers
+from bench.servers import (
+    Server,
+    attach_target,
+    stack_has_option,
+    start_baseline,
+    start_irc_peer,
+    start_stack,
+    start_stack_irc,
+    stop_server,
+)
 
 WORKLOADS: dict[str, workloads.Workload] = {
     "W1": workloads.w1, "W2": workloads.w2, "W3": idle.w3, "W4": workloads.w4, "W5": churn.w5,
@@ -40,6 +52,10 @@ def run_tag() -> str:
 def open_server(kind: str, config: BenchConfig) -> Server:
     if kind == "baseline":
         return start_baseline(config.out)
+    if kind in PEERS:
+        return start_irc_peer(kind, config.out)
+    if kind == "stack-irc":
+        return start_stack_irc(config.workers, config.gateways, config.out)
     if config.target:
         return attach_target(config.target, config.stack_pid)
     return start_stack(config.workers, config.gateways, config.out)
@@ -85,20 +101,21 @@ def describe_server(config: BenchConfig) -> str:
 def run(config: BenchConfig) -> list[Result]:
     raise_file_limit(1 << 20)  # before any server starts: the gateways inherit it
     config.out.mkdir(parents=True, exist_ok=True)
-    for stale in ("chat-stack.log", "chat-baseline.log"):
+    for stale in ("chat-stack.log", "chat-stack-irc.log", "chat-baseline.log", *(f"{p}.log" for p in PEERS)):
         (config.out / stale).unlink(missing_ok=True)
     notes: list[str] = []
     meta: dict[str, Any] = {"command": shlex.join(["chat-bench", *sys.argv[1:]]), "machine": report.machine(),
                             "stack": describe_server(config), "shape": asdict(config.shape), "notes": notes}
     tag = run_tag()
     results: list[Result] = []
-    for kind in ["stack"] + (["baseline"] if config.baseline else []):
-        rows, server_notes = run_server(kind, config, tag + kind[0])
+    for i, kind in enumerate(server_kinds(config, notes)):
+        rows, server_notes = run_server(kind, config, f"{tag}{i}")
         results += rows
         notes += server_notes
     servers = list(dict.fromkeys(r.server for r in results))
     results.sort(key=lambda r: (servers.index(r.server), r.workload))
     notes += log_notes(config.out / "chat-stack.log", "chat-stack")
+    notes += log_notes(config.out / "chat-stack-irc.log", "chat-stack (IRC door)")
     notes += log_notes(config.out / "chat-baseline.log", "baseline")
     written = report.write(config.out, results, meta)
     print(report.markdown(results, meta))
@@ -106,6 +123,19 @@ def run(config: BenchConfig) -> list[Result]:
         print(f"note: {note}")
     workloads.say("wrote " + ", ".join(str(path) for path in written))
     return results
+
+
+def server_kinds(config: BenchConfig, notes: list[str]) -> list[str]:
+    """The servers of this run, in order: the stack, its IRC door, the baseline, the peers."""
+    kinds = ["stack"]
+    if config.peers and not config.target:
+        if stack_has_option("--irc-port"):
+            kinds.append("stack-irc")
+        else:
+            notes.append("stack-irc skipped: this chat-stack has no IRC door (--irc-port) yet")
+    if config.baseline:
+        kinds.append("baseline")
+    return kinds + list(config.peers)
 
 
 def make_shape(quick: bool, **given: Any) -> Shape:
@@ -132,13 +162,15 @@ def make_shape(quick: bool, **given: Any) -> Shape:
 @click.option("--target", default=None, help="HOST:PORT[,HOST:PORT...] gateways of a running stack.")
 @click.option("--stack-pid", default=None, type=int, help="With --target: the PID of its chat-stack (for CPU).")
 @click.option("--baseline", is_flag=True, help="Also run the naive one-process Trio server, and print ratios.")
+@click.option("--peers", "peer_names", default="", help=f"Also run these C IRC servers over IRC ({','.join(PEERS)}), "
+              "and the stack's IRC door.")
 @click.option("--out", default="bench-results", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for results.json, results.md, results.png and the servers' logs.")
 def main(quick: bool, names: str, rooms: int | None, members: int | None, senders: int | None,
          window: int | None, w2_rates: str | None, duration: float | None, idle_count: int | None,
          idle_room_size: int | None,
          pairs: int | None, churners: int | None, workers: int, gateways: int, target: str | None,
-         stack_pid: int | None, baseline: bool, out: Path) -> None:
+         stack_pid: int | None, baseline: bool, peer_names: str, out: Path) -> None:
     """Benchmark the chat backend over loopback TCP: fan-out, latency, idle memory, private messages, churn."""
     try:
         rates = tuple(float(r) for r in w2_rates.split(",") if r.strip()) if w2_rates is not None else None
@@ -146,10 +178,11 @@ def main(quick: bool, names: str, rooms: int | None, members: int | None, sender
                            duration=duration, idle=idle_count, idle_room_size=idle_room_size, pairs=pairs,
                            churners=churners, fixed_rates=rates)
         chosen = parse_workloads(names)
+        chosen_peers = parse_peers(peer_names)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     config = BenchConfig(shape=shape, workloads=chosen, workers=workers, gateways=gateways, target=target,
-                         stack_pid=stack_pid, baseline=baseline, out=out, quick=quick)
+                         stack_pid=stack_pid, baseline=baseline, peers=chosen_peers, out=out, quick=quick)
     results = run(config)
     if all(r.error for r in results):
         raise SystemExit(1)

@@ -46,6 +46,7 @@ class BenchConfig:
     target: str | None = None  # HOST:PORT[,...] of a running stack; None: start one
     stack_pid: int | None = None  # the running stack's root process, for its CPU figures
     baseline: bool = False
+    peers: tuple[str, ...] = ()  # C IRC servers to run too (bench.peers)
     out: Path = Path("bench-results")
     quick: bool = False
 

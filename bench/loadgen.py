@@ -26,6 +26,7 @@ Addr = tuple[str, int]
 Handler = Callable[["Conn", list[bytes], int], None]
 
 RECV_SIZE = 256 * 1024
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux: pick the port at connect
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 
@@ -52,9 +53,9 @@ class Conn:
     """One client socket. `closed` holds the reason once it is closed."""
 
     __slots__ = ("addr", "closed", "connected", "handler", "inbuf", "lines_in", "loop", "on_close", "out",
-                 "sock", "tag")
+                 "quickack", "sock", "tag")
 
-    def __init__(self, loop: Loop, addr: Addr, tag: object = None) -> None:
+    def __init__(self, loop: Loop, addr: Addr, tag: object = None, source: str | None = None) -> None:
         self.loop = loop
         self.addr = addr
         self.tag = tag
@@ -65,10 +66,14 @@ class Conn:
         self.closed: str | None = None
         self.connected = False
         self.lines_in = 0
+        self.quickack = False  # re-arm TCP_QUICKACK after every read: no delayed ACK towards the server
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             self.sock.setblocking(False)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if source is not None:  # a source address of its own: another ephemeral port range
+                self.sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                self.sock.bind((source, 0))
             code = self.sock.connect_ex(addr)
             if code not in (0, errno.EINPROGRESS):
                 raise OSError(code, f"connect to {addr[0]}:{addr[1]}: {errno.errorcode.get(code, code)}")
@@ -125,6 +130,8 @@ class Conn:
         if not data:
             self.close("closed by the server")
             return
+        if self.quickack:  # the kernel clears it again after a while: set it after each read
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         if self.inbuf:
             data = self.inbuf + data
         lines = data.split(b"\n")

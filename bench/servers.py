@@ -1,4 +1,4 @@
-"""The servers under test: a chat-stack or a baseline started here, or a running target.
+"""The servers under test: a chat-stack, a baseline or a C IRC peer started here, or a running target.
 
 `start_stack` runs `chat-stack` as a child on free consecutive ports of
 127.0.0.1 with the per-connection limits that a benchmark must lift (the
@@ -7,7 +7,9 @@ flood limit, the per-address cap: every client here comes from
 picks. Both log to a file in the output folder. `stop_server` stops the
 child by its PID, then kills by PID any process of its tree that outlived
 it. `attach_target` finds the processes behind `--target` ports, when it
-can, so their CPU can be counted too.
+can, so their CPU can be counted too. `start_irc_peer` runs ngIRCd or
+InspIRCd (`bench.peers`), `start_stack_irc` the stack with its IRC door:
+both are driven in the IRC dialect.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import psutil
 
+from bench import peers
+from bench.dialect import CHAT, IRC
 from bench.procstats import ProcessTree, listening_pids, stack_roots
 from stack.children import Child, ChildFailed, python_module, start, stop
 
@@ -26,12 +30,15 @@ Addr = tuple[str, int]
 
 @dataclass
 class Server:
-    name: str  # "stack", "baseline" or "target"
+    name: str  # "stack", "stack-irc", "baseline", "ngircd", "inspircd" or "target"
     addrs: list[Addr]
     tree: ProcessTree | None  # None: its processes are unknown, no CPU or RSS figures
     child: Child | None = None
     log: Path | None = None
     notes: list[str] = field(default_factory=list)
+    dialect: str = CHAT
+    oper_senders: bool = False  # IRC: senders OPER up and set +F (ngIRCd's throttle)
+    peer: peers.Peer | None = None
 
 
 def _free_ports(count: int, host: str = "127.0.0.1", tries: int = 50) -> int:
@@ -56,29 +63,55 @@ def _is_free(host: str, port: int) -> bool:
     return True
 
 
-def stack_argv(port: int, workers: int, gateways: int, rate_limit_off: bool = True) -> list[str]:
+def stack_argv(port: int, workers: int, gateways: int, rate_limit_off: bool = True,
+               extra: tuple[str, ...] = ()) -> list[str]:
     args = ["--port", str(port), "--host", "127.0.0.1", "--workers", str(workers),
-            "--gateways", str(gateways), "--max-per-address", "0"]
+            "--gateways", str(gateways), "--max-per-address", "0", *extra]
     if rate_limit_off:
         args += ["--rate-limit", "0"]
     return python_module("stack.cli", *args)
 
 
-def start_stack(workers: int, gateways: int, out_dir: Path) -> Server:
-    log = out_dir / "chat-stack.log"
+def stack_has_option(option: str) -> bool:
+    """Whether this checkout's chat-stack knows `option` (the IRC door, --no-curve ... land separately)."""
+    from stack import cli  # the command's own definition: no process to start
+
+    return any(option in param.opts for param in cli.main.params)
+
+
+def start_stack(workers: int, gateways: int, out_dir: Path, extra: tuple[str, ...] = (),
+                name: str = "stack", irc: bool = False) -> Server:
+    """chat-stack on free ports; with `irc`, its IRC door (`--irc-port`) is what the clients use."""
+    log = out_dir / f"chat-{name}.log"
     last: Exception | None = None
     for _ in range(3):  # a port found free may be taken before the stack binds it
-        port = _free_ports(gateways)
+        port = _free_ports(gateways * (2 if irc else 1))
+        args = extra + (("--irc-port", str(port + gateways)) if irc else ())
         with log.open("ab") as sink:
             try:
-                child = start("stack", stack_argv(port, workers, gateways), "chat-stack ready",
+                child = start(name, stack_argv(port, workers, gateways, extra=args), "chat-stack ready",
                               timeout=60, stderr=sink.fileno())
             except ChildFailed as exc:
                 last = exc
                 continue
-        addrs = [("127.0.0.1", port + i) for i in range(gateways)]
-        return Server("stack", addrs, ProcessTree([child.pid]), child, log)
+        first = port + gateways if irc else port
+        addrs = [("127.0.0.1", first + i) for i in range(gateways)]
+        return Server(name, addrs, ProcessTree([child.pid]), child, log, dialect=IRC if irc else CHAT)
     raise ChildFailed(f"chat-stack did not start: {last} (see {log})")
+
+
+def start_stack_irc(workers: int, gateways: int, out_dir: Path) -> Server:
+    if not stack_has_option("--irc-port"):
+        raise peers.PeerUnavailable("this chat-stack has no IRC door (--irc-port) yet")
+    return start_stack(workers, gateways, out_dir, name="stack-irc", irc=True)
+
+
+def start_irc_peer(name: str, out_dir: Path) -> Server:
+    peer = peers.start_peer(name, out_dir)
+    server = Server(name, [("127.0.0.1", peer.port)], ProcessTree([peer.proc.pid]), None, peer.log,
+                    dialect=IRC, oper_senders=peer.kind.oper, peer=peer)
+    server.notes.append(f"{name}: {peer.version}, as user {peers.UNPRIVILEGED}, config bench/irc_conf/{peer.kind.conf}")
+    return server
 
 
 def start_baseline(out_dir: Path) -> Server:
@@ -116,6 +149,8 @@ def attach_target(spec: str, stack_pid: int | None) -> Server:
 
 def stop_server(server: Server) -> None:
     """Stop what we started, by PID; kill leftovers of its tree by PID."""
+    if server.peer is not None:
+        peers.stop_peer(server.peer)
     if server.child is None:
         return
     leftovers = server.tree.processes() if server.tree is not None else []
