@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from bench import churn, idle, report, workloads
+from bench import churn, idle, massive, report, workloads
 from bench.config import ALL_WORKLOADS, QUICK, BenchConfig, Shape, parse_workloads
 from bench.loadgen import raise_file_limit
 from bench.measure import Result
@@ -40,8 +40,9 @@ from bench.servers import (
 )
 
 WORKLOADS: dict[str, workloads.Workload] = {
-    "W1": workloads.w1, "W2": workloads.w2, "W3": idle.w3, "W4": workloads.w4, "W5": churn.w5,
+    "W1": workloads.w1, "W2": workloads.w2, "W3": idle.w3, "W4": workloads.w4, "W5": churn.w5, "W6": massive.w6,
 }
+W6_VALKEY_MEMORY = "2gb"  # 100,000 sessions do not fit the stack's default
 
 
 def run_tag() -> str:
@@ -55,10 +56,21 @@ def open_server(kind: str, config: BenchConfig) -> Server:
     if kind in PEERS:
         return start_irc_peer(kind, config.out)
     if kind == "stack-irc":
-        return start_stack_irc(config.workers, config.gateways, config.out)
+        return start_stack_irc(config.workers, stack_gateways(config), config.out, stack_extra(config))
     if config.target:
         return attach_target(config.target, config.stack_pid)
-    return start_stack(config.workers, config.gateways, config.out)
+    return start_stack(config.workers, stack_gateways(config), config.out, stack_extra(config))
+
+
+def stack_gateways(config: BenchConfig) -> int:
+    """--gateways, raised to as many as W6's connections need when it runs."""
+    if "W6" not in config.workloads:
+        return config.gateways
+    return max(config.gateways, massive.gateways_needed(config.shape.w6, config.shape.w6_per_process))
+
+
+def stack_extra(config: BenchConfig) -> tuple[str, ...]:
+    return ("--valkey-maxmemory", W6_VALKEY_MEMORY) if "W6" in config.workloads else ()
 
 
 def run_server(kind: str, config: BenchConfig, tag: str) -> tuple[list[Result], list[str]]:
@@ -94,8 +106,9 @@ def log_notes(path: Path | None, name: str) -> list[str]:
 def describe_server(config: BenchConfig) -> str:
     if config.target:
         return f"running target {config.target}"
-    return (f"chat-stack --workers {config.workers} --gateways {config.gateways} "
-            f"--rate-limit 0 --max-per-address 0 (started by chat-bench)")
+    extra = " ".join(stack_extra(config))
+    return (f"chat-stack --workers {config.workers} --gateways {stack_gateways(config)} "
+            f"--rate-limit 0 --max-per-address 0{' ' + extra if extra else ''} (started by chat-bench)")
 
 
 def run(config: BenchConfig) -> list[Result]:
@@ -146,7 +159,8 @@ def make_shape(quick: bool, **given: Any) -> Shape:
 
 @click.command(context_settings={"show_default": True})
 @click.option("--quick", is_flag=True, help="Tiny shapes, about a second a workload (a smoke test).")
-@click.option("--workloads", "names", default=",".join(ALL_WORKLOADS), help="Which workloads, comma-separated.")
+@click.option("--workloads", "names", default=",".join(ALL_WORKLOADS),
+              help="Which workloads, comma-separated (W6, 100k connections, only when named).")
 @click.option("--rooms", type=click.IntRange(1), help="W1/W2 rooms [10].")
 @click.option("--members", type=click.IntRange(2), help="W1/W2 members a room [50].")
 @click.option("--senders", type=click.IntRange(1), help="W1/W2 senders a room [5].")
@@ -157,6 +171,8 @@ def make_shape(quick: bool, **given: Any) -> Shape:
 @click.option("--idle-room-size", type=click.IntRange(1), help="W3 members a room [20].")
 @click.option("--pairs", type=click.IntRange(1), help="W4 pairs [50].")
 @click.option("--churners", type=click.IntRange(1), help="W5 clients cycling at once [32].")
+@click.option("--w6-connections", "w6", type=click.IntRange(2), help="W6 idle connections [100000].")
+@click.option("--w6-probe", type=click.IntRange(2), help="W6 members of the probe room [1000].")
 @click.option("--workers", default=2, type=click.IntRange(1), help="Worker processes of the stack started here.")
 @click.option("--gateways", default=1, type=click.IntRange(1), help="Gateways of the stack started here.")
 @click.option("--target", default=None, help="HOST:PORT[,HOST:PORT...] gateways of a running stack.")
@@ -169,14 +185,15 @@ def make_shape(quick: bool, **given: Any) -> Shape:
 def main(quick: bool, names: str, rooms: int | None, members: int | None, senders: int | None,
          window: int | None, w2_rates: str | None, duration: float | None, idle_count: int | None,
          idle_room_size: int | None,
-         pairs: int | None, churners: int | None, workers: int, gateways: int, target: str | None,
+         pairs: int | None, churners: int | None, w6: int | None, w6_probe: int | None,
+         workers: int, gateways: int, target: str | None,
          stack_pid: int | None, baseline: bool, peer_names: str, out: Path) -> None:
     """Benchmark the chat backend over loopback TCP: fan-out, latency, idle memory, private messages, churn."""
     try:
         rates = tuple(float(r) for r in w2_rates.split(",") if r.strip()) if w2_rates is not None else None
         shape = make_shape(quick, rooms=rooms, members=members, senders=senders, window=window,
                            duration=duration, idle=idle_count, idle_room_size=idle_room_size, pairs=pairs,
-                           churners=churners, fixed_rates=rates)
+                           churners=churners, fixed_rates=rates, w6=w6, w6_probe=w6_probe)
         chosen = parse_workloads(names)
         chosen_peers = parse_peers(peer_names)
     except ValueError as exc:

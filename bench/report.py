@@ -55,6 +55,10 @@ def _notes(result: Result) -> str:
     extra = result.extra
     if result.connect_s is not None:
         notes.append(f"connected all in {result.connect_s:.1f} s ({_num(extra.get('registrations_per_s'))}/s)")
+    if "probe_members" in extra:
+        notes.append(f"a room message reached {extra['probe_received']:,} of {extra['probe_members'] - 1:,} "
+                     f"members, the last after {_num(extra['probe_all_in_ms'], 1)} ms; "
+                     f"{extra['loadgen_processes']} load-generator processes")
     if "cycles" in extra:
         notes.append(f"{extra['cycles']:,} cycles, {extra['failed']} failed; latency = one cycle")
     if result.cpu_ms_per_op is not None:

@@ -100,10 +100,10 @@ def start_stack(workers: int, gateways: int, out_dir: Path, extra: tuple[str, ..
     raise ChildFailed(f"chat-stack did not start: {last} (see {log})")
 
 
-def start_stack_irc(workers: int, gateways: int, out_dir: Path) -> Server:
+def start_stack_irc(workers: int, gateways: int, out_dir: Path, extra: tuple[str, ...] = ()) -> Server:
     if not stack_has_option("--irc-port"):
         raise peers.PeerUnavailable("this chat-stack has no IRC door (--irc-port) yet")
-    return start_stack(workers, gateways, out_dir, name="stack-irc", irc=True)
+    return start_stack(workers, gateways, out_dir, extra, name="stack-irc", irc=True)
 
 
 def start_irc_peer(name: str, out_dir: Path) -> Server:

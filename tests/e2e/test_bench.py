@@ -60,3 +60,18 @@ def test_unknown_peer_is_a_usage_error(tmp_path) -> None:
     run = subprocess.run([sys.executable, "-m", "bench.cli", "--quick", "--peers", "ngircd,unrealircd",
                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 2 and "unknown peer(s) unrealircd" in run.stderr
+
+
+def test_w6_spreads_connections_over_gateways_and_processes(tmp_path) -> None:
+    """W6 in small: 300 connections at most 100 a process -> 3 gateways, 3 load generators; the probe arrives."""
+    out = tmp_path / "bench"
+    run = subprocess.run([sys.executable, "-m", "bench.cli", "--quick", "--workloads", "W6", "--out", str(out)],
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    assert "--gateways 3" in data["meta"]["stack"]
+    (row,) = data["results"]
+    assert row["error"] is None, row
+    assert row["extra"]["loadgen_processes"] == 3
+    assert row["extra"]["probe_received"] == row["extra"]["probe_members"] - 1 == 29 and row["lost"] == 0
+    assert row["max_ms"] < 1000 and row["connect_s"] > 0 and row["rss_per_conn_kib"]["all"] > 0
