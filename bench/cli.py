@@ -36,6 +36,8 @@ from bench.servers import (
     start_irc_peer,
     start_stack,
     start_stack_irc,
+    start_stack_nocurve,
+    start_stack_tls,
     stop_server,
 )
 
@@ -43,6 +45,15 @@ WORKLOADS: dict[str, workloads.Workload] = {
     "W1": workloads.w1, "W2": workloads.w2, "W3": idle.w3, "W4": workloads.w4, "W5": churn.w5, "W6": massive.w6,
 }
 W6_VALKEY_MEMORY = "2gb"  # 100,000 sessions do not fit the stack's default
+VARIANTS = ("nocurve", "tls")  # --variants: the stack without CURVE between its parts, with TLS clients
+
+
+def parse_variants(spec: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(item.strip().lower() for item in spec.split(",") if item.strip()))
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    return names
 
 
 def run_tag() -> str:
@@ -55,6 +66,11 @@ def open_server(kind: str, config: BenchConfig) -> Server:
         return start_baseline(config.out)
     if kind in PEERS:
         return start_irc_peer(kind, config.out)
+    if kind == "stack-nocurve":
+        memory = 2 << 30 if "W6" in config.workloads else 0
+        return start_stack_nocurve(config.workers, stack_gateways(config), config.out, memory)
+    if kind == "stack-tls":
+        return start_stack_tls(config.workers, stack_gateways(config), config.out, stack_extra(config))
     if kind == "stack-irc":
         return start_stack_irc(config.workers, stack_gateways(config), config.out, stack_extra(config))
     if config.target:
@@ -114,7 +130,8 @@ def describe_server(config: BenchConfig) -> str:
 def run(config: BenchConfig) -> list[Result]:
     raise_file_limit(1 << 20)  # before any server starts: the gateways inherit it
     config.out.mkdir(parents=True, exist_ok=True)
-    for stale in ("chat-stack.log", "chat-stack-irc.log", "chat-baseline.log", *(f"{p}.log" for p in PEERS)):
+    logs = ("chat-stack.log", "chat-stack-irc.log", "chat-stack-tls.log", "chat-stack-nocurve.log", "chat-baseline.log")
+    for stale in (*logs, *(f"{p}.log" for p in PEERS)):
         (config.out / stale).unlink(missing_ok=True)
     notes: list[str] = []
     meta: dict[str, Any] = {"command": shlex.join(["chat-bench", *sys.argv[1:]]), "machine": report.machine(),
@@ -129,6 +146,7 @@ def run(config: BenchConfig) -> list[Result]:
     results.sort(key=lambda r: (servers.index(r.server), r.workload))
     notes += log_notes(config.out / "chat-stack.log", "chat-stack")
     notes += log_notes(config.out / "chat-stack-irc.log", "chat-stack (IRC door)")
+    notes += log_notes(config.out / "chat-stack-tls.log", "chat-stack (TLS)")
     notes += log_notes(config.out / "chat-baseline.log", "baseline")
     written = report.write(config.out, results, meta)
     print(report.markdown(results, meta))
@@ -146,6 +164,10 @@ def server_kinds(config: BenchConfig, notes: list[str]) -> list[str]:
             kinds.append("stack-irc")
         else:
             notes.append("stack-irc skipped: this chat-stack has no IRC door (--irc-port) yet")
+    if config.target and config.variants:
+        notes.append("--variants skipped: they start their own stack, not with --target")
+    elif config.variants:
+        kinds += [f"stack-{variant}" for variant in config.variants]
     if config.baseline:
         kinds.append("baseline")
     return kinds + list(config.peers)
@@ -180,6 +202,8 @@ def make_shape(quick: bool, **given: Any) -> Shape:
 @click.option("--baseline", is_flag=True, help="Also run the naive one-process Trio server, and print ratios.")
 @click.option("--peers", "peer_names", default="", help=f"Also run these C IRC servers over IRC ({','.join(PEERS)}), "
               "and the stack's IRC door.")
+@click.option("--variants", "variant_names", default="",
+              help=f"Also run the stack as these variants ({','.join(VARIANTS)}): what CURVE and TLS cost.")
 @click.option("--out", default="bench-results", type=click.Path(file_okay=False, path_type=Path),
               help="Folder for results.json, results.md, results.png and the servers' logs.")
 def main(quick: bool, names: str, rooms: int | None, members: int | None, senders: int | None,
@@ -187,7 +211,7 @@ def main(quick: bool, names: str, rooms: int | None, members: int | None, sender
          idle_room_size: int | None,
          pairs: int | None, churners: int | None, w6: int | None, w6_probe: int | None,
          workers: int, gateways: int, target: str | None,
-         stack_pid: int | None, baseline: bool, peer_names: str, out: Path) -> None:
+         stack_pid: int | None, baseline: bool, peer_names: str, variant_names: str, out: Path) -> None:
     """Benchmark the chat backend over loopback TCP: fan-out, latency, idle memory, private messages, churn."""
     try:
         rates = tuple(float(r) for r in w2_rates.split(",") if r.strip()) if w2_rates is not None else None
@@ -196,10 +220,12 @@ def main(quick: bool, names: str, rooms: int | None, members: int | None, sender
                            churners=churners, fixed_rates=rates, w6=w6, w6_probe=w6_probe)
         chosen = parse_workloads(names)
         chosen_peers = parse_peers(peer_names)
+        chosen_variants = parse_variants(variant_names)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     config = BenchConfig(shape=shape, workloads=chosen, workers=workers, gateways=gateways, target=target,
-                         stack_pid=stack_pid, baseline=baseline, peers=chosen_peers, out=out, quick=quick)
+                         stack_pid=stack_pid, baseline=baseline, peers=chosen_peers,
+                         variants=chosen_variants, out=out, quick=quick)
     results = run(config)
     if all(r.error for r in results):
         raise SystemExit(1)

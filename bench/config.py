@@ -53,6 +53,7 @@ class BenchConfig:
     stack_pid: int | None = None  # the running stack's root process, for its CPU figures
     baseline: bool = False
     peers: tuple[str, ...] = ()  # C IRC servers to run too (bench.peers)
+    variants: tuple[str, ...] = ()  # the stack without CURVE ("nocurve"), with TLS clients ("tls")
     out: Path = Path("bench-results")
     quick: bool = False
 

@@ -152,6 +152,27 @@ def side_by_side(results: list[Result]) -> list[list[str]]:
     return [_side_row(server, by_key) for server in servers if any(key[1] == server for key in by_key)]
 
 
+def _per_100k(result: Result, part: str) -> float:
+    return result.cpu_by_part.get(part, 0.0) / (result.deliveries or 1) * 100_000
+
+
+def costs(results: list[Result]) -> list[list[str]]:
+    """W1 of the stack beside its variants: what CURVE (stack vs stack-nocurve) and TLS (stack-tls vs stack) cost."""
+    w1 = {r.server: r for r in results if r.workload == "W1" and r.error is None and r.cpu_per_100k is not None}
+    rows = []
+    for name, variant, reference in (("CURVE between the parts", "stack", "stack-nocurve"),
+                                     ("TLS clients", "stack-tls", "stack")):
+        a, b = w1.get(variant), w1.get(reference)
+        if a is None or b is None or a.cpu_per_100k is None or b.cpu_per_100k is None:
+            continue
+        per_part = ", ".join(f"{part} {_per_100k(a, part) - _per_100k(b, part):+.3f}"
+                             for part in sorted(set(a.cpu_by_part) | set(b.cpu_by_part)))
+        rows.append([name, f"{variant} vs {reference}", f"{a.cpu_per_100k:.3f} vs {b.cpu_per_100k:.3f}",
+                     f"{a.cpu_per_100k - b.cpu_per_100k:+.3f} ({_ratio(a.cpu_per_100k, b.cpu_per_100k)}x)",
+                     f"{_num(a.deliveries_per_s)} vs {_num(b.deliveries_per_s)}", per_part])
+    return rows
+
+
 def markdown(results: list[Result], meta: dict[str, Any]) -> str:
     host = meta["machine"]
     parts = [f"# chat-bench results\n\n`{meta['command']}`\n",
@@ -161,6 +182,11 @@ def markdown(results: list[Result], meta: dict[str, Any]) -> str:
     side = side_by_side(results)
     if len(side) > 1:
         parts += ["\n## Servers side by side\n", table(SIDE_COLUMNS, side)]
+    cost_rows = costs(results)
+    if cost_rows:
+        parts += ["\n## What CURVE and TLS cost (W1)\n",
+                  table(("what", "rows", "CPU-s/100k deliv.", "difference", "deliveries/s", "difference by part"),
+                        cost_rows)]
     rows = ratios(results)
     if rows:
         parts += ["\n## Ratios stack / baseline\n",

@@ -14,7 +14,10 @@ both are driven in the IRC dialect.
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from bench import peers
 from bench.dialect import CHAT, IRC
 from bench.procstats import ProcessTree, listening_pids, stack_roots
 from stack.children import Child, ChildFailed, python_module, start, stop
+from stack.valkey import start_valkey
 
 Addr = tuple[str, int]
 
@@ -39,6 +43,9 @@ class Server:
     dialect: str = CHAT
     oper_senders: bool = False  # IRC: senders OPER up and set +F (ngIRCd's throttle)
     peer: peers.Peer | None = None
+    tls: bool = False  # the clients speak TLS to `addrs`
+    parts: list[Child] = field(default_factory=list)  # children started one by one (stack-nocurve), last first
+    workdir: Path | None = None  # removed when the server stops
 
 
 def _free_ports(count: int, host: str = "127.0.0.1", tries: int = 50) -> int:
@@ -106,6 +113,80 @@ def start_stack_irc(workers: int, gateways: int, out_dir: Path, extra: tuple[str
     return start_stack(workers, gateways, out_dir, extra, name="stack-irc", irc=True)
 
 
+def self_signed(workdir: Path) -> tuple[Path, Path]:
+    """A throw-away certificate and key for 127.0.0.1 (openssl) -> (cert, key)."""
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    argv = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1"]
+    try:
+        subprocess.run(argv, capture_output=True, check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ChildFailed(f"could not make a self-signed certificate with openssl: {exc}") from exc
+    return cert, key
+
+
+def start_stack_tls(workers: int, gateways: int, out_dir: Path, extra: tuple[str, ...] = ()) -> Server:
+    """chat-stack with TLS listeners (`--tls-port`): the clients use those."""
+    workdir = Path(tempfile.mkdtemp(prefix="chat-bench-tls-"))
+    try:
+        cert, key = self_signed(workdir)
+        log = out_dir / "chat-stack-tls.log"
+        for _ in range(3):
+            port = _free_ports(gateways * 2)
+            args = (*extra, "--tls-port", str(port + gateways), "--tls-cert", str(cert), "--tls-key", str(key))
+            with log.open("ab") as sink:
+                try:
+                    child = start("stack-tls", stack_argv(port, workers, gateways, extra=args), "chat-stack ready",
+                                  timeout=60, stderr=sink.fileno())
+                except ChildFailed:
+                    continue
+            addrs = [("127.0.0.1", port + gateways + i) for i in range(gateways)]
+            return Server("stack-tls", addrs, ProcessTree([child.pid]), child, log, tls=True, workdir=workdir)
+        raise ChildFailed(f"chat-stack with TLS did not start (see {log})")
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def start_stack_nocurve(workers: int, gateways: int, out_dir: Path, maxmemory: int = 0) -> Server:
+    """The stack's parts as chat-stack starts them, but without CURVE keys (each part warns: plaintext).
+
+    chat-stack always runs CURVE; this is the comparison it cannot make.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="chat-bench-nocurve-"))
+    log = out_dir / "chat-stack-nocurve.log"
+    children: list[Child] = []
+    ep = {name: f"ipc://{workdir}/{name}" for name in ("frontend", "backend", "pub-in", "pub-out")}
+    try:
+        with log.open("ab") as sink:
+            valkey, url = start_valkey(workdir / "valkey", maxmemory=maxmemory)
+            children.append(valkey)
+            children.append(start("broker", python_module(
+                "broker.cli", "--frontend", ep["frontend"], "--backend", ep["backend"], "--pub-in", ep["pub-in"],
+                "--pub-out", ep["pub-out"]), "chat-broker ready", stderr=sink.fileno()))
+            children.append(start("workers", python_module(
+                "workers.cli", "-n", str(workers), "--backend", ep["backend"], "--redis-url", url),
+                "chat-worker started", stderr=sink.fileno()))
+            port = _free_ports(gateways)
+            for i in range(gateways):
+                children.append(start(f"gateway-{i + 1}", python_module(
+                    "gateway.cli", "--frontend", ep["frontend"], "--pub-out", ep["pub-out"], "--id", f"gw{i + 1}",
+                    "--listen", f"127.0.0.1:{port + i}", "--rate-limit", "0", "--max-per-address", "0"),
+                    f"chat-gateway gw{i + 1}.", stderr=sink.fileno()))
+    except BaseException:
+        stop_children(children)
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    addrs = [("127.0.0.1", port + i) for i in range(gateways)]
+    return Server("stack-nocurve", addrs, ProcessTree([c.pid for c in children]), None, log, parts=children,
+                  workdir=workdir)
+
+
+def stop_children(children: list[Child]) -> None:
+    for child in reversed(children):
+        stop(child)
+
+
 def start_irc_peer(name: str, out_dir: Path) -> Server:
     peer = peers.start_peer(name, out_dir)
     server = Server(name, [("127.0.0.1", peer.port)], ProcessTree([peer.proc.pid]), None, peer.log,
@@ -151,6 +232,9 @@ def stop_server(server: Server) -> None:
     """Stop what we started, by PID; kill leftovers of its tree by PID."""
     if server.peer is not None:
         peers.stop_peer(server.peer)
+    stop_children(server.parts)
+    if server.workdir is not None:
+        shutil.rmtree(server.workdir, ignore_errors=True)
     if server.child is None:
         return
     leftovers = server.tree.processes() if server.tree is not None else []

@@ -28,7 +28,7 @@ from bench.config import Shape
 from bench.dialect import Dialect
 from bench.flows import Flow, Sender
 from bench.handshake import ClientSpec, open_clients
-from bench.loadgen import Conn, Loop
+from bench.loadgen import Conn, Loop, client_tls
 from bench.measure import Meter, Result, add_latency, rate
 from bench.servers import Server
 
@@ -211,11 +211,13 @@ def w4(ctx: Context, loop: Loop) -> list[Result]:
 def run_workload(name: str, ctx: Context, workloads: dict[str, Workload]) -> list[Result]:
     """Run one workload; a failure becomes a row with its error, and the run goes on."""
     server = ctx.server
-    proc = server.child.proc if server.child is not None else server.peer.proc if server.peer is not None else None
-    if proc is not None and proc.poll() is not None:
-        return [Result(name, server.name, error=f"the server exited with {proc.returncode}")]
+    procs = [c.proc for c in ([server.child] if server.child else []) + server.parts]
+    procs += [server.peer.proc] if server.peer is not None else []
+    gone = [proc for proc in procs if proc.poll() is not None]
+    if gone:
+        return [Result(name, server.name, error=f"the server exited with {gone[0].returncode}")]
     say(f"{name} on {server.name} ...")
-    loop = Loop()
+    loop = Loop(client_tls() if server.tls else None)
     try:
         return workloads[name](ctx, loop)
     except Exception as exc:

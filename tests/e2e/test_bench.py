@@ -75,3 +75,17 @@ def test_w6_spreads_connections_over_gateways_and_processes(tmp_path) -> None:
     assert row["extra"]["loadgen_processes"] == 3
     assert row["extra"]["probe_received"] == row["extra"]["probe_members"] - 1 == 29 and row["lost"] == 0
     assert row["max_ms"] < 1000 and row["connect_s"] > 0 and row["rss_per_conn_kib"]["all"] > 0
+
+
+def test_curve_and_tls_variants_run_and_lose_nothing(tmp_path) -> None:
+    """--variants nocurve,tls: the stack without CURVE and with TLS clients beside it, and the cost table."""
+    out = tmp_path / "bench"
+    run = subprocess.run([sys.executable, "-m", "bench.cli", "--quick", "--workloads", "W1", "--variants",
+                          "nocurve,tls", "--out", str(out)], capture_output=True, text=True, timeout=180, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert [r["server"] for r in rows] == ["stack", "stack-nocurve", "stack-tls"]
+    for row in rows:
+        assert row["error"] is None and row["deliveries"] > 0 and row["lost"] == 0, row
+    text = (out / "results.md").read_text()
+    assert "What CURVE and TLS cost" in text and "stack-tls vs stack" in text
