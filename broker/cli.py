@@ -5,16 +5,20 @@ from __future__ import annotations
 import click
 import zmq
 
+from broker.lease import Lease, LeaseConfig
 from broker.server import MAX_MESSAGE, Broker, BrokerConfig
 from stack.curve import KeyFileError, server_curve
 from stack.metrics import parse_listen, serve_metrics
 from stack.process import LOG_FORMATS, Stopping, set_log_instance, setup_logging
+from workers.redis_client import RedisUrlError
 
 
-def run(config: BrokerConfig, metrics_listen: tuple[str, int] | None = None) -> None:
+def run(config: BrokerConfig, metrics_listen: tuple[str, int] | None = None,
+        lease: LeaseConfig | None = None) -> None:
+    opened = _open_lease(config, lease)  # a wrong URL stops us before anything is bound
     stopping = Stopping().install()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    broker = Broker(config, ctx)
+    broker = Broker(config, ctx, opened)
     set_log_instance(broker.name)
     try:
         bound = " ".join(f"{k}={v}" for k, v in broker.endpoints().items())
@@ -27,6 +31,16 @@ def run(config: BrokerConfig, metrics_listen: tuple[str, int] | None = None) -> 
     finally:
         broker.close()
         ctx.term()
+
+
+def _open_lease(config: BrokerConfig, lease: LeaseConfig | None) -> Lease | None:
+    """HA mode: the lease in Redis; a call to Redis may take a third of a heartbeat."""
+    if lease is None:
+        return None
+    try:
+        return Lease(lease, config.heartbeat * config.liveness, timeout=config.heartbeat / 3)
+    except RedisUrlError as exc:
+        raise click.ClickException(f"--redis-url: {exc}") from None
 
 
 def _serve(broker: Broker, host: str, port: int) -> str:
@@ -70,12 +84,20 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str | None) -> tu
               type=click.Path(dir_okay=False), help="The broker's secret key file (NAME.key_secret): CURVE on.")
 @click.option("--curve-clients", default=None, envvar="CHAT_CURVE_CLIENTS", show_envvar=True,
               type=click.Path(file_okay=False), help="Directory of the admitted public keys (NAME.key, with roles).")
+@click.option("--redis-url", default=None, envvar="CHAT_BROKER_REDIS_URL", show_envvar=True,
+              help="Run as one of a broker pair: the lease in this Redis (redis://, rediss://, unix://, "
+                   "redis+sentinel://) says which one is active. Default: off (one broker, always active).")
+@click.option("--redis-ca", default=None, envvar="CHAT_REDIS_CA", show_envvar=True,
+              type=click.Path(exists=True, dir_okay=False), help="CA of a rediss:// server (default: the system's).")
+@click.option("--prefix", default="chat:", envvar="CHAT_PREFIX", show_envvar=True,
+              help="Key prefix of the lease (the workers' prefix: their scripts check its epoch).")
 @click.option("--log-level", default="info", envvar="CHAT_LOG_LEVEL", show_envvar=True)
 @click.option("--log-format", default="text", envvar="CHAT_LOG_FORMAT", show_envvar=True,
               type=click.Choice(LOG_FORMATS), help="Log lines as text or one JSON object a line.")
 def main(frontend: str, backend: str, pub_in: str, pub_out: str, heartbeat: float, liveness: int,
          hwm: int, max_message: int, metrics_listen: tuple[str, int] | None, curve_secret: str | None,
-         curve_clients: str | None, log_level: str, log_format: str) -> None:
+         curve_clients: str | None, redis_url: str | None, redis_ca: str | None, prefix: str,
+         log_level: str, log_format: str) -> None:
     """Balance client events over workers and route their replies to gateways."""
     setup_logging("chat-broker", log_level, log_format)
     try:
@@ -83,7 +105,7 @@ def main(frontend: str, backend: str, pub_in: str, pub_out: str, heartbeat: floa
     except KeyFileError as exc:
         raise click.ClickException(str(exc)) from None
     run(BrokerConfig(frontend, backend, pub_in, pub_out, heartbeat, liveness, hwm, max_message, curve),
-        metrics_listen)
+        metrics_listen, None if redis_url is None else LeaseConfig(redis_url, prefix, redis_ca))
 
 
 if __name__ == "__main__":

@@ -43,16 +43,20 @@ class Liveness:
 
 
 class LinkWatch:
-    """Whether the broker's own link looks cut: no peer at all heard within the window.
+    """Whether the broker's own link looks cut: no peer at all heard within half the window.
 
     A broker that loses every peer at once suspects itself before it reaps
-    anyone: `may_reap` is False while nobody was heard within `timeout`;
+    anyone: `may_reap` is False while nobody was heard within `timeout / 2`.
+    Half, not all of it: when the link is cut, the first peer to expire was
+    last heard up to a heartbeat before the last one, so a whole window would
+    reap it a moment before the silence is noticed;
     `heard` returns how long the silence lasted when a peer ends one (then
     the silent peers get a fresh window: see `Liveness.grace`).
     """
 
     def __init__(self, timeout: float, now: float) -> None:
         self.timeout = timeout
+        self.quiet = timeout / 2
         self._last = now
         self._silent_since: float | None = None
 
@@ -64,8 +68,8 @@ class LinkWatch:
         return ended
 
     def may_reap(self, now: float) -> bool:
-        """-> False (and the silence starts, once) when nobody was heard within the window."""
-        if now - self._last <= self.timeout:
+        """-> False (and the silence starts, once) when nobody was heard within half the window."""
+        if now - self._last <= self.quiet:
             return True
         if self._silent_since is None:
             self._silent_since = self._last

@@ -42,6 +42,7 @@ class Drop(enum.StrEnum):
     REFUSED_SUBSCRIPTION = "refused_subscription"  # a prefix that is not one gateway topic
     TOO_MANY_TOPICS = "too_many_topics"  # a subscription beyond the topic bound
     BACKEND_UNROUTABLE = "backend_unroutable"  # a dispatch a worker could not take: worker lost
+    NOT_ACTIVE = "not_active"  # an event, Done or pub-in batch that came to a standby of a pair
 
 
 @dataclass(frozen=True, slots=True)

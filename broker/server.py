@@ -7,7 +7,21 @@
     pub-in    XSUB    <- other publishers' [topic, Batch], forwarded to pub-out
 
 `seq` numbers the messages of each topic (8 bytes, big-endian, from 1 at
-each broker start): a gateway that sees a gap knows it lost something.
+each broker start and each activation), after the broker's epoch (8 bytes,
+big-endian; 0 for a lone broker): a gateway that sees a gap knows it lost
+something, and one that has heard a higher epoch ignores a deposed broker.
+
+A broker pair (HA mode, `lease`): both bind their sockets and take Ready and
+heartbeats from every peer, but only the one holding the lease in Redis
+(broker.lease) serves: takes events, dispatches, publishes, forwards pub-in and
+reaps. It checks its lease (broker.role, its own clock) before each of these, so
+a broker that was frozen past its lease does nothing when it wakes but step
+down. Stepping down forgets everything (a new name, queue and peers: to the
+peers it is a new broker); the standby tries to acquire every heartbeat, and
+on acquiring gives every peer a fresh window and heartbeats them at once.
+When the lease it found held is due to end before its next heartbeat, it
+tries again right then, so a takeover comes about `ttl` after the dead
+broker's last renewal.
 pub-out is XPUB_NODROP and XPUB_MANUAL: only subscriptions to one gateway
 topic (`<name>:`) are accepted, so one full pipe fails only its own topic.
 A send that fails at a subscriber's high-water mark is counted by cause,
@@ -41,8 +55,10 @@ from dataclasses import dataclass
 
 import zmq
 
+from broker.lease import Lease
 from broker.liveness import Fence, LinkWatch, Liveness
 from broker.metrics import BrokerMetrics, Drop, Gauges
+from broker.role import AlwaysActive, Role
 from broker.scheduler import Scheduler
 from protocol import codec
 from protocol.errors import DecodeError
@@ -86,25 +102,43 @@ class BrokerConfig:
 
 
 class Broker:
-    def __init__(self, config: BrokerConfig, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    def __init__(self, config: BrokerConfig, ctx: zmq.Context[zmq.Socket[bytes]],
+                 lease: Lease | None = None) -> None:
         self.config = config
+        self.lease = lease  # None: a lone broker, always active
         self.auth = config.curve.open_authenticator(ctx) if config.curve else None
         self.frontend = self._bind(ctx, zmq.ROUTER, config.frontend, "frontend")
         self.backend = self._bind(ctx, zmq.ROUTER, config.backend, "backend")
         self.pub_in = self._bind(ctx, zmq.XSUB, config.pub_in, "pub-in")
         self.pub_out = self._bind(ctx, zmq.XPUB, config.pub_out, "pub-out")
+        self.metrics = BrokerMetrics()
+        self.role: Role | AlwaysActive = Role(self.lease_ttl) if lease else AlwaysActive()
+        self._subscribers: Counter[bytes] = Counter()  # per pub-out topic: subscriptions we accepted
+        self._next_take = float("inf")  # when to try for the lease between heartbeats
+        self._forget_all(time.monotonic())
+
+    @property
+    def lease_ttl(self) -> float:
+        return self.config.heartbeat * self.config.liveness
+
+    def _forget_all(self, now: float) -> None:
+        """Start afresh under a new name (at start, and on stepping down): peers see a new broker."""
+        config = self.config
         self.scheduler = Scheduler()
         self.workers = Liveness(config.heartbeat, config.liveness)
         self.gateways = Liveness(config.heartbeat, config.liveness)
-        self.link = LinkWatch(config.heartbeat * config.liveness, time.monotonic())
+        self.link = LinkWatch(config.heartbeat * config.liveness, now)
         self.fenced = Fence(config.heartbeat)
-        self.metrics = BrokerMetrics()
         self.name = f"broker.{secrets.token_hex(4)}"  # new each run: peers see a restart
-        self._heartbeat = codec.encode(Heartbeat(self.name))
         self._unknown = codec.encode(Unknown(self.name))
         self._fenced = codec.encode(Fenced(self.name))
         self._out_seq: dict[bytes, int] = {}  # per pub-out topic: the last seq sent
-        self._subscribers: Counter[bytes] = Counter()  # per pub-out topic: subscriptions we accepted
+        self._say_role()
+
+    def _say_role(self) -> None:
+        epoch = self.role.epoch
+        self._heartbeat = codec.encode(Heartbeat(self.name, epoch, self.lease is None or epoch != 0))
+        self._epoch = epoch.to_bytes(8, "big")
 
     def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str, domain: str) -> zmq.Socket[bytes]:
         sock = ctx.socket(kind)
@@ -136,6 +170,10 @@ class Broker:
         }
 
     def close(self) -> None:
+        if self.lease is not None:
+            if self.role.epoch:
+                self.lease.release(self.name)
+            self.lease.close()
         for sock in (self.frontend, self.backend, self.pub_in, self.pub_out):
             sock.close()
         if self.auth:
@@ -158,13 +196,16 @@ class Broker:
             poller.register(sock, zmq.POLLIN)
         next_beat = time.monotonic()
         while not stopping.requested:
-            for sock, _ in poller.poll(int(self.config.heartbeat * 500)):
+            wait = min(self.config.heartbeat / 2, max(0.0, self._next_take - time.monotonic()))
+            for sock, _ in poller.poll(int(wait * 1000)):
                 self._drain(sock, handlers[sock])
             self._dispatch()
             now = time.monotonic()
             if now >= next_beat:
                 self._housekeeping(now)
                 next_beat = now + self.config.heartbeat
+            elif now >= self._next_take:  # the holder's lease ends now: try at once, not at our next beat
+                self._keep_lease(now)
 
     def _drain(self, sock: zmq.Socket[bytes], handle) -> None:  # type: ignore[no-untyped-def]
         for _ in range(BURST):
@@ -194,6 +235,9 @@ class Broker:
             return
         gateway, body, msg = decoded
         now = time.monotonic()
+        if not self.role.active(now) and not isinstance(msg, Heartbeat):
+            self.metrics.drop(Drop.NOT_ACTIVE)  # a gateway that has not heard of the switch yet
+            return
         if gateway in self.fenced:
             self._on_fenced(gateway, msg, now)
             return
@@ -228,6 +272,9 @@ class Broker:
             return
         self._heard(self.workers, worker, time.monotonic())
         if isinstance(msg, Done):
+            if not self.role.active(time.monotonic()):  # worked for us before we stepped down
+                self.metrics.drop(Drop.NOT_ACTIVE)
+                return
             self.metrics.done += 1
             self._publish(msg)
             self.scheduler.done(worker, list(msg.events))
@@ -247,7 +294,7 @@ class Broker:
             self.metrics.drop(Drop.NO_SUBSCRIBER)
             return
         seq = self._out_seq.get(topic, 0) + 1
-        frames = [topic, seq.to_bytes(8, "big"), batch]
+        frames = [topic, self._epoch + seq.to_bytes(8, "big"), batch]
         try:
             self.pub_out.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:  # a subscriber of this topic does not read: it alone loses
@@ -268,9 +315,11 @@ class Broker:
             self.pub_out.setsockopt(zmq.XPUB_NODROP, 1)
 
     def _dispatch(self) -> None:
+        if not self.role.active(time.monotonic()):
+            return
         for worker, frames in self.scheduler.dispatch():
-            try:
-                self.backend.send_multipart([worker, *frames], zmq.NOBLOCK)
+            try:  # our heartbeat first: the worker's scripts run under its epoch
+                self.backend.send_multipart([worker, self._heartbeat, *frames], zmq.NOBLOCK)
             except zmq.ZMQError as exc:  # unroutable or at the high-water mark
                 self._drop(Drop.BACKEND_UNROUTABLE, f"backend: {exc}")
                 self.workers.forget(worker)
@@ -284,6 +333,9 @@ class Broker:
     def _on_pub_in(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
             self._drop(Drop.WRONG_FRAME_COUNT, f"pub-in: {len(frames)} frames")
+            return
+        if not self.role.active(time.monotonic()):
+            self.metrics.drop(Drop.NOT_ACTIVE)
             return
         self._send_out(frames[0], frames[1], "pub-out: high-water mark (pub-in)")
 
@@ -336,7 +388,54 @@ class Broker:
         cid, seq = event_key(GatewayLost(name))
         self.scheduler.submit(cid, seq, codec.encode(GatewayLost(name)))
 
+    def _keep_lease(self, now: float) -> None:
+        """Renew or acquire the lease (once a heartbeat); step down when it is lost or its
+        margin ran out (also after a freeze: the clock tells, before anything is served)."""
+        if self.lease is None or not isinstance(self.role, Role):
+            return
+        if self.role.expired(now):
+            self._step_down(now, "the lease could not be renewed in time")
+        self._next_take = float("inf")
+        epoch = self.lease.take(self.name)
+        if epoch is None:  # Redis did not answer: our clock decides, at the next look
+            return
+        if epoch == 0:
+            if self.role.epoch:
+                self._step_down(now, "another broker holds the lease")
+            if self.lease.ends_in < self.config.heartbeat:  # be there when it ends
+                self._next_take = now + self.lease.ends_in + 0.001
+            return
+        if self.role.epoch and epoch != self.role.epoch:  # lost and taken again (Redis lost its data):
+            self._step_down(now, f"the lease came back under epoch {epoch}")  # what we sent is fenced
+            return
+        if self.role.renewed(epoch, now):
+            self._activate(now)
+
+    def _step_down(self, now: float, why: str) -> None:
+        log.warning("stepping down from epoch %d: %s", self.role.epoch, why)
+        if isinstance(self.role, Role):
+            self.role.lost()
+        self._forget_all(now)
+
+    def _activate(self, now: float) -> None:
+        log.warning("active under epoch %d", self.role.epoch)
+        self._say_role()
+        self.workers.grace(now)
+        self.gateways.grace(now)
+        self.link = LinkWatch(self.lease_ttl, now)
+        self._beat(self.backend, self.workers)  # peers switch to us now, not at our next beat
+        self._beat(self.frontend, self.gateways)
+
     def _housekeeping(self, now: float) -> None:
+        self._keep_lease(now)
+        if not self.role.active(now):  # a standby forgets the silent, but frees nothing
+            for worker in self.workers.expired(now):
+                self.scheduler.lose_worker(worker)
+            self.gateways.expired(now)
+            self._beat(self.backend, self.workers)
+            self._beat(self.frontend, self.gateways)
+            self._snapshot()
+            return
         was_silent = self.link.silent
         if self.link.may_reap(now):
             self._reap(now)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import signal
+import socket
 import ssl
 
 import click
@@ -12,7 +13,7 @@ import trio
 import zmq
 
 from gateway.client import ClientLimits
-from gateway.server import Gateway, GatewayConfig
+from gateway.server import Gateway, GatewayConfig, IrcDoorConfig, WebDoorConfig
 from gateway.tls import TlsConfig, server_context
 from protocol import proxy
 from stack.curve import KeyFileError, client_curve
@@ -22,7 +23,7 @@ from stack.process import LOG_FORMATS, set_log_instance, setup_logging
 
 log = logging.getLogger("chat.gateway")
 
-SHUTDOWN_NOTICE = b"* server shutting down, please reconnect\n"
+SHUTDOWN_NOTICE = "server shutting down, please reconnect"
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -55,9 +56,31 @@ def show(host: str, port: int) -> str:
 def listeners_shown(bound: dict[str, tuple[str, int]]) -> str:
     """The plain listener as HOST:PORT first (what scripts parse), then tls=HOST:PORT."""
     parts = [show(*bound["plain"])] if "plain" in bound else []
-    if "tls" in bound:
-        parts.append("tls=" + show(*bound["tls"]))
+    for door in ("tls", "irc", "ws"):
+        if door in bound:
+            parts.append(f"{door}=" + show(*bound[door]))
     return " ".join(parts)
+
+
+def door_configs(irc_listen: str | None, irc_server_name: str, ws_listen: str | None,
+                 ws_origins: str) -> tuple[IrcDoorConfig | None, WebDoorConfig | None]:
+    """The IRC and WebSocket doors' options, checked -> their configs (None: off)."""
+    irc = None
+    if irc_listen and irc_listen.strip():
+        name = irc_server_name or socket.gethostname()
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}", name):
+            raise click.BadParameter("a host name: letters, digits, . and -", param_hint="--irc-server-name")
+        irc = IrcDoorConfig(*parse_listen(irc_listen), name)
+    web = None
+    origins = frozenset(o.strip().rstrip("/") for o in ws_origins.split(",") if o.strip())
+    if ws_listen and ws_listen.strip():
+        bad = [o for o in origins if not re.fullmatch(r"https?://[^\s/]+", o)]
+        if bad:
+            raise click.BadParameter(f"expected SCHEME://HOST[:PORT], got {bad[0]!r}", param_hint="--ws-origins")
+        web = WebDoorConfig(*parse_listen(ws_listen), origins)
+    elif origins:
+        raise click.UsageError("--ws-origins is for --ws-listen")
+    return irc, web
 
 
 def tls_config(listen: str | None, cert: str | None, key: str | None, timeout: float) -> TlsConfig | None:
@@ -111,7 +134,7 @@ async def run(config: GatewayConfig, metrics_listen: tuple[str, int] | None = No
 async def shut_down(gateway: Gateway, grace: float = 3.0) -> None:
     """Tell every client, let the writers flush, and give the broker our goodbyes."""
     for client in list(gateway.clients.values()):
-        client.close_after(SHUTDOWN_NOTICE, "server shutting down")
+        client.close_after(client.door.end(SHUTDOWN_NOTICE, error=False), "server shutting down")
     with trio.move_on_after(grace):
         while (gateway.clients or gateway.sessions) and not gateway.broker_down:
             await trio.sleep(0.05)  # the sessions' goodbyes are being answered
@@ -137,10 +160,22 @@ def _metrics_listen(ctx: click.Context, param: click.Parameter, value: str | Non
               type=click.Path(exists=True, dir_okay=False), help="PEM private key for --tls-listen.")
 @click.option("--tls-handshake-timeout", default=10.0, envvar="CHAT_TLS_HANDSHAKE_TIMEOUT", show_envvar=True,
               type=click.FloatRange(0.1), help="Seconds a TLS client has to finish its handshake.")
+@click.option("--irc-listen", default=None, envvar="CHAT_IRC_LISTEN", show_envvar=True,
+              help="HOST:PORT for IRC clients (port 0: any free port). Default: off.")
+@click.option("--irc-server-name", default="", envvar="CHAT_IRC_SERVER_NAME", show_envvar=True,
+              help="The server name IRC clients see. Default: the host name.")
+@click.option("--ws-listen", default=None, envvar="CHAT_WS_LISTEN", show_envvar=True,
+              help="HOST:PORT for browsers: the web client at /, WebSocket at /ws (port 0: any free port). "
+                   "Default: off.")
+@click.option("--ws-origins", default="", envvar="CHAT_WS_ORIGINS", show_envvar=True, metavar="ORIGIN[,ORIGIN...]",
+              help="Origins (https://chat.example) whose pages may open /ws, besides the page's own host.")
+@click.option("--ready-timeout", default=30.0, envvar="CHAT_READY_TIMEOUT", show_envvar=True,
+              type=click.FloatRange(0.1),
+              help="Seconds an IRC client has to register, a browser to open its WebSocket, before it is cut.")
 @click.option("--frontend", default="tcp://127.0.0.1:5555", envvar="CHAT_FRONTEND", show_envvar=True,
-              help="The broker's frontend endpoint.")
+              help="The broker's frontend endpoint; a broker pair's: both, comma-separated.")
 @click.option("--pub-out", default="tcp://127.0.0.1:5558", envvar="CHAT_PUB_OUT", show_envvar=True,
-              help="The broker's pub-out endpoint.")
+              help="The broker's pub-out endpoint; a broker pair's: both, comma-separated.")
 @click.option("--id", "name", default="", envvar="CHAT_GATEWAY_ID", show_envvar=True,
               help="Gateway name (letters, digits, _ . -); a random tag is added per run. Default: gw-HOST-PID.")
 @click.option("--max-line", default=4096, envvar="CHAT_MAX_LINE", show_envvar=True, type=click.IntRange(16, 1 << 20),
@@ -190,8 +225,9 @@ def _metrics_listen(ctx: click.Context, param: click.Parameter, value: str | Non
 @click.option("--log-format", default="text", envvar="CHAT_LOG_FORMAT", show_envvar=True,
               type=click.Choice(LOG_FORMATS), help="Log lines as text or one JSON object a line.")
 def main(listen: str, tls_listen: str | None, tls_cert: str | None, tls_key: str | None,
-         tls_handshake_timeout: float, frontend: str, pub_out: str, name: str, max_line: int, max_queue_lines: int,
-         max_queue_bytes: int, rate_limit: float, rate_burst: int, max_waiting_lines: int,
+         tls_handshake_timeout: float, irc_listen: str | None, irc_server_name: str, ws_listen: str | None,
+         ws_origins: str, ready_timeout: float, frontend: str, pub_out: str, name: str, max_line: int,
+         max_queue_lines: int, max_queue_bytes: int, rate_limit: float, rate_burst: int, max_waiting_lines: int,
          max_bad_lines: int, half_close_wait: float,
          max_connections: int, max_per_address: int, proxy_protocol: bool, trusted_proxies: str,
          reuse_port: bool, heartbeat: float, liveness: int,
@@ -202,13 +238,15 @@ def main(listen: str, tls_listen: str | None, tls_cert: str | None, tls_key: str
         raise click.BadParameter("letters, digits, _ . - only", param_hint="--id")
     trusted = parse_trusted_proxies(proxy_protocol, trusted_proxies)
     tls = tls_config(tls_listen, tls_cert, tls_key, tls_handshake_timeout)
+    irc, web = door_configs(irc_listen, irc_server_name, ws_listen, ws_origins)
     plain = bool(listen.strip())
-    if not plain and tls is None:
-        raise click.UsageError("no listener: give --listen HOST:PORT or --tls-listen HOST:PORT")
+    if not plain and tls is None and irc is None and web is None:
+        raise click.UsageError("no listener: give --listen, --tls-listen, --irc-listen or --ws-listen HOST:PORT")
     setup_logging("chat-gateway", log_level, log_format)
     host, port = parse_listen(listen) if plain else ("", 0)
     try:
-        curve = client_curve("chat-gateway", "gateway", curve_secret, curve_server, [frontend, pub_out])
+        curve = client_curve("chat-gateway", "gateway", curve_secret, curve_server,
+                             [*frontend.split(","), *pub_out.split(",")])
     except KeyFileError as exc:
         raise click.ClickException(str(exc)) from None
     limits = ClientLimits(max_line=max_line, max_queue_lines=max_queue_lines, max_queue_bytes=max_queue_bytes,
@@ -220,7 +258,7 @@ def main(listen: str, tls_listen: str | None, tls_cert: str | None, tls_key: str
                            max_per_address=max_per_address, proxy_protocol=proxy_protocol,
                            trusted_proxies=trusted,
                            reuse_port=reuse_port, half_close_wait=half_close_wait, limits=limits,
-                           plain=plain, tls=tls, curve=curve)
+                           plain=plain, tls=tls, irc=irc, web=web, ready_timeout=ready_timeout, curve=curve)
     trio.run(run, config, metrics_listen)
 
 

@@ -2,16 +2,20 @@
 with output written straight to the kernel whenever it takes it.
 
 Input: the connection's task (`serve`) waits for the socket to be
-readable, turns bytes into lines (`protocol.lines`) and hands every batch
-of lines that one read completed to the gateway as one event. Bad lines
-are answered here, at once, and never leave the gateway. Every read costs
-the client rate-limit tokens, for its bytes and for every line it ends,
+readable, has its door (`protocol.doors`: the line protocol, IRC or
+WebSocket) say what the bytes mean, and hands every batch of chat lines
+that one read completed to the gateway as one event. What the door answers
+itself (bad lines, IRC's local replies, the WebSocket handshake) is written
+here, at once, and never leaves the gateway. Every read costs the client
+rate-limit tokens, for its bytes and for every line (or frame) it ends,
 empty and bad ones too (`gateway.ratelimit.read_cost`). Lines over the
 rate limit, and a debt, wait in the reader, which meanwhile reads nothing
 more: the client's own TCP window holds it back. Too many lines in one
 read, or bad lines (and telnet commands) past the client's allowance, and
-it is told it floods and cut off. When the client half-closes (a FIN: it
-may still read), its task lets out what its lines caused before it ends.
+it is told it floods and cut off. A client that is not `ready` (an IRC
+client registered, a browser upgraded to WebSocket) by its deadline is cut
+too. When the client half-closes (a FIN: it may still read), its task lets
+out what its lines caused before it ends.
 
 Output: the gateway `push`es rendered lines, then `flush`es each client it
 pushed to once per burst of replies: one `send` system call per client per
@@ -30,6 +34,7 @@ decrypted already (`pending`) is read before waiting on the socket again.
 
 from __future__ import annotations
 
+import math
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -38,14 +43,15 @@ from dataclasses import dataclass
 import trio
 
 from gateway.ratelimit import TokenBucket, read_cost
-from protocol.lines import IAC, LineBuffer, LineError
+from protocol.doors import Door, Input
 
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 OnLines = Callable[["Client", list[str]], Awaitable[None]]
 OnEof = Callable[["Client"], Awaitable[None]]
-FLOODING = b"! flooding: too many lines at once; disconnecting\n"
+OnOpen = Callable[["Client"], None]
+FLOODING_TEXT = "flooding: too many lines at once; disconnecting"
 FLOODING_REASON = "flooding"  # `closing` of a client cut for flooding
-TELNET_BYTES_PER_BAD_LINE = 32  # telnet commands (IAC bytes) that cost as much as one bad line
+REGISTRATION_TIMEOUT = "registration timeout"  # `closing` (and what it is told) of a client that never got ready
 WRITE_ERRORS = (OSError, trio.ClosedResourceError, trio.BusyResourceError)
 # nothing moved now, try again when the socket is ready (OpenSSL says it its way on a TLS socket)
 WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
@@ -78,16 +84,16 @@ class Client:
         "broken",
         "cid",
         "closing",
-        "json",
+        "door",
         "limits",
         "sock",
     )
 
-    def __init__(self, cid: str, sock: socket.socket, limits: ClientLimits, spawn: Spawn) -> None:
+    def __init__(self, cid: str, sock: socket.socket, door: Door, limits: ClientLimits, spawn: Spawn) -> None:
         self.cid = cid
         self.sock = sock
+        self.door = door  # what the bytes mean, how deliveries are shown (protocol.doors)
         self.limits = limits
-        self.json = False
         self.closing: str | None = None
         self.broken = False
         self._spawn = spawn  # starts the writer task when there is a backlog
@@ -102,15 +108,18 @@ class Client:
 
     # --- the connection's task ------------------------------------------------
 
-    async def serve(self, on_lines: OnLines, first: bytes = b"", on_eof: OnEof | None = None) -> str:
+    async def serve(self, on_lines: OnLines, first: bytes = b"", on_eof: OnEof | None = None,
+                    on_open: OnOpen | None = None, deadline: float = math.inf) -> str:
         """Read (`first`, then the socket) until the connection ends -> '' or 'connection reset'.
 
-        At the client's end of input (a FIN: it may still be reading), `on_eof`
-        runs before the connection closes: it lets the replies out.
+        `on_open` runs when a door that was not a chat connection becomes one
+        (a WebSocket upgrade), before its first lines go on. At the client's
+        end of input (a FIN: it may still be reading), `on_eof` runs before the
+        connection closes: it lets the replies out.
         """
         with trio.CancelScope() as self._scope:
             try:
-                await self._read_loop(on_lines, first)
+                await self._read_loop(on_lines, first, on_open, deadline)
                 if on_eof is not None and self.closing is None and not self.broken:
                     await on_eof(self)
                     self.close_after(b"", "end of input")
@@ -230,57 +239,74 @@ class Client:
             except WOULD_BLOCK:
                 continue  # woken without data (or half a TLS record): wait again
 
-    async def _read_loop(self, on_lines: OnLines, first: bytes) -> None:
+    async def _read_loop(self, on_lines: OnLines, first: bytes, on_open: OnOpen | None, deadline: float) -> None:
         """Read until EOF; `on_lines(client, lines)` gets each read's lines.
 
-        Every read costs the client tokens (`read_cost`): lines over the rate
-        wait here, and while they (or a debt) wait, nothing more is read: the
-        client's own TCP window then holds it back. A read of too many lines,
-        or more bad lines than the client's allowance, cuts it off.
+        The door (`protocol.doors`) says what the bytes mean. Every read costs
+        the client tokens (`read_cost`): lines over the rate wait here, and
+        while they (or a debt) wait, nothing more is read: the client's own
+        TCP window then holds it back. A read of too many lines, or more bad
+        lines than the client's allowance, cuts it off; so does not being
+        `ready` (registered, upgraded) by `deadline`.
         """
         limits = self.limits
         now = trio.current_time()
-        buffer = LineBuffer(limits.max_line)
         bucket = TokenBucket(limits.rate, limits.burst, now)
         bad = TokenBucket(limits.bad_line_rate if limits.rate > 0 else 0.0, limits.max_bad_lines, now)
         data = first
+        chatting = self.door.chatting
         while self.closing is None:
             if not data:
                 if (debt := bucket.debt_delay(trio.current_time())) > 0:
                     await trio.sleep(debt)
-                data = await self._receive()
-                if not data:
+                received = await self._receive_by(deadline if not self.door.ready else math.inf)
+                if received is None:
+                    self.close_after(self.door.end(REGISTRATION_TIMEOUT), REGISTRATION_TIMEOUT)
                     return
-            lines = self._parse(buffer, data, bucket, bad)
+                if not received:
+                    return
+                data = received
+            got = self._parse(data, bucket, bad)
             data = b""
-            if lines is None:
-                self.close_after(FLOODING, FLOODING_REASON)
+            if got is None:
+                self.close_after(self.door.end(FLOODING_TEXT), FLOODING_REASON)
                 return
-            await self._forward(lines, bucket, on_lines)
+            if got.close is not None:
+                self.close_after(b"", got.close)
+                return
+            if not chatting and self.door.chatting:
+                chatting = True
+                if on_open is not None:
+                    on_open(self)
+            await self._forward(got.lines, bucket, on_lines)
 
-    def _parse(self, buffer: LineBuffer, data: bytes, bucket: TokenBucket, bad: TokenBucket) -> list[str] | None:
-        """One read -> its good lines (bad ones answered here); None: a flooder."""
+    async def _receive_by(self, deadline: float) -> bytes | None:
+        """The next read, or None when `deadline` passed first."""
+        if deadline == math.inf:
+            return await self._receive()
+        with trio.move_on_at(deadline):
+            return await self._receive()
+        return None
+
+    def _parse(self, data: bytes, bucket: TokenBucket, bad: TokenBucket) -> Input | None:
+        """One read -> what it means (answers to bad input pushed here); None: a flooder."""
         now = trio.current_time()
-        newlines = data.count(b"\n")  # counted before parsing: a flood costs its sender, not the gateway
-        if self.limits.rate > 0 and newlines > self.limits.max_waiting_lines:
+        items = self.door.count_items(data)  # counted before parsing: a flood costs its sender, not the gateway
+        if self.limits.rate > 0 and items > self.limits.max_waiting_lines:
             return None
-        bad.charge(data.count(IAC) / TELNET_BYTES_PER_BAD_LINE, now)
+        got = self.door.feed(data)
+        items = max(items, got.items)
+        if self.limits.rate > 0 and items > self.limits.max_waiting_lines:
+            return None
+        bad.charge(got.noise, now)
         if bad.debt_delay(now) > 0:
             return None
-        lines: list[str] = []
-        errors: list[LineError] = []
-        for item in buffer.feed(data):
-            if isinstance(item, LineError):
-                errors.append(item)
-            else:
-                lines.append(item)
-        bucket.charge(read_cost(newlines, len(data)) - len(lines), now)
-        answered = bad.take(len(errors), now)
-        for error in errors[:answered]:
-            self.push(f"! {error.message()}\n".encode())
+        answered = bad.take(len(got.bad), now)
+        bucket.charge(read_cost(items, len(data)) - len(got.lines), now)
+        if got.replies:
+            self.push(got.written(answered))
         self.flush()
-        return lines if answered == len(errors) else None
-
+        return None if answered < len(got.bad) else got
     async def _forward(self, lines: list[str], bucket: TokenBucket, on_lines: OnLines) -> None:
         """Hand the lines on at the rate the bucket allows."""
         while lines and self.closing is None:

@@ -24,6 +24,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from protocol.doors import DoorKind
+
 PREFIX = "chat_gateway_"
 # seconds: 0.25 ms to 5 s, roughly 1-2.5-5 a decade
 LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -46,6 +48,7 @@ class Drop(enum.StrEnum):
     """What the gateway dropped, and the clients it cut, by cause (label `cause`)."""
 
     SEQUENCE_GAP = "sequence_gap"  # pub-out messages missed (counted by how many)
+    STALE_BROKER = "stale_broker"  # a pub-out message of a deposed broker (an older epoch)
     MALFORMED = "malformed"  # a frame from the broker that does not decode
     WRONG_FRAME_COUNT = "wrong_frame_count"  # a pub-out message not [topic, seq, batch]
     UNEXPECTED_MESSAGE = "unexpected_message"  # a valid message on the wrong socket
@@ -116,6 +119,7 @@ class GatewayMetrics(Collector):
 
     def __init__(self) -> None:
         self.accepted = 0
+        self.accepted_by_door: dict[DoorKind, int] = dict.fromkeys(DoorKind, 0)  # line, irc, ws
         self.health_checks = 0
         self.lines_in = 0
         self.deliveries = 0
@@ -144,6 +148,8 @@ class GatewayMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         for attr, name, text in _COUNTERS:
             yield CounterMetricFamily(PREFIX + name, text, value=getattr(self, attr))
+        yield _labelled(PREFIX + "door_connections", "Connections accepted, by door (line, irc, ws).", "door",
+                        self.accepted_by_door)
         yield _labelled(PREFIX + "connections_refused", "Connections refused, by reason.", "reason", self.refusals)
         yield _labelled(PREFIX + "drops", "Messages dropped and clients cut, by cause.", "cause", self.drops)
         latency = self.latency
@@ -159,7 +165,8 @@ class GatewayMetrics(Collector):
         return self.collect()
 
 
-def _labelled(name: str, text: str, label: str, values: dict[Refusal, int] | dict[Drop, int]) -> CounterMetricFamily:
+def _labelled(name: str, text: str, label: str,
+              values: dict[Refusal, int] | dict[Drop, int] | dict[DoorKind, int]) -> CounterMetricFamily:
     family = CounterMetricFamily(name, text, labels=[label])
     for key, count in list(values.items()):
         family.add_metric([key.value], count)

@@ -8,7 +8,8 @@ Every message is a msgpack array whose first element is its tag:
     [4, gateway]                        GatewayLost
     [5, credit]                         Ready
     [6, [[cid, seq], ...], [[gateway, batch_bytes], ...]]   Done
-    [7, sender]                         Heartbeat
+    [7, sender]                         Heartbeat (epoch 0, active: a broker without a lease)
+    [7, sender, epoch, active]          Heartbeat of a broker of a pair (its lease's epoch)
     [9, broker]                         Unknown
     [10, broker]                        Fenced
     [8, [item, ...]]                    Batch, whose items are
@@ -33,6 +34,7 @@ import msgpack
 
 from protocol.errors import DecodeError
 from protocol.messages import (
+    MAX_EPOCH,
     Batch,
     BatchItem,
     ChatEvent,
@@ -63,6 +65,18 @@ def _str(value: Any) -> str:
 def _int(value: Any) -> int:
     if type(value) is not int:
         raise DecodeError(f"expected int, got {type(value).__name__}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise DecodeError(f"expected bool, got {type(value).__name__}")
+    return value
+
+
+def _epoch(value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_EPOCH:
+        raise DecodeError("expected an epoch (an int from 0 to 2**63-1)")
     return value
 
 
@@ -143,8 +157,10 @@ def to_wire(msg: Message) -> list[Any]:
             return [5, credit]
         case Done(events, publish):
             return [6, [list(e) for e in events], [list(p) for p in publish]]
-        case Heartbeat(sender):
+        case Heartbeat(sender, 0, True):
             return [7, sender]
+        case Heartbeat(sender, epoch, active):
+            return [7, sender, epoch, active]
         case Batch(items):
             return [8, [_item_to_wire(i) for i in items]]
         case Unknown(broker):
@@ -168,6 +184,7 @@ _DECODERS: dict[tuple[int, int], Callable[..., Message]] = {
     (5, 1): lambda n: Ready(_int(n)),
     (6, 2): _done,
     (7, 1): lambda s: Heartbeat(_str(s)),
+    (7, 3): lambda s, e, a: Heartbeat(_str(s), _epoch(e), _bool(a)),
     (8, 1): lambda items: Batch(tuple(_item_from_wire(i) for i in _list(items))),
     (9, 1): lambda b: Unknown(_str(b)),
     (10, 1): lambda b: Fenced(_str(b)),

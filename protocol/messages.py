@@ -19,6 +19,9 @@ the gateway's own events), `Deliver` (an event for some connections),
 `SetMode` and `Close` items, in order.
 
 Gateway <-> broker: `Heartbeat` both ways keeps each alive to the other.
+A broker's heartbeat says its epoch and whether it is active (a pair's
+standby is not); every dispatch to a worker starts with it, so the worker
+knows the epoch it works under.
 Broker -> gateway: `Fenced` when the broker hears from a gateway instance it
 has declared lost (its connections were freed): the gateway must take a new
 instance name and ask its clients to reconnect.
@@ -118,9 +121,19 @@ class Done:
     publish: tuple[tuple[str, bytes], ...]
 
 
+# the largest lease epoch (it travels in 8 bytes, signed, as Redis counts)
+MAX_EPOCH = (1 << 63) - 1
+
+
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
+    """A sign of life. A broker of a pair says its lease's `epoch` (a fencing number,
+    1 and up) and whether it is the `active` one; a lone broker, a gateway or a
+    worker says epoch 0, active."""
+
     sender: str
+    epoch: int = 0
+    active: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,15 +2,21 @@
 
 Starts the embedded Valkey (unless --redis-url), the broker on ipc://
 endpoints in a private temporary directory, `chat-worker -n N`, and G
-gateways on consecutive ports (and consecutive TLS ports with --tls-port).
+gateways on consecutive ports (and consecutive TLS, IRC and web ports:
+--tls-port, --irc-port, --web-port).
 Every part serves its metrics on 127.0.0.1 (free ports by default, or
 consecutive ones from --metrics-port) and the ready line says where; the
-parts' environment loses CHAT_METRICS_LISTEN and CHAT_TLS_LISTEN, which
-would give them all one port. Ctrl-C or SIGTERM stops them in order
+parts' environment loses CHAT_METRICS_LISTEN, CHAT_TLS_LISTEN,
+CHAT_IRC_LISTEN and CHAT_WS_LISTEN, which would give them all one port. Ctrl-C or SIGTERM stops them in order
 (gateways first, so clients hear why) and removes the directory. If a part
 dies, the stack stops the rest and exits non-zero. If the stack itself is
 killed (even `kill -9`), every part gets SIGTERM from the kernel
 (PR_SET_PDEATHSIG), and the next stack removes the directory left behind.
+
+`--brokers 2` runs a broker pair on the stack's Redis (the lease decides which
+one is active; the other stands by): workers and gateways get both brokers'
+endpoints, and a broker that dies is not the end of the stack while the other
+one lives.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from stack.process import LOG_FORMATS, Stopping
 from stack.rundir import make_run_dir, sweep_stale_run_dirs
 from stack.valkey import parse_memory, start_valkey
 
-STRIPPED_ENV = ("CHAT_METRICS_LISTEN", "CHAT_TLS_LISTEN")  # every part would take the same port
+STRIPPED_ENV = ("CHAT_METRICS_LISTEN", "CHAT_TLS_LISTEN", "CHAT_IRC_LISTEN", "CHAT_WS_LISTEN")  # one port for all
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,10 @@ class PartOptions:
     tls_port: int | None = None  # the first gateway's TLS port (None: no TLS)
     tls_cert: str = ""
     tls_key: str = ""
+    irc_port: int | None = None  # the first gateway's IRC port (None: no IRC)
+    web_port: int | None = None  # the first gateway's web client and WebSocket port (None: none)
+    irc_server_name: str = ""  # '': each gateway's host name
+    brokers: int = 1  # 2: a pair, on a lease in the stack's Redis
 
 
 @dataclass
@@ -88,17 +98,23 @@ def start_parts(run_dir: Path, data_dir: Path, options: PartOptions, redis_url: 
         if redis_url is None:
             valkey, redis_url = start_valkey(data_dir, maxmemory=valkey_maxmemory, die_with_parent=True)
             children.append(valkey)
-        ep = {name: f"ipc://{run_dir}/{name}" for name in ("frontend", "backend", "pub-in", "pub-out")}
+        eps = [{name: f"ipc://{run_dir}/{name}{'-' + str(b + 1) if b else ''}"
+                for name in ("frontend", "backend", "pub-in", "pub-out")} for b in range(options.brokers)]
+        ep = {name: ",".join(e[name] for e in eps) for name in ("frontend", "backend", "pub-out")}
         keys = make_stack_keys(run_dir)
         server = ("--curve-server", str(keys.broker_public))
-        broker = start("broker", python_module(
-            "broker.cli", "--frontend", ep["frontend"], "--backend", ep["backend"], "--pub-in", ep["pub-in"],
-            "--pub-out", ep["pub-out"], "--curve-secret", str(keys.broker_secret), "--curve-clients", str(keys.clients),
-            *logs, *metrics_args(options, 0)), "chat-broker ready",
-            env=env, die_with_parent=True)
-        children.append(broker)
-        if options.metrics is not None:
-            parts.metrics["broker"] = _field(broker.ready_line, "metrics")
+        pair = ("--redis-url", redis_url) if options.brokers > 1 else ()
+        for b, own in enumerate(eps):  # a pair shares the broker's keys: one --curve-server for both
+            name = f"broker-{b + 1}" if b else "broker"
+            broker = start(name, python_module(
+                "broker.cli", "--frontend", own["frontend"], "--backend", own["backend"], "--pub-in", own["pub-in"],
+                "--pub-out", own["pub-out"], "--curve-secret", str(keys.broker_secret),
+                "--curve-clients", str(keys.clients), *pair, *logs,
+                *metrics_args(options, 2 + options.gateways + b - 1 if b else 0)), "chat-broker ready",
+                env=env, die_with_parent=True)
+            children.append(broker)
+            if options.metrics is not None:
+                parts.metrics[name] = _field(broker.ready_line, "metrics")
         workers = start("workers", python_module(
             "workers.cli", "-n", str(options.workers), "--backend", ep["backend"], "--redis-url", redis_url, *logs,
             "--curve-secret", str(keys.worker_secret), *server, *metrics_args(options, 1)),
@@ -134,6 +150,14 @@ def gateway_args(options: PartOptions) -> list[tuple[str, ...]]:
             tls_port = gateway_ports(options.tls_port, options.gateways, options.reuse_port)[i]
             args += ("--tls-listen", f"{options.host}:{tls_port}", "--tls-cert", options.tls_cert,
                      "--tls-key", options.tls_key)
+        if options.irc_port is not None:
+            irc_port = gateway_ports(options.irc_port, options.gateways, options.reuse_port)[i]
+            args += ("--irc-listen", f"{options.host}:{irc_port}")
+            if options.irc_server_name:
+                args += ("--irc-server-name", options.irc_server_name)
+        if options.web_port is not None:
+            web_port = gateway_ports(options.web_port, options.gateways, options.reuse_port)[i]
+            args += ("--ws-listen", f"{options.host}:{web_port}")
         out.append(args)
     return out
 
@@ -145,13 +169,25 @@ def stop_all(children: list[Child]) -> None:
 
 
 def watch(children: list[Child], stopping: Stopping) -> Child | None:
-    """Wait until stopped (-> None) or until a part exits (-> that part)."""
+    """Wait until stopped (-> None) or until a part exits (-> that part); a broker of a
+    pair may die while another broker lives (the standby takes over)."""
     while not stopping.requested:
         for child in children:
             if child.proc.poll() is not None:
-                return child
+                if not _spare_broker(children, child):
+                    return child
+                print(f"chat-stack: {child.name} exited with {child.proc.returncode}; "
+                      "the other broker carries on", file=sys.stderr, flush=True)
+                children.remove(child)
+                break
         time.sleep(0.2)  # a supervisor's poll interval
     return None
+
+
+def _spare_broker(children: list[Child], dead: Child) -> bool:
+    """Whether `dead` is a broker and another broker still runs."""
+    brokers = [c for c in children if c.name.startswith("broker")]
+    return dead in brokers and any(c.proc.poll() is None for c in brokers if c is not dead)
 
 
 def _memory_option(ctx: click.Context, param: click.Parameter, value: str) -> int:
@@ -159,6 +195,15 @@ def _memory_option(ctx: click.Context, param: click.Parameter, value: str) -> in
         return parse_memory(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _door_port(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    """A door's first port, or 'off' -> None."""
+    if value.strip().lower() == "off":
+        return None
+    if not value.strip().isdigit() or not 1 <= int(value) <= 65535:
+        raise click.BadParameter(f"expected 'off' or a port, got {value!r}")
+    return int(value)
 
 
 def _metrics_port(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
@@ -177,7 +222,16 @@ def ready_line(options: PartOptions, parts: Parts) -> str:
         tls = sorted(set(gateway_ports(options.tls_port, options.gateways, options.reuse_port)))
         line += ", TLS on port(s) " + ", ".join(map(str, tls))
         connect += f" or openssl s_client -quiet -connect localhost:{options.tls_port}"
-    line += f", {options.workers} worker(s)."
+    if options.irc_port is not None:
+        irc = sorted(set(gateway_ports(options.irc_port, options.gateways, options.reuse_port)))
+        line += ", IRC on port(s) " + ", ".join(map(str, irc))
+        connect += f" or irssi -c localhost -p {options.irc_port}"
+    if options.web_port is not None:
+        web = sorted(set(gateway_ports(options.web_port, options.gateways, options.reuse_port)))
+        line += ", web on port(s) " + ", ".join(map(str, web))
+        connect += f" or http://localhost:{options.web_port}/"
+    line += f", {options.workers} worker(s)"
+    line += ", a broker pair." if options.brokers > 1 else "."
     if parts.metrics:
         line += " Metrics: " + " ".join(f"{part}={where}" for part, where in parts.metrics.items()) + "."
     return line + f" Connect with: {connect}   (Ctrl-C stops everything)"
@@ -190,6 +244,8 @@ def ready_line(options: PartOptions, parts: Parts) -> str:
 @click.option("--gateways", default=1, envvar="CHAT_GATEWAYS", show_envvar=True, type=click.IntRange(1, 64))
 @click.option("--workers", default=os.cpu_count() or 1, envvar="CHAT_WORKERS", show_envvar=True,
               type=click.IntRange(1, 256), help="Worker processes (default: the CPU count).")
+@click.option("--brokers", default=1, envvar="CHAT_BROKERS", show_envvar=True, type=click.IntRange(1, 2),
+              help="1: one broker; 2: a pair, one active and one standing by (a lease in the stack's Redis).")
 @click.option("--redis-url", default=None, envvar="CHAT_REDIS_URL", show_envvar=True,
               help="Use this Redis instead of starting the embedded Valkey.")
 @click.option("--rate-limit", default=20.0, envvar="CHAT_RATE_LIMIT", show_envvar=True, type=click.FloatRange(0),
@@ -207,6 +263,13 @@ def ready_line(options: PartOptions, parts: Parts) -> str:
               type=click.Path(exists=True, dir_okay=False), help="PEM certificate chain for the TLS ports.")
 @click.option("--tls-key", default=None, envvar="CHAT_TLS_KEY", show_envvar=True,
               type=click.Path(exists=True, dir_okay=False), help="PEM private key for the TLS ports.")
+@click.option("--irc-port", default="6667", envvar="CHAT_IRC_PORT", show_envvar=True, callback=_door_port,
+              help="IRC port of the first gateway (the others take the next ports); 'off': no IRC.")
+@click.option("--irc-server-name", default="", envvar="CHAT_IRC_SERVER_NAME", show_envvar=True,
+              help="The server name IRC clients see (default: the host name).")
+@click.option("--web-port", default="8080", envvar="CHAT_WEB_PORT", show_envvar=True, callback=_door_port,
+              help="Web client and WebSocket (/ws) port of the first gateway (the others take the next ports); "
+                   "'off': none.")
 @click.option("--log-format", default="text", envvar="CHAT_LOG_FORMAT", show_envvar=True,
               type=click.Choice(LOG_FORMATS), help="Every part's log lines as text or one JSON object a line.")
 @click.option("--data-dir", default=None, envvar="CHAT_DATA_DIR", show_envvar=True, type=click.Path(file_okay=False),
@@ -215,17 +278,19 @@ def ready_line(options: PartOptions, parts: Parts) -> str:
               callback=_memory_option,
               help="Memory limit of the embedded Valkey (at least 1mb). When it is full, writes are refused "
               "(noeviction): lines that change state get '! service temporarily unavailable'.")
-def main(port: int, host: str, gateways: int, workers: int, redis_url: str | None, rate_limit: float,
+def main(port: int, host: str, gateways: int, workers: int, brokers: int, redis_url: str | None, rate_limit: float,
          max_per_address: int, reuse_port: bool, metrics_port: int | None, tls_port: int | None,
-         tls_cert: str | None, tls_key: str | None, log_format: str, data_dir: str | None,
+         tls_cert: str | None, tls_key: str | None, irc_port: int | None, irc_server_name: str,
+         web_port: int | None, log_format: str, data_dir: str | None,
          valkey_maxmemory: int) -> None:
     """Run the whole chat backend on this machine."""
     if (tls_port is None) != (tls_cert is None) or (tls_cert is None) != (tls_key is None):
         raise click.UsageError("TLS needs all of --tls-port, --tls-cert and --tls-key")
-    if metrics_port and metrics_port + 1 + gateways > 65535:
+    if metrics_port and metrics_port + gateways + brokers > 65535:
         raise click.BadParameter("the parts' ports would go past 65535", param_hint="--metrics-port")
     options = PartOptions(port, host, gateways, workers, reuse_port, metrics_port, log_format, tls_port,
-                          os.path.abspath(tls_cert) if tls_cert else "", os.path.abspath(tls_key) if tls_key else "")
+                          os.path.abspath(tls_cert) if tls_cert else "", os.path.abspath(tls_key) if tls_key else "",
+                          irc_port, web_port, irc_server_name, brokers)
     stopping = Stopping().install()
     for left in sweep_stale_run_dirs():
         print(f"chat-stack: removed {left}, left behind by a stack that is gone", file=sys.stderr, flush=True)

@@ -49,7 +49,7 @@ def _serve(children: ChildMetrics, pool: PoolMetrics, listen: tuple[str, int]) -
 @click.option("-n", "--processes", default=1, envvar="CHAT_WORKERS", show_envvar=True, type=click.IntRange(1, 256),
               help="How many worker processes to run.")
 @click.option("--backend", default="tcp://127.0.0.1:5556", envvar="CHAT_BACKEND", show_envvar=True,
-              help="The broker's backend endpoint.")
+              help="The broker's backend endpoint; a broker pair's: both, comma-separated.")
 @click.option("--redis-url", default="redis://127.0.0.1:6379/0", envvar="CHAT_REDIS_URL", show_envvar=True,
               callback=_redis_url,
               help="Redis (or Valkey) holding the chat's state: redis://[USER:PASS@]HOST:PORT/DB, rediss://..., "
@@ -99,7 +99,7 @@ def main(processes: int, backend: str, redis_url: str, redis_ca: str | None, red
     setup_logging("chat-worker", log_level, log_format)
     set_log_instance(f"pool-{socket.gethostname()}-{os.getpid()}")
     try:
-        curve = client_curve("chat-worker", "worker", curve_secret, curve_server, [backend])
+        curve = client_curve("chat-worker", "worker", curve_secret, curve_server, backend.split(","))
     except KeyFileError as exc:
         raise click.ClickException(str(exc)) from None
     config = WorkerConfig(backend=backend, redis_url=redis_url, redis_ca=redis_ca,

@@ -285,16 +285,34 @@ def replayable(script: str, ttl: int = RESULT_TTL, grows: bool = True) -> str:
     return f"{first}\nlocal function op()\n{body}\nend\n" + wrapper.replace("RESULT_TTL", str(ttl))
 
 
-NICK = replayable(_NICK_SRC)
-JOIN = replayable(_JOIN_SRC)
-PART = replayable(_PART_SRC, grows=False)  # it frees memory
-SAY = replayable(_SAY_SRC)
-LEAVE = replayable(_LEAVE_SRC, GONE_TTL, grows=False)
-REAP = replayable(_REAP_SRC, GONE_TTL, grows=False)
-PRIVATE = replayable(_PRIVATE_SRC, grows=False)  # a delivery, nothing stored
-WHO = replayable(_WHO_SRC, grows=False)
-ROOMS = replayable(_ROOMS_SRC, grows=False)
-HISTORY = replayable(_HISTORY_SRC, grows=False)
-HISTORY_AFTER = replayable(_HISTORY_AFTER_SRC, grows=False)
-TOPIC = replayable(_TOPIC_SRC)  # a set adds state (a show too is refused when Valkey is full)
-CONNECT = _CONNECT_SRC
+# The broker pair's fence (broker.lease): every script takes the epoch of the
+# dispatch it serves as its last ARGV, and takes it off before anything else
+# reads ARGV. Under an epoch that is no longer `p broker:epoch` it changes
+# nothing and fails with FENCED; epoch 0 (a lone broker) is never checked.
+FENCED = "FENCED"
+_FENCE = f"""
+local fence = table.remove(ARGV)
+if fence ~= '0' and redis.call('GET', ARGV[1]..'broker:epoch') ~= fence then
+  return redis.error_reply('{FENCED} the broker epoch moved on from '..fence)
+end
+"""
+
+
+def fenced(script: str) -> str:
+    """`script` refused under a stale broker epoch (its last ARGV), one GET a run."""
+    return _FENCE + script
+
+
+NICK = fenced(replayable(_NICK_SRC))
+JOIN = fenced(replayable(_JOIN_SRC))
+PART = fenced(replayable(_PART_SRC, grows=False))  # it frees memory
+SAY = fenced(replayable(_SAY_SRC))
+LEAVE = fenced(replayable(_LEAVE_SRC, GONE_TTL, grows=False))
+REAP = fenced(replayable(_REAP_SRC, GONE_TTL, grows=False))
+PRIVATE = fenced(replayable(_PRIVATE_SRC, grows=False))  # a delivery, nothing stored
+WHO = fenced(replayable(_WHO_SRC, grows=False))
+ROOMS = fenced(replayable(_ROOMS_SRC, grows=False))
+HISTORY = fenced(replayable(_HISTORY_SRC, grows=False))
+HISTORY_AFTER = fenced(replayable(_HISTORY_AFTER_SRC, grows=False))
+TOPIC = fenced(replayable(_TOPIC_SRC))  # a set adds state (a show too is refused when Valkey is full)
+CONNECT = fenced(_CONNECT_SRC)

@@ -47,6 +47,11 @@ class Gone(Exception):
     """The connection is unknown to Redis: reaped, or Redis lost its data."""
 
 
+class EpochFenced(redis.RedisError):
+    """A script refused the dispatch's broker epoch: that broker was deposed. Nothing
+    it ran after the refusal changed anything; what ran before is replayable."""
+
+
 @dataclass(frozen=True, slots=True)
 class Failed:
     """An operation that did not happen; `why` is the script's reason word."""
@@ -122,6 +127,7 @@ class Store:
         self.max_rooms = max_rooms  # rooms one connection may be in
         self.history_ttl = history_ttl  # seconds an emptied room's history is kept
         self._shas: dict[str, str] = {}
+        self.epoch = 0  # the broker epoch of the dispatch being served (0: a lone broker)
 
     # --- running calls ------------------------------------------------------------
 
@@ -141,6 +147,8 @@ class Store:
         if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
             self._load_scripts(calls)  # a restarted Redis forgot them; the scripts are replayable
             replies = self._execute(calls)
+        if any(isinstance(r, redis.ResponseError) and str(r).startswith(scripts.FENCED) for r in replies):
+            raise EpochFenced(f"broker epoch {self.epoch} is no longer the current one")
         return [self._parse(call, reply) for call, reply in zip(calls, replies, strict=True)]
 
     def run_one(self, call: Call) -> Any:
@@ -155,7 +163,7 @@ class Store:
             if call.script is None:
                 pipe.execute_command(*call.args)
             else:
-                pipe.evalsha(self._sha(call.script), 0, self._p, *call.args)
+                pipe.evalsha(self._sha(call.script), 0, self._p, *call.args, self.epoch)
         wait = self._durability if any(call.durable for call in calls) else None
         if wait is not None:
             pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)

@@ -10,7 +10,14 @@ event and publishing what it caused are then one message, which is what
 lets the broker keep a connection's events in order across workers.
 
 Heartbeats go both ways; a broker silent for `liveness` intervals is taken
-for gone: the worker connects again. A broker that does not know the worker
+for gone: the worker connects again. `--backend` may name several brokers
+(a pair, comma-separated): the worker keeps one DEALER per broker, says Ready
+and heartbeats to each, and serves whichever dispatches (only the active one
+does). Every dispatch starts with its broker's heartbeat, which carries the
+broker's epoch: the scripts run under it, and when one refuses it (`FENCED`:
+that broker was deposed) the dispatch is left unanswered (no Mark: its
+gateways send it again to the new broker) and later dispatches under that
+epoch are dropped unread. A broker that does not know the worker
 (it restarted, and ZeroMQ reconnected us to it) says `Unknown`: the worker
 registers with `Ready` again.
 
@@ -30,6 +37,7 @@ import os
 import secrets
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import redis
@@ -55,12 +63,15 @@ from workers.effects import Effects
 from workers.logic import INTERNAL_ERROR, UNAVAILABLE, Chat, ChatLimits
 from workers.metrics import RedisCause, RefusedCause, WorkerMetrics, redis_cause
 from workers.redis_client import open_redis, parse_redis_url
-from workers.store import Durability, Store
+from workers.store import Durability, EpochFenced, Store
 
 log = logging.getLogger("chat.worker")
 
 # the share of --redis-timeout a WAIT for replicas may take
 WAIT_SHARE = 0.5
+
+# deposed broker epochs remembered (a pair deposes one at a time: a few are plenty)
+FENCED_EPOCHS = 16
 
 # one envelope may not grow this process's memory without bound (ZMQ_MAXMSGSIZE)
 MAX_MESSAGE_BYTES = 64 << 20
@@ -114,6 +125,9 @@ class Handler:
         self.breaker = breaker
         self.reaps: list[GatewayLost] = []  # lost gateways still to clean up
         self.unknown_to = ""  # a broker that said it does not know us
+        # broker epochs a script refused: their dispatches are dropped unread (by equality, not
+        # order: a Redis that lost its data counts epochs from 1 again, and those must be served)
+        self.fenced_epochs: deque[int] = deque(maxlen=FENCED_EPOCHS)
 
     @property
     def metrics(self) -> WorkerMetrics:
@@ -124,6 +138,7 @@ class Handler:
 
         `now` is the wall clock (for message times), `tick` the monotonic one (for the breaker)."""
         items: list[WorkItem] = []
+        epoch = 0
         for frame in frames:
             try:
                 msg = codec.decode(frame)
@@ -134,32 +149,44 @@ class Handler:
                 items.append(msg)
             elif isinstance(msg, Unknown):
                 self.unknown_to = msg.broker
-            elif not isinstance(msg, Heartbeat):  # a heartbeat is only a sign of life
+            elif isinstance(msg, Heartbeat):  # a sign of life; first in a dispatch: its epoch
+                epoch = msg.epoch
+            else:
                 log.warning("dropped an unexpected %s from the broker", type(msg).__name__)
+        if items and epoch in self.fenced_epochs:  # from a deposed broker: nobody waits for it
+            return Done((), ())
         self.metrics.took(items)
         fx = Effects()
-        self.batch([*items, *self._due_reaps(tick)], fx, now, tick)
+        self.chat.store.epoch = epoch
+        if not self.batch([*items, *self._due_reaps(tick)], fx, now, tick):
+            return Done((), ())
         self.metrics.breaker(not self.breaker.allows(tick))
         return Done(tuple(event_key(item) for item in items), fx.encoded())
 
-    def batch(self, items: list[WorkItem], fx: Effects, now: float, tick: float) -> None:
-        """Handle events in one round trip to Redis; each event's effects after its Mark."""
+    def batch(self, items: list[WorkItem], fx: Effects, now: float, tick: float) -> bool:
+        """Handle events in one round trip to Redis; each event's effects after its Mark.
+        -> False if the broker's epoch was fenced: nothing may be answered."""
         if not items:
-            return
+            return True
         if not self.breaker.allows(tick):  # fail fast, and leave the cooldown as it is
             self.metrics.redis_failed(RedisCause.BREAKER_OPEN)
             for item in items:
                 self._unserved(item, fx)
-            return
+            return True
         try:
             effects = self.chat.handle_batch(items, now)
+        except EpochFenced as exc:
+            if self.chat.store.epoch not in self.fenced_epochs:
+                self.fenced_epochs.append(self.chat.store.epoch)
+            log.warning("dropped a dispatch of %d events: %s", len(items), exc)
+            return False
         except redis.RedisError as exc:
             self.breaker.trip(tick)
             self.metrics.redis_failed(redis_cause(exc))
             log.warning("redis failed on a dispatch of %d events: %s", len(items), exc)
             for item in items:
                 self._unserved(item, fx)
-            return
+            return True
         except Exception:  # each event has its guard in the chat: this is a bug of the dispatch itself
             log.exception("failed to handle a dispatch of %d events: answering them all", len(items))
             self.metrics.internal_error(len(items))
@@ -167,13 +194,14 @@ class Handler:
                 fx.mark(*event_key(item))
                 if isinstance(item, (Lines, Connected)):
                     fx.error(item.cid, INTERNAL_ERROR)
-            return
+            return True
         for item, item_fx in zip(items, effects, strict=True):
             if item_fx.unserved:
                 self._unserved(item, fx)
                 continue
             fx.mark(*event_key(item))
             fx.items.extend(item_fx.items)
+        return True
 
     def _unserved(self, item: WorkItem, fx: Effects) -> None:
         if isinstance(item, Lines):
@@ -206,53 +234,84 @@ def worker_name() -> str:
     return f"w-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
-def _open_backend(ctx: zmq.Context[zmq.Socket[bytes]], config: WorkerConfig) -> zmq.Socket[bytes]:
-    """A DEALER under a fresh identity (a reconnect is a new worker to the broker), which
-    names this process in its JSON log lines from now on."""
-    name = worker_name()
-    set_log_instance(name)
-    sock = ctx.socket(zmq.DEALER)
-    try:
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # a bigger frame drops the peer's link
-        sock.setsockopt_string(zmq.IDENTITY, name)
-        if config.curve:
-            config.curve.apply(sock)
-        sock.connect(config.backend)
-        sock.send(codec.encode(Ready(config.credit)))
-    except BaseException:
-        sock.close()  # an open socket would hang the context's term()
-        raise
-    return sock
+class BrokerLink:
+    """One broker's DEALER, under a fresh identity each time it is opened (a reconnect is
+    a new worker to the broker); the identity names this process in its JSON log lines."""
 
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], config: WorkerConfig, endpoint: str) -> None:
+        self.ctx, self.config, self.endpoint = ctx, config, endpoint
+        self.sock = self._open()
+        self.last_heard = self.last_sent = time.monotonic()
 
-def serve_broker(
-    sock: zmq.Socket[bytes], handler: Handler, config: WorkerConfig, stopping: Stopping
-) -> None:
-    """Serve one broker connection until it falls silent, changes, or we are stopped."""
-    heartbeat = codec.encode(Heartbeat(sock.getsockopt_string(zmq.IDENTITY)))
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-    last_heard = last_sent = time.monotonic()
-    while not stopping.requested:
-        if poller.poll(int(config.heartbeat * 1000)):
-            frames = sock.recv_multipart()
-            last_heard = time.monotonic()
-            done = handler.frames(frames, time.time(), time.monotonic())
-            if done.events or done.publish:
-                sock.send(codec.encode(done))
-                last_sent = time.monotonic()
-            if handler.unknown_to:
-                log.warning("the broker %s does not know us: registering", handler.unknown_to)
-                handler.unknown_to = ""
-                sock.send(codec.encode(Ready(config.credit)))
-        now = time.monotonic()
-        if now - last_heard > config.heartbeat * config.liveness:
-            log.warning("broker silent for %.1fs: reconnecting", now - last_heard)
+    def _open(self) -> zmq.Socket[bytes]:
+        name = worker_name()
+        set_log_instance(name)
+        self.heartbeat = codec.encode(Heartbeat(name))
+        sock = self.ctx.socket(zmq.DEALER)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)  # a bigger frame drops the peer's link
+            sock.setsockopt_string(zmq.IDENTITY, name)
+            if self.config.curve:
+                self.config.curve.apply(sock)
+            sock.connect(self.endpoint)
+            sock.send(codec.encode(Ready(self.config.credit)))
+        except BaseException:
+            sock.close()  # an open socket would hang the context's term()
+            raise
+        return sock
+
+    def reopen(self) -> None:
+        self.sock.close()
+        self.sock = self._open()
+        self.last_heard = self.last_sent = time.monotonic()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def serve_one(self, handler: Handler) -> None:
+        """Handle one message from the broker; answer on the same link."""
+        try:
+            frames = self.sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
             return
-        if now - last_sent >= config.heartbeat:
-            sock.send(heartbeat)
-            last_sent = now
+        self.last_heard = time.monotonic()
+        done = handler.frames(frames, time.time(), time.monotonic())
+        if done.events or done.publish:
+            self.sock.send(codec.encode(done))
+            self.last_sent = time.monotonic()
+        if handler.unknown_to:
+            log.warning("the broker %s does not know us: registering", handler.unknown_to)
+            handler.unknown_to = ""
+            self.sock.send(codec.encode(Ready(self.config.credit)))
+
+    def keep_alive(self, now: float) -> bool:
+        """Heartbeat when due -> False if the broker is silent too long (reopen the link)."""
+        if now - self.last_heard > self.config.heartbeat * self.config.liveness:
+            log.warning("broker %s silent for %.1fs: reconnecting", self.endpoint, now - self.last_heard)
+            return False
+        if now - self.last_sent >= self.config.heartbeat:
+            self.sock.send(self.heartbeat)
+            self.last_sent = now
+        return True
+
+
+def serve_brokers(links: list[BrokerLink], handler: Handler, config: WorkerConfig, stopping: Stopping) -> None:
+    """Serve the brokers' links until one falls silent (it is reopened) or we are stopped."""
+    poller = zmq.Poller()
+    for link in links:
+        poller.register(link.sock, zmq.POLLIN)
+    while not stopping.requested:
+        ready = dict(poller.poll(int(config.heartbeat * 1000)))
+        for link in links:
+            if link.sock in ready:
+                link.serve_one(handler)
+        now = time.monotonic()
+        silent = [link for link in links if not link.keep_alive(now)]
+        for link in silent:
+            link.reopen()
+        if silent:
+            return
 
 
 def run_worker(config: WorkerConfig) -> None:
@@ -264,13 +323,14 @@ def run_worker(config: WorkerConfig) -> None:
                   durability=durability(config))
     handler = Handler(Chat(store, config.limits, metrics), Breaker(config.breaker_cooldown))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    links: list[BrokerLink] = []
     try:
+        for endpoint in config.backend.split(","):
+            links.append(BrokerLink(ctx, config, endpoint.strip()))
         while not stopping.requested:
-            sock = _open_backend(ctx, config)
-            try:
-                serve_broker(sock, handler, config, stopping)
-            finally:
-                sock.close()
+            serve_brokers(links, handler, config, stopping)
     finally:
+        for link in links:
+            link.close()
         ctx.term()
         client.close()

@@ -27,7 +27,7 @@
   function windowFor(name) {
     let win = state.windows.get(name);
     if (!win) {
-      win = { name, items: [], members: new Set(), lastId: "", seen: new Set(), unread: false };
+      win = { name, items: [], members: new Set(), lastId: "", seen: new Set(), unread: false, topic: "" };
       state.windows.set(name, win);
       drawRooms();
     }
@@ -38,11 +38,17 @@
     state.current = name;
     const win = windowFor(name);
     win.unread = false;
-    $("title").textContent = name;
+    drawTitle();
     $("log").replaceChildren(...win.items);
     $("log").scrollTop = $("log").scrollHeight;
     drawRooms();
     drawMembers();
+  }
+
+  function drawTitle() {
+    const win = state.windows.get(state.current);
+    $("title").textContent = state.current;
+    $("topic").textContent = win && win.topic ? win.topic : "";
   }
 
   function drawRooms() {
@@ -148,8 +154,9 @@
       win.members.add(o.to);
       eventLine(win.name, o.text);
     }),
-    info: (o) => onInfo(o.text || ""),
-    error: (o) => onError(o.text || ""),
+    topic: (o) => { setTopic(o.room, Array.isArray(o.args) ? String(o.args[1] || "") : ""); eventLine(o.room, o.text); },
+    info: (o) => onInfo(o),
+    error: (o) => onError(o),
   };
 
   function forRoomsOf(nick, fn) {
@@ -157,44 +164,56 @@
     drawMembers();
   }
 
-  const infoRules = [
-    [/^welcome! you are (\S+?):/, (m) => { state.me = m[1]; }],
-    [/^you are now (\S+)$/, (m) => {
-      forRoomsOf(state.me, (win) => { win.members.delete(state.me); win.members.add(m[1]); });
-      state.me = state.wanted = m[1];
-      localStorage.setItem("chat.nick", m[1]);
-      $("nick").value = m[1];
-    }],
-    [/^you joined (#\S+) \(\d+ here: (.*)\)$/, (m) => {
-      const win = windowFor(m[1]);
-      win.members = new Set(m[2].split(", ").filter(Boolean));
-      state.serverRoom = m[1];
-      drawMembers();
-    }],
-    [/^(#\S+) \(\d+\): (.*)$/, (m) => {
-      windowFor(m[1]).members = new Set(m[2].split(", ").filter(Boolean));
-      drawMembers();
-    }],
-    [/^you left (#\S+)(?:; your current room is (#\S+))?/, (m) => {
-      state.windows.delete(m[1]);
-      state.serverRoom = m[2] || "";
-      if (state.current === m[1]) show(SERVER); else drawRooms();
-    }],
-    [/^history of (#\S+):/, (m) => { state.catchingUp.delete(m[1]); }],
-  ];
-
-  function onInfo(text) {
-    for (const [rule, act] of infoRules) {
-      const m = rule.exec(text);
-      if (m) { act(m); break; }
-    }
-    info(text, "info");
+  function setMembers(room, nicks) {
+    windowFor(room).members = new Set(nicks.filter(Boolean));
+    drawMembers();
   }
 
-  function onError(text) {
-    // a server without "/history ROOM after ID": ask for the recent history instead;
-    // ids seen before are dropped, so nothing shows twice
-    if (state.catchingUp.size && /history/i.test(text)) {
+  function setTopic(room, topic) {
+    const win = windowFor(room);
+    win.topic = topic || "";
+    if (room === state.current) drawTitle();
+  }
+
+  // replies by their structured code (protocol.replies): args carry the data, text is for people
+  const infoCodes = {
+    welcome: (a) => { state.me = a[0] || state.me; },
+    nick_set: (a) => {
+      const nick = a[0];
+      forRoomsOf(state.me, (win) => { win.members.delete(state.me); win.members.add(nick); });
+      state.me = state.wanted = nick;
+      localStorage.setItem("chat.nick", nick);
+      $("nick").value = nick;
+    },
+    joined: (a) => {
+      state.serverRoom = a[0];
+      setTopic(a[0], a[1]);
+      setMembers(a[0], a.slice(2));
+    },
+    join_topic: (a) => setTopic(a[0], a[1]),
+    topic_is: (a) => setTopic(a[0], a[1]),
+    members: (a) => setMembers(a[0], a.slice(1)),
+    parted: (a) => {
+      state.windows.delete(a[0]);
+      state.serverRoom = a[1] || "";
+      if (state.current === a[0]) show(SERVER); else drawRooms();
+    },
+    history: (a) => { state.catchingUp.delete(a[0]); },
+    history_gap: (a) => { eventLine(a[0], "some older messages are no longer kept: there is a gap before these"); },
+  };
+
+  function onInfo(obj) {
+    const act = infoCodes[obj.code];
+    if (act) act(Array.isArray(obj.args) ? obj.args.map(String) : []);
+    info(obj.text || "", "info");
+  }
+
+  function onError(obj) {
+    const text = obj.text || "";
+    // a server without "/history ROOM after ID" (its usage error): ask for the recent
+    // history instead; ids seen before are dropped, so nothing shows twice
+    const args = Array.isArray(obj.args) ? obj.args : [];
+    if (state.catchingUp.size && (obj.code === "usage" || obj.code === "bad_argument") && args[0] === "history") {
       const rooms = [...state.catchingUp];
       state.catchingUp.clear();
       for (const room of rooms) send("/history " + room + " 100");

@@ -77,9 +77,9 @@ def test_grace_gives_every_peer_a_fresh_window() -> None:
 
 def test_link_watch_allows_reaping_while_someone_is_heard() -> None:
     watch = LinkWatch(3.0, now=0.0)
-    assert watch.may_reap(3.0)
+    assert watch.may_reap(1.5)  # someone heard within half the window
     watch.heard(2.0)
-    assert watch.may_reap(5.0)
+    assert watch.may_reap(3.5)
     assert not watch.silent
 
 
@@ -92,6 +92,17 @@ def test_link_watch_suspects_itself_when_everyone_is_silent() -> None:
     assert watch.heard(101.0) == pytest.approx(100.0)  # silent since the last peer was heard
     assert not watch.silent
     assert watch.may_reap(101.5)
+
+
+def test_a_cut_link_reaps_not_even_the_peer_that_fell_silent_first() -> None:
+    """Cut at 1.0: gw2 was last heard at 0.0, w1 at 0.9. When gw2's window ends (3.01),
+    the broker must already suspect its own link, not reap gw2 first."""
+    live, watch = Liveness(1.0, 3), LinkWatch(3.0, now=0.0)
+    for peer, at in ((b"gw2", 0.0), (b"w1", 0.9)):
+        live.heard(peer, at)
+        watch.heard(at)
+    assert not watch.may_reap(3.01)
+    assert live.expired(3.01) == [b"gw2"]  # what would have been reaped
 
 
 def test_link_watch_reports_no_silence_when_there_was_none() -> None:

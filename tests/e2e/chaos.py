@@ -11,7 +11,9 @@ was handled. Then, for every receiver whose connection stayed open:
 - order mismatches: two receivers of a room that saw its messages in
   different orders;
 - unexplained: messages neither accepted nor answered by an error
-  (a silent loss at the sender's side).
+  (a silent loss at the sender's side);
+- pause: the longest time between two deliveries to any live receiver,
+  from the first to the last (how long the fault stopped the chat).
 
 After a Redis failover, `nick_violations` checks the nickname invariant in
 the new master: conn:<cid> has nick N exactly when nick:<lower N> is cid.
@@ -36,6 +38,7 @@ class Collector(threading.Thread):
         super().__init__(daemon=True)
         self.client = client
         self.objects: list[dict] = []
+        self.stamps: list[float] = []  # when each of `objects` arrived (monotonic)
         self.stop_at = time.monotonic() + 120
         self.last_line = time.monotonic()
 
@@ -49,6 +52,7 @@ class Collector(threading.Thread):
             self.last_line = time.monotonic()
             if line.startswith("{"):
                 self.objects.append(json.loads(line))
+                self.stamps.append(self.last_line)
 
     def stop(self) -> None:
         self.stop_at = 0
@@ -97,6 +101,7 @@ class Verdict:
     reordered: int = 0
     order_mismatches: int = 0
     unexplained: int = 0
+    pause: float = 0.0  # seconds: the longest gap between deliveries
     notes: list[str] = field(default_factory=list)
 
     def ok(self) -> bool:
@@ -105,11 +110,11 @@ class Verdict:
     def row(self) -> str:
         return (f"| {self.fault} | {self.sent} | {self.accepted} | {self.refused} | {self.delivered} | "
                 f"{self.lost} | {self.duplicated} | {self.reordered} | {self.order_mismatches} | "
-                f"{self.unexplained} |")
+                f"{self.unexplained} | {self.pause:.2f} |")
 
 
 HEADER = ("| fault | sent | accepted | refused (told) | delivered | lost | duplicated | reordered | "
-          "order mismatches | unexplained |\n|---|---|---|---|---|---|---|---|---|---|")
+          "order mismatches | unexplained | pause (s) |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def numbers(objs: list[dict], stream: Stream) -> list[int]:
@@ -139,7 +144,16 @@ def judge(fault: str, streams: list[Stream], rooms: dict[str, list[Member]],
             v.lost += len(accepted - set(got))
     for members in rooms.values():
         v.order_mismatches += _order_mismatches([m for m in members if m.alive])
+    live = {id(m): m for m in [*(m for ms in rooms.values() for m in ms), *partners.values()] if m.alive}
+    v.pause = longest_pause(list(live.values()))
     return v
+
+
+def longest_pause(members: list[Member]) -> float:
+    """The longest gap between two chat deliveries to any of `members`, first to last."""
+    times = sorted(t for m in members for t, o in zip(m.collector.stamps, m.collector.objects, strict=False)
+                   if o.get("type") in ("message", "private"))
+    return max((b - a for a, b in zip(times, times[1:])), default=0.0)
 
 
 def _order_mismatches(members: list[Member]) -> int:

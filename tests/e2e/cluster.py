@@ -7,6 +7,7 @@ is stopped by its PID in teardown.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def start_gateway(eps: dict[str, str], name: str, *args: str) -> tuple[Child, in
     child = start(name, python_module(
         "gateway.cli", "--listen", "127.0.0.1:0", "--frontend", eps["frontend"],
         "--pub-out", eps["pub-out"], "--id", name, *args), "chat-gateway")
-    port = int(child.ready_line.rsplit(":", 1)[1])
+    port = int(child.ready_line.split(" listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
     return child, port
 
 
@@ -54,6 +55,7 @@ class Cluster:
     ports: list[int]
     children: dict[str, Child] = field(default_factory=dict)
     data_dir: Path | None = None
+    pair_endpoints: list[dict[str, str]] = field(default_factory=list)  # a broker pair's, each broker's own
 
     def stop(self) -> None:
         for name in reversed(list(self.children)):
@@ -91,3 +93,34 @@ def start_fast_cluster(data_dir: Path, workers: int = 2, gateways: int = 2,
     """A cluster whose parts notice a death within about a second."""
     return start_cluster(data_dir, workers, gateways, gateway_args=(*FAST_GATEWAY, *gateway_args),
                          broker_args=FAST, worker_args=(*FAST, "--redis-timeout", "0.25"))
+
+
+def _pair_endpoints(pair: list[dict[str, str]]) -> dict[str, str]:
+    return {name: ",".join(eps[name] for eps in pair) for name in ("frontend", "backend", "pub-out")}
+
+
+def start_pair_cluster(data_dir: Path, workers: int = 2, gateways: int = 2,
+                       wait_for_lease: Callable[[str], None] | None = None) -> Cluster:
+    """A broker pair on one Valkey: `broker-a` starts first and (once `wait_for_lease` says
+    it holds the lease) `broker-b` stands by; workers and gateways get both brokers' endpoints.
+    `endpoints` are the pair's, comma-separated; each broker's own are `pair_endpoints`."""
+    children: dict[str, Child] = {}
+    try:
+        children["valkey"], redis_url = start_valkey(data_dir)
+        pair = []
+        for name in ("broker-a", "broker-b"):
+            children[name], own = start_broker(*FAST, "--redis-url", redis_url)
+            pair.append(own)
+            if wait_for_lease is not None and name == "broker-a":
+                wait_for_lease(redis_url)
+        eps = _pair_endpoints(pair)
+        children["workers"] = start_workers(workers, eps["backend"], redis_url, *FAST, "--redis-timeout", "0.25")
+        ports = []
+        for i in range(gateways):
+            children[f"gw{i + 1}"], port = start_gateway(eps, f"gw{i + 1}", *FAST_GATEWAY)
+            ports.append(port)
+    except BaseException:
+        for child in reversed(list(children.values())):
+            stop(child)
+        raise
+    return Cluster(redis_url, eps, ports, children, data_dir, pair)

@@ -17,6 +17,7 @@ import pytest
 
 from gateway.web import load_static
 from protocol.messages import ChatEvent, EventType
+from protocol.replies import ReplyCode as R
 from protocol.websocket import WebConfig, WebConnection
 from tests.e2e.browser import browser, open_page, screenshot  # noqa: F401 (fixtures)
 
@@ -30,16 +31,19 @@ def answer(line: str, nick: str, count: int, said: list[ChatEvent]) -> tuple[lis
     the web client must fall back to the recent history and drop what it has shown."""
     word, _, rest = line.partition(" ")
     if word == "/nick":
-        return [ChatEvent(EventType.INFO, f"you are now {rest}")], rest
+        return [ChatEvent(EventType.INFO, f"you are now {rest}", code=R.NICK_SET, args=(rest,))], rest
     if word == "/join":
-        return [ChatEvent(EventType.INFO, f"you joined {rest} (1 here: {nick})")], nick
+        return [ChatEvent(EventType.INFO, f"you joined {rest} (1 here: {nick})", code=R.JOINED,
+                          args=(rest, "", nick))], nick
     if word == "/history" and " after " in rest:
-        return [ChatEvent(EventType.ERROR, "usage: /history [#ROOM] [N]  (N from 1 to 100)")], nick
+        return [ChatEvent(EventType.ERROR, "usage: /history [#ROOM] [N]  (N from 1 to 100)", code=R.USAGE,
+                          args=("history",))], nick
     if word == "/history":
         room = rest.split()[0]
         replay = [ChatEvent(EventType.HISTORY, e.text, room=e.room, sender=e.sender, id=e.id, ts=e.ts, of="message")
                   for e in said if e.room == room]
-        return [ChatEvent(EventType.INFO, f"history of {room}: {len(replay)} messages"), *replay], nick
+        return [ChatEvent(EventType.INFO, f"history of {room}: {len(replay)} messages", code=R.HISTORY,
+                          args=(room, str(len(replay)))), *replay], nick
     target, _, text = rest.partition(" ")
     if word == "/msg" and target.startswith("#"):
         said.append(ChatEvent(EventType.MESSAGE, text, room=target, sender=nick, id=f"echo/{count}", ts=time.time()))

@@ -8,8 +8,10 @@ connection stayed open. The stalled gateway (SIGSTOP past the liveness window,
 then SIGCONT) must also tell each of its clients to reconnect, close them, and
 serve new clients afterwards. The last fault runs on a second cluster whose
 Redis is a master with two replicas behind three Sentinels: kill -9 of the
-master, after which the nickname invariant is checked in the new master. The
-summary table is printed (and written to chaos-summary.md in the pytest temp dir).
+master, after which the nickname invariant is checked in the new master. Then
+a third cluster runs a broker pair (a lease in Valkey): kill -9 of the active
+broker, the standby takes over; its pause must stay within about 3 heartbeats.
+The summary table is printed (and written to chaos-summary.md in the pytest temp dir).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 
 from protocol.messages import GATEWAY_GONE
 from stack.children import python_module, start, stop
@@ -38,7 +41,15 @@ from tests.e2e.chaos import (
     wait_quiet,
 )
 from tests.e2e.chatclient import ChatClient
-from tests.e2e.cluster import FAST, FAST_GATEWAY, Cluster, start_cluster, start_fast_cluster, start_gateway
+from tests.e2e.cluster import (
+    FAST,
+    FAST_GATEWAY,
+    Cluster,
+    start_cluster,
+    start_fast_cluster,
+    start_gateway,
+    start_pair_cluster,
+)
 from tests.e2e.load import wait_until
 from tests.redis_servers import Servers, start_sentinel_set
 from workers.logic import UNAVAILABLE
@@ -174,6 +185,8 @@ def test_chaos(cluster: Cluster, tmp_path, capsys) -> None:  # type: ignore[no-u
     verdicts.append(verdict)
     for name, value in rss.items():
         peak[name] = max(peak.get(name, 0), value)
+    pair = _broker_pair_phase(tmp_path / "pair", timings)
+    verdicts.append(pair)
 
     summary = "\n".join([HEADER, *(v.row() for v in verdicts), "", *timings,
                          "peak RSS (MiB): " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in sorted(peak.items()))])
@@ -184,6 +197,43 @@ def test_chaos(cluster: Cluster, tmp_path, capsys) -> None:  # type: ignore[no-u
         assert v.ok(), v.row()
         assert v.accepted > 0 and v.delivered > 0, v.row()
     assert all(rss < RSS_LIMIT for rss in peak.values()), peak
+    assert pair.pause <= PAIR_PAUSE, pair.row()
+
+
+HEARTBEAT = 0.2  # FAST
+PAIR_PAUSE = 5 * HEARTBEAT  # about 3 heartbeats (the lease), plus slack for a busy machine
+LEASE = "chat:broker:lease"
+
+
+def _broker_pair_phase(tmp: Path, timings: list[str]) -> Verdict:
+    """kill -9 the active broker of a pair under load: the standby takes the lease."""
+    tmp.mkdir()
+
+    def holds_lease(url: str) -> None:
+        with redis.Redis.from_url(url) as r:
+            wait_until(lambda: r.exists(LEASE), 10, "the first broker to take the lease", interval=0.01)
+
+    cluster = start_pair_cluster(tmp, workers=3, gateways=2, wait_for_lease=holds_lease)
+    try:
+        with redis.Redis.from_url(cluster.redis_url, decode_responses=True) as db:
+
+            def kill_active(_rooms: Rooms) -> None:
+                holder, killed = db.get(LEASE), time.monotonic()
+                os.kill(cluster.children["broker-a"].pid, signal.SIGKILL)
+                wait_until(lambda: db.get(LEASE) not in (None, holder), 10, "the standby to take over",
+                           interval=0.005)
+                took = time.monotonic() - killed
+                timings.append(f"Broker failover: the standby took the lease {took:.2f}s "
+                               f"({took / HEARTBEAT:.1f} heartbeats) after the kill -9 of the active broker")
+
+            verdict, members = _run_phase(cluster, "active broker kill -9 (standby takes over)", "bp",
+                                          kill_active, [0, 1])
+        assert all(m.alive for m in members), "a gateway was fenced"
+        for m in members:
+            m.client.close()
+        return verdict
+    finally:
+        cluster.stop()
 
 
 SENTINEL_MASTER = "chatmaster"

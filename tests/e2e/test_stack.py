@@ -14,6 +14,7 @@ import psutil
 
 from stack.children import Child, python_module, start, stop
 from tests.e2e.chatclient import ChatClient
+from tests.e2e.doors import IrcClient, http_get
 from tests.e2e.test_tls import TlsClient, make_cert
 
 
@@ -31,11 +32,14 @@ def _free_port_pair() -> int:
     raise RuntimeError("no two consecutive free ports")
 
 
+NO_DOORS = ("--irc-port", "off", "--web-port", "off")  # the defaults 6667 and 8080 may be taken here
+
+
 def test_stack_serves_and_stops_cleanly(tmp_path) -> None:
     port = _free_port_pair()
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     child: Child = start("stack", python_module(
-        "stack.cli", "--port", str(port), "--host", "127.0.0.1", "--workers", "1", "--gateways", "2"),
+        "stack.cli", "--port", str(port), "--host", "127.0.0.1", "--workers", "1", *NO_DOORS, "--gateways", "2"),
         "chat-stack ready", timeout=60, env=env)
     try:
         parts = psutil.Process(child.pid).children(recursive=True)
@@ -57,7 +61,7 @@ def test_stack_serves_and_stops_cleanly(tmp_path) -> None:
 def test_stack_gateways_share_one_port_with_reuse_port(tmp_path) -> None:
     port = _free_port_pair()
     child: Child = start("stack", python_module(
-        "stack.cli", "--port", str(port), "--host", "127.0.0.1", "--workers", "1", "--gateways", "2",
+        "stack.cli", "--port", str(port), "--host", "127.0.0.1", "--workers", "1", *NO_DOORS, "--gateways", "2",
         "--reuse-port"), "chat-stack ready", timeout=60, env={**os.environ, "TMPDIR": str(tmp_path)})
     try:
         gateways = set()
@@ -83,7 +87,7 @@ def test_stack_metrics_tls_json(tmp_path) -> None:
     log_path = tmp_path / "stack.log"
     with log_path.open("wb") as log_file:
         child: Child = start("stack", python_module(
-            "stack.cli", "--port", str(port), "--host", "127.0.0.1", "--workers", "1", "--gateways", "2",
+            "stack.cli", "--port", str(port), "--host", "127.0.0.1", "--workers", "1", *NO_DOORS, "--gateways", "2",
             "--tls-port", str(tls_port), "--tls-cert", cert, "--tls-key", key, "--log-format", "json"),
             "chat-stack ready", timeout=60, env=env, stderr=log_file.fileno())
     try:
@@ -110,7 +114,7 @@ def test_stack_metrics_off_and_consecutive_ports(tmp_path) -> None:
     port = _free_port_pair()
     env = {**os.environ, "TMPDIR": str(tmp_path), "CHAT_METRICS_LISTEN": "127.0.0.1:1"}
     child: Child = start("stack", python_module(
-        "stack.cli", "--port", str(port), "--host", "127.0.0.1", "--workers", "1", "--metrics-port", "off"),
+        "stack.cli", "--port", str(port), "--host", "127.0.0.1", "--workers", "1", *NO_DOORS, "--metrics-port", "off"),
         "chat-stack ready", timeout=60, env=env)
     try:
         assert "Metrics" not in child.ready_line
@@ -121,3 +125,24 @@ def test_stack_metrics_off_and_consecutive_ports(tmp_path) -> None:
     bad = subprocess.run(python_module("stack.cli", "--tls-port", "7443"), capture_output=True, text=True,
                          timeout=30, check=False)
     assert bad.returncode == 2 and "TLS needs all of" in bad.stderr, bad.stderr
+
+
+def test_stack_opens_irc_and_web_doors_on_consecutive_ports(tmp_path) -> None:
+    port, irc_port, web_port = _free_port_pair(), _free_port_pair(), _free_port_pair()
+    child: Child = start("stack", python_module(
+        "stack.cli", "--port", str(port), "--host", "127.0.0.1", "--workers", "1", "--gateways", "2",
+        "--irc-port", str(irc_port), "--web-port", str(web_port), "--irc-server-name", "irc.stack.test"),
+        "chat-stack ready", timeout=60, env={**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        line = child.ready_line
+        assert f"IRC on port(s) {irc_port}, {irc_port + 1}" in line, line
+        assert f"web on port(s) {web_port}, {web_port + 1}" in line, line
+        irc = IrcClient(irc_port + 1)
+        try:
+            assert irc.register("stackirc")[0].startswith(":irc.stack.test 001 stackirc ")
+        finally:
+            irc.close()
+        page = http_get(web_port + 1, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert page.startswith(b"HTTP/1.1 200 ")
+    finally:
+        stop(child)

@@ -69,3 +69,14 @@ def test_the_histogram_is_cumulative_with_inf_last() -> None:
     text = _scrape(metrics)
     assert _value(text, "chat_gateway_event_latency_seconds_count") == 5
     assert _value(text, 'chat_gateway_event_latency_seconds_bucket{le="+Inf"}') == 5
+
+
+def test_connections_are_counted_by_door() -> None:
+    from protocol.doors import DoorKind
+
+    metrics = GatewayMetrics()
+    metrics.accepted_by_door[DoorKind.IRC] += 2
+    text = _scrape(metrics)
+    assert _value(text, 'chat_gateway_door_connections_total{door="irc"}') == 2
+    assert _value(text, 'chat_gateway_door_connections_total{door="line"}') == 0
+    assert _value(text, 'chat_gateway_door_connections_total{door="ws"}') == 0

@@ -9,8 +9,10 @@ every namespace's default route (IPv4 and IPv6) is `unreachable`: nothing a test
 runs in a host can leave the machine, or reach the test's own namespace.
 
 `hosts("a", "b")` is a context manager -> `Hosts`: run a command in a host, start
-one (stopped on exit), cut a host's link (`ip link set h-<name> down`, as if its
-cable were pulled) and restore it. On exit, also when the test failed, its
+one (stopped on exit; `start_ready` also waits for its ready line), open sockets
+in a host from the test itself (`inside`: only the calling thread moves, and a
+socket stays in the namespace it was made in), cut a host's link (`ip link set
+h-<name> down`, as if its cable were pulled) and restore it. On exit, also when the test failed, its
 processes are killed and its namespaces deleted. Names carry the test process's
 PID, so `sweep()` (also run by `hosts`) deletes what a run that died (kill -9)
 left behind.
@@ -20,6 +22,7 @@ Needs root and `ip` (iproute2); `unavailable()` says why not, for a skip.
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import itertools
 import os
@@ -29,11 +32,16 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from stack.children import Child, start
 
 PREFIX = "chatnet-"  # chatnet-<pid>-<serial>-<host>
 SUBNET = ipaddress.ip_network("10.77.0.0/24")
 MAX_HOSTS = 200
 COMMAND_TIMEOUT = 10.0
+NETNS_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
 
 
 def _ip(*args: str) -> None:
@@ -113,6 +121,23 @@ class Hosts:
         self.processes.append(proc)
         return proc
 
+    def start_ready(self, host: str, argv: list[str], ready_prefix: str, timeout: float = 30.0,
+                    stderr: int | None = None) -> Child:
+        """Start a chat part in a host and wait for its ready line (see `stack.children.start`)."""
+        child = start(host, self.command(host, argv), ready_prefix, timeout=timeout, stderr=stderr)
+        self.processes.append(child.proc)
+        return child
+
+    @contextmanager
+    def inside(self, host: str) -> Iterator[None]:
+        """The calling thread in the host's network namespace, for making sockets there."""
+        with _entered(NETNS_DIR / self.hosts[host].netns):
+            yield
+
+    def inodes(self) -> set[int]:
+        """The namespaces' identities, to find processes still in them after they are deleted."""
+        return {os.stat(NETNS_DIR / netns).st_ino for netns in [*(h.netns for h in self.hosts.values()), self.bridge]}
+
     def cut(self, host: str) -> None:
         """Pull the host's cable: its bridge port goes down (the host keeps its address)."""
         _ip("-n", self.bridge, "link", "set", self.hosts[host].port, "down")
@@ -128,6 +153,43 @@ class Hosts:
 
 
 _serials = itertools.count(1)
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"setns: {os.strerror(errno)}")
+
+
+@contextmanager
+def _entered(path: Path) -> Iterator[None]:
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(path, os.O_RDONLY)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(home)
+
+
+def processes_in(inodes: set[int]) -> list[int]:
+    """PIDs of the processes whose network namespace is one of `inodes`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes:
+                    found.append(int(entry))
+            except OSError:  # gone meanwhile, or a kernel thread
+                continue
+    return found
 
 
 def _isolate(netns: str) -> None:

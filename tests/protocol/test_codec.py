@@ -84,7 +84,7 @@ dones = st.builds(
     events=st.lists(st.tuples(cids, ints), max_size=4).map(tuple),
     publish=st.lists(st.tuples(texts, st.binary(max_size=20)), max_size=3).map(tuple),
 )
-heartbeats = st.builds(Heartbeat, sender=texts)
+heartbeats = st.builds(Heartbeat, sender=texts, epoch=st.integers(0, (1 << 63) - 1), active=st.booleans())
 unknowns = st.builds(Unknown, broker=texts)
 fenceds = st.builds(Fenced, broker=texts)
 
@@ -110,6 +110,8 @@ EXAMPLES: list[tuple[Message, list[Any]]] = [
     ),
     (Done((), ()), [6, [], []]),
     (Heartbeat("broker"), [7, "broker"]),
+    (Heartbeat("broker", 3, False), [7, "broker", 3, False]),
+    (Heartbeat("broker", 4, True), [7, "broker", 4, True]),
     (Unknown("broker.1"), [9, "broker.1"]),
     (Fenced("broker.1"), [10, "broker.1"]),
     (Batch(()), [8, []]),
@@ -368,6 +370,11 @@ WRONG_FIELD_TYPES: list[Any] = [
     # Heartbeat
     [7, 7],
     [7, None],
+    [7, "b", -1, True],  # an epoch is never negative
+    [7, "b", 1 << 63, True],  # nor beyond Redis's counter
+    [7, "b", "1", True],
+    [7, "b", 1, 1],  # active is a bool
+    [7, "b", 1],
     # Batch
     [8, "items"],
     [8, {"a": "b"}],

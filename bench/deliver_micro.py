@@ -1,0 +1,117 @@
+"""Micro-benchmark of the gateway's delivery path: `Gateway._on_batch` + `_flush`
+for one room message to N local clients (socketpairs), per view.
+
+    python -m bench.deliver_micro [--clients 50] [--rounds 20000] [--view text|json|ws|irc]
+
+It builds a real `Gateway` (its ZeroMQ sockets connect nowhere) and real
+`Client`s on socketpairs, feeds pub-out frames straight to `_on_batch`, and
+times `_on_batch` + `_flush` only (the receiving ends are drained outside the
+timed part). Prints microseconds per batch and per delivery. It runs against
+the tree it is started from, so the same command in an older checkout
+(PYTHONPATH) gives the before figure; views it does not know are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import socket
+import time
+
+import trio
+import zmq
+
+from gateway.client import Client
+from gateway.server import Gateway, GatewayConfig
+from protocol import codec
+from protocol.messages import Batch, BatchItem, ChatEvent, Deliver, EventType, Mark, SetMode, topic_of
+
+
+def _door(view: str) -> object:
+    from protocol.doors import IrcDoor, LineDoor, WebDoor  # only in trees with doors
+    from protocol.irc import IrcSettings
+    from protocol.websocket import WebConfig
+
+    if view == "irc":
+        irc = IrcDoor(IrcSettings("irc.bench"))
+        irc.conn.registered, irc.conn.nick = True, "bench"
+        return irc
+    if view == "ws":
+        web = WebDoor(WebConfig())
+        web.conn.phase = type(web.conn.phase).OPEN
+        return web
+    return LineDoor(4096)
+
+
+def _client(gateway: Gateway, cid: str, sock: socket.socket, view: str) -> Client:
+    spawn = gateway._nursery.start_soon
+    if "door" in inspect.signature(Client).parameters:
+        return Client(cid, sock, _door(view), gateway.config.limits, spawn)  # type: ignore[arg-type]
+    if view in ("ws", "irc"):
+        raise SystemExit(f"this tree has no {view} door")
+    return Client(cid, sock, gateway.config.limits, spawn)  # type: ignore[call-arg]
+
+
+async def run(clients: int, rounds: int, view: str) -> tuple[float, int]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    gateway = Gateway(GatewayConfig(frontend="tcp://127.0.0.1:1", pub_out="tcp://127.0.0.1:1"), ctx)
+    pairs = [socket.socketpair() for _ in range(clients)]
+    try:
+        async with trio.open_nursery() as nursery:
+            gateway._nursery = nursery
+            cids = [f"{gateway.instance}:{n}" for n in range(1, clients + 1)]
+            for cid, (ours, _) in zip(cids, pairs, strict=True):
+                ours.setblocking(False)
+                gateway.clients[cid] = _client(gateway, cid, ours, view)
+            modes: tuple[BatchItem, ...] = tuple(SetMode(cid, True) for cid in cids) if view == "json" else ()
+            topic = topic_of(gateway.instance)
+            frames = []
+            for n in range(rounds):
+                event = ChatEvent(EventType.MESSAGE, f"message number {n} for the room", room="#bench",
+                                  sender="speaker", origin="elsewhere:1", id=f"x:1/{n}", ts=1.7e9)
+                items: tuple[BatchItem, ...] = (Mark("elsewhere:1", n + 1), Deliver(tuple(cids), event))
+                if n == 0:
+                    items = modes + items
+                frames.append([topic, (n + 1).to_bytes(8, "big"), codec.encode(Batch(items))])
+            spent = 0.0
+            for n, batch in enumerate(frames):
+                started = time.perf_counter()
+                gateway._on_batch(batch)
+                gateway._flush()
+                spent += time.perf_counter() - started
+                if n % 50 == 49:
+                    _drain(pairs)
+            _drain(pairs)
+            nursery.cancel_scope.cancel()
+        return spent, gateway.metrics.deliveries
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+        gateway.close()
+        ctx.term()
+
+
+def _drain(pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    for _, theirs in pairs:
+        theirs.setblocking(False)
+        try:
+            while theirs.recv(1 << 20):
+                pass
+        except BlockingIOError:
+            pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=20_000)
+    parser.add_argument("--view", choices=("text", "json", "ws", "irc"), default="text")
+    args = parser.parse_args()
+    spent, deliveries = trio.run(run, args.clients, args.rounds, args.view)
+    print(f"{args.view}: {args.clients} clients, {args.rounds} batches: {spent / args.rounds * 1e6:.1f} us/batch, "
+          f"{spent / max(deliveries, 1) * 1e6:.2f} us/delivery ({deliveries} deliveries)")
+
+
+if __name__ == "__main__":
+    main()
