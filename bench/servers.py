@@ -74,6 +74,9 @@ def stack_argv(port: int, workers: int, gateways: int, rate_limit_off: bool = Tr
                extra: tuple[str, ...] = ()) -> list[str]:
     args = ["--port", str(port), "--host", "127.0.0.1", "--workers", str(workers),
             "--gateways", str(gateways), "--max-per-address", "0", *extra]
+    for door in ("--irc-port", "--web-port"):  # doors on fixed default ports: off unless asked for
+        if door not in extra and stack_has_option(door):
+            args += [door, "off"]
     if rate_limit_off:
         args += ["--rate-limit", "0"]
     return python_module("stack.cli", *args)
