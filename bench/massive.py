@@ -79,14 +79,14 @@ def specs_for(ctx: Context) -> list[ClientSpec]:
 
 
 def child_main(pipe: Connection, specs: Sequence[ClientSpec], speech: str, probe: Sequence[int],
-               prefix: bytes, end: bytes) -> None:
+               prefix: bytes, end: bytes, timeout: float) -> None:
     """One load-generator process: register `specs`, then answer the parent's commands."""
     loop = Loop()
     try:
         raise_file_limit(len(specs) + FD_SLACK)
         _wait_for(pipe, loop, "go")
         began = time.monotonic()
-        conns = open_clients(loop, specs, setup_timeout(len(specs)), window=HANDSHAKES_AT_ONCE, speech=speech)
+        conns = open_clients(loop, specs, timeout, window=HANDSHAKES_AT_ONCE, speech=speech)
         pipe.send(("registered", len(conns), time.monotonic() - began))
         _serve(pipe, loop, [conns[i] for i in probe], prefix, end)
     except Exception as exc:
@@ -138,11 +138,13 @@ class Children:
         self.pipes: list[Connection] = []
 
     def start(self, shares: list[list[ClientSpec]], probes: list[list[int]], speech: str,
-              prefix: bytes, end: bytes) -> None:
+              prefix: bytes, end: bytes, timeout: float) -> None:
+        """One process a share; each may take `timeout` s to register its share (they share the server)."""
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: none of our sockets
         for share, probe in zip(shares, probes, strict=True):
             ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=child_main, args=(theirs, share, speech, probe, prefix, end), daemon=True)
+            args = (theirs, share, speech, probe, prefix, end, timeout)
+            proc = ctx.Process(target=child_main, args=args, daemon=True)
             proc.start()
             theirs.close()
             self.procs.append(proc)
@@ -211,11 +213,11 @@ def w6(ctx: Context, loop: Loop) -> list[Result]:
     meter = Meter(tree)
     children = Children()
     try:
-        children.start(shares, probes, ctx.server.dialect, prefix, end)
+        children.start(shares, probes, ctx.server.dialect, prefix, end, setup_timeout(n))
         meter.begin()
         began = time.monotonic()
         children.tell("go")
-        registered = children.gather("registered", setup_timeout(n))
+        registered = children.gather("registered", setup_timeout(n) + REPLY_TIMEOUT)
         result.connect_s = round(time.monotonic() - began, 3)
         say(f"  W6 {ctx.server.name}: {sum(r[1] for r in registered):,} registered in {result.connect_s:.1f} s")
         tree.settle(limit=30.0)
