@@ -74,7 +74,7 @@ class Churn:
         self.failed += 1
         if len(self.failures) < 5:
             self.failures.append(why)
-        if self.done == 0 and self.failed >= GIVE_UP_AFTER * self.ctx.shape.churners:
+        if self.done == 0 and self.failed >= GIVE_UP_AFTER * churners(self.ctx):
             self.until = 0.0  # nothing ever works: stop instead of spinning
         self._next(slot)
 
@@ -164,15 +164,22 @@ class _IrcCycle:
         self.churn.finished(conn, self)
 
 
+def churners(ctx: Context) -> int:
+    """Slots cycling at once: fewer where the server's listen backlog is small (ngIRCd)."""
+    cap = ctx.server.handshakes
+    return ctx.shape.churners if cap is None else min(ctx.shape.churners, cap)
+
+
 def w5(ctx: Context, loop: Loop) -> list[Result]:
     shape = ctx.shape
     churn = Churn(ctx, loop)
-    result = Result("W5", ctx.server.name, f"churn: {shape.churners} clients cycling connect, /nick, /join, /quit")
+    slots = churners(ctx)
+    result = Result("W5", ctx.server.name, f"churn: {slots} clients cycling connect, /nick, /join, /quit")
     meter = Meter(ctx.server.tree)
     meter.begin()
     began = time.monotonic()
     churn.until = began + shape.duration
-    for slot in range(shape.churners):
+    for slot in range(slots):
         churn.start_cycle(slot)
     loop.run(lambda: churn.in_progress == 0, churn.until + CYCLE_TIMEOUT + 1, churn.tick, _progress(churn, began))
     seconds = time.monotonic() - began
