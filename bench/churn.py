@@ -166,7 +166,7 @@ class _IrcCycle:
 
 def churners(ctx: Context) -> int:
     """Slots cycling at once: fewer where the server's listen backlog is small (ngIRCd)."""
-    cap = ctx.server.handshakes
+    cap = ctx.server.connects
     return ctx.shape.churners if cap is None else min(ctx.shape.churners, cap)
 
 

@@ -105,8 +105,11 @@ class _IrcHandshake:
 class _Opener:
     """Runs the handshakes of `specs` with at most `window` in progress."""
 
-    def __init__(self, loop: Loop, specs: Sequence[ClientSpec], window: int, speech: str) -> None:
+    def __init__(self, loop: Loop, specs: Sequence[ClientSpec], window: int, speech: str,
+                 connect_cap: int | None = None) -> None:
         self.loop = loop
+        self.connect_cap = connect_cap  # at most this many TCP connects not yet established
+        self.connecting: list[Conn] = []
         self.irc = speech == dialect.IRC
         self.specs = specs
         self.window = window
@@ -117,7 +120,11 @@ class _Opener:
         self.errors: list[str] = []
 
     def tick(self, now: int) -> float | None:
+        if self.connect_cap is not None:
+            self.connecting = [conn for conn in self.connecting if not conn.connected and conn.closed is None]
         while not self.errors and self.in_progress < self.window and self.started < len(self.specs):
+            if self.connect_cap is not None and len(self.connecting) >= self.connect_cap:
+                return 0.001  # a small listen backlog: let the server accept these first
             self._start(self.started)
             self.started += 1
         return None
@@ -133,6 +140,8 @@ class _Opener:
             self.errors.append(f"client {i}: {exc}")
             return
         self.in_progress += 1
+        if self.connect_cap is not None:
+            self.connecting.append(conn)
         shake = _IrcHandshake(self, i, spec, conn) if self.irc else _Handshake(self, i, spec)
         conn.handler = shake.on_lines
         conn.on_close = shake.on_close
@@ -152,9 +161,13 @@ class _Opener:
 
 
 def open_clients(loop: Loop, specs: Sequence[ClientSpec], timeout: float, window: int = 256,
-                 label: str = "", speech: str = dialect.CHAT) -> list[Conn]:
-    """Connect and register every client of `specs` in `speech`; raise HandshakeFailed on the first failure."""
-    opener = _Opener(loop, specs, window, speech)
+                 label: str = "", speech: str = dialect.CHAT, connect_cap: int | None = None) -> list[Conn]:
+    """Connect and register every client of `specs` in `speech`; raise HandshakeFailed on the first failure.
+
+    At most `window` handshakes are in progress, and of them at most
+    `connect_cap` (None: no cap) TCP connects not yet established.
+    """
+    opener = _Opener(loop, specs, window, speech, connect_cap)
 
     def progress() -> None:
         print(f"  {label}: {opener.n_ready}/{len(specs)} clients registered", file=sys.stderr, flush=True)

@@ -41,13 +41,13 @@ class PeerKind:
     conf: str  # file name in CONF_DIR
     argv: Callable[[str, Path], list[str]]  # (binary, rendered config) -> argv
     oper: bool  # opers up and sets +F on its senders (ngIRCd's throttle)
-    handshakes: int | None = None  # at most this many clients connecting at once (None: the workload's own)
+    connects: int | None = None  # at most this many TCP connects in progress at once (None: no cap)
 
 
 PEERS: dict[str, PeerKind] = {
     # ngIRCd listens with a backlog of 10: more SYNs at once are dropped and retried after 1, 3, 7 s ...
     "ngircd": PeerKind("ngircd", "ngircd", "ngircd.conf", lambda exe, conf: [exe, "--nodaemon", "--config", str(conf)],
-                       oper=True, handshakes=8),
+                       oper=True, connects=8),
     "inspircd": PeerKind("inspircd", "inspircd", "inspircd.conf",
                          lambda exe, conf: [exe, "--nofork", "--nopid", f"--config={conf}"], oper=False),
 }

@@ -44,7 +44,7 @@ class Server:
     oper_senders: bool = False  # IRC: senders OPER up and set +F (ngIRCd's throttle)
     peer: peers.Peer | None = None
     tls: bool = False  # the clients speak TLS to `addrs`
-    handshakes: int | None = None  # clients connecting at once at most (a small listen backlog)
+    connects: int | None = None  # TCP connects in progress at once at most (a small listen backlog)
     parts: list[Child] = field(default_factory=list)  # children started one by one (stack-nocurve), last first
     workdir: Path | None = None  # removed when the server stops
 
@@ -194,7 +194,7 @@ def stop_children(children: list[Child]) -> None:
 def start_irc_peer(name: str, out_dir: Path) -> Server:
     peer = peers.start_peer(name, out_dir)
     server = Server(name, [("127.0.0.1", peer.port)], ProcessTree([peer.proc.pid]), None, peer.log,
-                    dialect=IRC, oper_senders=peer.kind.oper, peer=peer, handshakes=peer.kind.handshakes)
+                    dialect=IRC, oper_senders=peer.kind.oper, peer=peer, connects=peer.kind.connects)
     server.notes.append(f"{name}: {peer.version}, as user {peers.UNPRIVILEGED}, config bench/irc_conf/{peer.kind.conf}")
     return server
 

@@ -53,10 +53,9 @@ class Context:
         return Sender(conn, sid, prefix, fanout, end=b"\r\n" if self.speech.irc else b"\n")
 
     def open(self, loop: Loop, specs: list[ClientSpec], label: str, window: int = 256) -> list[Conn]:
-        if self.server.handshakes is not None:
-            window = min(window, self.server.handshakes)
         return open_clients(loop, specs, setup_timeout(len(specs)), window=window,
-                            label=f"{label} {self.server.name}", speech=self.server.dialect)
+                            label=f"{label} {self.server.name}", speech=self.server.dialect,
+                            connect_cap=self.server.connects)
 
 
 Workload = Callable[[Context, Loop], list[Result]]
