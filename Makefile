@@ -6,7 +6,7 @@ VENV   := .venv
 PORT   ?= 7000
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint bench install system-deps clean
+.PHONY: run test lint bench bench-deps install system-deps clean
 
 # Debian packages the tests drive for real (installed when missing and we are root;
 # policy-rc.d keeps apt from starting their services: the tests start their own)
@@ -44,8 +44,22 @@ lint: install
 	$(BIN)/ruff check protocol gateway broker workers stack bench tests
 	$(BIN)/mypy protocol gateway broker workers stack bench
 
-bench: install
-	$(BIN)/chat-bench --baseline
+# the C IRC servers chat-bench compares against (--peers): installed like system-deps
+BENCH_PACKAGES := ngircd inspircd openssl
+
+bench-deps:
+	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing:$$missing"; \
+	  policy=/usr/sbin/policy-rc.d; own=0; \
+	  if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod +x $$policy; own=1; fi; \
+	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	  [ $$own = 0 ] || rm -f $$policy; \
+	else echo "cannot install$$missing (not root, or no apt-get): chat-bench skips those peers"; fi
+
+bench: install bench-deps
+	$(BIN)/chat-bench --baseline --peers ngircd,inspircd
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

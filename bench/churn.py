@@ -6,6 +6,8 @@ for `* you joined`, send `/quit`, wait for `* bye` and for the server to
 close. A cycle's latency is its whole duration. Slots share a few rooms,
 so every join and quit is also announced to others. A cycle that gets an
 error line, is closed early or takes over CYCLE_TIMEOUT fails and counts.
+In IRC (`_IrcCycle`): NICK and USER, JOIN on `001`, QUIT on `366` (the
+end of the room's names), and the server's close.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from array import array
 from dataclasses import dataclass, field
 
+from bench import dialect
 from bench.loadgen import Conn, Loop
 from bench.measure import Meter, Result, add_latency, rate
 from bench.workloads import Context
@@ -48,11 +51,16 @@ class Churn:
             return
         self.in_progress += 1
         self.deadlines[conn] = time.monotonic() + CYCLE_TIMEOUT
-        cycle = _Cycle(self, slot, f"{self.ctx.tag}c{n}", f"#{self.ctx.tag}-churn-{slot % ROOMS}")
+        nick, room = f"{self.ctx.tag}c{n}", f"#{self.ctx.tag}-churn-{slot % ROOMS}"
+        cycle: _Cycle | _IrcCycle
+        if self.ctx.server.dialect == dialect.IRC:
+            cycle = _IrcCycle(self, slot, nick, room, conn)
+        else:
+            cycle = _Cycle(self, slot, nick, room)
         conn.handler = cycle.on_lines
         conn.on_close = cycle.on_close
 
-    def finished(self, conn: Conn, cycle: _Cycle) -> None:
+    def finished(self, conn: Conn, cycle: _Cycle | _IrcCycle) -> None:
         self.in_progress -= 1
         self.deadlines.pop(conn, None)
         if cycle.step == "bye" and conn.closed == "closed by the server":
@@ -66,7 +74,7 @@ class Churn:
         self.failed += 1
         if len(self.failures) < 5:
             self.failures.append(why)
-        if self.done == 0 and self.failed >= GIVE_UP_AFTER * self.ctx.shape.churners:
+        if self.done == 0 and self.failed >= GIVE_UP_AFTER * churners(self.ctx):
             self.until = 0.0  # nothing ever works: stop instead of spinning
         self._next(slot)
 
@@ -115,15 +123,63 @@ class _Cycle:
         self.churn.finished(conn, self)
 
 
+class _IrcCycle:
+    """The same cycle in IRC: `step` is what it waits for."""
+
+    __slots__ = ("began", "churn", "join", "slot", "step")
+
+    def __init__(self, churn: Churn, slot: int, nick: str, room: str, conn: Conn) -> None:
+        self.churn = churn
+        self.slot = slot
+        self.step = "greeting"
+        self.join = dialect.join(room)
+        self.began = time.perf_counter_ns()
+        conn.send(dialect.register(nick))
+
+    def on_lines(self, conn: Conn, lines: list[bytes], now: int) -> None:
+        self.churn.lines += len(lines)
+        for line in lines:
+            step = self.step
+            answer = dialect.pong(line)
+            if answer is not None:
+                conn.send(answer)
+                continue
+            command = dialect.command_of(line)
+            if command == b"ERROR" and step == "quit":
+                self.step = "bye"  # the server's farewell: the close follows
+                continue
+            if dialect.is_error(line):
+                conn.close(f"server said {line.decode(errors='replace')!r} at step {step}")
+                return
+            if step == "greeting" and command == b"001":
+                conn.send(self.join)
+                self.step = "join"
+            elif step == "join" and command == b"366":
+                conn.send(b"QUIT\r\n")
+                self.step = "quit"
+
+    def on_close(self, conn: Conn) -> None:
+        if self.step == "quit" and conn.closed == "closed by the server":
+            self.step = "bye"  # a server may close without an ERROR line
+        self.churn.finished(conn, self)
+
+
+def churners(ctx: Context) -> int:
+    """Slots cycling at once: fewer where the server's listen backlog is small (ngIRCd)."""
+    cap = ctx.server.connects
+    return ctx.shape.churners if cap is None else min(ctx.shape.churners, cap)
+
+
 def w5(ctx: Context, loop: Loop) -> list[Result]:
     shape = ctx.shape
     churn = Churn(ctx, loop)
-    result = Result("W5", ctx.server.name, f"churn: {shape.churners} clients cycling connect, /nick, /join, /quit")
+    slots = churners(ctx)
+    result = Result("W5", ctx.server.name, f"churn: {slots} clients cycling connect, /nick, /join, /quit")
     meter = Meter(ctx.server.tree)
     meter.begin()
     began = time.monotonic()
     churn.until = began + shape.duration
-    for slot in range(shape.churners):
+    for slot in range(slots):
         churn.start_cycle(slot)
     loop.run(lambda: churn.in_progress == 0, churn.until + CYCLE_TIMEOUT + 1, churn.tick, _progress(churn, began))
     seconds = time.monotonic() - began

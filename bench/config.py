@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-ALL_WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
-# W3 first: it measures RSS growth, which the memory a process kept from earlier workloads would hide;
+ALL_WORKLOADS = ("W1", "W2", "W3", "W4", "W5")  # the default; W6 (100k connections) is opt-in
+KNOWN_WORKLOADS = (*ALL_WORKLOADS, "W6")
+# W6 and W3 first: they measure RSS growth, which the memory a process kept from earlier workloads would hide;
 # W5 last: its thousands of short connections leave TIME_WAIT sockets behind.
-RUN_ORDER = ("W3", "W1", "W2", "W4", "W5")
+RUN_ORDER = ("W6", "W3", "W1", "W2", "W4", "W5")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,17 +25,22 @@ class Shape:
     idle_room_size: int = 20  # W3: members per room (a join is announced to the room)
     pairs: int = 50  # W4: pairs of private correspondents
     churners: int = 32  # W5: clients cycling at once
+    w6: int = 100_000  # W6: idle registered connections
+    w6_probe: int = 1000  # W6: members of the room the probe message goes to
+    w6_per_process: int | None = None  # W6: connections a gateway / load generator takes (None: the fd limit)
     drain: float = 15.0  # longest wait for what is in flight after sending stops
 
     def checked(self) -> Shape:
         if self.members < 2 or self.rooms < 1 or self.senders < 1:
             raise ValueError("W1 needs at least 1 room of 2 members and 1 sender")
+        if not 2 <= self.w6_probe <= self.w6:
+            raise ValueError("W6's probe room needs 2 members or more, and no more than its connections")
         # one member of each room must not send: it acknowledges the senders' messages
         return replace(self, senders=min(self.senders, self.members - 1))
 
 
 QUICK = Shape(rooms=2, members=5, senders=2, window=8, duration=0.6, idle=200, idle_room_size=10,
-              pairs=4, churners=4, drain=5.0, fixed_rates=(200.0,))
+              pairs=4, churners=4, drain=5.0, fixed_rates=(200.0,), w6=300, w6_probe=30, w6_per_process=100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,8 @@ class BenchConfig:
     target: str | None = None  # HOST:PORT[,...] of a running stack; None: start one
     stack_pid: int | None = None  # the running stack's root process, for its CPU figures
     baseline: bool = False
+    peers: tuple[str, ...] = ()  # C IRC servers to run too (bench.peers)
+    variants: tuple[str, ...] = ()  # the stack without CURVE ("nocurve"), with TLS clients ("tls")
     out: Path = Path("bench-results")
     quick: bool = False
 
@@ -53,9 +61,9 @@ class BenchConfig:
 def parse_workloads(spec: str) -> tuple[str, ...]:
     """'w1,W3' -> ('W3', 'W1'): the chosen workloads, in the order they run (RUN_ORDER)."""
     names = {item.strip().upper() for item in spec.split(",") if item.strip()}
-    unknown = sorted(names - set(ALL_WORKLOADS))
+    unknown = sorted(names - set(KNOWN_WORKLOADS))
     if unknown:
-        raise ValueError(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(ALL_WORKLOADS)}")
+        raise ValueError(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(KNOWN_WORKLOADS)}")
     if not names:
         raise ValueError("no workload chosen")
     return tuple(name for name in RUN_ORDER if name in names)

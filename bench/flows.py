@@ -4,7 +4,9 @@ A message's text is `<sid> <seq> <t_ns>`: the sender's number, its own
 sequence number (0, 1, 2 ...) and the send time from `time.perf_counter_ns`.
 Senders and receivers live in this one process, so the receiver reads
 the same clock. A room message arrives as `#room <nick> <sid> <seq> <t>`,
-a private one as `*nick* <sid> <seq> <t>`: the last three words are ours.
+a private one as `*nick* <sid> <seq> <t>`, an IRC one as
+`:nick!u@h PRIVMSG target :<sid> <seq> <t>`: the last three words are ours.
+Latencies are kept apart for receivers with TCP_QUICKACK (`Conn.quickack`).
 
 Per (receiver, sender) a `Track` keeps the highest sequence number seen
 and the set of numbers skipped below it: a number that fills a gap is a
@@ -27,6 +29,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bench.dialect import is_error, pong
 from bench.loadgen import Conn, Loop
 
 
@@ -34,16 +37,17 @@ from bench.loadgen import Conn, Loop
 class Sender:
     conn: Conn
     sid: int
-    prefix: bytes  # b"" for the current room, b"/msg nick " for a private message
+    prefix: bytes  # b"" for the current room, b"/msg nick " for a private message (`Dialect.to_room/to_nick`)
     fanout: int  # deliveries expected for each message
     seq: int = 0  # messages sent so far
     acked: int = 0  # messages seen by the acknowledging receiver
+    end: bytes = b"\n"  # IRC: CRLF
 
     def send(self, count: int, stamp: int) -> None:
         """One write a message, as separate clients' lines arrive: batching them is the server's job."""
-        seq, prefix, sid, conn = self.seq, self.prefix, self.sid, self.conn
+        seq, prefix, sid, conn, end = self.seq, self.prefix, self.sid, self.conn, self.end
         for s in range(seq, seq + count):
-            conn.send(b"%s%d %d %d\n" % (prefix, sid, s, stamp))
+            conn.send(b"%s%d %d %d%s" % (prefix, sid, s, stamp, end))
         self.seq = seq + count
 
 
@@ -51,7 +55,8 @@ class Sender:
 class Stats:
     """What all receivers saw."""
 
-    latencies: array = field(default_factory=lambda: array("q"))  # ns
+    latencies: array = field(default_factory=lambda: array("q"))  # ns, at receivers with delayed ACKs
+    latencies_quickack: array = field(default_factory=lambda: array("q"))  # ns, at TCP_QUICKACK receivers
     received: int = 0  # benchmark messages, counting duplicates
     duplicated: int = 0
     reordered: int = 0
@@ -89,15 +94,16 @@ class Flow:
     def _attach(self, conn: Conn) -> None:
         tracks: dict[int, list] = {}  # sid -> [highest seq, set of skipped seqs]
         acks = self._acks_by_conn.get(id(conn), set())
-        stats, lat, senders, wake = self.stats, self.stats.latencies, self.senders, self._wake
+        stats, senders, wake = self.stats, self.senders, self._wake
+        lat = stats.latencies_quickack if conn.quickack else stats.latencies
 
         def handler(conn: Conn, lines: list[bytes], now: int) -> None:
             for line in lines:
                 words = line.rsplit(b" ", 3)
                 try:
-                    sid, seq, stamp = int(words[1]), int(words[2]), int(words[3])
+                    sid, seq, stamp = int(words[1].lstrip(b":")), int(words[2]), int(words[3])  # IRC: ":<sid>"
                 except (IndexError, ValueError):
-                    _other(stats, line)
+                    _other(stats, conn, line)
                     continue
                 lat.append(now - stamp)
                 stats.received += 1
@@ -215,7 +221,10 @@ def _out_of_line(stats: Stats, track: list, seq: int) -> None:
         stats.duplicated += 1
 
 
-def _other(stats: Stats, line: bytes) -> None:
+def _other(stats: Stats, conn: Conn, line: bytes) -> None:
     stats.other_lines += 1
-    if line.startswith(b"! ") and len(stats.errors) < 5:
+    answer = pong(line)
+    if answer is not None:  # an IRC server checking we are alive
+        conn.send(answer)
+    elif (line.startswith(b"! ") or is_error(line)) and len(stats.errors) < 5:
         stats.errors.append(line.decode(errors="replace"))

@@ -1,10 +1,16 @@
-"""The handshake of the protocol (README) for many clients at once, a bounded number in progress.
+"""The handshake of the protocol (README) or of IRC for many clients at once, a bounded number in progress.
 
-Each client connects, reads the greeting (a line starting `* `), sends
+Chat: each client connects, reads the greeting (a line starting `* `), sends
 `/nick` and `/join` in one write, and is registered when it reads
 `* you joined #room` (or, without a room, `* you are now NICK`). Any
-`! ` line or a close before that fails it; the first failure stops new
-connections, and `open_clients` raises once those in progress are done.
+`! ` line or a close before that fails it.
+IRC: NICK and USER at once, then on `001` (welcome) OPER and MODE +F when the
+spec asks for it (ngIRCd's throttle), JOIN, and a PING: registered on its
+PONG, which the server sends once it has worked through (and paid any
+penalty for) everything before it.
+An ERROR or a 4xx/5xx reply fails it; a PING is answered.
+The first failure stops new connections, and `open_clients` raises once
+those in progress are done.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bench import dialect
 from bench.loadgen import Addr, Conn, Loop, ignore_close, ignore_lines
 
 
@@ -22,6 +29,8 @@ class ClientSpec:
     nick: str
     room: str | None  # lower case, with '#'; None: only /nick
     addr: Addr
+    oper: bool = False  # IRC: become an operator with relaxed flood protection (a sender on ngIRCd)
+    source: str | None = None  # the local address to connect from (None: the kernel's choice)
 
 
 class HandshakeFailed(RuntimeError):
@@ -58,11 +67,50 @@ class _Handshake:
         self.opener.fail(conn, f"{self.spec.nick}: {conn.closed} during the handshake")
 
 
+class _IrcHandshake:
+    """One IRC client's way from connect to registered (and joined)."""
+
+    __slots__ = ("index", "opener", "spec", "welcomed")
+
+    def __init__(self, opener: _Opener, index: int, spec: ClientSpec, conn: Conn) -> None:
+        self.opener = opener
+        self.index = index
+        self.spec = spec
+        self.welcomed = False
+        conn.send(dialect.register(spec.nick))
+
+    def on_lines(self, conn: Conn, lines: list[bytes], now: int) -> None:
+        for line in lines:
+            answer = dialect.pong(line)
+            if answer is not None:
+                conn.send(answer)
+                continue
+            if dialect.is_error(line):
+                self.opener.fail(conn, f"{self.spec.nick}: server said {line.decode(errors='replace')!r}")
+                return
+            command = dialect.command_of(line)
+            if command == b"001" and not self.welcomed:
+                self.welcomed = True
+                spec = self.spec
+                oper = dialect.oper(spec.nick) if spec.oper else b""
+                conn.send(oper + (dialect.join(spec.room) if spec.room else b"") + dialect.PING_READY)
+            if self.welcomed and command == b"PONG":
+                self.opener.ready(conn, self.index)
+                return
+
+    def on_close(self, conn: Conn) -> None:
+        self.opener.fail(conn, f"{self.spec.nick}: {conn.closed} during the handshake")
+
+
 class _Opener:
     """Runs the handshakes of `specs` with at most `window` in progress."""
 
-    def __init__(self, loop: Loop, specs: Sequence[ClientSpec], window: int) -> None:
+    def __init__(self, loop: Loop, specs: Sequence[ClientSpec], window: int, speech: str,
+                 connect_cap: int | None = None) -> None:
         self.loop = loop
+        self.connect_cap = connect_cap  # at most this many TCP connects not yet established
+        self.connecting: list[Conn] = []
+        self.irc = speech == dialect.IRC
         self.specs = specs
         self.window = window
         self.started = 0
@@ -72,7 +120,11 @@ class _Opener:
         self.errors: list[str] = []
 
     def tick(self, now: int) -> float | None:
+        if self.connect_cap is not None:
+            self.connecting = [conn for conn in self.connecting if not conn.connected and conn.closed is None]
         while not self.errors and self.in_progress < self.window and self.started < len(self.specs):
+            if self.connect_cap is not None and len(self.connecting) >= self.connect_cap:
+                return 0.001  # a small listen backlog: let the server accept these first
             self._start(self.started)
             self.started += 1
         return None
@@ -83,12 +135,14 @@ class _Opener:
     def _start(self, i: int) -> None:
         spec = self.specs[i]
         try:
-            conn = Conn(self.loop, spec.addr, tag=i)
+            conn = Conn(self.loop, spec.addr, tag=i, source=spec.source)
         except OSError as exc:
             self.errors.append(f"client {i}: {exc}")
             return
         self.in_progress += 1
-        shake = _Handshake(self, i, spec)
+        if self.connect_cap is not None:
+            self.connecting.append(conn)
+        shake = _IrcHandshake(self, i, spec, conn) if self.irc else _Handshake(self, i, spec)
         conn.handler = shake.on_lines
         conn.on_close = shake.on_close
 
@@ -107,9 +161,13 @@ class _Opener:
 
 
 def open_clients(loop: Loop, specs: Sequence[ClientSpec], timeout: float, window: int = 256,
-                 label: str = "") -> list[Conn]:
-    """Connect and register every client of `specs`; raise HandshakeFailed on the first failure."""
-    opener = _Opener(loop, specs, window)
+                 label: str = "", speech: str = dialect.CHAT, connect_cap: int | None = None) -> list[Conn]:
+    """Connect and register every client of `specs` in `speech`; raise HandshakeFailed on the first failure.
+
+    At most `window` handshakes are in progress, and of them at most
+    `connect_cap` (None: no cap) TCP connects not yet established.
+    """
+    opener = _Opener(loop, specs, window, speech, connect_cap)
 
     def progress() -> None:
         print(f"  {label}: {opener.n_ready}/{len(specs)} clients registered", file=sys.stderr, flush=True)

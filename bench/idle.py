@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import time
 
-from bench.handshake import ClientSpec, open_clients
+from bench.handshake import ClientSpec
 from bench.loadgen import Conn, Loop, raise_file_limit
 from bench.measure import Meter, Result, rate
 from bench.procstats import rss_by_part
-from bench.workloads import Context, setup_timeout
+from bench.workloads import Context
 
 FD_SLACK = 200  # selector, logs, the baseline's pipes ...
 HANDSHAKES_AT_ONCE = 500  # well under a listen backlog, so no SYN is dropped
@@ -71,8 +71,7 @@ def w3(ctx: Context, loop: Loop) -> list[Result]:
 def connect_batch(ctx: Context, loop: Loop, specs: list[ClientSpec]) -> tuple[list[Conn], float, dict[str, int]]:
     """Connect and register `specs` -> (conns, seconds it took, RSS by part once idle again)."""
     began = time.monotonic()
-    conns = open_clients(loop, specs, setup_timeout(len(specs)), window=HANDSHAKES_AT_ONCE,
-                         label=f"W3 {ctx.server.name}") if specs else []
+    conns = ctx.open(loop, specs, "W3", window=HANDSHAKES_AT_ONCE) if specs else []
     took = time.monotonic() - began
     read_for(loop, 0.5)
     tree = ctx.server.tree

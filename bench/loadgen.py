@@ -19,6 +19,7 @@ import errno
 import resource
 import selectors
 import socket
+import ssl
 import time
 from collections.abc import Callable
 
@@ -26,6 +27,7 @@ Addr = tuple[str, int]
 Handler = Callable[["Conn", list[bytes], int], None]
 
 RECV_SIZE = 256 * 1024
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux: pick the port at connect
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 
@@ -52,9 +54,9 @@ class Conn:
     """One client socket. `closed` holds the reason once it is closed."""
 
     __slots__ = ("addr", "closed", "connected", "handler", "inbuf", "lines_in", "loop", "on_close", "out",
-                 "sock", "tag")
+                 "quickack", "sock", "tag", "tls")
 
-    def __init__(self, loop: Loop, addr: Addr, tag: object = None) -> None:
+    def __init__(self, loop: Loop, addr: Addr, tag: object = None, source: str | None = None) -> None:
         self.loop = loop
         self.addr = addr
         self.tag = tag
@@ -65,13 +67,20 @@ class Conn:
         self.closed: str | None = None
         self.connected = False
         self.lines_in = 0
+        self.quickack = False  # re-arm TCP_QUICKACK after every read: no delayed ACK towards the server
+        self.tls = loop.tls is not None  # True until the TLS handshake is done, then False
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             self.sock.setblocking(False)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if source is not None:  # a source address of its own: another ephemeral port range
+                self.sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                self.sock.bind((source, 0))
             code = self.sock.connect_ex(addr)
             if code not in (0, errno.EINPROGRESS):
                 raise OSError(code, f"connect to {addr[0]}:{addr[1]}: {errno.errorcode.get(code, code)}")
+            if loop.tls is not None:
+                self.sock = loop.tls.wrap_socket(self.sock, do_handshake_on_connect=False)
             loop.sel.register(self.sock, _READ | _WRITE, self)
         except BaseException:
             self.sock.close()
@@ -86,7 +95,7 @@ class Conn:
             return
         try:
             sent = self.sock.send(data)
-        except BlockingIOError:
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             sent = 0
         except OSError as exc:
             self.close(f"send: {exc}")
@@ -95,7 +104,23 @@ class Conn:
             self.out = data[sent:]
             self.loop.sel.modify(self.sock, _READ | _WRITE, self)
 
+    def _handshake(self) -> None:
+        """Drive the TLS handshake one step; `connected` once it is done."""
+        try:
+            self.sock.do_handshake()  # type: ignore[attr-defined]
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except (OSError, ssl.SSLError) as exc:
+            self.close(f"TLS handshake: {exc}")
+            return
+        self.tls = False
+        self.connected = True
+        self.on_writable()
+
     def on_writable(self) -> None:
+        if self.tls:
+            self._handshake()
+            return
         if not self.connected:
             code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if code:
@@ -105,7 +130,7 @@ class Conn:
         if self.out:
             try:
                 sent = self.sock.send(self.out)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 return
             except OSError as exc:
                 self.close(f"send: {exc}")
@@ -115,9 +140,15 @@ class Conn:
             self.loop.sel.modify(self.sock, _READ, self)
 
     def on_readable(self, now: int) -> None:
+        if self.tls:
+            self._handshake()
+            return
         try:
             data = self.sock.recv(RECV_SIZE)
-        except BlockingIOError:
+            if self.loop.tls is not None:  # one TLS record a recv: take what is decrypted already too
+                while data and self.sock.pending():  # type: ignore[attr-defined]
+                    data += self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except OSError as exc:
             self.close(f"recv: {exc}")
@@ -125,6 +156,8 @@ class Conn:
         if not data:
             self.close("closed by the server")
             return
+        if self.quickack:  # the kernel clears it again after a while: set it after each read
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         if self.inbuf:
             data = self.inbuf + data
         lines = data.split(b"\n")
@@ -146,9 +179,11 @@ class Conn:
 class Loop:
     """A selector and the connections registered on it."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: every connection of this loop speaks TLS with this client context."""
         self.sel = selectors.DefaultSelector()
         self.conns: set[Conn] = set()
+        self.tls = tls
 
     def run(self, done: Callable[[], bool], deadline: float,
             tick: Callable[[int], float | None] | None = None,
@@ -190,6 +225,14 @@ class Loop:
     def close(self) -> None:
         self.close_all()
         self.sel.close()
+
+
+def client_tls() -> ssl.SSLContext:
+    """TLS towards our own self-signed test certificate: encryption measured, identity not checked."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _sleep(timeout: float) -> list[tuple[selectors.SelectorKey, int]]:

@@ -55,6 +55,10 @@ def _notes(result: Result) -> str:
     extra = result.extra
     if result.connect_s is not None:
         notes.append(f"connected all in {result.connect_s:.1f} s ({_num(extra.get('registrations_per_s'))}/s)")
+    if "probe_members" in extra:
+        notes.append(f"a room message reached {extra['probe_received']:,} of {extra['probe_members'] - 1:,} "
+                     f"members, the last after {_num(extra['probe_all_in_ms'], 1)} ms; "
+                     f"{extra['loadgen_processes']} load-generator processes")
     if "cycles" in extra:
         notes.append(f"{extra['cycles']:,} cycles, {extra['failed']} failed; latency = one cycle")
     if result.cpu_ms_per_op is not None:
@@ -62,6 +66,8 @@ def _notes(result: Result) -> str:
         notes.append(f"server CPU {result.cpu_ms_per_op:.2f} ms per {per}")
     if "offered_msgs_per_s" in extra:
         notes.append(f"offered {_num(extra['offered_msgs_per_s'])} msgs/s")
+    if extra.get("quickack_p99_ms") is not None:
+        notes.append(f"QUICKACK receivers p50/p99 {extra['quickack_p50_ms']:.2f}/{extra['quickack_p99_ms']:.2f} ms")
     if extra.get("receivers_closed"):
         notes.append(f"{extra['receivers_closed']} clients closed: {extra.get('closed_because')}")
     if extra.get("server_errors"):
@@ -112,12 +118,75 @@ def ratios(results: list[Result], of: str = "stack", to: str = "baseline") -> li
     return rows
 
 
+def _pair(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None else f"{a:.2f} / {b:.2f}"
+
+
+def _side_row(server: str, by_key: dict[tuple[str, str], Result]) -> list[str]:
+    def get(workload: str) -> Result | None:
+        return by_key.get((workload, server))
+
+    w1, w2, w2_hi, w3, w4, w5 = (get(w) for w in ("W1", "W2-30%", "W2-70%", "W3", "W4", "W5"))
+
+    def quick(r: Result | None) -> str:
+        return "-" if r is None else _pair(r.extra.get("quickack_p50_ms"), r.extra.get("quickack_p99_ms"))
+
+    return [server,
+            _num(w1.deliveries_per_s) if w1 else "-",
+            _num(w1.cpu_per_100k, 3) if w1 else "-",
+            _pair(w2.p50_ms, w2.p99_ms) if w2 else "-", quick(w2), quick(w2_hi),
+            _rss(w3) if w3 else "-",
+            f"{w3.connect_s:.1f} s" if w3 and w3.connect_s is not None else "-",
+            _num(w4.msgs_per_s) if w4 else "-",
+            f"{_num(w5.msgs_per_s)} ({_num(w5.cpu_ms_per_op, 2)} ms CPU)" if w5 else "-"]
+
+
+SIDE_COLUMNS = ("server", "W1 deliveries/s", "W1 CPU-s/100k", "W2-30% p50 / p99 ms", "W2-30% QUICKACK p50 / p99",
+                "W2-70% QUICKACK p50 / p99", "W3 RSS/conn", "W3 connect", "W4 msgs/s", "W5 cycles/s (CPU/cycle)")
+
+
+def side_by_side(results: list[Result]) -> list[list[str]]:
+    """One row a server, the figures the README's performance table shows."""
+    by_key = {(r.workload, r.server): r for r in results if r.error is None}
+    servers = list(dict.fromkeys(r.server for r in results))
+    return [_side_row(server, by_key) for server in servers if any(key[1] == server for key in by_key)]
+
+
+def _per_100k(result: Result, part: str) -> float:
+    return result.cpu_by_part.get(part, 0.0) / (result.deliveries or 1) * 100_000
+
+
+def costs(results: list[Result]) -> list[list[str]]:
+    """W1 of the stack beside its variants: what CURVE (stack vs stack-nocurve) and TLS (stack-tls vs stack) cost."""
+    w1 = {r.server: r for r in results if r.workload == "W1" and r.error is None and r.cpu_per_100k is not None}
+    rows = []
+    for name, variant, reference in (("CURVE between the parts", "stack", "stack-nocurve"),
+                                     ("TLS clients", "stack-tls", "stack")):
+        a, b = w1.get(variant), w1.get(reference)
+        if a is None or b is None or a.cpu_per_100k is None or b.cpu_per_100k is None:
+            continue
+        per_part = ", ".join(f"{part} {_per_100k(a, part) - _per_100k(b, part):+.3f}"
+                             for part in sorted(set(a.cpu_by_part) | set(b.cpu_by_part)))
+        rows.append([name, f"{variant} vs {reference}", f"{a.cpu_per_100k:.3f} vs {b.cpu_per_100k:.3f}",
+                     f"{a.cpu_per_100k - b.cpu_per_100k:+.3f} ({_ratio(a.cpu_per_100k, b.cpu_per_100k)}x)",
+                     f"{_num(a.deliveries_per_s)} vs {_num(b.deliveries_per_s)}", per_part])
+    return rows
+
+
 def markdown(results: list[Result], meta: dict[str, Any]) -> str:
     host = meta["machine"]
     parts = [f"# chat-bench results\n\n`{meta['command']}`\n",
              (f"Machine: {host['cpus']} CPUs, {host['cpu_model']}, Python {host['python']}, "
               f"load average at start {host['load_average']}.\n"),
              f"Stack: {meta['stack']}.\n", table(COLUMNS, [_row(r) for r in results])]
+    side = side_by_side(results)
+    if len(side) > 1:
+        parts += ["\n## Servers side by side\n", table(SIDE_COLUMNS, side)]
+    cost_rows = costs(results)
+    if cost_rows:
+        parts += ["\n## What CURVE and TLS cost (W1)\n",
+                  table(("what", "rows", "CPU-s/100k deliv.", "difference", "deliveries/s", "difference by part"),
+                        cost_rows)]
     rows = ratios(results)
     if rows:
         parts += ["\n## Ratios stack / baseline\n",
@@ -136,6 +205,10 @@ W3: msgs/s is registrations a second; W5: msgs/s is connect-nick-join-quit cycle
 cycle's duration, deliveries are all lines received. CPU-s/100k: utime+stime of every process of the server
 (Valkey included) over the measured phase and its drain, per 100,000 deliveries. Load-gen CPU: the share of
 one core this one-process generator used; SATURATED above 90%: it may be what limits the figures.
+QUICKACK receivers: in W2 every other receiver that does not send re-arms TCP_QUICKACK after each read, so the
+server's delayed-ACK (Nagle) stalls of about 40 ms do not reach them; p50/p99 are theirs, beside the plain ones.
+IRC rows (ngircd, inspircd, stack-irc) are driven through IRC: NICK/USER, JOIN, PRIVMSG (ngIRCd senders OPER and
+set +F, its relaxed flood protection); W5 there is paced by the servers' own registration timers and penalties.
 Lost/reordered/duplicated are counted per (receiver, sender) after a drain."""
 
 

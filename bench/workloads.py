@@ -5,7 +5,10 @@ S senders a room each keeping a window of messages in flight, counted by
 one member of the room that does not send (its arrivals are the acks).
 W2 the same shape open-loop at shares of the W1 send rate, for latency.
 W4 pairs of clients on different gateways (when there are several)
-sending each other private messages, windowed like W1. W3 (idle
+sending each other private messages, windowed like W1. W2 keeps the
+latencies of receivers with TCP_QUICKACK apart from the plain ones.
+Every workload speaks the server's dialect (`bench.dialect`): our line
+protocol, or IRC for the C peers and the stack's IRC door. W3 (idle
 connections) and W5 (churn) live in `idle` and `churn`.
 
 Every workload opens its own clients, with nicks and rooms prefixed by a
@@ -22,9 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.config import Shape
+from bench.dialect import Dialect
 from bench.flows import Flow, Sender
 from bench.handshake import ClientSpec, open_clients
-from bench.loadgen import Conn, Loop
+from bench.loadgen import Conn, Loop, client_tls
 from bench.measure import Meter, Result, add_latency, rate
 from bench.servers import Server
 
@@ -40,6 +44,18 @@ class Context:
     def addr(self, i: int) -> tuple[str, int]:
         addrs = self.server.addrs
         return addrs[i % len(addrs)]
+
+    @property
+    def speech(self) -> Dialect:
+        return Dialect(self.server.dialect)
+
+    def sender(self, conn: Conn, sid: int, prefix: bytes, fanout: int) -> Sender:
+        return Sender(conn, sid, prefix, fanout, end=b"\r\n" if self.speech.irc else b"\n")
+
+    def open(self, loop: Loop, specs: list[ClientSpec], label: str, window: int = 256) -> list[Conn]:
+        return open_clients(loop, specs, setup_timeout(len(specs)), window=window,
+                            label=f"{label} {self.server.name}", speech=self.server.dialect,
+                            connect_cap=self.server.connects)
 
 
 Workload = Callable[[Context, Loop], list[Result]]
@@ -59,19 +75,30 @@ def say(text: str) -> None:
 # --- W1 and W2: fan-out -------------------------------------------------------------
 
 
-def open_fanout(ctx: Context, loop: Loop, label: str) -> tuple[list[Conn], list[Sender], dict[int, Conn]]:
-    """R rooms x M members; members 0..S-1 of each room send, member S acknowledges."""
+def open_fanout(ctx: Context, loop: Loop, label: str,
+                quickack: bool = False) -> tuple[list[Conn], list[Sender], dict[int, Conn]]:
+    """R rooms x M members; members 0..S-1 of each room send, member S acknowledges.
+
+    With `quickack`, every other receiver that does not send re-arms
+    TCP_QUICKACK after each read (the acknowledging member S does not), so
+    one run measures latency at receivers with and without delayed ACKs.
+    """
     shape = ctx.shape
-    specs = [ClientSpec(f"{ctx.tag}{label}r{r}m{m}", f"#{ctx.tag}-{label}-{r}", ctx.addr(r * shape.members + m))
+    oper = ctx.server.oper_senders
+    specs = [ClientSpec(f"{ctx.tag}{label}r{r}m{m}", f"#{ctx.tag}-{label}-{r}", ctx.addr(r * shape.members + m),
+                        oper=oper and m < shape.senders)
              for r in range(shape.rooms) for m in range(shape.members)]
-    conns = open_clients(loop, specs, setup_timeout(len(specs)), label=f"{label} {ctx.server.name}")
+    conns = ctx.open(loop, specs, label)
     senders: list[Sender] = []
     ackers: dict[int, Conn] = {}
     for r in range(shape.rooms):
         room = conns[r * shape.members:(r + 1) * shape.members]
+        prefix = ctx.speech.to_room(f"#{ctx.tag}-{label}-{r}")
         for s in range(shape.senders):
             ackers[len(senders)] = room[shape.senders]
-            senders.append(Sender(room[s], len(senders), b"", shape.members - 1))
+            senders.append(ctx.sender(room[s], len(senders), prefix, shape.members - 1))
+        for m in range(shape.senders + 1, shape.members, 2):
+            room[m].quickack = quickack
     return conns, senders, ackers
 
 
@@ -90,6 +117,12 @@ def fill_flow(result: Result, flow: Flow, seconds: float, during_send: int) -> N
     if flow.stats.closed:
         result.extra["closed_because"] = sorted(set(flow.stats.closed))[:3]
     add_latency(result, flow.stats.latencies)
+    quick = flow.stats.latencies_quickack
+    if quick:
+        probe = Result(result.workload, result.server)
+        add_latency(probe, quick)
+        result.extra.update(quickack_p50_ms=probe.p50_ms, quickack_p99_ms=probe.p99_ms,
+                            quickack_max_ms=probe.max_ms, quickack_deliveries=len(quick))
 
 
 def windowed(ctx: Context, loop: Loop, flow: Flow, result: Result) -> Result:
@@ -115,7 +148,7 @@ def w1(ctx: Context, loop: Loop) -> list[Result]:
 
 
 def w2(ctx: Context, loop: Loop) -> list[Result]:
-    conns, senders, ackers = open_fanout(ctx, loop, "w2")
+    conns, senders, ackers = open_fanout(ctx, loop, "w2", quickack=True)
     if not ctx.w1_rate:
         say(f"  W2 {ctx.server.name}: no W1 rate yet, calibrating with a W1 run")
         flow = Flow(loop, senders, conns, ackers, f"W2 calibration {ctx.server.name}")
@@ -126,13 +159,13 @@ def w2(ctx: Context, loop: Loop) -> list[Result]:
     for level in ctx.shape.levels:
         if ctx.server.tree is not None:
             ctx.server.tree.settle(limit=5.0)
-        fresh = [Sender(s.conn, s.sid, s.prefix, s.fanout) for s in senders]
+        fresh = [ctx.sender(s.conn, s.sid, s.prefix, s.fanout) for s in senders]
         flow = Flow(loop, fresh, conns, ackers, f"W2 {level:.0%} {ctx.server.name}")
         results.append(at_rate(ctx, flow, level, ctx.w1_rate * level))
     for offered in ctx.shape.fixed_rates:  # the same offered load for every server: latencies compare
         if ctx.server.tree is not None:
             ctx.server.tree.settle(limit=5.0)
-        fresh = [Sender(s.conn, s.sid, s.prefix, s.fanout) for s in senders]
+        fresh = [ctx.sender(s.conn, s.sid, s.prefix, s.fanout) for s in senders]
         flow = Flow(loop, fresh, conns, ackers, f"W2 {offered:,.0f}/s {ctx.server.name}")
         results.append(at_rate(ctx, flow, offered / ctx.w1_rate, offered, f"W2-{offered:.0f}/s"))
     return results
@@ -159,16 +192,17 @@ def w4(ctx: Context, loop: Loop) -> list[Result]:
     shape = ctx.shape
     n_gw = len(ctx.server.addrs)
     specs = []
+    oper = ctx.server.oper_senders
     for p in range(shape.pairs):
-        specs.append(ClientSpec(f"{ctx.tag}w4a{p}", None, ctx.addr(p)))
-        specs.append(ClientSpec(f"{ctx.tag}w4b{p}", None, ctx.addr(p + 1)))
-    conns = open_clients(loop, specs, setup_timeout(len(specs)), label=f"W4 {ctx.server.name}")
+        specs.append(ClientSpec(f"{ctx.tag}w4a{p}", None, ctx.addr(p), oper=oper))
+        specs.append(ClientSpec(f"{ctx.tag}w4b{p}", None, ctx.addr(p + 1), oper=oper))
+    conns = ctx.open(loop, specs, "W4")
     senders = []
     ackers: dict[int, Conn] = {}
     for i, conn in enumerate(conns):
         peer = i ^ 1
         ackers[i] = conns[peer]
-        senders.append(Sender(conn, i, f"/msg {specs[peer].nick} ".encode(), 1))
+        senders.append(ctx.sender(conn, i, ctx.speech.to_nick(specs[peer].nick), 1))
     flow = Flow(loop, senders, conns, ackers, f"W4 {ctx.server.name}")
     where = "on different gateways" if n_gw > 1 else "on the one gateway"
     what = f"private messages: {shape.pairs} pairs {where}, both ways, window {shape.window}"
@@ -178,10 +212,13 @@ def w4(ctx: Context, loop: Loop) -> list[Result]:
 def run_workload(name: str, ctx: Context, workloads: dict[str, Workload]) -> list[Result]:
     """Run one workload; a failure becomes a row with its error, and the run goes on."""
     server = ctx.server
-    if server.child is not None and server.child.proc.poll() is not None:
-        return [Result(name, server.name, error=f"the server exited with {server.child.proc.returncode}")]
+    procs = [c.proc for c in ([server.child] if server.child else []) + server.parts]
+    procs += [server.peer.proc] if server.peer is not None else []
+    gone = [proc for proc in procs if proc.poll() is not None]
+    if gone:
+        return [Result(name, server.name, error=f"the server exited with {gone[0].returncode}")]
     say(f"{name} on {server.name} ...")
-    loop = Loop()
+    loop = Loop(client_tls() if server.tls else None)
     try:
         return workloads[name](ctx, loop)
     except Exception as exc:

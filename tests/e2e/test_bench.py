@@ -1,10 +1,19 @@
-"""chat-bench runs end to end in its quick mode, and its stack loses nothing."""
+"""chat-bench runs end to end in its quick mode, its stack loses nothing, and its IRC dialect works on ngIRCd."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+
+import pytest
+
+from bench.cli import WORKLOADS
+from bench.config import QUICK
+from bench.measure import Result
+from bench.peers import find_binary
+from bench.servers import start_irc_peer, stop_server
+from bench.workloads import Context, run_workload
 
 
 def test_quick_benchmark_runs_and_loses_nothing(tmp_path) -> None:
@@ -21,3 +30,62 @@ def test_quick_benchmark_runs_and_loses_nothing(tmp_path) -> None:
         if row["workload"] in ("W1", "W4"):
             assert row["deliveries"] > 0 and row["lost"] == 0 and row["duplicated"] == 0, row
     assert (out / "results.md").read_text().startswith("# chat-bench results")
+
+
+@pytest.mark.skipif(find_binary("ngircd") is None, reason="ngircd is not installed (make bench installs it as root)")
+def test_irc_dialect_against_ngircd(tmp_path) -> None:
+    """W1, W2 (with QUICKACK receivers), W4 and W5 speak IRC to a real ngIRCd and lose nothing."""
+    shape = QUICK
+    server = start_irc_peer("ngircd", tmp_path)
+    try:
+        ctx = Context(server, shape, "irct")
+        rows: list[Result] = []
+        for name in ("W1", "W2", "W4", "W5"):
+            rows += run_workload(name, ctx, WORKLOADS)
+        assert server.peer is not None and server.peer.proc.poll() is None
+    finally:
+        stop_server(server)
+    assert server.peer.proc.poll() is not None
+    by_name = {row.workload: row for row in rows}
+    for row in rows:
+        assert row.error is None, row
+    for name in ("W1", "W2-30%", "W4"):
+        row = by_name[name]
+        assert row.deliveries and row.lost == 0 and row.duplicated == 0 and row.reordered == 0, row
+    assert by_name["W2-30%"].extra["quickack_deliveries"] > 0
+    assert by_name["W5"].extra["cycles"] > 0 and by_name["W5"].extra["failed"] == 0
+
+
+def test_unknown_peer_is_a_usage_error(tmp_path) -> None:
+    run = subprocess.run([sys.executable, "-m", "bench.cli", "--quick", "--peers", "ngircd,unrealircd",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 2 and "unknown peer(s) unrealircd" in run.stderr
+
+
+def test_w6_spreads_connections_over_gateways_and_processes(tmp_path) -> None:
+    """W6 in small: 300 connections at most 100 a process -> 3 gateways, 3 load generators; the probe arrives."""
+    out = tmp_path / "bench"
+    run = subprocess.run([sys.executable, "-m", "bench.cli", "--quick", "--workloads", "W6", "--out", str(out)],
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    assert "--gateways 3" in data["meta"]["stack"]
+    (row,) = data["results"]
+    assert row["error"] is None, row
+    assert row["extra"]["loadgen_processes"] == 3
+    assert row["extra"]["probe_received"] == row["extra"]["probe_members"] - 1 == 29 and row["lost"] == 0
+    assert row["max_ms"] < 1000 and row["connect_s"] > 0 and row["rss_per_conn_kib"]["all"] > 0
+
+
+def test_curve_and_tls_variants_run_and_lose_nothing(tmp_path) -> None:
+    """--variants nocurve,tls: the stack without CURVE and with TLS clients beside it, and the cost table."""
+    out = tmp_path / "bench"
+    run = subprocess.run([sys.executable, "-m", "bench.cli", "--quick", "--workloads", "W1", "--variants",
+                          "nocurve,tls", "--out", str(out)], capture_output=True, text=True, timeout=180, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert [r["server"] for r in rows] == ["stack", "stack-nocurve", "stack-tls"]
+    for row in rows:
+        assert row["error"] is None and row["deliveries"] > 0 and row["lost"] == 0, row
+    text = (out / "results.md").read_text()
+    assert "What CURVE and TLS cost" in text and "stack-tls vs stack" in text
