@@ -44,7 +44,11 @@ def start_gateway(eps: dict[str, str], name: str, *args: str) -> tuple[Child, in
     child = start(name, python_module(
         "gateway.cli", "--listen", "127.0.0.1:0", "--frontend", eps["frontend"],
         "--pub-out", eps["pub-out"], "--id", name, *args), f"chat-gateway {name}.")
-    port = int(child.ready_line.split(" listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
+    try:
+        port = int(child.ready_line.split(" listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        stop(child)  # not recorded anywhere yet: it would outlive the test
+        raise
     return child, port
 
 

@@ -127,7 +127,10 @@ def exchange(s: Served, client: zmq.Socket[bytes], timeout: float) -> tuple[list
     """One message each way, as the kind allows: -> (what the server got, what the client got)."""
     server, kind = s.server, s.kind.server
     if kind == zmq.ROUTER:
-        client.send(b"ping")
+        try:
+            client.send(b"ping", zmq.NOBLOCK)  # a DEALER with no peer would wait for one forever
+        except zmq.Again:
+            return None, None  # refused: no connection to send on
         up = recv(server, timeout)
         if up is None:
             return None, None
