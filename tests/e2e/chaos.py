@@ -207,10 +207,14 @@ def nick_violations(db: redis.Redis, prefix: str) -> list[str]:
         if db.type(key) != "hash":
             continue  # conn:<cid>:rooms
         cid, nick = key[len(conn):], db.hget(key, "nick")
+        if nick is None and not db.exists(key):
+            continue  # left since the scan saw it
         if not nick or db.get(nick_key + nick.lower()) != cid:
             bad.append(f"{cid} has nick {nick!r}, which points to {db.get(nick_key + str(nick).lower())!r}")
     for key in db.scan_iter(f"{nick_key}*", count=1000):
         cid = db.get(key)
+        if cid is None:
+            continue  # released since the scan saw it (a connection left meanwhile)
         nick = db.hget(f"{conn}{cid}", "nick")
         if nick is None or nick.lower() != key[len(nick_key):]:
             bad.append(f"{key} points to {cid}, whose nick is {nick!r}")
