@@ -59,7 +59,7 @@ def ignore_close(conn: Conn) -> None:
 class Conn:
     """One client socket. `closed` holds the reason once it is closed."""
 
-    __slots__ = ("addr", "closed", "connected", "handler", "inbuf", "lines_in", "loop", "on_close", "out",
+    __slots__ = ("addr", "closed", "connected", "handler", "heard", "inbuf", "lines_in", "loop", "on_close", "out",
                  "quickack", "sock", "tag", "tls", "ws")
 
     def __init__(self, loop: Loop, addr: Addr, tag: object = None, source: str | None = None) -> None:
@@ -72,6 +72,7 @@ class Conn:
         self.on_close: Callable[[Conn], None] = ignore_close
         self.closed: str | None = None
         self.connected = False
+        self.heard = False  # the server has sent something: it has accept()ed us, we are out of its listen queue
         self.lines_in = 0
         self.quickack = False  # re-arm TCP_QUICKACK after every read: no delayed ACK towards the server
         self.tls = loop.tls is not None  # True until the TLS handshake is done, then False
@@ -171,6 +172,7 @@ class Conn:
         if not data:
             self.close("closed by the server")
             return
+        self.heard = True
         if self.quickack:  # the kernel clears it again after a while: set it after each read
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         if self.ws is not None:

@@ -85,6 +85,24 @@ def test_unknown_door_is_a_usage_error(tmp_path) -> None:
     assert run.returncode == 2 and "unknown door(s) gopher" in run.stderr
 
 
+@pytest.mark.skipif(find_binary("ngircd") is None, reason="ngircd is not installed (make bench installs it as root)")
+def test_w3_against_ngircd_does_not_overflow_its_listen_queue(tmp_path) -> None:
+    """ngIRCd listens with a backlog of 10: connections it has not answered yet are capped, not only connects.
+
+    Capping only the connects let the kernel's accept queue overflow (our connect completes when the
+    kernel queues it), and each dropped SYN waited 1, 3, 7 s for its retransmission: 200 clients took
+    about 11 s. ngIRCd's own 1 s penalty on JOIN leaves about 1 s per half of W3.
+    """
+    server = start_irc_peer("ngircd", tmp_path)
+    try:
+        (row,) = run_workload("W3", Context(server, QUICK, "ngq"), WORKLOADS)
+    finally:
+        stop_server(server)
+    assert row.error is None, row
+    assert row.connect_s is not None and row.connect_s < 6.0, row
+    assert "closed_while_idle" not in row.extra, row
+
+
 def test_unknown_peer_is_a_usage_error(tmp_path) -> None:
     run = subprocess.run([sys.executable, "-m", "bench.cli", "--quick", "--peers", "ngircd,unrealircd",
                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
