@@ -45,7 +45,7 @@ class Server:
     oper_senders: bool = False  # IRC: senders OPER up and set +F (ngIRCd's throttle)
     peer: peers.Peer | None = None
     tls: bool = False  # the clients speak TLS to `addrs`
-    connects: int | None = None  # TCP connects in progress at once at most (a small listen backlog)
+    connects: int | None = None  # connections not yet answered by the server at most (a small listen backlog)
     parts: list[Child] = field(default_factory=list)  # children started one by one (stack-nocurve), last first
     workdir: Path | None = None  # removed when the server stops
 
