@@ -7,7 +7,9 @@ import json
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 
-from bench.wsframe import MAX_HEAD, WsClient, accept_for, client_frame, mask, to_line
+from bench.wsframe import MAX_HEAD, WsClient, accept_for, client_frame, mask, parsed_line, to_line
+from protocol.messages import ChatEvent, EventType
+from protocol.render import render_json
 
 
 def open_pair() -> tuple[WsClient, WSConnection, bytes]:
@@ -47,13 +49,23 @@ def test_server_frames_become_lines_whole_and_byte_by_byte() -> None:
         {"type": "private", "from": "b", "to": "a", "text": "3 4 5"},
         {"type": "error", "text": "no such nick"},
     ))
-    expected = [b"* welcome! you are guest-1", b"message a 0 1 2", b"private b 3 4 5", b"! no such nick"]
+    expected = [b"* welcome! you are guest-1", b"message - 0 1 2", b"private - 3 4 5", b"! no such nick"]
     whole = client.feed(data)
     assert whole.lines == expected and whole.close is None
     other, _, _ = open_pair()
     other.key = client.key
     lines = [line for i in range(len(data)) for line in other.feed(data[i:i + 1]).lines]
     assert lines == expected
+
+
+def test_the_fast_path_reads_what_the_json_parser_reads() -> None:
+    """Rendered by the server's own code: the fast path's text is the parser's, escapes go to the parser."""
+    for kind, text in ((EventType.MESSAGE, "0 17 123456789"), (EventType.PRIVATE, "1 2 3"),
+                       (EventType.MESSAGE, 'say "hi" 4 5 6'), (EventType.MESSAGE, "é ü 7 8 9"),
+                       (EventType.ACTION, "waves 1 2 3")):
+        payload = render_json(ChatEvent(kind, text, room="#r", sender="a", to="b", id="x:1/1", ts=1.5))[:-1]
+        assert to_line(payload).rsplit(b" ", 3)[1:] == parsed_line(payload).rsplit(b" ", 3)[1:], payload
+        assert to_line(payload).endswith(text.encode()), payload
 
 
 def test_a_ping_is_answered_and_a_close_ends_the_connection() -> None:
