@@ -6,7 +6,9 @@ against it, and stops it by PID. `--target` drives a running stack
 instead; `--baseline` runs the same workloads against the naive server of
 `bench.baseline` too and prints the ratios; `--peers ngircd,inspircd` runs
 them against those C IRC servers (`bench.peers`) through the IRC dialect,
-and against the stack's own IRC door (`stack-irc`) when it has one. Progress goes to stderr, the
+and against the stack's own IRC door (`stack-irc`) when it has one. `--doors irc,ws` runs
+them against the stack's IRC door (`stack-irc`) and its WebSocket door (`stack-ws`,
+`bench.wsframe`) beside its line protocol. Progress goes to stderr, the
 Markdown table to stdout, and results.json / results.md / results.png to
 `--out`.
 """
@@ -24,7 +26,7 @@ from typing import Any
 import click
 
 from bench import churn, idle, massive, report, workloads
-from bench.config import ALL_WORKLOADS, QUICK, BenchConfig, Shape, parse_workloads
+from bench.config import ALL_WORKLOADS, DOOR_NAMES, QUICK, BenchConfig, Shape, parse_doors, parse_workloads
 from bench.loadgen import raise_file_limit
 from bench.measure import Result
 from bench.peers import PEERS, parse_peers
@@ -38,6 +40,7 @@ from bench.servers import (
     start_stack_irc,
     start_stack_nocurve,
     start_stack_tls,
+    start_stack_ws,
     stop_server,
 )
 
@@ -73,6 +76,8 @@ def open_server(kind: str, config: BenchConfig) -> Server:
         return start_stack_tls(config.workers, stack_gateways(config), config.out, stack_extra(config))
     if kind == "stack-irc":
         return start_stack_irc(config.workers, stack_gateways(config), config.out, stack_extra(config))
+    if kind == "stack-ws":
+        return start_stack_ws(config.workers, stack_gateways(config), config.out, stack_extra(config))
     if config.target:
         return attach_target(config.target, config.stack_pid)
     return start_stack(config.workers, stack_gateways(config), config.out, stack_extra(config))
@@ -130,7 +135,8 @@ def describe_server(config: BenchConfig) -> str:
 def run(config: BenchConfig) -> list[Result]:
     raise_file_limit(1 << 20)  # before any server starts: the gateways inherit it
     config.out.mkdir(parents=True, exist_ok=True)
-    logs = ("chat-stack.log", "chat-stack-irc.log", "chat-stack-tls.log", "chat-stack-nocurve.log", "chat-baseline.log")
+    logs = ("chat-stack.log", "chat-stack-irc.log", "chat-stack-ws.log", "chat-stack-tls.log", "chat-stack-nocurve.log",
+            "chat-baseline.log")
     for stale in (*logs, *(f"{p}.log" for p in PEERS)):
         (config.out / stale).unlink(missing_ok=True)
     notes: list[str] = []
@@ -146,6 +152,7 @@ def run(config: BenchConfig) -> list[Result]:
     results.sort(key=lambda r: (servers.index(r.server), r.workload))
     notes += log_notes(config.out / "chat-stack.log", "chat-stack")
     notes += log_notes(config.out / "chat-stack-irc.log", "chat-stack (IRC door)")
+    notes += log_notes(config.out / "chat-stack-ws.log", "chat-stack (WebSocket door)")
     notes += log_notes(config.out / "chat-stack-tls.log", "chat-stack (TLS)")
     notes += log_notes(config.out / "chat-baseline.log", "baseline")
     written = report.write(config.out, results, meta)
@@ -157,13 +164,17 @@ def run(config: BenchConfig) -> list[Result]:
 
 
 def server_kinds(config: BenchConfig, notes: list[str]) -> list[str]:
-    """The servers of this run, in order: the stack, its IRC door, the baseline, the peers."""
+    """The servers of this run, in order: the stack, its other doors, the variants, the baseline, the peers."""
     kinds = ["stack"]
-    if config.peers and not config.target:
-        if stack_has_option("--irc-port"):
-            kinds.append("stack-irc")
+    doors = set(config.doors) | ({"irc"} if config.peers else set())  # the peers compare with the IRC door
+    if doors and config.target:
+        notes.append("--doors skipped: they start their own stack, not with --target")
+    for door in (name for name in DOOR_NAMES if name in doors and not config.target):
+        option = "--irc-port" if door == "irc" else "--web-port"
+        if stack_has_option(option):
+            kinds.append(f"stack-{door}")
         else:
-            notes.append("stack-irc skipped: this chat-stack has no IRC door (--irc-port) yet")
+            notes.append(f"stack-{door} skipped: this chat-stack has no such door ({option}) yet")
     if config.target and config.variants:
         notes.append("--variants skipped: they start their own stack, not with --target")
     elif config.variants:
@@ -202,6 +213,8 @@ def make_shape(quick: bool, **given: Any) -> Shape:
 @click.option("--baseline", is_flag=True, help="Also run the naive one-process Trio server, and print ratios.")
 @click.option("--peers", "peer_names", default="", help=f"Also run these C IRC servers over IRC ({','.join(PEERS)}), "
               "and the stack's IRC door.")
+@click.option("--doors", "door_names", default="",
+              help=f"Also run the stack's other doors ({','.join(DOOR_NAMES)}): rows stack-irc and stack-ws.")
 @click.option("--variants", "variant_names", default="",
               help=f"Also run the stack as these variants ({','.join(VARIANTS)}): what CURVE and TLS cost.")
 @click.option("--out", default="bench-results", type=click.Path(file_okay=False, path_type=Path),
@@ -211,7 +224,8 @@ def main(quick: bool, names: str, rooms: int | None, members: int | None, sender
          idle_room_size: int | None,
          pairs: int | None, churners: int | None, w6: int | None, w6_probe: int | None,
          workers: int, gateways: int, target: str | None,
-         stack_pid: int | None, baseline: bool, peer_names: str, variant_names: str, out: Path) -> None:
+         stack_pid: int | None, baseline: bool, peer_names: str, door_names: str, variant_names: str,
+         out: Path) -> None:
     """Benchmark the chat backend over loopback TCP: fan-out, latency, idle memory, private messages, churn."""
     try:
         rates = tuple(float(r) for r in w2_rates.split(",") if r.strip()) if w2_rates is not None else None
@@ -220,11 +234,12 @@ def main(quick: bool, names: str, rooms: int | None, members: int | None, sender
                            churners=churners, fixed_rates=rates, w6=w6, w6_probe=w6_probe)
         chosen = parse_workloads(names)
         chosen_peers = parse_peers(peer_names)
+        chosen_doors = parse_doors(door_names)
         chosen_variants = parse_variants(variant_names)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     config = BenchConfig(shape=shape, workloads=chosen, workers=workers, gateways=gateways, target=target,
-                         stack_pid=stack_pid, baseline=baseline, peers=chosen_peers,
+                         stack_pid=stack_pid, baseline=baseline, peers=chosen_peers, doors=chosen_doors,
                          variants=chosen_variants, out=out, quick=quick)
     results = run(config)
     if all(r.error for r in results):

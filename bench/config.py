@@ -53,9 +53,22 @@ class BenchConfig:
     stack_pid: int | None = None  # the running stack's root process, for its CPU figures
     baseline: bool = False
     peers: tuple[str, ...] = ()  # C IRC servers to run too (bench.peers)
+    doors: tuple[str, ...] = ()  # the stack's other doors to run too: "irc" (stack-irc), "ws" (stack-ws)
     variants: tuple[str, ...] = ()  # the stack without CURVE ("nocurve"), with TLS clients ("tls")
     out: Path = Path("bench-results")
     quick: bool = False
+
+
+DOOR_NAMES = ("irc", "ws")
+
+
+def parse_doors(spec: str) -> tuple[str, ...]:
+    """'ws,irc' -> ('irc', 'ws'): the stack's doors to run beside its line protocol, in this order."""
+    names = {item.strip().lower() for item in spec.split(",") if item.strip()}
+    unknown = sorted(names - set(DOOR_NAMES))
+    if unknown:
+        raise ValueError(f"unknown door(s) {', '.join(unknown)}; choose from {', '.join(DOOR_NAMES)}")
+    return tuple(name for name in DOOR_NAMES if name in names)
 
 
 def parse_workloads(spec: str) -> tuple[str, ...]:

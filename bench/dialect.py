@@ -1,4 +1,4 @@
-"""The two dialects the load generator speaks: our line protocol (README) and IRC.
+"""The dialects the load generator speaks: our line protocol (README), IRC, and WebSocket.
 
 `chat`: a plain line goes to the current room, `/msg NICK text` is private;
 a room message arrives as `#room <nick> text`. `irc` (RFC 1459/2812 subset):
@@ -8,7 +8,11 @@ benchmark text is the last three words of the line, so the flows parse both
 alike. IRC specifics the handshakes and flows need live here too: the lines
 that register (NICK/USER), become an operator with relaxed flood protection
 (ngIRCd: `OPER` then user mode `+F`), join, quit and answer a PING, and how to
-tell an error reply.
+tell an error reply. `ws`: the line protocol's commands in masked text
+frames to the stack's web door (`GET /ws`), which answers in JSON mode from
+the start, so a sender gets its own room and private messages back
+(`Dialect.echoes`); the framing and the JSON are `bench.wsframe`'s, below
+the handlers, which see the same lines as in `chat`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from dataclasses import dataclass
 
 CHAT = "chat"
 IRC = "irc"
-DIALECTS = (CHAT, IRC)
+WS = "ws"
+DIALECTS = (CHAT, IRC, WS)
 # numerics that are no error for us: 422 = no MOTD file
 HARMLESS = frozenset({b"422"})
 OPER_NAME = b"bench"  # matches the [Operator] of bench/irc_conf/ngircd.conf
@@ -32,6 +37,20 @@ class Dialect:
     @property
     def irc(self) -> bool:
         return self.name == IRC
+
+    @property
+    def ws(self) -> bool:
+        return self.name == WS
+
+    @property
+    def echoes(self) -> bool:
+        """A sender receives its own messages too (JSON mode)."""
+        return self.name == WS
+
+    @property
+    def end(self) -> bytes:
+        """What ends a line: CRLF in IRC; nothing over WebSocket, where the frame ends it."""
+        return b"\r\n" if self.irc else b"" if self.ws else b"\n"
 
     def to_room(self, room: str) -> bytes:
         """What precedes the text of a message to `room` (the chat protocol: the current room, nothing)."""

@@ -11,6 +11,14 @@ penalty for) everything before it.
 An ERROR or a 4xx/5xx reply fails it; a PING is answered.
 The first failure stops new connections, and `open_clients` raises once
 those in progress are done.
+
+Against a server with a small listen backlog (ngIRCd: 10) `connect_cap`
+bounds the connections the server has not answered yet. Our connect
+completes as soon as the kernel has queued it, long before the server
+accept()s it; a cap on connects alone let the queue overflow, and every
+SYN dropped there costs its client a retransmission 1, 3, 7 s later.
+Only the server's first bytes show it has taken the connection out of
+the queue.
 """
 
 from __future__ import annotations
@@ -108,7 +116,7 @@ class _Opener:
     def __init__(self, loop: Loop, specs: Sequence[ClientSpec], window: int, speech: str,
                  connect_cap: int | None = None) -> None:
         self.loop = loop
-        self.connect_cap = connect_cap  # at most this many TCP connects not yet established
+        self.connect_cap = connect_cap  # at most this many connections the server has not answered yet
         self.connecting: list[Conn] = []
         self.irc = speech == dialect.IRC
         self.specs = specs
@@ -121,7 +129,7 @@ class _Opener:
 
     def tick(self, now: int) -> float | None:
         if self.connect_cap is not None:
-            self.connecting = [conn for conn in self.connecting if not conn.connected and conn.closed is None]
+            self.connecting = [conn for conn in self.connecting if not conn.heard and conn.closed is None]
         while not self.errors and self.in_progress < self.window and self.started < len(self.specs):
             if self.connect_cap is not None and len(self.connecting) >= self.connect_cap:
                 return 0.001  # a small listen backlog: let the server accept these first
@@ -165,7 +173,7 @@ def open_clients(loop: Loop, specs: Sequence[ClientSpec], timeout: float, window
     """Connect and register every client of `specs` in `speech`; raise HandshakeFailed on the first failure.
 
     At most `window` handshakes are in progress, and of them at most
-    `connect_cap` (None: no cap) TCP connects not yet established.
+    `connect_cap` (None: no cap) connections the server has not answered yet.
     """
     opener = _Opener(loop, specs, window, speech, connect_cap)
 

@@ -4,8 +4,12 @@ Everything runs in one thread of one process, so the generator's own cost
 is one figure (its CPU time) and it can be told when it is the bottleneck.
 A `Conn` is one client: a socket with TCP_NODELAY, an input buffer cut
 into lines at LF, and an output buffer that is flushed when the socket is
-writable again. Each connection has a `handler(conn, lines, now_ns)` that
-gets every complete line one read produced, and an `on_close(conn)`.
+writable again. On a loop made with `ws=True` every connection speaks
+WebSocket (`bench.wsframe`): it writes the upgrade request first, each
+`send` becomes one masked text frame, and what it reads is cut into
+frames, each rendered as one line, so the handlers read both alike.
+Each connection has a `handler(conn, lines, now_ns)` that gets every
+complete line one read produced, and an `on_close(conn)`.
 
 `Loop.run` turns the selector until a condition holds or a deadline
 passes, calling a `tick(now_ns)` after each round of I/O (where senders
@@ -22,6 +26,8 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+
+from bench.wsframe import WsClient
 
 Addr = tuple[str, int]
 Handler = Callable[["Conn", list[bytes], int], None]
@@ -53,8 +59,8 @@ def ignore_close(conn: Conn) -> None:
 class Conn:
     """One client socket. `closed` holds the reason once it is closed."""
 
-    __slots__ = ("addr", "closed", "connected", "handler", "inbuf", "lines_in", "loop", "on_close", "out",
-                 "quickack", "sock", "tag", "tls")
+    __slots__ = ("addr", "closed", "connected", "handler", "heard", "inbuf", "lines_in", "loop", "on_close", "out",
+                 "quickack", "sock", "tag", "tls", "ws")
 
     def __init__(self, loop: Loop, addr: Addr, tag: object = None, source: str | None = None) -> None:
         self.loop = loop
@@ -66,9 +72,14 @@ class Conn:
         self.on_close: Callable[[Conn], None] = ignore_close
         self.closed: str | None = None
         self.connected = False
+        self.heard = False  # the server has sent something: it has accept()ed us, we are out of its listen queue
         self.lines_in = 0
         self.quickack = False  # re-arm TCP_QUICKACK after every read: no delayed ACK towards the server
         self.tls = loop.tls is not None  # True until the TLS handshake is done, then False
+        self.ws: WsClient | None = None
+        if loop.ws:
+            self.ws = WsClient(f"{addr[0]}:{addr[1]}")
+            self.out = self.ws.request()  # written once connected, before any frame
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             self.sock.setblocking(False)
@@ -90,6 +101,11 @@ class Conn:
     def send(self, data: bytes) -> None:
         if self.closed is not None:
             return
+        if self.ws is not None:
+            data = self.ws.frame(data)
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
         if self.out or not self.connected:
             self.out += data
             return
@@ -156,14 +172,28 @@ class Conn:
         if not data:
             self.close("closed by the server")
             return
+        self.heard = True
         if self.quickack:  # the kernel clears it again after a while: set it after each read
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        if self.ws is not None:
+            self._on_frames(data, now)
+            return
         if self.inbuf:
             data = self.inbuf + data
         lines = data.split(b"\n")
         self.inbuf = lines.pop()
         if lines:
             self.handler(self, lines, now)
+
+    def _on_frames(self, data: bytes, now: int) -> None:
+        assert self.ws is not None
+        reading = self.ws.feed(data)
+        if reading.reply:
+            self._write(reading.reply)
+        if reading.lines:
+            self.handler(self, reading.lines, now)
+        if reading.close is not None:
+            self.close(reading.close)
 
     def close(self, reason: str = "closed by the client") -> None:
         if self.closed is not None:
@@ -179,11 +209,12 @@ class Conn:
 class Loop:
     """A selector and the connections registered on it."""
 
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        """`tls`: every connection of this loop speaks TLS with this client context."""
+    def __init__(self, tls: ssl.SSLContext | None = None, ws: bool = False) -> None:
+        """`tls`: every connection of this loop speaks TLS with this client context; `ws`: WebSocket."""
         self.sel = selectors.DefaultSelector()
         self.conns: set[Conn] = set()
         self.tls = tls
+        self.ws = ws
 
     def run(self, done: Callable[[], bool], deadline: float,
             tick: Callable[[int], float | None] | None = None,

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from bench.dialect import IRC, Dialect
+from bench.dialect import IRC, WS, Dialect
 from bench.handshake import ClientSpec, open_clients
 from bench.loadgen import Conn, Loop, raise_file_limit
 from bench.measure import Meter, Result, add_latency, rate
@@ -195,6 +195,8 @@ def check_capacity(ctx: Context) -> None:
 
 
 def w6(ctx: Context, loop: Loop) -> list[Result]:
+    if ctx.server.dialect == WS:
+        raise RuntimeError("W6 does not speak WebSocket (its generator processes and probe count are line-protocol)")
     check_capacity(ctx)
     shape, tree = ctx.shape, ctx.server.tree
     assert tree is not None

@@ -41,11 +41,12 @@ class PeerKind:
     conf: str  # file name in CONF_DIR
     argv: Callable[[str, Path], list[str]]  # (binary, rendered config) -> argv
     oper: bool  # opers up and sets +F on its senders (ngIRCd's throttle)
-    connects: int | None = None  # at most this many TCP connects in progress at once (None: no cap)
+    connects: int | None = None  # at most this many connections not yet answered by the server (None: no cap)
 
 
 PEERS: dict[str, PeerKind] = {
-    # ngIRCd listens with a backlog of 10: more SYNs at once are dropped and retried after 1, 3, 7 s ...
+    # ngIRCd listens with a backlog of 10: a SYN beyond its accept queue is dropped and retried after 1, 3, 7 s;
+    # a connection leaves the queue when ngIRCd accept()s it, which its first reply shows
     "ngircd": PeerKind("ngircd", "ngircd", "ngircd.conf", lambda exe, conf: [exe, "--nodaemon", "--config", str(conf)],
                        oper=True, connects=8),
     "inspircd": PeerKind("inspircd", "inspircd", "inspircd.conf",

@@ -209,6 +209,8 @@ QUICKACK receivers: in W2 every other receiver that does not send re-arms TCP_QU
 server's delayed-ACK (Nagle) stalls of about 40 ms do not reach them; p50/p99 are theirs, beside the plain ones.
 IRC rows (ngircd, inspircd, stack-irc) are driven through IRC: NICK/USER, JOIN, PRIVMSG (ngIRCd senders OPER and
 set +F, its relaxed flood protection); W5 there is paced by the servers' own registration timers and penalties.
+stack-ws is driven over WebSocket (GET /ws, masked text frames); its door speaks JSON mode, so a sender gets its
+own message back and that copy counts among the deliveries (and latencies) too.
 Lost/reordered/duplicated are counted per (receiver, sender) after a drain."""
 
 

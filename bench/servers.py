@@ -9,7 +9,8 @@ child by its PID, then kills by PID any process of its tree that outlived
 it. `attach_target` finds the processes behind `--target` ports, when it
 can, so their CPU can be counted too. `start_irc_peer` runs ngIRCd or
 InspIRCd (`bench.peers`), `start_stack_irc` the stack with its IRC door:
-both are driven in the IRC dialect.
+both are driven in the IRC dialect. `start_stack_ws` runs the stack with
+its web door (`--web-port`), driven over WebSocket.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from bench import peers
-from bench.dialect import CHAT, IRC
+from bench.dialect import CHAT, IRC, WS
 from bench.procstats import ProcessTree, listening_pids, stack_roots
 from stack.children import Child, ChildFailed, python_module, start, stop
 from stack.valkey import start_valkey
@@ -34,7 +35,7 @@ Addr = tuple[str, int]
 
 @dataclass
 class Server:
-    name: str  # "stack", "stack-irc", "baseline", "ngircd", "inspircd" or "target"
+    name: str  # "stack", "stack-irc", "stack-ws", "baseline", "ngircd", "inspircd" or "target"
     addrs: list[Addr]
     tree: ProcessTree | None  # None: its processes are unknown, no CPU or RSS figures
     child: Child | None = None
@@ -44,7 +45,7 @@ class Server:
     oper_senders: bool = False  # IRC: senders OPER up and set +F (ngIRCd's throttle)
     peer: peers.Peer | None = None
     tls: bool = False  # the clients speak TLS to `addrs`
-    connects: int | None = None  # TCP connects in progress at once at most (a small listen backlog)
+    connects: int | None = None  # connections not yet answered by the server at most (a small listen backlog)
     parts: list[Child] = field(default_factory=list)  # children started one by one (stack-nocurve), last first
     workdir: Path | None = None  # removed when the server stops
 
@@ -90,14 +91,17 @@ def stack_has_option(option: str) -> bool:
     return any(option in param.opts for param in cli.main.params)
 
 
+DOORS = {IRC: "--irc-port", WS: "--web-port"}  # dialect -> the chat-stack option of its door
+
+
 def start_stack(workers: int, gateways: int, out_dir: Path, extra: tuple[str, ...] = (),
-                name: str = "stack", irc: bool = False) -> Server:
-    """chat-stack on free ports; with `irc`, its IRC door (`--irc-port`) is what the clients use."""
+                name: str = "stack", door: str | None = None) -> Server:
+    """chat-stack on free ports; with a `door` (IRC or WS), that door is what the clients use."""
     log = out_dir / f"chat-{name}.log"
     last: Exception | None = None
     for _ in range(3):  # a port found free may be taken before the stack binds it
-        port = _free_ports(gateways * (2 if irc else 1))
-        args = extra + (("--irc-port", str(port + gateways)) if irc else ())
+        port = _free_ports(gateways * (2 if door else 1))
+        args = extra + ((DOORS[door], str(port + gateways)) if door else ())
         with log.open("ab") as sink:
             try:
                 child = start(name, stack_argv(port, workers, gateways, extra=args), "chat-stack ready",
@@ -105,16 +109,22 @@ def start_stack(workers: int, gateways: int, out_dir: Path, extra: tuple[str, ..
             except ChildFailed as exc:
                 last = exc
                 continue
-        first = port + gateways if irc else port
+        first = port + gateways if door else port
         addrs = [("127.0.0.1", first + i) for i in range(gateways)]
-        return Server(name, addrs, ProcessTree([child.pid]), child, log, dialect=IRC if irc else CHAT)
+        return Server(name, addrs, ProcessTree([child.pid]), child, log, dialect=door or CHAT)
     raise ChildFailed(f"chat-stack did not start: {last} (see {log})")
 
 
 def start_stack_irc(workers: int, gateways: int, out_dir: Path, extra: tuple[str, ...] = ()) -> Server:
     if not stack_has_option("--irc-port"):
         raise peers.PeerUnavailable("this chat-stack has no IRC door (--irc-port) yet")
-    return start_stack(workers, gateways, out_dir, extra, name="stack-irc", irc=True)
+    return start_stack(workers, gateways, out_dir, extra, name="stack-irc", door=IRC)
+
+
+def start_stack_ws(workers: int, gateways: int, out_dir: Path, extra: tuple[str, ...] = ()) -> Server:
+    if not stack_has_option("--web-port"):
+        raise peers.PeerUnavailable("this chat-stack has no web door (--web-port) yet")
+    return start_stack(workers, gateways, out_dir, extra, name="stack-ws", door=WS)
 
 
 def self_signed(workdir: Path) -> tuple[Path, Path]:

@@ -50,7 +50,9 @@ class Context:
         return Dialect(self.server.dialect)
 
     def sender(self, conn: Conn, sid: int, prefix: bytes, fanout: int) -> Sender:
-        return Sender(conn, sid, prefix, fanout, end=b"\r\n" if self.speech.irc else b"\n")
+        """`fanout`: the deliveries to others; the sender's own copy is added where it gets one (JSON mode)."""
+        speech = self.speech
+        return Sender(conn, sid, prefix, fanout + speech.echoes, end=speech.end)
 
     def open(self, loop: Loop, specs: list[ClientSpec], label: str, window: int = 256) -> list[Conn]:
         return open_clients(loop, specs, setup_timeout(len(specs)), window=window,
@@ -159,16 +161,21 @@ def w2(ctx: Context, loop: Loop) -> list[Result]:
     for level in ctx.shape.levels:
         if ctx.server.tree is not None:
             ctx.server.tree.settle(limit=5.0)
-        fresh = [ctx.sender(s.conn, s.sid, s.prefix, s.fanout) for s in senders]
+        fresh = [renew(s) for s in senders]
         flow = Flow(loop, fresh, conns, ackers, f"W2 {level:.0%} {ctx.server.name}")
         results.append(at_rate(ctx, flow, level, ctx.w1_rate * level))
     for offered in ctx.shape.fixed_rates:  # the same offered load for every server: latencies compare
         if ctx.server.tree is not None:
             ctx.server.tree.settle(limit=5.0)
-        fresh = [ctx.sender(s.conn, s.sid, s.prefix, s.fanout) for s in senders]
+        fresh = [renew(s) for s in senders]
         flow = Flow(loop, fresh, conns, ackers, f"W2 {offered:,.0f}/s {ctx.server.name}")
         results.append(at_rate(ctx, flow, offered / ctx.w1_rate, offered, f"W2-{offered:.0f}/s"))
     return results
+
+
+def renew(sender: Sender) -> Sender:
+    """The same sender, its counts back at zero (sequence numbers start again per flow)."""
+    return Sender(sender.conn, sender.sid, sender.prefix, sender.fanout, end=sender.end)
 
 
 def at_rate(ctx: Context, flow: Flow, level: float, offered: float, name: str = "") -> Result:
@@ -218,7 +225,7 @@ def run_workload(name: str, ctx: Context, workloads: dict[str, Workload]) -> lis
     if gone:
         return [Result(name, server.name, error=f"the server exited with {gone[0].returncode}")]
     say(f"{name} on {server.name} ...")
-    loop = Loop(client_tls() if server.tls else None)
+    loop = Loop(client_tls() if server.tls else None, ws=ctx.speech.ws)
     try:
         return workloads[name](ctx, loop)
     except Exception as exc:

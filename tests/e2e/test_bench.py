@@ -1,4 +1,5 @@
-"""chat-bench runs end to end in its quick mode, its stack loses nothing, and its IRC dialect works on ngIRCd."""
+"""chat-bench runs end to end in its quick mode, its stack loses nothing, its IRC dialect works on ngIRCd,
+and its WebSocket dialect works on the stack's web door."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from bench.cli import WORKLOADS
 from bench.config import QUICK
 from bench.measure import Result
 from bench.peers import find_binary
-from bench.servers import start_irc_peer, stop_server
+from bench.servers import start_irc_peer, start_stack_ws, stop_server
 from bench.workloads import Context, run_workload
 
 
@@ -54,6 +55,52 @@ def test_irc_dialect_against_ngircd(tmp_path) -> None:
         assert row.deliveries and row.lost == 0 and row.duplicated == 0 and row.reordered == 0, row
     assert by_name["W2-30%"].extra["quickack_deliveries"] > 0
     assert by_name["W5"].extra["cycles"] > 0 and by_name["W5"].extra["failed"] == 0
+
+
+def test_websocket_door_runs_w1_and_w5_and_loses_nothing(tmp_path) -> None:
+    """stack-ws: W1 over the web door (masked frames out, JSON objects in, each sender's own copy counted)."""
+    server = start_stack_ws(1, 1, tmp_path)
+    try:
+        assert server.name == "stack-ws" and server.dialect == "ws"
+        ctx = Context(server, QUICK, "wsbt")
+        rows: list[Result] = []
+        for name in ("W1", "W5"):
+            rows += run_workload(name, ctx, WORKLOADS)
+        assert server.child is not None and server.child.proc.poll() is None
+    finally:
+        stop_server(server)
+    by_name = {row.workload: row for row in rows}
+    for row in rows:
+        assert row.error is None, row
+    w1 = by_name["W1"]
+    assert w1.sent and w1.lost == 0 and w1.duplicated == 0 and w1.reordered == 0, w1
+    assert w1.deliveries == w1.sent * QUICK.members == w1.extra["expected"], w1  # every member, the sender too
+    assert w1.extra["other_lines"] == 0 and w1.extra["receivers_closed"] == 0, w1
+    assert by_name["W5"].extra["cycles"] > 0 and by_name["W5"].extra["failed"] == 0, by_name["W5"]
+
+
+def test_unknown_door_is_a_usage_error(tmp_path) -> None:
+    run = subprocess.run([sys.executable, "-m", "bench.cli", "--quick", "--doors", "ws,gopher",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 2 and "unknown door(s) gopher" in run.stderr
+
+
+@pytest.mark.skipif(find_binary("ngircd") is None, reason="ngircd is not installed (make bench installs it as root)")
+def test_w3_against_ngircd_does_not_overflow_its_listen_queue(tmp_path) -> None:
+    """ngIRCd listens with a backlog of 10: connections it has not answered yet are capped, not only connects.
+
+    Capping only the connects let the kernel's accept queue overflow (our connect completes when the
+    kernel queues it), and each dropped SYN waited 1, 3, 7 s for its retransmission: 200 clients took
+    about 11 s. ngIRCd's own 1 s penalty on JOIN leaves about 1 s per half of W3.
+    """
+    server = start_irc_peer("ngircd", tmp_path)
+    try:
+        (row,) = run_workload("W3", Context(server, QUICK, "ngq"), WORKLOADS)
+    finally:
+        stop_server(server)
+    assert row.error is None, row
+    assert row.connect_s is not None and row.connect_s < 6.0, row
+    assert "closed_while_idle" not in row.extra, row
 
 
 def test_unknown_peer_is_a_usage_error(tmp_path) -> None:
