@@ -81,7 +81,7 @@ class ForgedGateway:
         self.sub.connect(cluster.endpoints["pub-out"])
 
     def send(self, event: Connected | Lines) -> None:
-        self.dealer.send(codec.encode(event))
+        self.dealer.send_multipart(codec.event_frames(event))
 
     def answer(self, cid: str, seq: int, timeout: float = 10.0) -> list[str]:
         """Wait for the Mark of event `seq` -> the texts delivered to `cid` after it."""
