@@ -273,10 +273,15 @@ def done_frames(done: Done) -> list[bytes]:
 
 def decode_done(frames: list[bytes]) -> Done:
     """[Done, topic, batch, ...] -> the Done, its batches untouched; DecodeError if malformed."""
-    done = decode(frames[0]) if frames else None
-    if not isinstance(done, Done) or len(frames) % 2 != 1:
+    done = decode(frames[0]) if len(frames) % 2 == 1 else None
+    if type(done) is not Done:
         raise DecodeError("a Done is its frame and (topic, batch) pairs")
-    topics, batches = frames[1::2], frames[2::2]
-    if not all(is_gateway_topic(t) for t in topics):
-        raise DecodeError("a Done names a topic that is not one gateway's")
-    return Done(done.events, tuple((t[:-1].decode(), b) for t, b in zip(topics, batches, strict=True)))
+    if len(frames) == 1:
+        return done
+    publish = []
+    for at in range(1, len(frames), 2):
+        topic = frames[at]
+        if not is_gateway_topic(topic):
+            raise DecodeError("a Done names a topic that is not one gateway's")
+        publish.append((topic[:-1].decode(), frames[at + 1]))
+    return Done(done.events, tuple(publish))
