@@ -19,12 +19,13 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 Key = tuple[str, int]  # (cid, seq): an event's unique ID
+Frames = tuple[bytes, ...]  # an event as the broker got it (opaque here), dispatched as is
 
 
 @dataclass(slots=True)
 class _Conn:
-    waiting: deque[tuple[int, bytes]] = field(default_factory=deque)
-    in_flight: tuple[int, bytes, bytes] | None = None  # (seq, frame, worker)
+    waiting: deque[tuple[int, Frames]] = field(default_factory=deque)
+    in_flight: tuple[int, Frames, bytes] | None = None  # (seq, frames, worker)
 
 
 @dataclass(slots=True)
@@ -43,7 +44,7 @@ class Scheduler:
 
     # --- inputs -------------------------------------------------------------
 
-    def submit(self, cid: str, seq: int, frame: bytes) -> bool:
+    def submit(self, cid: str, seq: int, frames: Frames) -> bool:
         """Queue an event -> False if that very event is queued or in flight already."""
         conn = self._conns.get(cid)
         if conn is None:
@@ -52,7 +53,7 @@ class Scheduler:
             s == seq for s, _ in conn.waiting
         ):
             return False  # a gateway sent it again while we still had it
-        conn.waiting.append((seq, frame))
+        conn.waiting.append((seq, frames))
         self.queued += 1
         if conn.in_flight is None and len(conn.waiting) == 1:
             self._runnable.append(cid)
@@ -95,9 +96,9 @@ class Scheduler:
         for cid, seq in state.events:
             conn = self._conns[cid]
             assert conn.in_flight is not None
-            _, frame, _ = conn.in_flight
+            _, frames, _ = conn.in_flight
             conn.in_flight = None
-            conn.waiting.appendleft((seq, frame))
+            conn.waiting.appendleft((seq, frames))
             self.queued += 1
             self._runnable.appendleft(cid)
         return len(state.events)
@@ -105,7 +106,7 @@ class Scheduler:
     # --- outputs ------------------------------------------------------------
 
     def dispatch(self) -> list[tuple[bytes, list[bytes]]]:
-        """Assign what can go now -> [(worker, [event frames...])]."""
+        """Assign what can go now -> [(worker, the frames of its events, one after another)]."""
         out: list[tuple[bytes, list[bytes]]] = []
         while self._runnable:
             worker = self._next_worker()
@@ -123,15 +124,17 @@ class Scheduler:
     def _fill(self, worker: bytes) -> list[bytes]:
         state = self._workers[worker]
         frames: list[bytes] = []
-        while self._runnable and state.credit > 0 and len(frames) < self.max_batch:
+        for _ in range(self.max_batch):
+            if not self._runnable or state.credit <= 0:
+                break
             cid = self._runnable.popleft()
             conn = self._conns[cid]
-            seq, frame = conn.waiting.popleft()
+            seq, event = conn.waiting.popleft()
             self.queued -= 1
-            conn.in_flight = (seq, frame, worker)
+            conn.in_flight = (seq, event, worker)
             state.events.add((cid, seq))
             state.credit -= 1
-            frames.append(frame)
+            frames += event
         self._workers.move_to_end(worker)
         return frames
 

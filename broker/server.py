@@ -1,10 +1,15 @@
 """The broker's poll loop: four sockets, one thread.
 
-    frontend  ROUTER  <- gateways' DEALERs: [gateway, event]  and heartbeats
-    backend   ROUTER  <- workers' DEALERs:  [worker, Ready | Done | Heartbeat]
-                      -> [worker, event, event, ...] | [worker, Heartbeat]
+    frontend  ROUTER  <- gateways' DEALERs: [gateway, key, event]  and [gateway, Heartbeat]
+    backend   ROUTER  <- workers' DEALERs:  [worker, Ready | Heartbeat]
+                                            [worker, Done, topic, batch, topic, batch, ...]
+                      -> [worker, Heartbeat, key, event, key, event, ...] | [worker, Heartbeat]
     pub-out   XPUB    -> gateways' SUBs:    [topic "<gateway>:", seq, Batch]
     pub-in    XSUB    <- other publishers' [topic, Batch], forwarded to pub-out
+
+The broker routes on the small frames (an event's key, a Done's topics) and
+passes event bodies and batches through unread (protocol.codec): a gateway's
+event is checked against it by its key, and by the worker against its body.
 
 `seq` numbers the messages of each topic (8 bytes, big-endian, from 1 at
 each broker start and each activation), after the broker's epoch (8 bytes,
@@ -63,13 +68,10 @@ from broker.scheduler import Scheduler
 from protocol import codec
 from protocol.errors import DecodeError
 from protocol.messages import (
-    Connected,
-    Disconnected,
     Done,
     Fenced,
     GatewayLost,
     Heartbeat,
-    Lines,
     Message,
     Ready,
     Unknown,
@@ -229,34 +231,57 @@ class Broker:
             self._drop(Drop.MALFORMED, f"{where}: {exc}")
             return None
 
+    def _decode_done(self, frames: list[bytes]) -> tuple[bytes, bytes, Message] | None:
+        """[worker, Done, topic, batch, ...] -> (worker, b"", Done), batches unread; or None."""
+        try:
+            return frames[0], b"", codec.decode_done(frames[1:])
+        except DecodeError as exc:
+            self._drop(Drop.MALFORMED, f"backend: {exc}")
+            return None
+
     def _on_frontend(self, frames: list[bytes]) -> None:
+        if len(frames) == 3:
+            self._on_event(frames[0], frames[1], frames[2])
+            return
         decoded = self._decode(frames, "frontend")
         if decoded is None:
             return
-        gateway, body, msg = decoded
+        gateway, _, msg = decoded
+        if not isinstance(msg, Heartbeat):  # events come as [key, event]
+            self._drop(Drop.UNEXPECTED_MESSAGE, f"frontend: {type(msg).__name__}")
+            return
         now = time.monotonic()
-        if not self.role.active(now) and not isinstance(msg, Heartbeat):
+        if gateway in self.fenced:
+            self._on_fenced(gateway, False, now)
+            return
+        self._heard(self.gateways, gateway, now)
+
+    def _on_event(self, gateway: bytes, key: bytes, body: bytes) -> None:
+        """A gateway's event: queued by its key, its body unread (a worker checks they agree)."""
+        try:
+            cid, seq = codec.decode_key(key)
+        except DecodeError as exc:
+            self._drop(Drop.MALFORMED, f"frontend: {exc}")
+            return
+        now = time.monotonic()
+        if not self.role.active(now):
             self.metrics.drop(Drop.NOT_ACTIVE)  # a gateway that has not heard of the switch yet
             return
         if gateway in self.fenced:
-            self._on_fenced(gateway, msg, now)
+            self._on_fenced(gateway, True, now)
             return
         self._heard(self.gateways, gateway, now)
-        if isinstance(msg, (Connected, Lines, Disconnected)):
-            if gateway_of(msg.cid).encode() != gateway:
-                self._drop(Drop.FOREIGN_CONNECTION_ID, "frontend: a connection ID of another gateway")
-                return
-            if self.scheduler.submit(msg.cid, msg.seq, body):
-                self.metrics.received += 1
-            else:
-                self.metrics.drop(Drop.DUPLICATE_EVENT)  # a gateway's resend: normal, not logged
-        elif not isinstance(msg, Heartbeat):
-            self._drop(Drop.UNEXPECTED_MESSAGE, f"frontend: {type(msg).__name__}")
+        if gateway_of(cid).encode() != gateway:
+            self._drop(Drop.FOREIGN_CONNECTION_ID, "frontend: a connection ID of another gateway")
+        elif self.scheduler.submit(cid, seq, (key, body)):
+            self.metrics.received += 1
+        else:
+            self.metrics.drop(Drop.DUPLICATE_EVENT)  # a gateway's resend: normal, not logged
 
     # --- workers ------------------------------------------------------------------
 
     def _on_backend(self, frames: list[bytes]) -> None:
-        decoded = self._decode(frames, "backend")
+        decoded = self._decode_done(frames) if len(frames) > 2 else self._decode(frames, "backend")
         if decoded is None:
             return
         worker, _, msg = decoded
@@ -326,7 +351,7 @@ class Broker:
                 self.scheduler.lose_worker(worker)
                 self.metrics.workers_lost += 1
                 continue
-            self.metrics.dispatched += len(frames)
+            self.metrics.dispatched += len(frames) // 2  # [key, event] each
 
     # --- pub-in forwarding ----------------------------------------------------------
 
@@ -369,9 +394,9 @@ class Broker:
             self.workers.grace(now)
             self.gateways.grace(now)
 
-    def _on_fenced(self, gateway: bytes, msg: Message, now: float) -> None:
+    def _on_fenced(self, gateway: bytes, event: bool, now: float) -> None:
         """A gateway instance we declared lost: its events are ignored, it is told."""
-        if isinstance(msg, (Connected, Lines, Disconnected)):
+        if event:
             self.metrics.drop(Drop.FENCED_GATEWAY)
         if self.fenced.tell(gateway, now):
             log.info("gateway %s was fenced: telling it", gateway.decode(errors="replace"))
@@ -386,7 +411,7 @@ class Broker:
         self.metrics.gateways_lost += 1
         self._out_seq.pop(topic_of(name), None)
         cid, seq = event_key(GatewayLost(name))
-        self.scheduler.submit(cid, seq, codec.encode(GatewayLost(name)))
+        self.scheduler.submit(cid, seq, tuple(codec.event_frames(GatewayLost(name))))
 
     def _keep_lease(self, now: float) -> None:
         """Renew or acquire the lease (once a heartbeat); step down when it is lost or its

@@ -290,10 +290,10 @@ class Gateway:
             in_flight = 0
             for session in self.sessions.values():
                 in_flight += session.in_flight is not None
-                frame = session.overdue(now, self.config.resend_after)
-                if frame is not None:
+                frames = session.overdue(now, self.config.resend_after)
+                if frames is not None:
                     self.metrics.resent += 1
-                    self.to_broker.put_nowait([frame])
+                    self.to_broker.put_nowait(frames)
             self._snapshot(in_flight)
             self.rooms.sweep(now)
             await trio.sleep(self.config.heartbeat)
@@ -350,17 +350,17 @@ class Gateway:
     def _resend_all(self) -> None:
         now = trio.current_time()
         for session in self.sessions.values():
-            frame = session.resend(now)
-            if frame is not None:
+            frames = session.resend(now)
+            if frames is not None:
                 self.metrics.resent += 1
-                self.to_broker.put_nowait([frame])
+                self.to_broker.put_nowait(frames)
 
     def _advance(self, session: Session) -> None:
         """Send the session's next event if it may go now."""
-        frame = session.next_frame(trio.current_time())
-        if frame is not None:
+        frames = session.next_frame(trio.current_time())
+        if frames is not None:
             self.metrics.events_sent += 1
-            self.to_broker.put_nowait([frame])
+            self.to_broker.put_nowait(frames)
         client = self.clients.get(session.cid)
         if session.finished and client is None:
             self.sessions.pop(session.cid, None)
@@ -630,7 +630,7 @@ class Gateway:
         self.sessions[client.cid] = session
         self.metrics.events_sent += 1
         assert session.in_flight is not None
-        self.to_broker.put_nowait([session.in_flight.frame])
+        self.to_broker.put_nowait(session.in_flight.frames)
 
     async def _on_eof(self, client: Client) -> None:
         """The client half-closed: it may still read. Say goodbye for it, and let

@@ -24,7 +24,7 @@ from protocol.messages import ClientEvent, Connected, Disconnected, Lines
 @dataclass(slots=True)
 class InFlight:
     seq: int
-    frame: bytes
+    frames: list[bytes]  # [key, body] (protocol.codec): what goes to the broker, again if need be
     sent: float  # when it last went out: the resend clock
     first_sent: float  # when it first went out: the latency clock
 
@@ -41,10 +41,10 @@ class Session:
         self.in_flight: InFlight | None = None
         self._send(Connected(cid, 0, addr), now)
 
-    def _send(self, event: ClientEvent, now: float) -> bytes:
-        frame = codec.encode(event)
-        self.in_flight = InFlight(event.seq, frame, now, now)
-        return frame
+    def _send(self, event: ClientEvent, now: float) -> list[bytes]:
+        frames = codec.event_frames(event)
+        self.in_flight = InFlight(event.seq, frames, now, now)
+        return frames
 
     def add_lines(self, lines: list[str]) -> None:
         self.pending.extend(lines)
@@ -53,7 +53,7 @@ class Session:
         if self.leaving is None:
             self.leaving = reason
 
-    def next_frame(self, now: float) -> bytes | None:
+    def next_frame(self, now: float) -> list[bytes] | None:
         """The next event to send, if none is in flight."""
         if self.in_flight is not None or self.finished:
             return None
@@ -80,19 +80,19 @@ class Session:
         self.in_flight = None
         self.pending.clear()
 
-    def overdue(self, now: float, timeout: float) -> bytes | None:
-        """The in-flight frame again if it waited past `timeout` (and restart its clock)."""
+    def overdue(self, now: float, timeout: float) -> list[bytes] | None:
+        """The in-flight frames again if it waited past `timeout` (and restart its clock)."""
         if self.in_flight is None or now - self.in_flight.sent < timeout:
             return None
         self.in_flight.sent = now
-        return self.in_flight.frame
+        return self.in_flight.frames
 
-    def resend(self, now: float) -> bytes | None:
-        """The in-flight frame, now (the broker restarted)."""
+    def resend(self, now: float) -> list[bytes] | None:
+        """The in-flight frames, now (the broker restarted)."""
         if self.in_flight is None:
             return None
         self.in_flight.sent = now
-        return self.in_flight.frame
+        return self.in_flight.frames
 
 
 class SeenEvents:

@@ -6,7 +6,11 @@ now. So the pump always asks `EVENTS` before it sleeps on the FD, and
 sleeps only when there is nothing to read and nothing it may send. Other
 tasks never touch the socket: they `put_nowait` frames into the pump's
 outbox, and the pump hands what it receives to a callback, and calls
-`after_burst` once a burst of received messages is handed over.
+`after_burst` once what it received is handed over: when nothing more is
+there to read after it let the other tasks run once, or after BURST
+messages. So bursts that follow each other closely share one `after_burst`
+(the gateway's one write per client), and a lone message waits for nothing
+but one pass of the run queue (adaptive batching, no timer).
 
 The outbox is bounded (`capacity` messages): while the peer is gone or
 slow, a frame that finds it full is dropped and counted, never waited
@@ -48,6 +52,7 @@ class ZmqPump:
         self.dropped = 0  # frames refused by a full outbox
         self._outbox: deque[list[bytes]] = deque()
         self._idle: trio.CancelScope | None = None
+        self._unflushed = 0  # messages handed over since the last after_burst
 
     def __len__(self) -> int:
         return len(self._outbox)
@@ -78,8 +83,11 @@ class ZmqPump:
             if self._outbox and events & zmq.POLLOUT:
                 moved = self._send_burst() or moved
             if moved:
+                if self._unflushed >= BURST:
+                    self._after_burst()
                 await trio.lowlevel.checkpoint()
                 continue
+            self._after_burst()  # nothing more came in meanwhile: hand it on now
             if self._outbox:  # at the high-water mark: wait for POLLOUT
                 await trio.lowlevel.wait_readable(fd)
                 continue
@@ -88,15 +96,19 @@ class ZmqPump:
             self._idle = None
 
     def _receive_burst(self) -> bool:
-        for _ in range(BURST):
+        for _ in range(BURST - self._unflushed):  # at most BURST between two after_bursts, as ever
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            self._unflushed += 1
             self.on_message(frames)
-        if self.after_burst is not None:
-            self.after_burst()
         return True
+
+    def _after_burst(self) -> None:
+        if self._unflushed and self.after_burst is not None:
+            self.after_burst()
+        self._unflushed = 0
 
     def _send_burst(self) -> bool:
         sent = 0

@@ -1,13 +1,31 @@
-"""Messages <-> bytes (msgpack), one frame per message.
+"""Messages <-> frames (msgpack), and the small frames the broker routes on.
 
-Every message is a msgpack array whose first element is its tag:
+The broker routes without reading bodies: what it routes on travels in
+frames of its own, and bodies pass through it untouched.
+
+    gateway -> broker (DEALER frames):  [key, event]    Connected, Lines, Disconnected
+                                        [control]       Heartbeat
+    broker -> worker:                   [control]       Heartbeat, Unknown
+                                        [Heartbeat, key, event, key, event, ...]  a dispatch
+    worker -> broker:                   [control]       Ready, Heartbeat
+                                        [Done, topic, batch, topic, batch, ...]
+    broker -> gateway:                  [control]       Heartbeat, Fenced
+
+`key` is an event's unique ID (cid, seq) as bytes: `seq` in 8 bytes,
+big-endian, then `cid` in UTF-8 (at most MAX_KEY_BYTES in all). A worker
+takes an event only if its key and its body name the same event (the broker
+checked the key's cid against the sending gateway, not the body's).
+`topic` is a gateway's pub-out topic (`<gateway>:`) and `batch` the Batch
+frame the broker publishes under it, as the worker encoded it.
+
+Every body and control frame is a msgpack array whose first element is its tag:
 
     [1, cid, seq, addr]                 Connected
     [2, cid, seq, [line, ...]]          Lines
     [3, cid, seq, reason]               Disconnected
     [4, gateway]                        GatewayLost
     [5, credit]                         Ready
-    [6, [[cid, seq], ...], [[gateway, batch_bytes], ...]]   Done
+    [6, [[cid, seq], ...]]              Done (its topics and batches follow in frames of their own)
     [7, sender]                         Heartbeat (epoch 0, active: a broker without a lease)
     [7, sender, epoch, active]          Heartbeat of a broker of a pair (its lease's epoch)
     [9, broker]                         Unknown
@@ -21,8 +39,8 @@ Every message is a msgpack array whose first element is its tag:
 
 `code` is a `protocol.replies.ReplyCode` value or '' (a code unknown to
 this version decodes as is and is shown as free text); `args` its data.
-Strings are UTF-8 msgpack str, `batch_bytes` is msgpack bin. `decode`
-checks every field's type and raises only `DecodeError`: a malformed frame
+Strings are UTF-8 msgpack str. `decode`, `decode_key` and `decode_done`
+check every field's type and raise only `DecodeError`: a malformed frame
 from any peer is reported, never a crash.
 """
 
@@ -55,7 +73,13 @@ from protocol.messages import (
     RoomEvent,
     SetMode,
     Unknown,
+    WorkItem,
+    event_key,
+    is_gateway_topic,
+    topic_of,
 )
+
+MAX_KEY_BYTES = 8 + 256  # a key frame: seq and a cid (a gateway name is at most 128 bytes)
 
 
 def _str(value: Any) -> str:
@@ -79,12 +103,6 @@ def _bool(value: Any) -> bool:
 def _epoch(value: Any) -> int:
     if type(value) is not int or not 0 <= value <= MAX_EPOCH:
         raise DecodeError("expected an epoch (an int from 0 to 2**63-1)")
-    return value
-
-
-def _bytes(value: Any) -> bytes:
-    if type(value) is not bytes:
-        raise DecodeError(f"expected bytes, got {type(value).__name__}")
     return value
 
 
@@ -168,8 +186,8 @@ def to_wire(msg: Message) -> list[Any]:
             return [4, gateway]
         case Ready(credit):
             return [5, credit]
-        case Done(events, publish):
-            return [6, [list(e) for e in events], [list(p) for p in publish]]
+        case Done(events, _):
+            return [6, [list(e) for e in events]]
         case Heartbeat(sender, 0, True):
             return [7, sender]
         case Heartbeat(sender, epoch, active):
@@ -183,10 +201,8 @@ def to_wire(msg: Message) -> list[Any]:
     raise TypeError(f"not a message: {msg!r}")
 
 
-def _done(events: Any, publish: Any) -> Done:
-    done = tuple((_str(c), _int(s)) for c, s in (_list(e, 2) for e in _list(events)))
-    pub = tuple((_str(g), _bytes(b)) for g, b in (_list(p, 2) for p in _list(publish)))
-    return Done(done, pub)
+def _done(events: Any) -> Done:
+    return Done(tuple((_str(c), _int(s)) for c, s in (_list(e, 2) for e in _list(events))), ())
 
 
 _DECODERS: dict[tuple[int, int], Callable[..., Message]] = {
@@ -195,7 +211,7 @@ _DECODERS: dict[tuple[int, int], Callable[..., Message]] = {
     (3, 3): lambda c, s, r: Disconnected(_str(c), _int(s), _str(r)),
     (4, 1): lambda g: GatewayLost(_str(g)),
     (5, 1): lambda n: Ready(_int(n)),
-    (6, 2): _done,
+    (6, 1): _done,
     (7, 1): lambda s: Heartbeat(_str(s)),
     (7, 3): lambda s, e, a: Heartbeat(_str(s), _epoch(e), _bool(a)),
     (8, 1): lambda items: Batch(tuple(_item_from_wire(i) for i in _list(items))),
@@ -224,3 +240,48 @@ def decode(frame: bytes) -> Message:
         return decoder(*raw[1:])
     except (TypeError, ValueError) as exc:  # wrong arity inside nested arrays
         raise DecodeError(f"malformed message: {exc}") from None
+
+
+def encode_key(cid: str, seq: int) -> bytes:
+    """The key frame of event (cid, seq): what the broker routes it on."""
+    return seq.to_bytes(8, "big") + cid.encode()
+
+
+def decode_key(frame: bytes) -> tuple[str, int]:
+    """A key frame -> (cid, seq); raises DecodeError for anything malformed."""
+    if not 8 < len(frame) <= MAX_KEY_BYTES:
+        raise DecodeError(f"a key is 9 to {MAX_KEY_BYTES} bytes, not {len(frame)}")
+    try:
+        cid = frame[8:].decode()
+    except UnicodeDecodeError:
+        raise DecodeError("a key's cid is not UTF-8") from None
+    return cid, int.from_bytes(frame[:8], "big")
+
+
+def event_frames(item: WorkItem) -> list[bytes]:
+    """An event as it travels to the broker and on to a worker: [key, body]."""
+    return [encode_key(*event_key(item)), encode(item)]
+
+
+def done_frames(done: Done) -> list[bytes]:
+    """A Done as it travels to the broker: [Done, topic, batch, ...]."""
+    frames = [encode(done)]
+    for gateway, batch in done.publish:
+        frames += [topic_of(gateway), batch]
+    return frames
+
+
+def decode_done(frames: list[bytes]) -> Done:
+    """[Done, topic, batch, ...] -> the Done, its batches untouched; DecodeError if malformed."""
+    done = decode(frames[0]) if len(frames) % 2 == 1 else None
+    if type(done) is not Done:
+        raise DecodeError("a Done is its frame and (topic, batch) pairs")
+    if len(frames) == 1:
+        return done
+    publish = []
+    for at in range(1, len(frames), 2):
+        topic = frames[at]
+        if not is_gateway_topic(topic):
+            raise DecodeError("a Done names a topic that is not one gateway's")
+        publish.append((topic[:-1].decode(), frames[at + 1]))
+    return Done(done.events, tuple(publish))

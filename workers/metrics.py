@@ -100,6 +100,8 @@ class WorkerMetrics:
         self.redis_errors = Counter("chat_worker_redis_errors", "Redis failures, by cause", ["cause"], registry=r)
         self.internal_errors = Counter("chat_worker_internal_errors",
                                        "Events that cost '! internal error' (a bug)", registry=r)
+        self.malformed = Counter("chat_worker_malformed", "Frames from the broker dropped unread: not a "
+                                 "message, or an event whose body is not the one its key names", registry=r)
         self.lines_refused = Counter("chat_worker_lines_refused", "Lines refused, by cause", ["cause"], registry=r)
         self.breaker_open = Gauge("chat_worker_breaker_open", "Worker processes failing fast after a Redis failure",
                                   multiprocess_mode="livesum", registry=r)

@@ -3,7 +3,7 @@
 The worker is a Paranoid Pirate worker (ZeroMQ guide, chapter 4): a DEALER
 connected to the broker's backend that says `Ready(credit)` once, then gets
 up to `credit` events at a time. Each message from the broker is a list of
-encoded events; the worker handles them in order and answers with one
+events, each a key and a body (protocol.codec); the worker handles them in order and answers with one
 `Done` that names them and carries one `Batch` per gateway. Replies travel
 on the same socket as the events, never on a separate PUB: finishing an
 event and publishing what it caused are then one message, which is what
@@ -134,26 +134,13 @@ class Handler:
         return self.chat.metrics
 
     def frames(self, frames: list[bytes], now: float, tick: float) -> Done:
-        """Decode and handle one dispatch (events, or a heartbeat) -> the Done to send.
+        """Decode and handle one message of the broker -> the Done to send: a dispatch
+        [Heartbeat, key, event, key, event, ...], or a Heartbeat or Unknown alone.
 
         `now` is the wall clock (for message times), `tick` the monotonic one (for the breaker)."""
-        items: list[WorkItem] = []
-        epoch = 0
-        for frame in frames:
-            try:
-                msg = codec.decode(frame)
-            except DecodeError as exc:
-                log.warning("dropped a malformed frame from the broker: %s", exc)
-                continue
-            if isinstance(msg, (Connected, Lines, Disconnected, GatewayLost)):
-                items.append(msg)
-            elif isinstance(msg, Unknown):
-                self.unknown_to = msg.broker
-            elif isinstance(msg, Heartbeat):  # a sign of life; first in a dispatch: its epoch
-                epoch = msg.epoch
-            else:
-                log.warning("dropped an unexpected %s from the broker", type(msg).__name__)
-        if items and epoch in self.fenced_epochs:  # from a deposed broker: nobody waits for it
+        epoch = self._control(frames[0]) if frames else 0
+        items, refused = self._events(frames[1:])
+        if (items or refused) and epoch in self.fenced_epochs:  # from a deposed broker: nobody waits for it
             return Done((), ())
         self.metrics.took(items)
         fx = Effects()
@@ -161,7 +148,54 @@ class Handler:
         if not self.batch([*items, *self._due_reaps(tick)], fx, now, tick):
             return Done((), ())
         self.metrics.breaker(not self.breaker.allows(tick))
-        return Done(tuple(event_key(item) for item in items), fx.encoded())
+        return Done((*refused, *(event_key(item) for item in items)), fx.encoded())
+
+    def _control(self, frame: bytes) -> int:
+        """The first frame: a Heartbeat (-> its epoch, the dispatch's) or Unknown (-> 0)."""
+        try:
+            msg = codec.decode(frame)
+        except DecodeError as exc:
+            self._malformed(f"a malformed frame: {exc}")
+            return 0
+        if isinstance(msg, Unknown):
+            self.unknown_to = msg.broker
+        elif isinstance(msg, Heartbeat):
+            return msg.epoch
+        else:
+            self._malformed(f"an unexpected {type(msg).__name__}")
+        return 0
+
+    def _events(self, frames: list[bytes]) -> tuple[list[WorkItem], list[tuple[str, int]]]:
+        """[key, event, ...] -> (the events, the keys of those dropped: answered, never served).
+
+        The broker checked the key's cid against the gateway that sent it, not the body's:
+        an event whose body names another is a forgery (or a bug), and is not served."""
+        items: list[WorkItem] = []
+        refused: list[tuple[str, int]] = []
+        if len(frames) % 2:
+            self._malformed(f"a dispatch of {len(frames)} frames after its heartbeat (not pairs)")
+        for key_frame, body in zip(frames[::2], frames[1::2], strict=False):
+            try:
+                key = codec.decode_key(key_frame)
+            except DecodeError as exc:
+                self._malformed(f"a malformed key: {exc}")
+                continue
+            try:
+                msg = codec.decode(body)
+            except DecodeError as exc:
+                self._malformed(f"a malformed event: {exc}")
+                refused.append(key)
+                continue
+            if not isinstance(msg, (Connected, Lines, Disconnected, GatewayLost)) or event_key(msg) != key:
+                self._malformed(f"an event whose body is not the one its key {key} names")
+                refused.append(key)  # answered, so that the broker frees its connection's turn
+                continue
+            items.append(msg)
+        return items, refused
+
+    def _malformed(self, what: str) -> None:
+        self.metrics.malformed.inc()
+        log.warning("dropped %s from the broker", what)
 
     def batch(self, items: list[WorkItem], fx: Effects, now: float, tick: float) -> bool:
         """Handle events in one round trip to Redis; each event's effects after its Mark.
@@ -278,7 +312,7 @@ class BrokerLink:
         self.last_heard = time.monotonic()
         done = handler.frames(frames, time.time(), time.monotonic())
         if done.events or done.publish:
-            self.sock.send(codec.encode(done))
+            self.sock.send_multipart(codec.done_frames(done))
             self.last_sent = time.monotonic()
         if handler.unknown_to:
             log.warning("the broker %s does not know us: registering", handler.unknown_to)

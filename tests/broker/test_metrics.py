@@ -81,27 +81,46 @@ def _drops(broker: Broker) -> dict[Drop, int]:
 
 
 def test_frontend_causes(broker: Broker) -> None:
-    connected = codec.encode(Connected("gw1.a:1", 1, "127.0.0.1:9"))
+    connected = codec.event_frames(Connected("gw1.a:1", 1, "127.0.0.1:9"))
     broker._on_frontend([b"gw1.a", b"\xc1not msgpack"])
-    broker._on_frontend([b"gw1.a", connected, b"extra"])
-    broker._on_frontend([b"gw1.b", connected])  # gw1.b speaks for gw1.a's connection
+    broker._on_frontend([b"gw1.a", b"short", connected[1]])  # a key of 5 bytes
+    broker._on_frontend([b"gw1.a", *connected, b"extra"])
+    broker._on_frontend([b"gw1.b", *connected])  # gw1.b speaks for gw1.a's connection
     broker._on_frontend([b"gw1.a", codec.encode(Ready(5))])
-    broker._on_frontend([b"gw1.a", connected])
-    broker._on_frontend([b"gw1.a", connected])  # a resend while it is queued
+    broker._on_frontend([b"gw1.a", connected[1]])  # an event without its key
+    broker._on_frontend([b"gw1.a", *connected])
+    broker._on_frontend([b"gw1.a", *connected])  # a resend while it is queued
     broker._on_frontend([b"gw1.a", codec.encode(Heartbeat("gw1.a"))])
-    assert _drops(broker) == {Drop.MALFORMED: 1, Drop.WRONG_FRAME_COUNT: 1, Drop.FOREIGN_CONNECTION_ID: 1,
-                              Drop.UNEXPECTED_MESSAGE: 1, Drop.DUPLICATE_EVENT: 1}
+    assert _drops(broker) == {Drop.MALFORMED: 2, Drop.WRONG_FRAME_COUNT: 1, Drop.FOREIGN_CONNECTION_ID: 1,
+                              Drop.UNEXPECTED_MESSAGE: 2, Drop.DUPLICATE_EVENT: 1}
     assert broker.metrics.received == 1
 
 
+def test_the_broker_routes_on_keys_and_passes_bodies_through_unread(broker: Broker) -> None:
+    """Bodies are the workers' to read: the broker queues and dispatches them as they came."""
+    key = codec.encode_key("gw1.a:1", 7)
+    broker._on_backend([b"w1", codec.encode(Ready(4))])
+    broker._on_frontend([b"gw1.a", key, b"\xc1 opaque to the broker"])
+    assert _drops(broker) == {} and broker.metrics.received == 1
+    [(worker, frames)] = broker.scheduler.dispatch()
+    assert (worker, frames) == (b"w1", [key, b"\xc1 opaque to the broker"])
+    done = codec.done_frames(Done((("gw1.a:1", 7),), (("gw1.a", b"\xc1 a batch"),)))
+    broker._on_subscription([b"\x01gw1.a:"])
+    broker._on_backend([b"w1", *done])
+    assert _drops(broker) == {} and broker.metrics.done == 1 and broker.metrics.published == 1
+    assert broker.scheduler.connections == 0  # the event is finished
+
+
 def test_backend_causes(broker: Broker) -> None:
-    done = codec.encode(Done((("gw1.a:1", 1),), (("gw1.a", b"batch"),)))
-    broker._on_backend([b"w1", done])  # never said Ready to us
+    done = codec.done_frames(Done((("gw1.a:1", 1),), (("gw1.a", b"batch"),)))
+    broker._on_backend([b"w1", *done])  # never said Ready to us
     broker._on_backend([b"w1", b"\x01\x02"])
     broker._on_backend([b"w1", codec.encode(Ready(4))])
     broker._on_backend([b"w1", codec.encode(Lines("gw1.a:1", 1, ("hi",)))])
-    broker._on_backend([b"w1", done])  # nobody subscribed to gw1.a:
-    assert _drops(broker) == {Drop.UNKNOWN_WORKER: 1, Drop.MALFORMED: 1, Drop.UNEXPECTED_MESSAGE: 1,
+    broker._on_backend([b"w1", *done[:2]])  # a topic without its batch
+    broker._on_backend([b"w1", done[0], b"gw1.a", b"batch"])  # not a topic
+    broker._on_backend([b"w1", *done])  # nobody subscribed to gw1.a:
+    assert _drops(broker) == {Drop.UNKNOWN_WORKER: 1, Drop.MALFORMED: 3, Drop.UNEXPECTED_MESSAGE: 1,
                               Drop.NO_SUBSCRIBER: 1}
     assert broker.metrics.done == 1
 
@@ -114,7 +133,7 @@ def test_pub_out_and_pub_in_causes(broker: Broker) -> None:
     broker._on_pub_in([topic_of("gw1.a"), b"batch"])
     broker._lose_gateway(b"gw1.a", "a test")
     broker._on_pub_in([topic_of("gw1.a"), b"batch"])
-    broker._on_frontend([b"gw1.a", codec.encode(Connected("gw1.a:2", 1, "127.0.0.1:9"))])
+    broker._on_frontend([b"gw1.a", *codec.event_frames(Connected("gw1.a:2", 1, "127.0.0.1:9"))])
     assert _drops(broker) == {Drop.NOT_A_SUBSCRIPTION: 1, Drop.REFUSED_SUBSCRIPTION: 1,
                               Drop.WRONG_FRAME_COUNT: 1, Drop.TO_FENCED_GATEWAY: 1, Drop.FENCED_GATEWAY: 1}
     assert broker.metrics.published == 1
@@ -124,7 +143,7 @@ def test_pub_out_and_pub_in_causes(broker: Broker) -> None:
 def test_the_snapshot_holds_the_queue_and_peers(broker: Broker) -> None:
     broker._on_backend([b"w1", codec.encode(Ready(1))])
     for n in (1, 2):
-        broker._on_frontend([b"gw1.a", codec.encode(Connected(f"gw1.a:{n}", 1, "127.0.0.1:9"))])
+        broker._on_frontend([b"gw1.a", *codec.event_frames(Connected(f"gw1.a:{n}", 1, "127.0.0.1:9"))])
     broker._dispatch()  # the connection refused to be routed to w1 (not connected): w1 lost
     assert _drops(broker) == {Drop.BACKEND_UNROUTABLE: 1}
     assert broker.metrics.workers_lost == 1

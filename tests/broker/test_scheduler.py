@@ -15,8 +15,8 @@ from broker.scheduler import Scheduler
 Key = tuple[str, int]
 
 
-def frame(cid: str, seq: int) -> bytes:
-    return f"{cid}|{seq}".encode()
+def frame(cid: str, seq: int) -> tuple[bytes]:
+    return (f"{cid}|{seq}".encode(),)
 
 
 def key_of(data: bytes) -> Key:
@@ -264,11 +264,19 @@ def test_lost_worker_events_go_out_again_first_and_in_order() -> None:
 def test_lost_event_frame_is_sent_unchanged() -> None:
     s = Scheduler()
     s.ready(b"w1", 1)
-    s.submit("gw:1", 1, b"payload")
-    assert s.dispatch() == [(b"w1", [b"payload"])]
+    s.submit("gw:1", 1, (b"key", b"payload"))
+    assert s.dispatch() == [(b"w1", [b"key", b"payload"])]
     s.lose_worker(b"w1")
     s.ready(b"w2", 1)
-    assert s.dispatch() == [(b"w2", [b"payload"])]
+    assert s.dispatch() == [(b"w2", [b"key", b"payload"])]
+
+
+def test_a_batch_holds_max_batch_events_whatever_their_frames() -> None:
+    s = Scheduler(max_batch=2)
+    s.ready(b"w1", 5)
+    for n in range(3):
+        s.submit(f"gw:{n}", 1, (b"key", b"payload"))
+    assert [len(frames) for _, frames in s.dispatch()] == [4, 2]
 
 
 def test_lose_worker_leaves_other_workers_events_alone() -> None:

@@ -92,7 +92,7 @@ def test_the_scrape_counts_traffic_peers_and_a_malformed_frame(parts) -> None:  
     malformed = 'chat_broker_drops_total{cause="malformed"}'
     frames = 'chat_broker_drops_total{cause="wrong_frame_count"}'
     assert scrape.value(malformed) == 0
-    _send_to_frontend(eps["frontend"], [b"\xc1 not msgpack"], [b"a", b"b"])
+    _send_to_frontend(eps["frontend"], [b"\xc1 not msgpack"], [b"a", b"b", b"c"])
     wait_until(lambda: scrape.value(malformed) == 1 and scrape.value(frames) == 1, 10, "the drops counted")
     assert scrape.value("chat_broker_gateways_lost_total") == 0
     assert scrape.value("chat_broker_workers_lost_total") == 0

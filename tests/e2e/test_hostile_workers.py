@@ -15,7 +15,7 @@ from protocol import codec
 from protocol.messages import MAX_EVENT_LINES, Batch, Connected, Deliver, Lines, Mark, topic_of
 from stack.valkey import start_valkey
 from tests.e2e.chatclient import ChatClient
-from tests.e2e.cluster import Cluster, start_fast_cluster
+from tests.e2e.cluster import Cluster, gateway_instance, start_fast_cluster
 from tests.e2e.test_chat import named
 
 SERVED = "* #steady (1): steady"
@@ -81,7 +81,11 @@ class ForgedGateway:
         self.sub.connect(cluster.endpoints["pub-out"])
 
     def send(self, event: Connected | Lines) -> None:
-        self.dealer.send(codec.encode(event))
+        self.dealer.send_multipart(codec.event_frames(event))
+
+    def send_as(self, key: tuple[str, int], event: Lines) -> None:
+        """An event under the key of another (the broker routes on the key alone)."""
+        self.dealer.send_multipart([codec.encode_key(*key), codec.encode(event)])
 
     def answer(self, cid: str, seq: int, timeout: float = 10.0) -> list[str]:
         """Wait for the Mark of event `seq` -> the texts delivered to `cid` after it."""
@@ -145,6 +149,29 @@ def test_forged_envelopes_cannot_store_long_lines_or_flood(cluster, connect, uni
     assert b.expect(lambda line: line.endswith("> fine")) == got
     for name, child in cluster.children.items():
         assert child.proc.poll() is None, f"{name} died"
+
+
+def test_a_body_naming_another_gateways_connection_is_not_served(cluster, connect, unique) -> None:
+    """The broker checks the key's cid against the sender, the worker the body against the key:
+    a gateway cannot speak for another's connection by naming it in the body only."""
+    room = f"#as{unique}"
+    victim, watcher = named(connect, 0, f"va{unique}"), named(connect, 0, f"vw{unique}")
+    for client in (victim, watcher):
+        client.join(room)
+    forged = ForgedGateway(cluster, f"forge{unique}.y")
+    cid = f"{forged.name}:1"
+    other = gateway_instance(cluster.children["gw1"])
+    try:
+        _until_subscribed(forged, cid)
+        for n in range(1, 21):  # the victim's connection is one of the first of its gateway
+            forged.send_as((cid, n), Lines(f"{other}:{n}", n, (f"/join {room}", "forged words")))
+        forged.send(Lines(cid, 21, ("/ping",)))  # our turn was given back: the next event is served
+        forged.answer(cid, 21)
+    finally:
+        forged.close()
+    victim.send("after")
+    watcher.expect(f"{room} <va{unique}> after")
+    assert not any("forged" in line for line in watcher.seen + victim.seen)
 
 
 def test_msg_to_yourself_is_shown_once_in_text_and_json_mode(connect, unique) -> None:

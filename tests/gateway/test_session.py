@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from gateway.session import SeenEvents, Session
-from protocol.codec import decode
-from protocol.messages import Connected, Disconnected, Lines
+from protocol import codec
+from protocol.messages import Connected, Disconnected, Lines, Message, event_key
 
 CID = "gwA.abc123:7"
+
+
+def decode(frames: list[bytes]) -> Message:
+    """An event's frames [key, body] -> the event, once its key is seen to name it."""
+    key, body = frames
+    msg = codec.decode(body)
+    assert isinstance(msg, (Connected, Lines, Disconnected))
+    assert codec.decode_key(key) == event_key(msg)
+    return msg
 
 
 def started(now: float = 0.0) -> Session:
@@ -24,7 +33,7 @@ def test_connected_is_in_flight_at_start() -> None:
     assert s.in_flight is not None
     assert s.in_flight.seq == 0
     assert s.in_flight.sent == 3.0
-    assert decode(s.in_flight.frame) == Connected(CID, 0, "10.0.0.1:5555")
+    assert decode(s.in_flight.frames) == Connected(CID, 0, "10.0.0.1:5555")
     assert s.next_seq == 1
     assert not s.finished
 
@@ -34,7 +43,7 @@ def test_nothing_goes_out_while_connected_is_in_flight() -> None:
     s.add_lines(["hello"])
     assert s.next_frame(1.0) is None
     assert s.answered(0)
-    assert decode(s.next_frame(2.0) or b"") == Lines(CID, 1, ("hello",))
+    assert decode(s.next_frame(2.0) or []) == Lines(CID, 1, ("hello",))
 
 
 # --- Lines ------------------------------------------------------------------------
@@ -152,7 +161,7 @@ def test_lines_answer_while_leaving_does_not_finish() -> None:
 
 def test_overdue_only_after_the_timeout_and_restarts_the_clock() -> None:
     s = Session(CID, "addr", 10.0)
-    frame = s.in_flight.frame if s.in_flight else b""
+    frame = s.in_flight.frames if s.in_flight else []
     assert s.overdue(10.0, 5.0) is None
     assert s.overdue(14.9, 5.0) is None
     assert s.overdue(15.0, 5.0) == frame

@@ -8,7 +8,7 @@ import pytest
 import trio
 import zmq
 
-from gateway.zmq_pump import ZmqPump
+from gateway.zmq_pump import BURST, ZmqPump
 
 
 @pytest.fixture
@@ -59,3 +59,49 @@ def test_what_was_kept_goes_out_in_order_and_frees_room(pair: tuple[zmq.Socket[b
 
     trio.run(main)
     assert got == [b"0", b"1", b"2", b"again"]
+
+
+def _received_between_after_bursts(pair: tuple[zmq.Socket[bytes], zmq.Socket[bytes]], sent: int,
+                                   then: int = 0) -> list[int]:
+    """Send `sent` messages, run a pump on the other end until all came, send `then` more one
+    by one, each once the last was handed over -> how many came between two after_bursts."""
+    sender, receiver = pair
+    counts: list[int] = []
+    received = [0]
+
+    def on_message(frames: list[bytes]) -> None:
+        received[0] += 1
+
+    def after_burst() -> None:
+        counts.append(received[0] - sum(counts))
+
+    async def main() -> None:
+        for n in range(sent):
+            sender.send(b"%d" % n)
+        pump = ZmqPump(receiver, on_message, after_burst=after_burst)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump.run)
+            with trio.fail_after(5):
+                while sum(counts) < sent:
+                    await trio.sleep(0.001)  # polling a condition, with a deadline
+                for n in range(then):
+                    sender.send(b"lone %d" % n)  # a lone message is handed over without waiting for more
+                    while sum(counts) < sent + n + 1:
+                        await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    return counts
+
+
+def test_messages_that_came_together_share_one_after_burst(pair) -> None:  # type: ignore[no-untyped-def]
+    assert _received_between_after_bursts(pair, 10) == [10]
+
+
+def test_never_more_than_a_burst_between_two_after_bursts(pair) -> None:  # type: ignore[no-untyped-def]
+    counts = _received_between_after_bursts(pair, 2 * BURST + 7)
+    assert sum(counts) == 2 * BURST + 7 and max(counts) <= BURST
+
+
+def test_a_lone_message_is_handed_over_at_once(pair) -> None:  # type: ignore[no-untyped-def]
+    assert _received_between_after_bursts(pair, 1, then=3) == [1, 1, 1, 1]

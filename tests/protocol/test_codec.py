@@ -9,7 +9,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.codec import decode, encode, to_wire
+from protocol.codec import (
+    MAX_KEY_BYTES,
+    decode,
+    decode_done,
+    decode_key,
+    done_frames,
+    encode,
+    encode_key,
+    event_frames,
+    to_wire,
+)
 from protocol.errors import DecodeError, ProtocolError
 from protocol.messages import (
     Batch,
@@ -87,7 +97,7 @@ readies = st.builds(Ready, credit=ints)
 dones = st.builds(
     Done,
     events=st.lists(st.tuples(cids, ints), max_size=4).map(tuple),
-    publish=st.lists(st.tuples(texts, st.binary(max_size=20)), max_size=3).map(tuple),
+    publish=st.just(()),  # its batches travel in frames of their own (done_frames)
 )
 heartbeats = st.builds(Heartbeat, sender=texts, epoch=st.integers(0, (1 << 63) - 1), active=st.booleans())
 unknowns = st.builds(Unknown, broker=texts)
@@ -109,11 +119,8 @@ EXAMPLES: list[tuple[Message, list[Any]]] = [
     (Disconnected("gw1:1", 9, "eof"), [3, "gw1:1", 9, "eof"]),
     (GatewayLost("gw1"), [4, "gw1"]),
     (Ready(5), [5, 5]),
-    (
-        Done((("gw1:1", 3), ("gw2:4", 0)), (("gw1", b"\x92\x00"),)),
-        [6, [["gw1:1", 3], ["gw2:4", 0]], [["gw1", b"\x92\x00"]]],
-    ),
-    (Done((), ()), [6, [], []]),
+    (Done((("gw1:1", 3), ("gw2:4", 0)), ()), [6, [["gw1:1", 3], ["gw2:4", 0]]]),
+    (Done((), ()), [6, []]),
     (Heartbeat("broker"), [7, "broker"]),
     (Heartbeat("broker", 3, False), [7, "broker", 3, False]),
     (Heartbeat("broker", 4, True), [7, "broker", 4, True]),
@@ -177,10 +184,69 @@ def test_examples_round_trip(msg: Message, wire: list[Any]) -> None:
     assert decode(pack(wire)) == msg
 
 
-def test_bytes_of_done_are_msgpack_bin_and_strings_are_str() -> None:
-    frame = encode(Done((("c", 1),), (("g", b"\x01"),)))
-    # fixarray(3) 6 [[fixstr "c", 1]] [[fixstr "g", bin8 len 1 0x01]]
-    assert frame == bytes.fromhex("93 06 91 92 a1 63 01 91 92 a1 67 c4 01 01")
+def test_a_done_travels_as_its_frame_then_topic_and_batch_frames_untouched() -> None:
+    done = Done((("c", 1),), (("g", b"\x01"), ("h.2", b"\xc1 not msgpack")))
+    frames = done_frames(done)
+    # fixarray(2) 6 [[fixstr "c", 1]]
+    assert frames == [bytes.fromhex("92 06 91 92 a1 63 01"), b"g:", b"\x01", b"h.2:", b"\xc1 not msgpack"]
+    assert decode_done(frames) == done
+    assert decode_done(frames[:1]) == Done((("c", 1),), ())
+
+
+@pytest.mark.parametrize("frames", [
+    [],
+    [encode(Ready(1)), b"g:", b"x"],  # not a Done
+    [encode(Done((), ())), b"g:"],  # a topic without its batch
+    [encode(Done((), ())), b"g", b"x"],  # not a topic
+    [encode(Done((), ())), b"", b"x"],
+    [encode(Done((), ())), b"a:b:", b"x"],
+    [encode(Done((), ())), b"\xff:", b"x"],
+    [b"\xc1", b"g:", b"x"],
+])
+def test_malformed_done_frames_raise_decode_error(frames: list[bytes]) -> None:
+    with pytest.raises(DecodeError):
+        decode_done(frames)
+
+
+def test_an_event_travels_as_its_key_then_its_body() -> None:
+    event = Lines("gw1:7", 300, ("hi",))
+    key, body = event_frames(event)
+    assert key == (300).to_bytes(8, "big") + b"gw1:7"
+    assert decode_key(key) == ("gw1:7", 300) and decode(body) == event
+    assert decode_key(event_frames(GatewayLost("gw1"))[0]) == ("!gw1", 0)
+
+
+@pytest.mark.parametrize("frame", [
+    b"", b"\0" * 8, b"\0" * 7 + b"a", b"\0" * 8 + b"\xff", b"\0" * 8 + b"a" * (MAX_KEY_BYTES - 7),
+])
+def test_malformed_keys_raise_decode_error(frame: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_key(frame)
+
+
+@FAST
+@given(cids, st.integers(0, 2**64 - 1))
+def test_property_keys_round_trip(cid: str, seq: int) -> None:
+    key = encode_key(cid, seq)
+    if len(key) > MAX_KEY_BYTES:
+        with pytest.raises(DecodeError):
+            decode_key(key)
+    else:
+        assert decode_key(key) == (cid, seq)
+
+
+@FAST
+@given(st.binary(max_size=40))
+def test_property_decode_key_of_arbitrary_bytes_raises_only_decode_error(frame: bytes) -> None:
+    if len(frame) <= 8:
+        with pytest.raises(DecodeError):
+            decode_key(frame)
+        return
+    try:
+        cid, seq = decode_key(frame)
+    except DecodeError:
+        return
+    assert encode_key(cid, seq) == frame
 
 
 @pytest.mark.parametrize("kind", list(EventType))
@@ -365,17 +431,13 @@ WRONG_FIELD_TYPES: list[Any] = [
     [5, False],
     [5, None],
     # Done
-    [6, "events", []],
-    [6, [], "publish"],
-    [6, [["c:1"]], []],
-    [6, [["c:1", 1, 2]], []],
-    [6, [["c:1", "1"]], []],
-    [6, [[1, 1]], []],
-    [6, ["c:1"], []],
-    [6, [], [["gw", "not bytes"]]],
-    [6, [], [["gw"]]],
-    [6, [], [[b"gw", b"x"]]],
-    [6, [], [["gw", b"x", b"y"]]],
+    [6, "events"],
+    [6, [], []],  # the publish list of before: batches travel in frames of their own now
+    [6, [["c:1"]]],
+    [6, [["c:1", 1, 2]]],
+    [6, [["c:1", "1"]]],
+    [6, [[1, 1]]],
+    [6, ["c:1"]],
     # Heartbeat
     [7, 7],
     [7, None],

@@ -94,7 +94,7 @@ def test_a_fenced_dispatch_is_not_answered_and_its_epoch_is_dropped_after(
     client.set(f"{prefix}broker:epoch", 2)
 
     def dispatch(epoch: int, *events: Connected | Lines) -> list[bytes]:
-        return [codec.encode(Heartbeat("broker.x", epoch, True)), *(codec.encode(e) for e in events)]
+        return [codec.encode(Heartbeat("broker.x", epoch, True)), *(f for e in events for f in codec.event_frames(e))]
 
     done = handler.frames(dispatch(2, Connected("gw:1", 0, "a")), time.time(), time.monotonic())
     assert done.events == (("gw:1", 0),)
@@ -114,11 +114,11 @@ def test_a_redis_that_lost_the_epoch_fences_the_old_one_and_serves_the_next(
     handler = Handler(Chat(store), Breaker(1.0))
     client.set(f"{prefix}broker:epoch", 5)
     beat = codec.encode(Heartbeat("broker.x", 5, True))
-    assert handler.frames([beat, codec.encode(Connected("gw:1", 0, "a"))], time.time(), time.monotonic()).events
+    assert handler.frames([beat, *codec.event_frames(Connected("gw:1", 0, "a"))], time.time(), time.monotonic()).events
     client.delete(f"{prefix}broker:epoch")  # gone with the data
-    done = handler.frames([beat, codec.encode(Lines("gw:1", 1, ("hi",)))], time.time(), time.monotonic())
+    done = handler.frames([beat, *codec.event_frames(Lines("gw:1", 1, ("hi",)))], time.time(), time.monotonic())
     assert done.events == ()
     client.incr(f"{prefix}broker:epoch")  # a broker acquires: epoch 1
     again = codec.encode(Heartbeat("broker.y", 1, True))
-    done = handler.frames([again, codec.encode(Lines("gw:1", 1, ("hi",)))], time.time(), time.monotonic())
+    done = handler.frames([again, *codec.event_frames(Lines("gw:1", 1, ("hi",)))], time.time(), time.monotonic())
     assert done.events == (("gw:1", 1),)

@@ -20,8 +20,10 @@ from protocol.messages import (
     Disconnected,
     EventType,
     GatewayLost,
+    Heartbeat,
     Lines,
     Mark,
+    WorkItem,
 )
 from protocol.render import is_own_echo, render_text
 from tests.workers.test_logic import GW_A, GW_B, connected, events_to, lines_to
@@ -53,8 +55,9 @@ def dead_redis(tmp_path: Path) -> Iterator[redis.Redis]:
     conn.close()
 
 
-def _frames(*events: object) -> list[bytes]:
-    return [codec.encode(e) for e in events]  # type: ignore[arg-type]
+def _frames(*events: WorkItem) -> list[bytes]:
+    """A dispatch as the broker sends it: its heartbeat, then each event's key and body."""
+    return [codec.encode(Heartbeat("broker.x")), *(f for e in events for f in codec.event_frames(e))]
 
 
 def _errors_in(done_publish: tuple[tuple[str, bytes], ...]) -> list[str]:
@@ -285,3 +288,17 @@ def test_msg_to_someone_else_is_still_not_echoed_in_text_mode(chat: Chat) -> Non
     [mine] = events_to(fx, a.cid)
     assert is_own_echo(mine, a.cid)
     assert [i for i in fx.items if isinstance(i, Mark)] == []  # Chat.handle adds no Mark: the worker does
+
+
+def test_an_event_whose_body_is_not_the_one_its_key_names_is_answered_not_served(chat: Chat) -> None:
+    """The broker checks a key's cid against the gateway that sent it, not the body's: a
+    gateway that names its own connection in the key and another's in the body forges nothing."""
+    a = connected(chat, f"{GW_A}:1", "alice", "#r")
+    b = connected(chat, f"{GW_B}:1", "bob", "#r")
+    forged = [codec.encode_key(a.cid, a.seq), codec.encode(Lines(b.cid, b.seq, ("I am bob",)))]
+    garbled = [codec.encode_key(a.cid, a.seq + 1), b"\xc1 not msgpack"]
+    handler = Handler(chat, Breaker(1.0))
+    done = handler.frames([codec.encode(Heartbeat("broker.x")), *forged, *garbled, b"\0"], 5.0, 0.0)
+    assert done.events == ((a.cid, a.seq), (a.cid, a.seq + 1))  # answered: the broker frees a's turn
+    assert done.publish == ()  # nothing said, as nobody
+    assert chat.metrics.registry.get_sample_value("chat_worker_malformed_total") == 3

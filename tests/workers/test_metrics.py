@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from protocol import codec
-from protocol.messages import Connected, Disconnected, GatewayLost, Lines
+from protocol.messages import Connected, Disconnected, GatewayLost, Heartbeat, Lines, WorkItem
 from tests.e2e.load import wait_until
 from tests.workers.test_logic import GW_A, GW_B, connected
 from workers.logic import Chat, ChatLimits
@@ -36,8 +36,9 @@ from workers.store import Store
 from workers.worker import Breaker, Handler, WorkerConfig
 
 
-def _frames(*events: object) -> list[bytes]:
-    return [codec.encode(e) for e in events]  # type: ignore[arg-type]
+def _frames(*events: WorkItem) -> list[bytes]:
+    """A dispatch as the broker sends it: its heartbeat, then each event's key and body."""
+    return [codec.encode(Heartbeat("broker.x")), *(f for e in events for f in codec.event_frames(e))]
 
 
 def value(metrics: WorkerMetrics, name: str, **labels: str) -> float:
@@ -144,8 +145,8 @@ def test_no_label_value_comes_from_input(store: Store, metrics: WorkerMetrics) -
     chat = Chat(store, ChatLimits(max_line=32), metrics)
     handler = Handler(chat, Breaker(1.0))
     hostile = ('kind="x"', "\x00\n}", "/frob", "x" * 40, "/nick " + "é" * 40, "\u202e#room")
-    handler.frames([b"\xff\x00garbage", *_frames(Connected(f"{GW_A}:7", 0, 'evil"}addr'),
-                                                 Lines(f"{GW_A}:7", 1, hostile))], 5.0, 0.0)
+    handler.frames([*_frames(Connected(f"{GW_A}:7", 0, 'evil"}addr'), Lines(f"{GW_A}:7", 1, hostile)),
+                    b"\xff\x00garbage"], 5.0, 0.0)
     allowed = {"kind": {k.value for k in EventKind},
                "cause": {c.value for c in RedisCause} | {c.value for c in RefusedCause},
                "le": None}
