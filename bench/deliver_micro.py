@@ -72,7 +72,8 @@ async def run(clients: int, rounds: int, view: str) -> tuple[float, int]:
                 items: tuple[BatchItem, ...] = (Mark("elsewhere:1", n + 1), Deliver(tuple(cids), event))
                 if n == 0:
                     items = modes + items
-                frames.append([topic, (n + 1).to_bytes(8, "big"), codec.encode(Batch(items))])
+                numbering = (0).to_bytes(8, "big") + (n + 1).to_bytes(8, "big")  # a lone broker: epoch 0, then seq
+                frames.append([topic, numbering, codec.encode(Batch(items))])
             spent = 0.0
             for n, batch in enumerate(frames):
                 started = time.perf_counter()
