@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 import zmq
 
+from broker.config import MAX_MESSAGE, BrokerConfig
 from broker.lease import Lease, LeaseConfig
-from broker.server import MAX_MESSAGE, Broker, BrokerConfig
+from broker.server import Broker
 from stack.curve import KeyFileError, server_curve
 from stack.metrics import parse_listen, serve_metrics
 from stack.process import LOG_FORMATS, Stopping, set_log_instance, setup_logging

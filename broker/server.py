@@ -11,27 +11,15 @@ The broker routes on the small frames (an event's key, a Done's topics) and
 passes event bodies and batches through unread (protocol.codec): a gateway's
 event is checked against it by its key, and by the worker against its body.
 
-`seq` numbers the messages of each topic (8 bytes, big-endian, from 1 at
-each broker start and each activation), after the broker's epoch (8 bytes,
-big-endian; 0 for a lone broker): a gateway that sees a gap knows it lost
-something, and one that has heard a higher epoch ignores a deposed broker.
+broker.sockets binds the four sockets; broker.publisher runs pub-out (which
+subscriptions count, the `seq` numbering after the broker's epoch, full pipes).
 
-A broker pair (HA mode, `lease`): both bind their sockets and take Ready and
-heartbeats from every peer, but only the one holding the lease in Redis
-(broker.lease) serves: takes events, dispatches, publishes, forwards pub-in and
-reaps. It checks its lease (broker.role, its own clock) before each of these, so
-a broker that was frozen past its lease does nothing when it wakes but step
-down. Stepping down forgets everything (a new name, queue and peers: to the
-peers it is a new broker); the standby tries to acquire every heartbeat, and
-on acquiring gives every peer a fresh window and heartbeats them at once.
-When the lease it found held is due to end before its next heartbeat, it
-tries again right then, so a takeover comes about `ttl` after the dead
-broker's last renewal.
-pub-out is XPUB_NODROP and XPUB_MANUAL: only subscriptions to one gateway
-topic (`<name>:`) are accepted, so one full pipe fails only its own topic.
-A send that fails at a subscriber's high-water mark is counted by cause,
-goes to the topic's other subscribers, if any, and the gateway that does
-not read is declared lost at once (fenced): it costs only itself.
+A broker pair (HA mode, `lease`): only the one holding the lease (broker.pair
+keeps it) serves: takes events, dispatches, publishes, forwards pub-in and
+reaps; it checks its role before each of these. Stepping down forgets
+everything (a new name, queue and peers: to the peers it is a new broker);
+on acquiring, the broker gives every peer a fresh window and heartbeats them
+at once.
 
 A fenced gateway instance that speaks again is answered `Fenced` (at most
 once a heartbeat) and its events are ignored; it re-joins under a new name.
@@ -55,16 +43,18 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import Counter
-from dataclasses import dataclass
 
 import zmq
 
+from broker.config import BrokerConfig
 from broker.lease import Lease
 from broker.liveness import Fence, LinkWatch, Liveness
 from broker.metrics import BrokerMetrics, Drop, Gauges
-from broker.role import AlwaysActive, Role
+from broker.pair import LeaseKeeper
+from broker.publisher import PubOut
+from broker.role import Role
 from broker.scheduler import Scheduler
+from broker.sockets import Sockets
 from protocol import codec
 from protocol.errors import DecodeError
 from protocol.messages import (
@@ -77,30 +67,13 @@ from protocol.messages import (
     Unknown,
     event_key,
     gateway_of,
-    is_gateway_topic,
     topic_of,
 )
-from stack.curve import ServerKeys
 from stack.process import Stopping
 
 log = logging.getLogger("chat.broker")
 
 BURST = 1000  # messages read from one socket before looking at the others
-MAX_TOPICS = 10_000  # pub-out topics subscribed at once: far more gateways than anyone runs
-MAX_MESSAGE = 64 << 20  # default bound of one frame from any peer (ZMQ_MAXMSGSIZE)
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerConfig:
-    frontend: str = "tcp://127.0.0.1:5555"
-    backend: str = "tcp://127.0.0.1:5556"
-    pub_in: str = "tcp://127.0.0.1:5557"
-    pub_out: str = "tcp://127.0.0.1:5558"
-    heartbeat: float = 1.0
-    liveness: int = 3
-    hwm: int = 100_000
-    max_message: int = MAX_MESSAGE
-    curve: ServerKeys | None = None  # None: plain links
 
 
 class Broker:
@@ -108,20 +81,14 @@ class Broker:
                  lease: Lease | None = None) -> None:
         self.config = config
         self.lease = lease  # None: a lone broker, always active
-        self.auth = config.curve.open_authenticator(ctx) if config.curve else None
-        self.frontend = self._bind(ctx, zmq.ROUTER, config.frontend, "frontend")
-        self.backend = self._bind(ctx, zmq.ROUTER, config.backend, "backend")
-        self.pub_in = self._bind(ctx, zmq.XSUB, config.pub_in, "pub-in")
-        self.pub_out = self._bind(ctx, zmq.XPUB, config.pub_out, "pub-out")
+        self.sockets = Sockets(config, ctx)
+        self.frontend, self.backend = self.sockets.frontend, self.sockets.backend
+        self.pub_in, self.pub_out = self.sockets.pub_in, self.sockets.pub_out
         self.metrics = BrokerMetrics()
-        self.role: Role | AlwaysActive = Role(self.lease_ttl) if lease else AlwaysActive()
-        self._subscribers: Counter[bytes] = Counter()  # per pub-out topic: subscriptions we accepted
-        self._next_take = float("inf")  # when to try for the lease between heartbeats
+        self.keeper = LeaseKeeper(lease, config.heartbeat, config.liveness)
+        self.role = self.keeper.role  # the same object for good: Role.lost() and renewed() change it
+        self.pub = PubOut(self.pub_out, self.pub_in, self.metrics, self._drop, self._lose_gateway)
         self._forget_all(time.monotonic())
-
-    @property
-    def lease_ttl(self) -> float:
-        return self.config.heartbeat * self.config.liveness
 
     def _forget_all(self, now: float) -> None:
         """Start afresh under a new name (at start, and on stepping down): peers see a new broker."""
@@ -134,52 +101,20 @@ class Broker:
         self.name = f"broker.{secrets.token_hex(4)}"  # new each run: peers see a restart
         self._unknown = codec.encode(Unknown(self.name))
         self._fenced = codec.encode(Fenced(self.name))
-        self._out_seq: dict[bytes, int] = {}  # per pub-out topic: the last seq sent
+        self.pub.restart(self.fenced, self.gateways)
         self._say_role()
 
     def _say_role(self) -> None:
         epoch = self.role.epoch
         self._heartbeat = codec.encode(Heartbeat(self.name, epoch, self.lease is None or epoch != 0))
-        self._epoch = epoch.to_bytes(8, "big")
-
-    def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]], kind: int, endpoint: str, domain: str) -> zmq.Socket[bytes]:
-        sock = ctx.socket(kind)
-        if self.config.curve and self.auth:
-            self.config.curve.apply(sock, domain, self.auth)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, self.config.hwm)
-        sock.setsockopt(zmq.RCVHWM, self.config.hwm)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message)
-        if kind == zmq.ROUTER:
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        if kind == zmq.XPUB:
-            sock.setsockopt(zmq.XPUB_NODROP, 1)
-            sock.setsockopt(zmq.XPUB_MANUAL, 1)  # we choose which subscriptions count
-        if kind == zmq.XSUB:
-            sock.send(b"\x01")  # subscribe to everything
-        sock.bind(endpoint)
-        return sock
+        self.pub.epoch = epoch.to_bytes(8, "big")
 
     def endpoints(self) -> dict[str, str]:
-        return {
-            name: sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            for name, sock in (
-                ("frontend", self.frontend),
-                ("backend", self.backend),
-                ("pub-in", self.pub_in),
-                ("pub-out", self.pub_out),
-            )
-        }
+        return self.sockets.endpoints()
 
     def close(self) -> None:
-        if self.lease is not None:
-            if self.role.epoch:
-                self.lease.release(self.name)
-            self.lease.close()
-        for sock in (self.frontend, self.backend, self.pub_in, self.pub_out):
-            sock.close()
-        if self.auth:
-            self.auth.close()
+        self.keeper.close(self.name)
+        self.sockets.close()
         drops = {cause.value: n for cause, n in self.metrics.drops.items() if n}
         if drops:
             log.info("broker drops by cause: %s", drops, extra={"fields": {"drops": drops}})
@@ -198,7 +133,7 @@ class Broker:
             poller.register(sock, zmq.POLLIN)
         next_beat = time.monotonic()
         while not stopping.requested:
-            wait = min(self.config.heartbeat / 2, max(0.0, self._next_take - time.monotonic()))
+            wait = min(self.config.heartbeat / 2, max(0.0, self.keeper.next_take - time.monotonic()))
             for sock, _ in poller.poll(int(wait * 1000)):
                 self._drain(sock, handlers[sock])
             self._dispatch()
@@ -206,8 +141,8 @@ class Broker:
             if now >= next_beat:
                 self._housekeeping(now)
                 next_beat = now + self.config.heartbeat
-            elif now >= self._next_take:  # the holder's lease ends now: try at once, not at our next beat
-                self._keep_lease(now)
+            elif now >= self.keeper.next_take:  # the holder's lease ends now: try at once, not at our next beat
+                self.keeper.keep(self, now)
 
     def _drain(self, sock: zmq.Socket[bytes], handle) -> None:  # type: ignore[no-untyped-def]
         for _ in range(BURST):
@@ -301,43 +236,10 @@ class Broker:
                 self.metrics.drop(Drop.NOT_ACTIVE)
                 return
             self.metrics.done += 1
-            self._publish(msg)
+            self.pub.publish(msg)
             self.scheduler.done(worker, list(msg.events))
         elif not isinstance(msg, Heartbeat):
             self._drop(Drop.UNEXPECTED_MESSAGE, f"backend: {type(msg).__name__}")
-
-    def _publish(self, done: Done) -> None:
-        for gateway, batch in done.publish:
-            self._send_out(topic_of(gateway), batch, "pub-out: high-water mark")
-
-    def _send_out(self, topic: bytes, batch: bytes, where: str) -> None:
-        name = topic[:-1]
-        if name in self.fenced:
-            self.metrics.drop(Drop.TO_FENCED_GATEWAY)
-            return
-        if topic not in self._subscribers:  # numbered only when someone can get it: a gap is a loss
-            self.metrics.drop(Drop.NO_SUBSCRIBER)
-            return
-        seq = self._out_seq.get(topic, 0) + 1
-        frames = [topic, self._epoch + seq.to_bytes(8, "big"), batch]
-        try:
-            self.pub_out.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:  # a subscriber of this topic does not read: it alone loses
-            self._drop(Drop.PUB_OUT_FULL, where)
-            self._send_lossy(frames)
-            if name in self.gateways:
-                self._lose_gateway(name, "it does not read pub-out (its pipe is full)")
-                return
-        self._out_seq[topic] = seq
-        self.metrics.published += 1
-
-    def _send_lossy(self, frames: list[bytes]) -> None:
-        """Send to the topic's subscribers that have room; the full ones drop it."""
-        self.pub_out.setsockopt(zmq.XPUB_NODROP, 0)
-        try:
-            self.pub_out.send_multipart(frames, zmq.NOBLOCK)
-        finally:
-            self.pub_out.setsockopt(zmq.XPUB_NODROP, 1)
 
     def _dispatch(self) -> None:
         if not self.role.active(time.monotonic()):
@@ -362,26 +264,10 @@ class Broker:
         if not self.role.active(time.monotonic()):
             self.metrics.drop(Drop.NOT_ACTIVE)
             return
-        self._send_out(frames[0], frames[1], "pub-out: high-water mark (pub-in)")
+        self.pub.send(frames[0], frames[1], "pub-out: high-water mark (pub-in)")
 
     def _on_subscription(self, frames: list[bytes]) -> None:
-        """Accept a subscription to one gateway topic only: an empty or odd prefix
-        would match others' topics, and its full pipe would fail their sends."""
-        if len(frames) != 1 or not frames[0] or frames[0][0] not in (0, 1):
-            self._drop(Drop.NOT_A_SUBSCRIPTION, "pub-out: not a subscription")
-            return
-        subscribe, topic = frames[0][0] == 1, frames[0][1:]
-        if not is_gateway_topic(topic):
-            self._drop(Drop.REFUSED_SUBSCRIPTION, "pub-out: not one gateway topic")
-            return
-        if subscribe and topic not in self._subscribers and len(self._subscribers) >= MAX_TOPICS:
-            self._drop(Drop.TOO_MANY_TOPICS, f"pub-out: more than {MAX_TOPICS} topics")
-            return
-        self.pub_out.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
-        self._subscribers[topic] += 1 if subscribe else -1
-        if self._subscribers[topic] <= 0:
-            del self._subscribers[topic]
-        self.pub_in.send_multipart(frames)
+        self.pub.on_subscription(frames)
 
     # --- liveness ---------------------------------------------------------------------
 
@@ -409,50 +295,27 @@ class Broker:
         self.gateways.forget(gateway)
         self.fenced.add(gateway)
         self.metrics.gateways_lost += 1
-        self._out_seq.pop(topic_of(name), None)
+        self.pub.forget(topic_of(name))
         cid, seq = event_key(GatewayLost(name))
         self.scheduler.submit(cid, seq, tuple(codec.event_frames(GatewayLost(name))))
 
-    def _keep_lease(self, now: float) -> None:
-        """Renew or acquire the lease (once a heartbeat); step down when it is lost or its
-        margin ran out (also after a freeze: the clock tells, before anything is served)."""
-        if self.lease is None or not isinstance(self.role, Role):
-            return
-        if self.role.expired(now):
-            self._step_down(now, "the lease could not be renewed in time")
-        self._next_take = float("inf")
-        epoch = self.lease.take(self.name)
-        if epoch is None:  # Redis did not answer: our clock decides, at the next look
-            return
-        if epoch == 0:
-            if self.role.epoch:
-                self._step_down(now, "another broker holds the lease")
-            if self.lease.ends_in < self.config.heartbeat:  # be there when it ends
-                self._next_take = now + self.lease.ends_in + 0.001
-            return
-        if self.role.epoch and epoch != self.role.epoch:  # lost and taken again (Redis lost its data):
-            self._step_down(now, f"the lease came back under epoch {epoch}")  # what we sent is fenced
-            return
-        if self.role.renewed(epoch, now):
-            self._activate(now)
-
-    def _step_down(self, now: float, why: str) -> None:
+    def step_down(self, now: float, why: str) -> None:
         log.warning("stepping down from epoch %d: %s", self.role.epoch, why)
         if isinstance(self.role, Role):
             self.role.lost()
         self._forget_all(now)
 
-    def _activate(self, now: float) -> None:
+    def activate(self, now: float) -> None:
         log.warning("active under epoch %d", self.role.epoch)
         self._say_role()
         self.workers.grace(now)
         self.gateways.grace(now)
-        self.link = LinkWatch(self.lease_ttl, now)
+        self.link = LinkWatch(self.keeper.ttl, now)
         self._beat(self.backend, self.workers)  # peers switch to us now, not at our next beat
         self._beat(self.frontend, self.gateways)
 
     def _housekeeping(self, now: float) -> None:
-        self._keep_lease(now)
+        self.keeper.keep(self, now)
         if not self.role.active(now):  # a standby forgets the silent, but frees nothing
             for worker in self.workers.expired(now):
                 self.scheduler.lose_worker(worker)

@@ -1,0 +1,112 @@
+"""pub-out: which subscriptions count, how each topic's messages are numbered,
+and what a full pipe costs.
+
+    pub-out   XPUB    -> gateways' SUBs:    [topic "<gateway>:", seq, Batch]
+
+`seq` numbers the messages of each topic (8 bytes, big-endian, from 1 at
+each broker start and each activation), after the broker's epoch (8 bytes,
+big-endian; 0 for a lone broker): a gateway that sees a gap knows it lost
+something, and one that has heard a higher epoch ignores a deposed broker.
+A message is numbered only when someone subscribes to its topic, and never
+for a fenced gateway: a gap is a loss.
+
+pub-out is XPUB_NODROP and XPUB_MANUAL: only subscriptions to one gateway
+topic (`<name>:`) are accepted, so one full pipe fails only its own topic;
+accepted ones are passed on to pub-in (other publishers).
+A send that fails at a subscriber's high-water mark is counted by cause,
+goes to the topic's other subscribers, if any, and the gateway that does
+not read is declared lost at once (fenced): it costs only itself.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import zmq
+
+from broker.liveness import Fence, Liveness
+from broker.metrics import BrokerMetrics, Drop
+from protocol.messages import Done, is_gateway_topic, topic_of
+
+MAX_TOPICS = 10_000  # pub-out topics subscribed at once: far more gateways than anyone runs
+
+
+class PubOut:
+    """The broker's side of pub-out. `drop` counts and logs a drop; `lose` declares a
+    gateway lost (the broker frees its connections and fences it)."""
+
+    def __init__(self, sock: zmq.Socket[bytes], pub_in: zmq.Socket[bytes], metrics: BrokerMetrics,
+                 drop: Callable[[Drop, str], None], lose: Callable[[bytes, str], None]) -> None:
+        self.sock = sock
+        self.pub_in = pub_in
+        self.metrics = metrics
+        self._drop = drop
+        self._lose_gateway = lose
+        self._subscribers: Counter[bytes] = Counter()  # per pub-out topic: subscriptions we accepted
+        self.epoch = bytes(8)  # the broker's epoch, 8 bytes big-endian: the first half of each seq frame
+        self.fenced: Fence  # set by `restart`, which the broker calls before anything is sent
+        self.gateways: Liveness
+        self._out_seq: dict[bytes, int] = {}  # per pub-out topic: the last seq sent
+
+    def restart(self, fenced: Fence, gateways: Liveness) -> None:
+        """Number every topic afresh (a new broker to the peers), judging gateways by these."""
+        self.fenced = fenced
+        self.gateways = gateways
+        self._out_seq = {}
+
+    def forget(self, topic: bytes) -> None:
+        """A lost gateway's topic: numbered from 1 again (it re-joins under a new name)."""
+        self._out_seq.pop(topic, None)
+
+    def publish(self, done: Done) -> None:
+        for gateway, batch in done.publish:
+            self.send(topic_of(gateway), batch, "pub-out: high-water mark")
+
+    def send(self, topic: bytes, batch: bytes, where: str) -> None:
+        name = topic[:-1]
+        if name in self.fenced:
+            self.metrics.drop(Drop.TO_FENCED_GATEWAY)
+            return
+        if topic not in self._subscribers:  # numbered only when someone can get it: a gap is a loss
+            self.metrics.drop(Drop.NO_SUBSCRIBER)
+            return
+        seq = self._out_seq.get(topic, 0) + 1
+        frames = [topic, self.epoch + seq.to_bytes(8, "big"), batch]
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:  # a subscriber of this topic does not read: it alone loses
+            self._drop(Drop.PUB_OUT_FULL, where)
+            self._send_lossy(frames)
+            if name in self.gateways:
+                self._lose_gateway(name, "it does not read pub-out (its pipe is full)")
+                return
+        self._out_seq[topic] = seq
+        self.metrics.published += 1
+
+    def _send_lossy(self, frames: list[bytes]) -> None:
+        """Send to the topic's subscribers that have room; the full ones drop it."""
+        self.sock.setsockopt(zmq.XPUB_NODROP, 0)
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+        finally:
+            self.sock.setsockopt(zmq.XPUB_NODROP, 1)
+
+    def on_subscription(self, frames: list[bytes]) -> None:
+        """Accept a subscription to one gateway topic only: an empty or odd prefix
+        would match others' topics, and its full pipe would fail their sends."""
+        if len(frames) != 1 or not frames[0] or frames[0][0] not in (0, 1):
+            self._drop(Drop.NOT_A_SUBSCRIPTION, "pub-out: not a subscription")
+            return
+        subscribe, topic = frames[0][0] == 1, frames[0][1:]
+        if not is_gateway_topic(topic):
+            self._drop(Drop.REFUSED_SUBSCRIPTION, "pub-out: not one gateway topic")
+            return
+        if subscribe and topic not in self._subscribers and len(self._subscribers) >= MAX_TOPICS:
+            self._drop(Drop.TOO_MANY_TOPICS, f"pub-out: more than {MAX_TOPICS} topics")
+            return
+        self.sock.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
+        self._subscribers[topic] += 1 if subscribe else -1
+        if self._subscribers[topic] <= 0:
+            del self._subscribers[topic]
+        self.pub_in.send_multipart(frames)
