@@ -1,0 +1,178 @@
+"""Pub-out batches to our clients: a part of `gateway.server.Gateway` (a mixin).
+
+    SUB pump --> _on_batch --> _deliver (render, push) ... end of the burst --> _flush
+
+A pub-out message is three frames: our topic, the broker's numbering (its
+epoch and a sequence number, 8 bytes each, big-endian: gateway.link checks
+it) and a msgpack `Batch`. Its items apply in order: a `Mark` names the
+client event the items after it answer (a replay is dropped up to the next
+`Mark`); a room event updates the room table (protocol.rooms), which says
+who is shown what; `Deliver`, `SetMode` and `Close` act on our connections.
+The sessions answered advance after the whole batch.
+
+A delivery is rendered once per view that can share it (text, JSON,
+WebSocket), an IRC connection renders its own. A push only queues: after a
+burst of pub-out messages, one send per client that got something. A client
+whose output queue is full is cut (it is not reading).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from gateway.metrics import Drop, GatewayMetrics
+from protocol import codec
+from protocol.doors import View
+from protocol.errors import DecodeError
+from protocol.messages import (
+    GATEWAY_LOST_REASON,
+    Batch,
+    ChatEvent,
+    Close,
+    Deliver,
+    Mark,
+    RoomEvent,
+    SetMode,
+    gateway_of,
+    topic_of,
+)
+from protocol.render import is_own_echo, render_json, render_text
+from protocol.rooms import RoomTable
+from protocol.websocket import render_event
+
+if TYPE_CHECKING:
+    from gateway.client import Client
+    from gateway.session import SeenEvents, Session
+
+log = logging.getLogger("chat.gateway")
+
+
+class Delivery:
+    """The pub-out side of `Gateway`: apply each batch, render, push, flush."""
+
+    instance: str
+    clients: dict[str, Client]
+    sessions: dict[str, Session]
+    seen: SeenEvents
+    rooms: RoomTable
+    metrics: GatewayMetrics
+    _dirty: dict[str, Client]
+
+    if TYPE_CHECKING:  # the rest of the gateway (gateway.server, gateway.link)
+        def _check_sequence(self, frame: bytes) -> bool: ...
+        def _fence(self, why: str) -> None: ...
+        def _count(self, cause: Drop, detail: str) -> None: ...
+        def _advance(self, session: Session) -> None: ...
+
+    def _on_batch(self, frames: list[bytes]) -> None:
+        if len(frames) != 3 or len(frames[1]) != 16:
+            self._count(Drop.WRONG_FRAME_COUNT, f"pub-out: {len(frames)} frame(s)")
+            return
+        if frames[0] != topic_of(self.instance):  # queued for the instance we were before a fence
+            self.metrics.drop(Drop.EARLIER_INSTANCE)
+            return
+        if not self._check_sequence(frames[1]):
+            return
+        try:
+            batch = codec.decode(frames[2])
+        except DecodeError as exc:
+            self._count(Drop.MALFORMED, f"pub-out: {exc}")
+            return
+        if not isinstance(batch, Batch):
+            self._count(Drop.UNEXPECTED_MESSAGE, f"pub-out: {type(batch).__name__}, not a batch")
+            return
+        skipping = False
+        answered: list[Session] = []
+        now = trio.current_time()
+        rooms, items = self.rooms, batch.items
+        for index, item in enumerate(items):
+            if isinstance(item, Mark):
+                skipping = not self._on_mark(item, answered, now)
+            elif skipping:
+                continue
+            elif isinstance(item, RoomEvent):
+                for cids, event in rooms.apply(item, now, items, index):
+                    self._deliver(cids, event)
+            elif isinstance(item, Deliver):
+                self._deliver(item.cids, item.event)
+            elif (client := self.clients.get(item.cid)) is None:
+                continue  # a SetMode or Close for a connection that is gone
+            elif isinstance(item, SetMode):
+                client.door.set_json(item.json)
+            else:
+                self._on_close(client, item)
+        for session in answered:  # after the whole batch: a Close in it stops what was pending
+            for cids, event in rooms.release(session.cid):  # held while a re-join may have been coming
+                self._deliver(cids, event)
+            self._advance(session)
+
+    def _on_mark(self, mark: Mark, answered: list[Session], now: float) -> bool:
+        """-> False if this event was shown already (a replay)."""
+        if not self.seen.first_time(mark.cid, mark.seq):
+            self.metrics.drop(Drop.REPLAY_DROPPED)
+            return False
+        if gateway_of(mark.cid) == self.instance:
+            session = self.sessions.get(mark.cid)
+            if session is not None and (in_flight := session.in_flight) is not None and session.answered(mark.seq):
+                self.metrics.latency.observe(now - in_flight.first_sent)
+                answered.append(session)
+        return True
+
+    def _on_close(self, client: Client, close: Close) -> None:
+        if close.reason == GATEWAY_LOST_REASON:  # a worker found us declared lost
+            self._fence(f"a worker closed {close.cid} as {close.reason!r}")
+        self._close(client, close.reason)
+
+    def _close(self, client: Client, reason: str) -> None:
+        """The worker closes the connection (/quit): lines it sent after that are dropped."""
+        client.close_after(b"", reason)
+        if (session := self.sessions.get(client.cid)) is not None:
+            session.pending.clear()
+
+    def _deliver(self, cids: tuple[str, ...], event: ChatEvent) -> None:
+        """Render once per view that shares renderings (IRC renders per connection)."""
+        text: bytes | None = None
+        as_json: bytes | None = None
+        framed: bytes | None = None
+        clients, text_view, json_view, web_view = self.clients, View.TEXT, View.JSON, View.WEB  # locals: the hot loop
+        for cid in cids:
+            client = clients.get(cid)
+            if client is None:
+                self.metrics.drop(Drop.DELIVERY_TO_CLOSED)
+                continue
+            view = client.door.view
+            if view is text_view:
+                if is_own_echo(event, cid):
+                    continue
+                text = text or render_text(event)
+                data = text
+            elif view is json_view:
+                as_json = as_json or render_json(event)
+                data = as_json
+            elif view is web_view:
+                framed = framed or render_event(event)
+                data = framed
+            else:
+                data = client.door.render(event, cid)
+                if not data:
+                    continue
+            if client.push(data):
+                self.metrics.deliveries += 1
+                self._dirty[cid] = client
+            else:
+                self._kick(client, "output queue full: you are not reading")
+
+    def _flush(self) -> None:
+        """After a burst of replies: one send per client that got something."""
+        for client in self._dirty.values():
+            client.flush()
+        self._dirty.clear()
+
+    def _kick(self, client: Client, reason: str) -> None:
+        log.info("closing %s: %s", client.cid, reason)
+        self._dirty.pop(client.cid, None)
+        self.metrics.drop(Drop.SLOW_CONSUMER_CUT)
+        client.close_after(client.door.end(f"{reason}; disconnecting"), reason)
