@@ -8,8 +8,7 @@ BIN    := $(VENV)/bin
 
 .PHONY: run test lint bench bench-deps install system-deps clean
 
-# Debian packages the tests drive for real (installed when missing and we are root;
-# policy-rc.d keeps apt from starting their services: the tests start their own)
+# Debian packages the tests drive for real (installed when missing and we are root)
 APT_PACKAGES := haproxy iproute2 redis-server chromium irssi tmux
 
 $(BIN)/python:
@@ -22,8 +21,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# $(call apt-install,PACKAGES,what happens without them): apt-get install what is missing, as root;
+# policy-rc.d keeps apt from starting the packages' services (the tests start their own)
+define apt-install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing:$$missing"; \
@@ -31,7 +32,11 @@ system-deps:
 	  if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod +x $$policy; own=1; fi; \
 	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
 	  [ $$own = 0 ] || rm -f $$policy; \
-	else echo "cannot install$$missing (not root, or no apt-get): the tests that need them are skipped"; fi
+	else echo "cannot install$$missing (not root or no apt-get): $(2)"; fi
+endef
+
+system-deps:
+	$(call apt-install,$(APT_PACKAGES),the tests that need them are skipped)
 
 run: install
 	$(BIN)/chat-stack --port $(PORT)
@@ -48,15 +53,7 @@ lint: install
 BENCH_PACKAGES := ngircd inspircd openssl
 
 bench-deps:
-	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing:$$missing"; \
-	  policy=/usr/sbin/policy-rc.d; own=0; \
-	  if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod +x $$policy; own=1; fi; \
-	  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
-	  [ $$own = 0 ] || rm -f $$policy; \
-	else echo "cannot install$$missing (not root, or no apt-get): chat-bench skips those peers"; fi
+	$(call apt-install,$(BENCH_PACKAGES),chat-bench skips those peers)
 
 bench: install bench-deps
 	$(BIN)/chat-bench --baseline --peers ngircd,inspircd
