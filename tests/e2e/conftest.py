@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.e2e.chatclient import ChatClient
 from tests.e2e.cluster import Cluster, start_cluster
+from tests.e2e.doors import DoorCluster, start_door_cluster
 
 _names = itertools.count(1)
 
@@ -34,6 +35,28 @@ def connect(cluster: Cluster) -> Iterator:
         client = ChatClient(cluster.ports[gateway], greet=greet)
         clients.append(client)
         return client
+
+    yield _connect
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def doors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoorCluster]:
+    """A cluster whose gateways also open their IRC and WebSocket doors, for one module."""
+    cluster = start_door_cluster(tmp_path_factory.mktemp("valkey"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def line(doors: DoorCluster) -> Iterator[Callable[..., ChatClient]]:
+    """line(gateway_index) -> a line-protocol client on the door cluster, closed after the test."""
+    clients: list[ChatClient] = []
+
+    def _connect(gateway: int = 1) -> ChatClient:
+        clients.append(ChatClient(doors.ports[gateway]))
+        return clients[-1]
 
     yield _connect
     for client in clients:

@@ -19,16 +19,9 @@ import pytest
 from stack.children import Child, stop
 from tests.e2e.chatclient import ChatClient
 from tests.e2e.cluster import start_gateway
-from tests.e2e.doors import DOOR_ARGS, DoorCluster, IrcClient, door_port, start_door_cluster
+from tests.e2e.doors import DOOR_ARGS, DoorCluster, IrcClient, door_port
 
 _names = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def doors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoorCluster]:
-    cluster = start_door_cluster(tmp_path_factory.mktemp("valkey"))
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture
@@ -43,19 +36,6 @@ def irc(doors: DoorCluster) -> Iterator[Callable[..., IrcClient]]:
 
     def _connect(gateway: int = 0) -> IrcClient:
         clients.append(IrcClient(doors.irc_ports[gateway]))
-        return clients[-1]
-
-    yield _connect
-    for client in clients:
-        client.close()
-
-
-@pytest.fixture
-def line(doors: DoorCluster) -> Iterator[Callable[..., ChatClient]]:
-    clients: list[ChatClient] = []
-
-    def _connect(gateway: int = 1) -> ChatClient:
-        clients.append(ChatClient(doors.ports[gateway]))
         return clients[-1]
 
     yield _connect

@@ -21,36 +21,16 @@ from stack.children import Child, python_module, start, stop
 from tests.e2e.browser import browser, open_page, screenshot  # noqa: F401 (fixtures)
 from tests.e2e.chatclient import ChatClient
 from tests.e2e.cluster import GATEWAY_ARGS, start_gateway
-from tests.e2e.doors import DOOR_ARGS, DoorCluster, WsClient, door_port, http_get, start_door_cluster
+from tests.e2e.doors import DOOR_ARGS, DoorCluster, WsClient, door_port, http_get
 from tests.e2e.load import wait_until
 
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "web-client.png"
 _names = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def doors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DoorCluster]:
-    cluster = start_door_cluster(tmp_path_factory.mktemp("valkey"))
-    yield cluster
-    cluster.stop()
-
-
 @pytest.fixture
 def u() -> str:
     return f"w{next(_names)}"
-
-
-@pytest.fixture
-def line(doors: DoorCluster) -> Iterator[Callable[..., ChatClient]]:
-    clients: list[ChatClient] = []
-
-    def _connect(gateway: int = 1) -> ChatClient:
-        clients.append(ChatClient(doors.ports[gateway]))
-        return clients[-1]
-
-    yield _connect
-    for client in clients:
-        client.close()
 
 
 @pytest.fixture
