@@ -13,6 +13,11 @@ for a fenced gateway: a gap is a loss.
 pub-out is XPUB_NODROP and XPUB_MANUAL: only subscriptions to one gateway
 topic (`<name>:`) are accepted, so one full pipe fails only its own topic;
 accepted ones are passed on to pub-in (other publishers).
+A batch for a gateway that is alive (heard on the frontend) but whose
+subscription has not reached us yet (just after a broker restart, the
+gateway's SUB reconnects a moment after its DEALER) is held, in order and
+bounded, and sent when the subscription comes: otherwise the deliveries of
+an event whose origin already got its Mark would be lost.
 A send that fails at a subscriber's high-water mark is counted by cause,
 goes to the topic's other subscribers, if any, and the gateway that does
 not read is declared lost at once (fenced): it costs only itself.
@@ -20,7 +25,7 @@ not read is declared lost at once (fenced): it costs only itself.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 
 import zmq
@@ -30,6 +35,7 @@ from broker.metrics import BrokerMetrics, Drop
 from protocol.messages import Done, is_gateway_topic, topic_of
 
 MAX_TOPICS = 10_000  # pub-out topics subscribed at once: far more gateways than anyone runs
+MAX_HELD = 10_000  # batches held for one live gateway until its subscription arrives
 
 
 class PubOut:
@@ -48,16 +54,20 @@ class PubOut:
         self.fenced: Fence  # set by `restart`, which the broker calls before anything is sent
         self.gateways: Liveness
         self._out_seq: dict[bytes, int] = {}  # per pub-out topic: the last seq sent
+        self._held: dict[bytes, deque[tuple[bytes, str]]] = {}  # per topic: batches waiting for its subscription
 
     def restart(self, fenced: Fence, gateways: Liveness) -> None:
         """Number every topic afresh (a new broker to the peers), judging gateways by these."""
         self.fenced = fenced
         self.gateways = gateways
         self._out_seq = {}
+        self._held = {}
 
     def forget(self, topic: bytes) -> None:
         """A lost gateway's topic: numbered from 1 again (it re-joins under a new name)."""
         self._out_seq.pop(topic, None)
+        for _ in self._held.pop(topic, ()):
+            self.metrics.drop(Drop.NO_SUBSCRIBER)
 
     def publish(self, done: Done) -> None:
         for gateway, batch in done.publish:
@@ -69,7 +79,7 @@ class PubOut:
             self.metrics.drop(Drop.TO_FENCED_GATEWAY)
             return
         if topic not in self._subscribers:  # numbered only when someone can get it: a gap is a loss
-            self.metrics.drop(Drop.NO_SUBSCRIBER)
+            self._hold(topic, name, batch, where)
             return
         seq = self._out_seq.get(topic, 0) + 1
         frames = [topic, self.epoch + seq.to_bytes(8, "big"), batch]
@@ -83,6 +93,21 @@ class PubOut:
                 return
         self._out_seq[topic] = seq
         self.metrics.published += 1
+
+    def _hold(self, topic: bytes, name: bytes, batch: bytes, where: str) -> None:
+        """Keep a live gateway's batch until its subscription arrives (bounded); drop others'."""
+        held = self._held.get(topic)
+        if name not in self.gateways or (held is not None and len(held) >= MAX_HELD):
+            self.metrics.drop(Drop.NO_SUBSCRIBER)
+            return
+        if held is None:
+            held = self._held[topic] = deque()
+        held.append((batch, where))
+
+    def _release(self, topic: bytes) -> None:
+        """The topic's subscription came: send what was held for it, in order."""
+        for batch, where in self._held.pop(topic, ()):
+            self.send(topic, batch, where)
 
     def _send_lossy(self, frames: list[bytes]) -> None:
         """Send to the topic's subscribers that have room; the full ones drop it."""
@@ -110,3 +135,5 @@ class PubOut:
         if self._subscribers[topic] <= 0:
             del self._subscribers[topic]
         self.pub_in.send_multipart(frames)
+        if subscribe and topic in self._held:
+            self._release(topic)
