@@ -13,7 +13,6 @@ import re
 import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,22 +24,9 @@ from stack.valkey import start_valkey
 from tests.e2e.chatclient import ChatClient
 from tests.e2e.cluster import FAST, GATEWAY_ARGS, start_gateway, start_workers
 from tests.e2e.load import wait_until
+from tests.e2e.scrape import Scrape
 
 ANY = "tcp://127.0.0.1:*"
-
-
-class Scrape:
-    def __init__(self, address: str) -> None:
-        self.url = f"http://{address}/metrics"
-
-    def text(self) -> str:
-        with urllib.request.urlopen(self.url, timeout=5) as resp:
-            return resp.read().decode()
-
-    def value(self, sample: str) -> float:
-        match = re.search(rf"^{re.escape(sample)} (\S+)$", self.text(), re.MULTILINE)
-        assert match, f"no {sample} in the scrape"
-        return float(match.group(1))
 
 
 def _field(line: str, name: str) -> str:

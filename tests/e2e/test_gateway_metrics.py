@@ -12,7 +12,6 @@ import json
 import re
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,23 +22,10 @@ from stack.children import Child, python_module, start
 from tests.e2e.chatclient import ChatClient
 from tests.e2e.cluster import FAST, Cluster, gateway_instance, start_cluster
 from tests.e2e.load import wait_until
+from tests.e2e.scrape import Scrape
 from tests.e2e.test_hostile_link import RECONNECT, paused
 
 G = "chat_gateway_"
-
-
-class Scrape:
-    def __init__(self, address: str) -> None:
-        self.url = f"http://{address}/metrics"
-
-    def text(self) -> str:
-        with urllib.request.urlopen(self.url, timeout=5) as resp:
-            return resp.read().decode()
-
-    def value(self, sample: str) -> float:
-        match = re.search(rf"^{re.escape(sample)} (\S+)$", self.text(), re.MULTILINE)
-        assert match, f"no {sample} in the scrape"
-        return float(match.group(1))
 
 
 def start_metered_gateway(cluster: Cluster, name: str, log_path: Path, *args: str) -> tuple[Child, int, Scrape]:
