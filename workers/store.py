@@ -162,25 +162,55 @@ class Store:
 
     def _execute(self, calls: list[Call]) -> list[Any]:
         new = [call for call in calls if call.script is not None and call.script not in self._shas]
-        pipe = self._client.pipeline(transaction=False)
-        for call in calls:
-            if call.script is None:
-                pipe.execute_command(*call.args)
-            else:
-                pipe.evalsha(self._sha(call.script), 0, self._p, *call.args, self.epoch)
+        commands = [self._command(call) for call in calls]
         wait = self._durability if any(call.durable for call in calls) else None
         if wait is not None:
-            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+            commands.append(("WAIT", wait.replicas, wait.timeout_ms))
         started = time.perf_counter()
         try:
-            self._load_scripts(new)  # first use in this process: loaded before the pipeline needs them
-            replies = pipe.execute(raise_on_error=False)
+            self._load_scripts(new)  # first use in this process: loaded before the round trip needs them
+            replies = self._round_trip(commands)
         finally:
             if self._on_round_trip is not None:
                 self._on_round_trip(time.perf_counter() - started)
         if wait is not None:
             self._check_replicated(replies.pop(), wait)
         return replies
+
+    def _command(self, call: Call) -> tuple[Any, ...]:
+        if call.script is None:
+            return call.args
+        return ("EVALSHA", self._sha(call.script), 0, self._p, *call.args, self.epoch)
+
+    def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send `commands` in one write on one pooled connection, read every reply in order.
+
+        What redis-py's pipeline does (transaction=False, raise_on_error=False) without its
+        per-command bookkeeping, which cost more CPU than the round trip itself: a per-command
+        error reply is a value; anything else (a lost link, a timeout) drops the connection, whose
+        replies would be out of step, and raises."""
+        pool = self._client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies = [self._reply(conn, command[0]) for command in commands]
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        return replies
+
+    def _reply(self, conn: Any, command: str) -> Any:
+        try:
+            reply = conn.read_response()
+        except redis.ResponseError as exc:
+            return exc
+        if command != "EVALSHA":  # a plain command: the reply as the client would give it
+            callback = self._client.response_callbacks.get(command)
+            if callback is not None:
+                return callback(reply)
+        return reply
 
     @staticmethod
     def _check_replicated(reply: Any, wait: Durability) -> None:

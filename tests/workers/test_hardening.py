@@ -302,3 +302,29 @@ def test_an_event_whose_body_is_not_the_one_its_key_names_is_answered_not_served
     assert done.events == ((a.cid, a.seq), (a.cid, a.seq + 1))  # answered: the broker frees a's turn
     assert done.publish == ()  # nothing said, as nobody
     assert chat.metrics.registry.get_sample_value("chat_worker_malformed_total") == 3
+
+
+# --- one round trip ---------------------------------------------------------------------
+
+
+def test_a_round_trip_that_times_out_leaves_no_late_reply_for_the_next(valkey_url: str, client: redis.Redis,
+                                                                        prefix: str) -> None:
+    """The calls of a round trip share one write and one connection: when Redis answers too late,
+    that connection is dropped, so the next round trip reads its own replies, not the late ones."""
+    store = Store(open_redis(valkey_url, timeout=0.2), prefix=prefix)
+    echo = [Call(None, ("ECHO", word), lambda reply: reply) for word in ("one", "two")]
+    assert store.run(echo) == ["one", "two"]
+    client.client_pause(600)  # every client waits: the store's calls time out
+    with pytest.raises(redis.TimeoutError):
+        store.run([Call(None, ("ECHO", "late"), lambda reply: reply), *echo])
+    client.client_unpause()
+    again = [Call(None, ("ECHO", word), lambda reply: reply) for word in ("three", "four")]
+    assert store.run(again) == ["three", "four"]
+
+
+def test_a_round_trip_keeps_per_call_errors_as_values_in_order(store: Store) -> None:
+    calls = [Call(None, ("ECHO", "a"), lambda reply: reply), Call(None, ("NOSUCHCOMMAND",), lambda reply: reply),
+             Call(None, ("PING",), lambda reply: reply), Call(None, ("ECHO", "b"), lambda reply: reply)]
+    a, error, ping, b = store.run(calls)
+    assert (a, ping, b) == ("a", True, "b")  # PING as the client gives it
+    assert isinstance(error, redis.ResponseError)
