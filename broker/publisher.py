@@ -33,6 +33,7 @@ import zmq
 from broker.liveness import Fence, Liveness
 from broker.metrics import BrokerMetrics, Drop
 from protocol.messages import Done, is_gateway_topic, topic_of
+from stack.frames import send_frames
 
 MAX_TOPICS = 10_000  # pub-out topics subscribed at once: far more gateways than anyone runs
 MAX_HELD = 10_000  # batches held for one live gateway until its subscription arrives
@@ -84,7 +85,7 @@ class PubOut:
         seq = self._out_seq.get(topic, 0) + 1
         frames = [topic, self.epoch + seq.to_bytes(8, "big"), batch]
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(self.sock, frames)
         except zmq.Again:  # a subscriber of this topic does not read: it alone loses
             self._drop(Drop.PUB_OUT_FULL, where)
             self._send_lossy(frames)

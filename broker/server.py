@@ -69,6 +69,7 @@ from protocol.messages import (
     gateway_of,
     topic_of,
 )
+from stack.frames import recv_frames, send_frames
 from stack.process import Stopping
 
 log = logging.getLogger("chat.broker")
@@ -146,9 +147,8 @@ class Broker:
 
     def _drain(self, sock: zmq.Socket[bytes], handle) -> None:  # type: ignore[no-untyped-def]
         for _ in range(BURST):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            frames = recv_frames(sock)
+            if frames is None:
                 return
             handle(frames)
 
@@ -246,7 +246,7 @@ class Broker:
             return
         for worker, frames in self.scheduler.dispatch():
             try:  # our heartbeat first: the worker's scripts run under its epoch
-                self.backend.send_multipart([worker, self._heartbeat, *frames], zmq.NOBLOCK)
+                send_frames(self.backend, [worker, self._heartbeat, *frames])
             except zmq.ZMQError as exc:  # unroutable or at the high-water mark
                 self._drop(Drop.BACKEND_UNROUTABLE, f"backend: {exc}")
                 self.workers.forget(worker)

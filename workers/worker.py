@@ -58,6 +58,7 @@ from protocol.messages import (
     event_key,
 )
 from stack.curve import ClientKeys
+from stack.frames import recv_frames, send_frames
 from stack.process import Stopping, set_log_instance
 from workers.effects import Effects
 from workers.logic import INTERNAL_ERROR, UNAVAILABLE, Chat, ChatLimits
@@ -305,14 +306,13 @@ class BrokerLink:
 
     def serve_one(self, handler: Handler) -> None:
         """Handle one message from the broker; answer on the same link."""
-        try:
-            frames = self.sock.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
+        frames = recv_frames(self.sock)
+        if frames is None:
             return
         self.last_heard = time.monotonic()
         done = handler.frames(frames, time.time(), time.monotonic())
         if done.events or done.publish:
-            self.sock.send_multipart(codec.done_frames(done))
+            send_frames(self.sock, codec.done_frames(done), block=True)
             self.last_sent = time.monotonic()
         if handler.unknown_to:
             log.warning("the broker %s does not know us: registering", handler.unknown_to)
