@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import redis
 
 from workers import scripts
@@ -183,16 +184,18 @@ class Store:
         return ("EVALSHA", self._sha(call.script), 0, self._p, *call.args, self.epoch)
 
     def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send `commands` in one write on one pooled connection, read every reply in order.
+        """Send `commands` (each a command name of one word, then its arguments) in one write on
+        one pooled connection, read every reply in order.
 
         What redis-py's pipeline does (transaction=False, raise_on_error=False) without its
         per-command bookkeeping, which cost more CPU than the round trip itself: a per-command
         error reply is a value; anything else (a lost link, a timeout) drops the connection, whose
         replies would be out of step, and raises."""
+        packed = b"".join([hiredis.pack_command(command) for command in commands])  # as redis-py packs each
         pool = self._client.connection_pool
         conn = pool.get_connection()
         try:
-            conn.send_packed_command(conn.pack_commands(commands))
+            conn.send_packed_command([packed])
             replies = [self._reply(conn, command[0]) for command in commands]
         except BaseException:
             conn.disconnect()
