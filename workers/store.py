@@ -131,7 +131,13 @@ class Store:
         self.max_rooms = max_rooms  # rooms one connection may be in
         self.history_ttl = history_ttl  # seconds an emptied room's history is kept
         self._shas: dict[str, str] = {}
+        self._conn: Any = None  # the connection of the round trips (`_connection`)
         self.epoch = 0  # the broker epoch of the dispatch being served (0: a lone broker)
+
+    def close(self) -> None:
+        """Close the store's connection (the client's own pool is the client's to close)."""
+        if self._conn is not None:
+            self._conn.disconnect()
 
     # --- running calls ------------------------------------------------------------
 
@@ -184,25 +190,40 @@ class Store:
         return ("EVALSHA", self._sha(call.script), 0, self._p, *call.args, self.epoch)
 
     def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send `commands` (each a command name of one word, then its arguments) in one write on
-        one pooled connection, read every reply in order.
+        """Send `commands` (each a command name of one word, then its arguments) in one write,
+        read every reply in order.
 
         What redis-py's pipeline does (transaction=False, raise_on_error=False) without its
         per-command bookkeeping, which cost more CPU than the round trip itself: a per-command
         error reply is a value; anything else (a lost link, a timeout) drops the connection, whose
         replies would be out of step, and raises."""
         packed = b"".join([hiredis.pack_command(command) for command in commands])  # as redis-py packs each
-        pool = self._client.connection_pool
-        conn = pool.get_connection()
+        conn = self._connection()
         try:
             conn.send_packed_command([packed])
-            replies = [self._reply(conn, command[0]) for command in commands]
+            return [self._reply(conn, command[0]) for command in commands]
         except BaseException:
-            conn.disconnect()
+            conn.disconnect()  # the next round trip connects it again
             raise
-        finally:
-            pool.release(conn)
-        return replies
+
+    def _connection(self) -> Any:
+        """The store's own connection, made as the client's pool makes them but kept out of it
+        (a checkout a round trip costs more than the round trip), and checked before each round
+        trip as the pool checks it: one the server closed, or with data nobody asked for, is
+        connected afresh (behind Sentinel: to the master of now)."""
+        conn = self._conn
+        if conn is None:
+            pool = self._client.connection_pool
+            conn = self._conn = pool.connection_class(**pool.connection_kwargs)
+        conn.connect()  # nothing while connected; after a failure dropped it, once (raises if it cannot)
+        try:
+            stale = conn.can_read()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            stale = True
+        if stale:
+            conn.disconnect()
+            conn.connect()
+        return conn
 
     def _reply(self, conn: Any, command: str) -> Any:
         try:

@@ -367,4 +367,5 @@ def run_worker(config: WorkerConfig) -> None:
         for link in links:
             link.close()
         ctx.term()
+        store.close()
         client.close()

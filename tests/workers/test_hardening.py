@@ -328,3 +328,14 @@ def test_a_round_trip_keeps_per_call_errors_as_values_in_order(store: Store) -> 
     a, error, ping, b = store.run(calls)
     assert (a, ping, b) == ("a", True, "b")  # PING as the client gives it
     assert isinstance(error, redis.ResponseError)
+
+
+def test_a_connection_the_server_closed_is_opened_again_without_a_failure(valkey_url: str, client: redis.Redis,
+                                                                          prefix: str) -> None:
+    """The store keeps its connection between round trips: one that Redis closed meanwhile (a
+    restart, an idle timeout, CLIENT KILL) is found closed before the next and opened again."""
+    store = Store(open_redis(valkey_url, timeout=1.0), prefix=prefix)
+    echo = [Call(None, ("ECHO", word), lambda reply: reply) for word in ("one", "two")]
+    assert store.run(echo) == ["one", "two"]
+    assert client.client_kill_filter(skipme=True) >= 1  # every other client: the store's among them
+    assert store.run(echo) == ["one", "two"]
