@@ -129,6 +129,8 @@ class Handler:
         # broker epochs a script refused: their dispatches are dropped unread (by equality, not
         # order: a Redis that lost its data counts epochs from 1 again, and those must be served)
         self.fenced_epochs: deque[int] = deque(maxlen=FENCED_EPOCHS)
+        # the last Heartbeat frame and its epoch: a broker heads every dispatch with the same bytes
+        self._last_heartbeat: tuple[bytes | None, int] = (None, 0)
 
     @property
     def metrics(self) -> WorkerMetrics:
@@ -153,6 +155,9 @@ class Handler:
 
     def _control(self, frame: bytes) -> int:
         """The first frame: a Heartbeat (-> its epoch, the dispatch's) or Unknown (-> 0)."""
+        last, epoch = self._last_heartbeat
+        if frame == last:  # the same bytes decode to the same Heartbeat: read it once
+            return epoch
         try:
             msg = codec.decode(frame)
         except DecodeError as exc:
@@ -161,6 +166,7 @@ class Handler:
         if isinstance(msg, Unknown):
             self.unknown_to = msg.broker
         elif isinstance(msg, Heartbeat):
+            self._last_heartbeat = (frame, msg.epoch)
             return msg.epoch
         else:
             self._malformed(f"an unexpected {type(msg).__name__}")

@@ -23,6 +23,7 @@ from protocol.messages import (
     Heartbeat,
     Lines,
     Mark,
+    Unknown,
     WorkItem,
 )
 from protocol.render import is_own_echo, render_text
@@ -303,6 +304,27 @@ def test_an_event_whose_body_is_not_the_one_its_key_names_is_answered_not_served
     assert done.publish == ()  # nothing said, as nobody
     assert chat.metrics.registry.get_sample_value("chat_worker_malformed_total") == 3
 
+
+
+def test_every_first_frame_is_read_for_what_it_is_even_when_heartbeats_repeat(chat: Chat) -> None:
+    """A broker heads its dispatches with the same Heartbeat bytes (read once); an empty or
+    garbled first frame, an Unknown or another epoch between them is each read for what it is."""
+    handler = Handler(chat, Breaker(1.0))
+    malformed = "chat_worker_malformed_total"
+    handler.frames([b""], 5.0, 0.0)
+    assert chat.metrics.registry.get_sample_value(malformed) == 1
+    beat = codec.encode(Heartbeat("broker.x", 3, True))
+    for _ in range(2):
+        handler.frames([beat], 5.0, 0.0)
+        assert chat.store.epoch == 3
+    handler.frames([codec.encode(Unknown("broker.y"))], 5.0, 0.0)
+    assert handler.unknown_to == "broker.y"
+    handler.frames([codec.encode(Heartbeat("broker.x", 4, True))], 5.0, 0.0)
+    assert chat.store.epoch == 4
+    handler.frames([b"\xc1"], 5.0, 0.0)
+    assert chat.store.epoch == 0 and chat.metrics.registry.get_sample_value(malformed) == 2
+    handler.frames([beat], 5.0, 0.0)
+    assert chat.store.epoch == 3
 
 # --- one round trip ---------------------------------------------------------------------
 
