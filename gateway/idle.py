@@ -1,0 +1,78 @@
+"""Idle connections: no task each, one watcher for them all.
+
+A client with nothing to do (gateway.client: ready, no input for a while,
+nothing owed to the rate limit, no decrypted TLS input waiting) is parked:
+its task ends, and its socket joins one epoll set, armed for
+EPOLLIN | EPOLLRDHUP | EPOLLONESHOT. The watcher task waits on that set's
+own descriptor (to Trio, one readable descriptor); for every socket that
+wakes (input, a FIN, an error: epoll always reports the last two) it hands
+the client back to `wake`, which starts a task that serves it while it is
+busy. One shot: a woken socket stays in the set, silent, until it is parked
+again (one `modify`), so nothing is woken twice. `rouse` wakes a parked
+client on our side (it must close: its output is out, or its socket broke).
+
+A socket closed while disarmed leaves the set by itself (the kernel drops it
+with its last descriptor); a new socket on the same number is added afresh.
+"""
+
+from __future__ import annotations
+
+import select
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from gateway.client import Client
+
+ARMED = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
+MAX_EVENTS = 1024  # sockets handed back per look at the set; more wait for the next
+
+
+class IdleWatcher:
+    """The parked clients of one gateway, by descriptor, and the epoll set that watches them."""
+
+    __slots__ = ("_epoll", "_parked", "_wake")
+
+    def __init__(self, wake: Callable[[Client], None]) -> None:
+        self._epoll = select.epoll()
+        self._parked: dict[int, Client] = {}
+        self._wake = wake
+
+    def __len__(self) -> int:
+        return len(self._parked)
+
+    def park(self, client: Client) -> None:
+        """Watch the client's socket; `wake` gets the client when it wakes."""
+        fd = client.sock.fileno()
+        try:
+            self._epoll.modify(fd, ARMED)
+        except FileNotFoundError:  # not in the set yet (or it was closed since: a new socket)
+            self._epoll.register(fd, ARMED)
+        self._parked[fd] = client
+
+    def rouse(self, client: Client) -> None:
+        """Hand a parked client back now (to close it); no-op if it is not parked."""
+        fd = client.sock.fileno()
+        if self._parked.get(fd) is client:
+            del self._parked[fd]
+            self._epoll.modify(fd, 0)
+            self._wake(client)
+
+    async def run(self) -> None:
+        """Hand back every client whose socket wakes, until cancelled."""
+        epoll = self._epoll
+        while True:
+            await trio.lowlevel.wait_readable(epoll.fileno())
+            for fd, _ in epoll.poll(0, MAX_EVENTS):
+                client = self._parked.pop(fd, None)
+                if client is not None:
+                    self._wake(client)
+
+    def close(self) -> list[Client]:
+        """Stop watching -> the clients still parked (theirs to close)."""
+        parked = list(self._parked.values())
+        self._parked.clear()
+        self._epoll.close()
+        return parked
