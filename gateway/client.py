@@ -17,11 +17,15 @@ client registered, a browser upgraded to WebSocket) by its deadline is cut
 too. When the client half-closes (a FIN: it may still read), its task lets
 out what its lines caused before it ends.
 
-Idle: a ready client that sent nothing for `linger` seconds and owes the
-rate limit nothing is parked (`gateway.idle`): its task ends, and the one
-watcher of the gateway starts a new one when the socket wakes (input, a
-FIN, an error) or when the connection must end. What the task kept between
-reads (the token buckets, the registration deadline) lives on the client.
+Idle: a ready client (registered, upgraded) whose socket has nothing more
+to read and that owes the rate limit nothing is parked (`gateway.idle`): its
+task ends, and the one watcher of the gateway starts a new one when the
+socket wakes (input, a FIN, an error) or when the connection must end. A
+ready client's task never waits on its socket: it reads while there is
+input (letting other tasks run between reads) and parks when there is none.
+What a task kept between reads (the token buckets, the registration
+deadline) lives on the client. A client that is not ready keeps its task,
+which waits on the socket until its deadline.
 
 Output: the gateway `push`es rendered lines, then `flush`es each client it
 pushed to once per burst of replies: one `send` system call per client per
@@ -63,7 +67,6 @@ WRITE_ERRORS = (OSError, trio.ClosedResourceError, trio.BusyResourceError)
 # nothing moved now, try again when the socket is ready (OpenSSL says it its way on a TLS socket)
 WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 READ_SIZE = 65536
-LINGER = 0.25  # seconds without input before a busy connection's task ends and it is parked
 
 
 class Parking(Protocol):
@@ -103,7 +106,6 @@ class ClientHooks:
     on_eof: OnEof | None
     on_open: OnOpen | None
     parking: Parking | None  # None: every connection keeps its task
-    linger: float = LINGER
 
 
 class Client:
@@ -155,19 +157,18 @@ class Client:
 
     # --- the connection's task ------------------------------------------------
 
-    async def serve(self, first: bytes = b"", woken: bool = False) -> str | None:
+    async def serve(self, first: bytes = b"") -> str | None:
         """Read (`first`, then the socket) while the connection is busy.
 
         -> None: it went idle and is parked (gateway.idle), no task needed until
-        it wakes (`woken`: serve it again, its socket is likely readable); '' or
-        'connection reset': the connection ended.
+        it wakes (then `serve` it again); '' or 'connection reset': the connection ended.
         """
         hooks = self._hooks
         with trio.CancelScope() as scope:
             self._scope = scope
             try:
                 if self.closing is None and not self.broken:
-                    if await self._read_loop(first, woken):
+                    if await self._read_loop(first):
                         self._scope = None  # parked: the watcher has it now
                         return None
                     if hooks.on_eof is not None and self.closing is None and not self.broken:
@@ -292,18 +293,16 @@ class Client:
         with trio.move_on_after(timeout):
             await self._reader_lot.park()
 
-    async def _receive(self, eager: bool) -> bytes:
-        """The next read; `eager`: try before waiting (the watcher saw the socket readable)."""
+    async def _receive(self) -> bytes:
         while True:
-            if not (eager or (self._tls and self.sock.pending())):  # type: ignore[attr-defined]
+            if not (self._tls and self.sock.pending()):  # type: ignore[attr-defined]
                 await trio.lowlevel.wait_readable(self.sock)
-            eager = False
             try:
                 return self.sock.recv(READ_SIZE)
             except WOULD_BLOCK:
                 continue  # woken without data (or half a TLS record): wait again
 
-    async def _read_loop(self, data: bytes, woken: bool) -> bool:
+    async def _read_loop(self, data: bytes) -> bool:
         """Read until EOF (-> False) or until idle (-> True: parked); each read's lines go on.
 
         The door (`protocol.doors`) says what the bytes mean. Every read costs
@@ -312,24 +311,28 @@ class Client:
         TCP window then holds it back. A read of too many lines, or more bad
         lines than the client's allowance, cuts it off; so does not being
         `ready` (registered, upgraded) by its deadline. A ready client with
-        nothing owed and no input for `linger` seconds is parked.
+        nothing owed and nothing to read is parked.
         """
         hooks = self._hooks
+        fresh = True  # no read yet in this task
         while self.closing is None:
             if not data:
                 if self._bucket is not None and (debt := self._bucket.debt_delay(trio.current_time())) > 0:
                     await trio.sleep(debt)
-                ready = self.door.ready
-                received = await self._receive_by(trio.current_time() + hooks.linger if ready else self._deadline,
-                                                  woken)
-                woken = False
-                if received is None:
-                    if not ready:
+                if self.door.ready and hooks.parking is not None:
+                    if not fresh:
+                        await trio.lowlevel.checkpoint()  # a client that keeps sending lets the others run
+                    received = self._receive_nowait()
+                    if received is None:
+                        if self._park():
+                            return True
+                        continue
+                else:
+                    received = await self._receive_by(self._deadline if not self.door.ready else math.inf)
+                    if received is None:
                         self.close_after(self.door.end(REGISTRATION_TIMEOUT), REGISTRATION_TIMEOUT)
                         return False
-                    if self._park():
-                        return True
-                    continue
+                fresh = False
                 if not received:
                     return False
                 data = received
@@ -347,20 +350,28 @@ class Client:
             await self._forward(got.lines)
         return False
 
+    def _receive_nowait(self) -> bytes | None:
+        """A read if there is input now (b'': end of input); None: nothing to read."""
+        try:
+            return self.sock.recv(READ_SIZE)
+        except WOULD_BLOCK:
+            return None
+
     def _park(self) -> bool:
         """Idle: hand the connection to the watcher -> False if it must keep its task."""
         parking = self._hooks.parking
-        if parking is None or self.closing is not None or (self._tls and self.sock.pending()):  # type: ignore[attr-defined]
+        if self.closing is not None or (self._tls and self.sock.pending()):  # type: ignore[attr-defined]
             return False
+        assert parking is not None
         parking.park(self)
         return True
 
-    async def _receive_by(self, deadline: float, eager: bool) -> bytes | None:
+    async def _receive_by(self, deadline: float) -> bytes | None:
         """The next read, or None when `deadline` passed first."""
         if deadline == math.inf:
-            return await self._receive(eager)
+            return await self._receive()
         with trio.move_on_at(deadline):
-            return await self._receive(eager)
+            return await self._receive()
         return None
 
     def _buckets(self, now: float) -> tuple[TokenBucket, TokenBucket]:

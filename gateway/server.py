@@ -236,7 +236,6 @@ class Gateway(BrokerLink, Delivery):
         self._handling += 1
         client: Client | None = None
         try:
-            accept.keep_alive(sock)
             try:
                 peer, first = await accept.client_address(sock, self.config.proxy_protocol,
                                                           self.config.trusted_proxies, exact=context is not None)
@@ -289,13 +288,13 @@ class Gateway(BrokerLink, Delivery):
 
     def _wake(self, client: Client) -> None:
         """A parked client woke (input, a FIN, an error) or must close: serve it in a task again."""
-        self._nursery.start_soon(self._run_client, client, b"", True)
+        self._nursery.start_soon(self._run_client, client)
 
-    async def _run_client(self, client: Client, first: bytes = b"", woken: bool = False) -> None:
+    async def _run_client(self, client: Client, first: bytes = b"") -> None:
         """Serve the client while it is busy; close it when it ends (not when it is parked)."""
         ended: str | None = ""
         try:
-            ended = await client.serve(first, woken)
+            ended = await client.serve(first)
         finally:
             if ended is not None:
                 self._closed(client, client.closing or ended)

@@ -29,7 +29,7 @@ from tests.e2e.test_tls import make_cert, tls_client
 T = TypeVar("T")
 START_TIMEOUT = 15.0
 WAIT = 10.0  # seconds a condition gets before a test fails
-NAP = 1.0  # a long idle, next to the gateway's linger (a quarter second)
+NAP = 1.0  # a long idle: parked clients must keep working after it
 
 
 class GatewayThread:
