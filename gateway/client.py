@@ -48,7 +48,7 @@ import math
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
@@ -106,6 +106,7 @@ class ClientHooks:
     on_eof: OnEof | None
     on_open: OnOpen | None
     parking: Parking | None  # None: every connection keeps its task
+    unlimited: TokenBucket = field(default_factory=lambda: TokenBucket(0.0, 1, 0.0))  # rate 0: one for all
 
 
 class Client:
@@ -378,8 +379,11 @@ class Client:
         """The rate limit and the bad lines' allowance, made at the first read."""
         if self._bucket is None or self._bad is None:
             limits = self.limits
-            self._bucket = TokenBucket(limits.rate, limits.burst, now)
-            self._bad = TokenBucket(limits.bad_line_rate if limits.rate > 0 else 0.0, limits.max_bad_lines, now)
+            if limits.rate <= 0:  # no limit: a bucket of rate 0 keeps no state, so all share one
+                self._bucket = self._bad = self._hooks.unlimited
+            else:
+                self._bucket = TokenBucket(limits.rate, limits.burst, now)
+                self._bad = TokenBucket(limits.bad_line_rate, limits.max_bad_lines, now)
         return self._bucket, self._bad
 
     def _parse(self, data: bytes) -> Input | None:
