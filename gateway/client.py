@@ -22,7 +22,9 @@ to read and that owes the rate limit nothing is parked (`gateway.idle`): its
 task ends, and the one watcher of the gateway starts a new one when the
 socket wakes (input, a FIN, an error) or when the connection must end. A
 ready client's task never waits on its socket: it reads while there is
-input (letting other tasks run between reads) and parks when there is none.
+input (letting other tasks run between reads) and parks once a read comes
+back short (the watcher's epoll is level-triggered: what came meanwhile
+wakes it at once).
 What a task kept between reads (the token buckets, the registration
 deadline) lives on the client. A client that is not ready keeps its task,
 which waits on the socket until its deadline.
@@ -67,6 +69,7 @@ WRITE_ERRORS = (OSError, trio.ClosedResourceError, trio.BusyResourceError)
 # nothing moved now, try again when the socket is ready (OpenSSL says it its way on a TLS socket)
 WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 READ_SIZE = 65536
+TLS_RECORD = 16384  # the most one TLS read returns (a record's plaintext)
 
 
 class Parking(Protocol):
@@ -158,18 +161,19 @@ class Client:
 
     # --- the connection's task ------------------------------------------------
 
-    async def serve(self, first: bytes = b"") -> str | None:
+    async def serve(self, first: bytes = b"", readable: bool = False) -> str | None:
         """Read (`first`, then the socket) while the connection is busy.
 
         -> None: it went idle and is parked (gateway.idle), no task needed until
-        it wakes (then `serve` it again); '' or 'connection reset': the connection ended.
+        it wakes (then `serve` it again, `readable`); '' or 'connection reset': the
+        connection ended.
         """
         hooks = self._hooks
         with trio.CancelScope() as scope:
             self._scope = scope
             try:
                 if self.closing is None and not self.broken:
-                    if await self._read_loop(first):
+                    if await self._read_loop(first, readable):
                         self._scope = None  # parked: the watcher has it now
                         return None
                     if hooks.on_eof is not None and self.closing is None and not self.broken:
@@ -303,7 +307,7 @@ class Client:
             except WOULD_BLOCK:
                 continue  # woken without data (or half a TLS record): wait again
 
-    async def _read_loop(self, data: bytes) -> bool:
+    async def _read_loop(self, data: bytes, readable: bool) -> bool:
         """Read until EOF (-> False) or until idle (-> True: parked); each read's lines go on.
 
         The door (`protocol.doors`) says what the bytes mean. Every read costs
@@ -320,13 +324,19 @@ class Client:
             if not data:
                 if self._bucket is not None and (debt := self._bucket.debt_delay(trio.current_time())) > 0:
                     await trio.sleep(debt)
+                    readable = True
                 if self.door.ready and hooks.parking is not None:
-                    if not fresh:
-                        await trio.lowlevel.checkpoint()  # a client that keeps sending lets the others run
-                    received = self._receive_nowait()
+                    # a short read took all there was: park at once (the watcher's epoll is level-
+                    # triggered: input that came meanwhile wakes it at once); else read on
+                    received = None
+                    if readable:
+                        if not fresh:
+                            await trio.lowlevel.checkpoint()  # a client that keeps sending lets the others run
+                        received = self._receive_nowait()
                     if received is None:
                         if self._park():
                             return True
+                        readable = True  # decrypted TLS input waits: read it
                         continue
                 else:
                     received = await self._receive_by(self._deadline if not self.door.ready else math.inf)
@@ -336,6 +346,7 @@ class Client:
                 fresh = False
                 if not received:
                     return False
+                readable = len(received) >= (TLS_RECORD if self._tls else READ_SIZE)
                 data = received
             chatting = self.door.chatting
             got = self._parse(data)

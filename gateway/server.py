@@ -288,13 +288,13 @@ class Gateway(BrokerLink, Delivery):
 
     def _wake(self, client: Client) -> None:
         """A parked client woke (input, a FIN, an error) or must close: serve it in a task again."""
-        self._nursery.start_soon(self._run_client, client)
+        self._nursery.start_soon(self._run_client, client, b"", True)
 
-    async def _run_client(self, client: Client, first: bytes = b"") -> None:
+    async def _run_client(self, client: Client, first: bytes = b"", readable: bool = False) -> None:
         """Serve the client while it is busy; close it when it ends (not when it is parked)."""
         ended: str | None = ""
         try:
-            ended = await client.serve(first)
+            ended = await client.serve(first, readable)
         finally:
             if ended is not None:
                 self._closed(client, client.closing or ended)
