@@ -132,6 +132,7 @@ class Client:
         "door",
         "peer",
         "sock",
+        "watched",
     )
 
     def __init__(self, cid: str, sock: socket.socket, door: Door, peer: str, hooks: ClientHooks,
@@ -154,6 +155,7 @@ class Client:
         self._reader_lot: trio.lowlevel.ParkingLot | None = None
         self._bucket: TokenBucket | None = None  # the rate limit, from the first read on
         self._bad: TokenBucket | None = None  # the bad lines' allowance, likewise
+        self.watched = False  # its socket is in the idle watcher's epoll set (gateway.idle)
 
     @property
     def limits(self) -> ClientLimits:

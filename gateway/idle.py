@@ -11,8 +11,9 @@ busy. One shot: a woken socket stays in the set, silent, until it is parked
 again (one `modify`), so nothing is woken twice. `rouse` wakes a parked
 client on our side (it must close: its output is out, or its socket broke).
 
-A socket closed while disarmed leaves the set by itself (the kernel drops it
-with its last descriptor); a new socket on the same number is added afresh.
+A socket joins the set at its first park (`Client.watched`) and is re-armed
+at every later one; closed, it leaves the set by itself (the kernel drops it
+with its last descriptor).
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ class IdleWatcher:
     def park(self, client: Client) -> None:
         """Watch the client's socket; `wake` gets the client when it wakes."""
         fd = client.sock.fileno()
-        try:
-            self._epoll.modify(fd, ARMED)
-        except FileNotFoundError:  # not in the set yet (or it was closed since: a new socket)
+        if not client.watched:
             self._epoll.register(fd, ARMED)
+            client.watched = True
+        else:
+            self._epoll.modify(fd, ARMED)  # in the set since its first park, disarmed
         self._parked[fd] = client
 
     def rouse(self, client: Client) -> None:
