@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from bench.config import Shape
 from bench.dialect import Dialect
 from bench.flows import Flow, Sender
-from bench.handshake import ClientSpec, open_clients
+from bench.handshake import ClientSpec, open_clients, settle
 from bench.loadgen import Conn, Loop, client_tls
 from bench.measure import Meter, Result, add_latency, rate
 from bench.servers import Server
@@ -91,6 +91,7 @@ def open_fanout(ctx: Context, loop: Loop, label: str,
                         oper=oper and m < shape.senders)
              for r in range(shape.rooms) for m in range(shape.members)]
     conns = ctx.open(loop, specs, label)
+    settle(loop, conns, setup_timeout(len(conns)), ctx.server.dialect)  # the later joiners' notices are read
     senders: list[Sender] = []
     ackers: dict[int, Conn] = {}
     for r in range(shape.rooms):
