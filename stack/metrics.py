@@ -8,6 +8,9 @@ the library's small HTTP server thread. Off unless the option is given.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import HistogramMetricFamily
+
+from protocol.hops import HOP_HELP, HOP_METRIC, HopTimes
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -26,3 +29,11 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> tuple[st
     server, _thread = start_http_server(port, addr=host, registry=registry)
     bound_host, bound_port = server.server_address[:2]
     return str(bound_host), int(bound_port)
+
+
+def hop_family(prefix: str, times: HopTimes) -> HistogramMetricFamily:
+    """A part's per-hop times of sampled events as one histogram family, label `hop` (protocol.hops)."""
+    family = HistogramMetricFamily(prefix + HOP_METRIC, HOP_HELP, labels=["hop"])
+    for hop, histogram in times.hops.items():
+        family.add_metric([hop.value], histogram.buckets(), histogram.total)
+    return family
