@@ -7,7 +7,9 @@ process of the server under test (per-PID utime+stime differences, see
 `procstats`). CPU per 100,000 deliveries divides the server's CPU by all
 the deliveries of the measured phase, drain included, as they were paid
 for in it. Latencies are summarised as p50/p99/max and as a histogram on
-log-spaced bins for the plot.
+log-spaced bins for the plot. Given the stack's metrics endpoints, the meter
+also reads the per-hop times of the sampled events before and after
+(bench.hops) into `extra["hops"]`, outside the CPU it counts.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import hops
 from bench.procstats import ProcessTree, Sample, cpu_used, own_cpu
 
 SATURATED = 0.9  # a load generator above this share of one core may be what limits the figures
@@ -55,13 +58,16 @@ class Result:
 
 
 class Meter:
-    def __init__(self, tree: ProcessTree | None) -> None:
+    def __init__(self, tree: ProcessTree | None, metrics: dict[str, str] | None = None) -> None:
         self.tree = tree
+        self.metrics = metrics or {}  # part -> HOST:PORT of its metrics: the per-hop times
         self._wall = 0.0
         self._own = 0.0
         self._snap: dict[int, Sample] = {}
+        self._hops: hops.Snapshot | None = None
 
     def begin(self) -> None:
+        self._hops = hops.scrape(self.metrics) if self.metrics else None
         self._snap = self.tree.snapshot() if self.tree is not None else {}
         self._own = own_cpu()
         self._wall = time.monotonic()
@@ -71,8 +77,13 @@ class Meter:
         share = (own_cpu() - self._own) / wall
         result.loadgen_cpu_share = round(share, 3)
         result.loadgen_saturated = share > SATURATED
-        if self.tree is None:
-            return
+        if self.tree is not None:
+            self._cpu(result, deliveries)
+        if self._hops is not None:
+            result.extra["hops"] = hops.summary(self._hops, hops.scrape(self.metrics))
+
+    def _cpu(self, result: Result, deliveries: int) -> None:
+        assert self.tree is not None
         total, by_part = cpu_used(self._snap, self.tree.snapshot())
         result.server_cpu_s = round(total, 3)
         result.cpu_by_part = {part: round(cpu, 3) for part, cpu in sorted(by_part.items())}
