@@ -122,7 +122,7 @@ def summary(before: Snapshot | None, after: Snapshot | None) -> dict[str, dict[s
 
 
 COLUMNS = ("workload", "server", "sampled", "gw wait", "broker queue", "worker work", "of it Redis",
-           "broker publish", "transit", "gw round trip", "gw flush", "client p50 / p99")
+           "broker publish", "transit", "gw round trip", "gw flush", "client p50 / p99", "run queue ms/s")
 _CELLS = ("gateway.wait", "broker.queue", "worker.work", "worker.redis", "broker.publish", "transit",
           "gateway.round_trip", "gateway.flush")
 
@@ -144,7 +144,10 @@ def rows(results: list[Any]) -> list[list[str]]:
             continue
         sampled = found.get("gateway.round_trip", {}).get("n", 0)
         client = "-" if result.p50_ms is None or result.p99_ms is None else f"{result.p50_ms:.2f} / {result.p99_ms:.2f}"
-        out.append([result.workload, result.server, f"{sampled:,}", *(_cell(found.get(c)) for c in _CELLS), client])
+        waited = result.extra.get("run_queue_ms_per_s") or {}
+        runq = ", ".join(f"{part} {ms:.0f}" for part, ms in waited.items() if ms >= 0.5) or "-"
+        out.append([result.workload, result.server, f"{sampled:,}", *(_cell(found.get(c)) for c in _CELLS), client,
+                    runq])
     return out
 
 
@@ -153,4 +156,6 @@ LEGEND = """Per-hop times of the sampled events (one in CHAT_HOP_SAMPLE, chosen 
 flight); broker queue: event in to dispatched; worker work: dispatch in to Done sent, of which the Redis round
 trips; broker publish: Done in to published; transit: the gateway's round trip (event sent to its Mark received)
 minus those residences (the network, ZeroMQ queues, waiting for a poll loop); gw flush: the pub-out batch with the
-answer received to written to the clients. A client's latency is about wait + round trip + flush + its own read."""
+answer received to written to the clients. A client's latency is about wait + round trip + flush + its own read.
+Run queue ms/s: per part (and the load generator), the milliseconds a second its threads were runnable but waited
+for a CPU (/proc schedstat); 1000 is one thread waiting all the time."""

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import os
 import time
 from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench import hops
-from bench.procstats import ProcessTree, Sample, cpu_used, own_cpu
+from bench.procstats import ProcessTree, Sample, cpu_used, own_cpu, run_queue_by_part, run_queue_wait
 
 SATURATED = 0.9  # a load generator above this share of one core may be what limits the figures
 HIST_EDGES_MS = [0.01 * (10 ** (i / 10)) for i in range(61)]  # 10 us .. 10 s, 10 bins a decade
@@ -65,11 +66,13 @@ class Meter:
         self._own = 0.0
         self._snap: dict[int, Sample] = {}
         self._hops: hops.Snapshot | None = None
+        self._own_runq = 0.0
 
     def begin(self) -> None:
         self._hops = hops.scrape(self.metrics) if self.metrics else None
         self._snap = self.tree.snapshot() if self.tree is not None else {}
         self._own = own_cpu()
+        self._own_runq = run_queue_wait(os.getpid())
         self._wall = time.monotonic()
 
     def end(self, result: Result, deliveries: int) -> None:
@@ -84,7 +87,13 @@ class Meter:
 
     def _cpu(self, result: Result, deliveries: int) -> None:
         assert self.tree is not None
-        total, by_part = cpu_used(self._snap, self.tree.snapshot())
+        after = self.tree.snapshot()
+        total, by_part = cpu_used(self._snap, after)
+        wall = max(time.monotonic() - self._wall, 1e-9)
+        waited = run_queue_by_part(self._snap, after)
+        waited["load-gen"] = run_queue_wait(os.getpid()) - self._own_runq
+        if any(waited.values()):  # ms a second that each part's threads were runnable but not running
+            result.extra["run_queue_ms_per_s"] = {part: round(s / wall * 1000, 1) for part, s in sorted(waited.items())}
         result.server_cpu_s = round(total, 3)
         result.cpu_by_part = {part: round(cpu, 3) for part, cpu in sorted(by_part.items())}
         if deliveries:

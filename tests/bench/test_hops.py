@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from prometheus_client import generate_latest
 
 from bench import hops
 from bench.measure import Result
+from bench.procstats import run_queue_wait
 from bench.servers import metrics_of
 from broker.metrics import BrokerMetrics
 from gateway.metrics import GatewayMetrics
@@ -63,9 +66,17 @@ def test_the_table_shows_a_row_per_result_with_hops() -> None:
     result = Result("W2-30%", "stack", p50_ms=1.0, p99_ms=3.0)
     result.extra["hops"] = hops.summary(hops.merge([hops.parse(t) for t in _texts(0)]),
                                         hops.merge([hops.parse(t) for t in _texts(4)]))
+    result.extra["run_queue_ms_per_s"] = {"gateway": 120.4, "valkey": 0.1, "load-gen": 30.0}
     rows = hops.rows([result, Result("W3", "stack")])
     assert len(rows) == 1 and rows[0][:3] == ["W2-30%", "stack", "4"]
-    assert rows[0][-1] == "1.00 / 3.00" and len(rows[0]) == len(hops.COLUMNS)
+    assert rows[0][-2:] == ["1.00 / 3.00", "gateway 120, load-gen 30"] and len(rows[0]) == len(hops.COLUMNS)
+
+
+def test_run_queue_wait_of_a_live_process_is_read_and_grows() -> None:
+    """This process's threads' run-queue wait: a number of seconds, never going back."""
+    first = run_queue_wait(os.getpid())
+    assert first >= 0 and run_queue_wait(os.getpid()) >= first
+    assert run_queue_wait(2**22 + 12345) == 0.0  # no such process: nothing, no error
 
 
 def test_the_stack_ready_line_names_each_part_metrics() -> None:
