@@ -251,6 +251,7 @@ class Broker:
         if not self.role.active(time.monotonic()):
             return
         for worker, frames in self.scheduler.dispatch():
+            self.hops.dispatched(frames)  # before the send: the worker may start at once
             try:  # our heartbeat first: the worker's scripts run under its epoch
                 self.backend.send_multipart([worker, self._heartbeat, *frames], zmq.NOBLOCK)
             except zmq.ZMQError as exc:  # unroutable or at the high-water mark
@@ -260,7 +261,6 @@ class Broker:
                 self.metrics.workers_lost += 1
                 continue
             self.metrics.dispatched += len(frames) // 2  # [key, event] each
-            self.hops.dispatched(frames)
 
     # --- pub-in forwarding ----------------------------------------------------------
 

@@ -315,13 +315,13 @@ class BrokerLink:
         self.last_heard = time.monotonic()
         redis_before = handler.metrics.redis_spent
         done = handler.frames(frames, time.time(), self.last_heard)
-        if done.events or done.publish:
-            self.sock.send_multipart(codec.done_frames(done))
-            self.last_sent = time.monotonic()
-        if handler.sampled:
+        if handler.sampled:  # timed up to its Done going out: the send is transit
             handler.sampled = False
             handler.metrics.sampled_dispatch(time.monotonic() - self.last_heard,
                                              handler.metrics.redis_spent - redis_before)
+        if done.events or done.publish:
+            self.sock.send_multipart(codec.done_frames(done))
+            self.last_sent = time.monotonic()
         if handler.unknown_to:
             log.warning("the broker %s does not know us: registering", handler.unknown_to)
             handler.unknown_to = ""

@@ -76,9 +76,8 @@ def test_a_sampled_event_is_timed_at_every_hop(sampled) -> None:  # type: ignore
     port, metrics = sampled
     assert {"broker", "workers", "gw1"} <= set(metrics), metrics
     before = _scrape(metrics)
-    for part, part_hops in PARTS.items():  # every hop is shown from the start
-        for hop in part_hops:
-            assert (part, hop.value) in before, (part, hop)
+    for hop in (*GATEWAY_HOPS, *BROKER_HOPS):  # shown from the start (a worker's, once it wrote its files)
+        assert before[("gateway" if hop in GATEWAY_HOPS else "broker", hop.value)].count == 0, hop
     _talk(port)
     wait_until(lambda: _scrape(metrics)[("gateway", Hop.FLUSH.value)].count >= LINES, 10, "every line's flush")
     wait_until(lambda: _scrape(metrics)[("worker", Hop.WORK.value)].count >= LINES, 10, "every dispatch timed")
@@ -88,14 +87,16 @@ def test_a_sampled_event_is_timed_at_every_hop(sampled) -> None:  # type: ignore
             counts = after[(part, hop.value)]
             assert counts.count >= LINES, (part, hop, counts.count)  # the joins are sampled too
             assert 0 <= counts.total / counts.count < 1.0, (part, hop, counts.total / counts.count)
-    # one clock on one machine: the residences lie inside the gateway's round trip
+    # one clock on one machine: the residences lie inside the gateway's round trip (give or take
+    # a process preempted between its last send and its clock read, on a busy machine)
     inside = sum(after[key].total for key in (("broker", "queue"), ("worker", "work"), ("broker", "publish")))
-    assert after[("gateway", "round_trip")].total >= inside
+    assert inside <= after[("gateway", "round_trip")].total + 0.005 * LINES
     assert after[("worker", "redis")].total <= after[("worker", "work")].total
     summary = hops.summary(before, after)
     assert set(summary) == {"gateway.wait", "broker.queue", "worker.work", "worker.redis", "broker.publish",
                             "gateway.round_trip", "gateway.flush", "transit"}
-    assert summary["transit"]["mean_ms"] >= 0
+    assert summary["transit"]["mean_ms"] >= -1.0  # each clock stops before its part's send, starts after
+    # its receive; a process preempted between a send and its clock read is all that may overlap
     assert summary["gateway.round_trip"]["p99_ms"] >= summary["gateway.round_trip"]["p50_ms"] > 0
 
 
