@@ -129,7 +129,7 @@ def fill_flow(result: Result, flow: Flow, seconds: float, during_send: int) -> N
 
 
 def windowed(ctx: Context, loop: Loop, flow: Flow, result: Result) -> Result:
-    meter = Meter(ctx.server.tree)
+    meter = Meter(ctx.server.tree, ctx.server.metrics)
     meter.begin()
     seconds = flow.run_window(ctx.shape.window, ctx.shape.duration)
     during_send = flow.stats.received
@@ -182,7 +182,7 @@ def renew(sender: Sender) -> Sender:
 def at_rate(ctx: Context, flow: Flow, level: float, offered: float, name: str = "") -> Result:
     what = f"fixed load {level:.0%} of W1 = {offered:,.0f} msgs/s offered, W1 shape"
     result = Result(name or f"W2-{level:.0%}", ctx.server.name, what)
-    meter = Meter(ctx.server.tree)
+    meter = Meter(ctx.server.tree, ctx.server.metrics)
     meter.begin()
     seconds, lateness = flow.run_rate(offered, ctx.shape.duration)
     during_send = flow.stats.received

@@ -24,6 +24,9 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import HistogramMetricFamily
+
+from protocol.hops import HOP_HELP, HOP_METRIC, HopTimes
 
 MAX_SCRAPES = 64  # connections served at once (a thread each); more are closed unanswered
 SCRAPE_DEADLINE = 10.0  # seconds a connection may take in all, request and answer
@@ -99,3 +102,11 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> tuple[st
     """Serve `registry` on host:port for the life of the process -> the address bound."""
     bound_host, bound_port = start_metrics_server(registry, host, port).server_address[:2]
     return str(bound_host), int(bound_port)
+
+
+def hop_family(prefix: str, times: HopTimes) -> HistogramMetricFamily:
+    """A part's per-hop times of sampled events as one histogram family, label `hop` (protocol.hops)."""
+    family = HistogramMetricFamily(prefix + HOP_METRIC, HOP_HELP, labels=["hop"])
+    for hop, histogram in times.hops.items():
+        family.add_metric([hop.value], histogram.buckets(), histogram.total)
+    return family

@@ -32,7 +32,12 @@ def test_quick_benchmark_runs_and_loses_nothing(tmp_path) -> None:
         assert row["error"] is None, row
         if row["workload"] in ("W1", "W4"):
             assert row["deliveries"] > 0 and row["lost"] == 0 and row["duplicated"] == 0, row
-    assert (out / "results.md").read_text().startswith("# chat-bench results")
+            hops = row["extra"]["hops"]  # the stack's sampled events, per hop
+            assert hops["gateway.round_trip"]["n"] > 0 and hops["gateway.round_trip"]["mean_ms"] > 0, hops
+            assert "transit" in hops and "worker.redis" in hops, hops
+    markdown = (out / "results.md").read_text()
+    assert markdown.startswith("# chat-bench results")
+    assert "## Where the milliseconds go (per hop)" in markdown
 
 
 @pytest.mark.skipif(find_binary("ngircd") is None, reason="ngircd is not installed (make bench installs it as root)")
