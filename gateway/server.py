@@ -88,6 +88,7 @@ class GatewayConfig:
     heartbeat: float = 1.0
     liveness: int = 3
     resend_after: float = 5.0
+    hop_sample: int = 0  # time one event in N at every hop (protocol.hops); 0: none
     max_connections: int = 20_000  # 0: no limit
     max_per_address: int = 256  # 0: no limit
     proxy_protocol: bool = False  # behind HAProxy `send-proxy(-v2)`: the client's address comes first
@@ -213,6 +214,7 @@ class Gateway(BrokerLink, Delivery):
         frames = session.next_frame(trio.current_time())
         if frames is not None:
             self.metrics.events_sent += 1
+            self._sample_sent(session.cid, frames)
             self.to_broker.put_nowait(frames)
         client = self.clients.get(session.cid)
         if session.finished and client is None:
@@ -352,5 +354,6 @@ class Gateway(BrokerLink, Delivery):
             lines = lines[:room]
             client.push(client.door.notice(UNAVAILABLE))
         self.metrics.lines_in += len(lines)
+        self._sample_read(session)
         session.add_lines(lines)
         self._advance(session)

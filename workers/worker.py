@@ -45,6 +45,7 @@ import zmq
 
 from protocol import codec
 from protocol.errors import DecodeError
+from protocol.hops import is_sampled
 from protocol.messages import (
     Connected,
     Disconnected,
@@ -128,6 +129,7 @@ class Handler:
         # broker epochs a script refused: their dispatches are dropped unread (by equality, not
         # order: a Redis that lost its data counts epochs from 1 again, and those must be served)
         self.fenced_epochs: deque[int] = deque(maxlen=FENCED_EPOCHS)
+        self.sampled = False  # the dispatch being handled holds a sampled event (protocol.hops)
 
     @property
     def metrics(self) -> WorkerMetrics:
@@ -180,6 +182,7 @@ class Handler:
             except DecodeError as exc:
                 self._malformed(f"a malformed key: {exc}")
                 continue
+            self.sampled = self.sampled or is_sampled(key_frame)
             try:
                 msg = codec.decode(body)
             except DecodeError as exc:
@@ -310,7 +313,12 @@ class BrokerLink:
         except zmq.Again:
             return
         self.last_heard = time.monotonic()
-        done = handler.frames(frames, time.time(), time.monotonic())
+        redis_before = handler.metrics.redis_spent
+        done = handler.frames(frames, time.time(), self.last_heard)
+        if handler.sampled:  # timed up to its Done going out: the send is transit
+            handler.sampled = False
+            handler.metrics.sampled_dispatch(time.monotonic() - self.last_heard,
+                                             handler.metrics.redis_spent - redis_before)
         if done.events or done.publish:
             self.sock.send_multipart(codec.done_frames(done))
             self.last_sent = time.monotonic()
@@ -353,7 +361,7 @@ def run_worker(config: WorkerConfig) -> None:
     stopping = Stopping().install()
     client = open_redis(config.redis_url, timeout=config.redis_timeout, ca_file=config.redis_ca)
     metrics = WorkerMetrics()  # under the pool's multiprocess mode, its values go to the pool's directory
-    store = Store(client, config.prefix, config.max_rooms, config.history_ttl, metrics.redis_round_trip.observe,
+    store = Store(client, config.prefix, config.max_rooms, config.history_ttl, metrics.redis_observed,
                   durability=durability(config))
     handler = Handler(Chat(store, config.limits, metrics), Breaker(config.breaker_cooldown))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
