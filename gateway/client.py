@@ -75,7 +75,7 @@ TLS_RECORD = 16384  # the most one TLS read returns (a record's plaintext)
 class Parking(Protocol):
     """Where idle clients wait without a task of their own (gateway.idle)."""
 
-    def park(self, client: Client) -> None: ...
+    def park(self, client: Client) -> bool: ...
 
     def rouse(self, client: Client) -> None: ...
 
@@ -336,10 +336,11 @@ class Client:
                             await trio.lowlevel.checkpoint()  # a client that keeps sending lets the others run
                         received = self._receive_nowait()
                     if received is None:
+                        if self.closing is not None:
+                            return False
                         if self._park():
                             return True
-                        readable = True  # decrypted TLS input waits: read it
-                        continue
+                        received = await self._receive()  # decrypted TLS input waits, or no parking
                 else:
                     received = await self._receive_by(self._deadline if not self.door.ready else math.inf)
                     if received is None:
@@ -372,13 +373,11 @@ class Client:
             return None
 
     def _park(self) -> bool:
-        """Idle: hand the connection to the watcher -> False if it must keep its task."""
+        """Idle: hand the connection to the watcher -> False if it must keep its task for now."""
         parking = self._hooks.parking
-        if self.closing is not None or (self._tls and self.sock.pending()):  # type: ignore[attr-defined]
+        if self._tls and self.sock.pending():  # type: ignore[attr-defined]
             return False
-        assert parking is not None
-        parking.park(self)
-        return True
+        return parking is not None and parking.park(self)
 
     async def _receive_by(self, deadline: float) -> bytes | None:
         """The next read, or None when `deadline` passed first."""

@@ -18,6 +18,7 @@ with its last descriptor).
 
 from __future__ import annotations
 
+import contextlib
 import select
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -44,22 +45,36 @@ class IdleWatcher:
     def __len__(self) -> int:
         return len(self._parked)
 
-    def park(self, client: Client) -> None:
-        """Watch the client's socket; `wake` gets the client when it wakes."""
+    def park(self, client: Client) -> bool:
+        """Watch the client's socket; `wake` gets the client when it wakes. False: the set
+        refused it (out of kernel memory): the client keeps its task."""
         fd = client.sock.fileno()
-        if not client.watched:
-            self._epoll.register(fd, ARMED)
-            client.watched = True
-        else:
-            self._epoll.modify(fd, ARMED)  # in the set since its first park, disarmed
+        try:
+            self._arm(fd, client.watched)
+        except (FileExistsError, FileNotFoundError):  # the set knew better (a descriptor reused)
+            try:
+                self._arm(fd, not client.watched)
+            except OSError:
+                return False
+        except OSError:
+            return False
+        client.watched = True
         self._parked[fd] = client
+        return True
+
+    def _arm(self, fd: int, watched: bool) -> None:
+        if watched:
+            self._epoll.modify(fd, ARMED)  # in the set since its first park, disarmed
+        else:
+            self._epoll.register(fd, ARMED)
 
     def rouse(self, client: Client) -> None:
         """Hand a parked client back now (to close it); no-op if it is not parked."""
         fd = client.sock.fileno()
         if self._parked.get(fd) is client:
             del self._parked[fd]
-            self._epoll.modify(fd, 0)
+            with contextlib.suppress(OSError):  # disarmed, or gone: it is not watched either way
+                self._epoll.modify(fd, 0)
             self._wake(client)
 
     async def run(self) -> None:
