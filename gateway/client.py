@@ -188,6 +188,11 @@ class Client:
         self._scope = None
         return "connection reset" if self.broken else ""
 
+    def park_new(self) -> bool:
+        """Park a client nothing was read from yet -> False: it needs its task (`serve`)
+        now (its door must be read by a deadline, or parking is off)."""
+        return self.door.ready and self.closing is None and not self.broken and self._park()
+
     def _end(self) -> None:
         """The connection is over: cancel its task, or wake it from the parking to end."""
         if self._scope is not None:

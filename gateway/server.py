@@ -185,7 +185,10 @@ class Gateway(BrokerLink, Delivery):
         port = address[1]  # the same port again when the listener reopens
 
         def on_accept(sock: socket.socket) -> None:
-            self._nursery.start_soon(self._handle, sock, context, make_door)
+            if context is None and not self.config.proxy_protocol:
+                self._let_in_now(sock, make_door)  # nothing to wait for: no task unless it must read
+            else:
+                self._nursery.start_soon(self._handle, sock, context, make_door)
 
         self.acceptors.append(accept.Acceptor(listener, on_accept, lambda: accept.listen(host, port, reuse)))
         return address
@@ -253,19 +256,37 @@ class Gateway(BrokerLink, Delivery):
                 self.metrics.refuse(exc.cause)  # by cause: the peer and the detail are in the log
                 log.warning("refused: %s", exc)
                 return
-            door = make_door()
-            refusal = self._refusal(peer.rpartition(":")[0])
-            if refusal is not None:
-                self.metrics.refuse(refusal[0])
-                with contextlib.suppress(OSError):  # best effort: it is being refused anyway
-                    sock.send(door.refuse(refusal[1]))
-                return
-            client = self._admit(sock, peer, door)  # the client's from now on: `_closed` closes it
-            await self._run_client(client, first)
+            client = self._let_in(sock, peer, make_door())  # the client's from now on: `_closed` closes it
+            if client is not None:
+                await self._run_client(client, first)
         finally:
             if client is None:
                 self._handling -= 1
                 self._close_socket(sock)
+
+    def _let_in_now(self, sock: socket.socket, make_door: Callable[[], Door]) -> None:
+        """A plain connection, no PROXY header to read: let it in at once, and park it
+        unless its door must be read by a deadline (then it gets its task)."""
+        self._handling += 1
+        client: Client | None = None
+        try:
+            client = self._let_in(sock, accept.peer_of(sock), make_door())
+        finally:
+            if client is None:
+                self._handling -= 1
+                self._close_socket(sock)
+        if client is not None and not client.park_new():
+            self._nursery.start_soon(self._run_client, client)
+
+    def _let_in(self, sock: socket.socket, peer: str, door: Door) -> Client | None:
+        """Admit the connection -> its client, or None: refused (and told why)."""
+        refusal = self._refusal(peer.rpartition(":")[0])
+        if refusal is not None:
+            self.metrics.refuse(refusal[0])
+            with contextlib.suppress(OSError):  # best effort: it is being refused anyway
+                sock.send(door.refuse(refusal[1]))
+            return None
+        return self._admit(sock, peer, door)
 
     def _close_socket(self, sock: socket.socket) -> None:
         if isinstance(sock, ssl.SSLSocket):
