@@ -183,7 +183,6 @@ def test_an_idle_connection_costs_little_memory(backend: Cluster) -> None:
             for client in [warm, *clients]:
                 client.close()
         per_connection = (after - before) / n
-        print(f"{per_connection:.0f} bytes per idle connection")
         assert per_connection < bound, f"{per_connection:.0f} bytes per idle connection"
 
 
