@@ -14,24 +14,22 @@ the tree it is started from, so the same command in an older checkout
 from __future__ import annotations
 
 import argparse
-import inspect
 import socket
 import time
 
 import trio
 import zmq
 
-from gateway.client import Client
+from gateway.client import Client, ClientHooks
 from gateway.server import Gateway, GatewayConfig
 from protocol import codec
+from protocol.doors import Door, IrcDoor, LineDoor, WebDoor
+from protocol.irc import IrcSettings
 from protocol.messages import Batch, BatchItem, ChatEvent, Deliver, EventType, Mark, SetMode, topic_of
+from protocol.websocket import WebConfig
 
 
-def _door(view: str) -> object:
-    from protocol.doors import IrcDoor, LineDoor, WebDoor  # only in trees with doors
-    from protocol.irc import IrcSettings
-    from protocol.websocket import WebConfig
-
+def _door(view: str) -> Door:
     if view == "irc":
         irc = IrcDoor(IrcSettings("irc.bench"))
         irc.conn.registered, irc.conn.nick = True, "bench"
@@ -44,12 +42,8 @@ def _door(view: str) -> object:
 
 
 def _client(gateway: Gateway, cid: str, sock: socket.socket, view: str) -> Client:
-    spawn = gateway._nursery.start_soon
-    if "door" in inspect.signature(Client).parameters:
-        return Client(cid, sock, _door(view), gateway.config.limits, spawn)  # type: ignore[arg-type]
-    if view in ("ws", "irc"):
-        raise SystemExit(f"this tree has no {view} door")
-    return Client(cid, sock, gateway.config.limits, spawn)  # type: ignore[call-arg]
+    hooks = ClientHooks(gateway.config.limits, gateway._nursery.start_soon, gateway._on_lines, None, None, None)
+    return Client(cid, sock, _door(view), "bench", hooks)
 
 
 async def run(clients: int, rounds: int, view: str) -> tuple[float, int]:

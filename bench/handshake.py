@@ -186,3 +186,39 @@ def open_clients(loop: Loop, specs: Sequence[ClientSpec], timeout: float, window
     if not finished:
         raise HandshakeFailed(f"only {opener.n_ready} of {len(specs)} clients registered within {timeout:.0f}s")
     return [conn for conn in opener.conns if conn is not None]
+
+
+def settle(loop: Loop, conns: Sequence[Conn], timeout: float, speech: str = dialect.CHAT) -> int:
+    """Let every connection read what registration left on its way to it -> the lines read (pongs left out);
+    raise HandshakeFailed if a pong does not come.
+
+    A client is registered on its own `you joined`, but the notices of
+    members who joined after it may still be on their way when the last
+    one registers, and a measurement would count them as stray lines. Each
+    connection sends a ping and reads (ignoring) everything up to its pong:
+    the server wrote those notices before it, on the same connection.
+    """
+    irc = speech == dialect.IRC
+    ping = dialect.PING_READY if irc else b"/ping" if speech == dialect.WS else b"/ping\n"
+    waiting: set[int] = set()
+    read = 0
+
+    def until_pong(conn: Conn, lines: list[bytes], now: int) -> None:
+        nonlocal read
+        for i, line in enumerate(lines):
+            if irc and (answer := dialect.pong(line)) is not None:
+                conn.send(answer)
+            elif (dialect.command_of(line) == b"PONG") if irc else line == b"* pong":
+                waiting.discard(id(conn))
+                conn.handler = ignore_lines
+                ignore_lines(conn, lines[i + 1:], now)
+                return
+            read += 1
+
+    for conn in conns:
+        waiting.add(id(conn))
+        conn.handler = until_pong
+        conn.send(ping)
+    if not loop.run(lambda: not waiting, time.monotonic() + timeout):
+        raise HandshakeFailed(f"{len(waiting)} of {len(conns)} clients had no answer to a ping within {timeout:.0f}s")
+    return read

@@ -7,19 +7,23 @@ process of the server under test (per-PID utime+stime differences, see
 `procstats`). CPU per 100,000 deliveries divides the server's CPU by all
 the deliveries of the measured phase, drain included, as they were paid
 for in it. Latencies are summarised as p50/p99/max and as a histogram on
-log-spaced bins for the plot.
+log-spaced bins for the plot. Given the stack's metrics endpoints, the meter
+also reads the per-hop times of the sampled events before and after
+(bench.hops) into `extra["hops"]`, outside the CPU it counts.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import os
 import time
 from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.procstats import ProcessTree, Sample, cpu_used, own_cpu
+from bench import hops
+from bench.procstats import ProcessTree, Sample, cpu_used, own_cpu, run_queue_by_part, run_queue_wait
 
 SATURATED = 0.9  # a load generator above this share of one core may be what limits the figures
 HIST_EDGES_MS = [0.01 * (10 ** (i / 10)) for i in range(61)]  # 10 us .. 10 s, 10 bins a decade
@@ -55,15 +59,20 @@ class Result:
 
 
 class Meter:
-    def __init__(self, tree: ProcessTree | None) -> None:
+    def __init__(self, tree: ProcessTree | None, metrics: dict[str, str] | None = None) -> None:
         self.tree = tree
+        self.metrics = metrics or {}  # part -> HOST:PORT of its metrics: the per-hop times
         self._wall = 0.0
         self._own = 0.0
         self._snap: dict[int, Sample] = {}
+        self._hops: hops.Snapshot | None = None
+        self._own_runq = 0.0
 
     def begin(self) -> None:
+        self._hops = hops.scrape(self.metrics) if self.metrics else None
         self._snap = self.tree.snapshot() if self.tree is not None else {}
         self._own = own_cpu()
+        self._own_runq = run_queue_wait(os.getpid())
         self._wall = time.monotonic()
 
     def end(self, result: Result, deliveries: int) -> None:
@@ -71,9 +80,20 @@ class Meter:
         share = (own_cpu() - self._own) / wall
         result.loadgen_cpu_share = round(share, 3)
         result.loadgen_saturated = share > SATURATED
-        if self.tree is None:
-            return
-        total, by_part = cpu_used(self._snap, self.tree.snapshot())
+        if self.tree is not None:
+            self._cpu(result, deliveries)
+        if self._hops is not None:
+            result.extra["hops"] = hops.summary(self._hops, hops.scrape(self.metrics))
+
+    def _cpu(self, result: Result, deliveries: int) -> None:
+        assert self.tree is not None
+        after = self.tree.snapshot()
+        total, by_part = cpu_used(self._snap, after)
+        wall = max(time.monotonic() - self._wall, 1e-9)
+        waited = run_queue_by_part(self._snap, after)
+        waited["load-gen"] = run_queue_wait(os.getpid()) - self._own_runq
+        if any(waited.values()):  # ms a second that each part's threads were runnable but not running
+            result.extra["run_queue_ms_per_s"] = {part: round(s / wall * 1000, 1) for part, s in sorted(waited.items())}
         result.server_cpu_s = round(total, 3)
         result.cpu_by_part = {part: round(cpu, 3) for part, cpu in sorted(by_part.items())}
         if deliveries:

@@ -6,11 +6,15 @@ walks each root's process tree again (a worker may have been restarted)
 and reads utime+stime and RSS of every process in it, Valkey included.
 The CPU a workload cost is the sum of the per-PID differences between two
 snapshots; processes are grouped by part (gateway, broker, worker, valkey
-...) so the report can say where the time went.
+...) so the report can say where the time went. A snapshot also reads how
+long the threads of each process waited on a run queue, runnable but not
+running (/proc/PID/task/TID/schedstat): on a machine with fewer cores than
+busy processes, that is where latency goes that no hop of ours shows.
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 from dataclasses import dataclass
@@ -29,6 +33,23 @@ class Sample:
     part: str
     cpu: float  # seconds, user + system
     rss: int  # bytes
+    runq: float = 0.0  # seconds its threads waited on a run queue (0 where the kernel does not say)
+
+
+def run_queue_wait(pid: int) -> float:
+    """Seconds the threads of `pid` spent runnable but waiting for a CPU, so far."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):  # a thread that ended meanwhile, or no schedstats
+            continue
+    return total / 1e9
 
 
 def part_of(proc: psutil.Process) -> str:
@@ -73,7 +94,7 @@ class ProcessTree:
                     part = self._parts.get(proc.pid) or self._parts.setdefault(proc.pid, part_of(proc))
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 continue
-            samples[proc.pid] = Sample(part, times.user + times.system, rss)
+            samples[proc.pid] = Sample(part, times.user + times.system, rss, run_queue_wait(proc.pid))
         return samples
 
     def settle(self, idle_share: float = 0.05, limit: float = 15.0, step: float = 0.25) -> float:
@@ -96,6 +117,15 @@ def cpu_used(before: dict[int, Sample], after: dict[int, Sample]) -> tuple[float
         start = before[pid].cpu if pid in before else 0.0
         by_part[sample.part] = by_part.get(sample.part, 0.0) + max(0.0, sample.cpu - start)
     return sum(by_part.values()), by_part
+
+
+def run_queue_by_part(before: dict[int, Sample], after: dict[int, Sample]) -> dict[str, float]:
+    """Seconds spent waiting on a run queue between two snapshots, by part."""
+    by_part: dict[str, float] = {}
+    for pid, sample in after.items():
+        start = before[pid].runq if pid in before else 0.0
+        by_part[sample.part] = by_part.get(sample.part, 0.0) + max(0.0, sample.runq - start)
+    return by_part
 
 
 def rss_by_part(snapshot: dict[int, Sample]) -> dict[str, int]:

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench import hops
 from bench.measure import HIST_EDGES_MS, Result
 
 COLUMNS = ("workload", "server", "deliveries/s", "msgs/s", "p50 ms", "p99 ms", "max ms", "lost", "reord.",
@@ -182,6 +183,9 @@ def markdown(results: list[Result], meta: dict[str, Any]) -> str:
     side = side_by_side(results)
     if len(side) > 1:
         parts += ["\n## Servers side by side\n", table(SIDE_COLUMNS, side)]
+    hop_rows = hops.rows(results)
+    if hop_rows:
+        parts += ["\n## Where the milliseconds go (per hop)\n", table(hops.COLUMNS, hop_rows), "\n" + hops.LEGEND]
     cost_rows = costs(results)
     if cost_rows:
         parts += ["\n## What CURVE and TLS cost (W1)\n",

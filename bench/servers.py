@@ -10,11 +10,16 @@ it. `attach_target` finds the processes behind `--target` ports, when it
 can, so their CPU can be counted too. `start_irc_peer` runs ngIRCd or
 InspIRCd (`bench.peers`), `start_stack_irc` the stack with its IRC door:
 both are driven in the IRC dialect. `start_stack_ws` runs the stack with
-its web door (`--web-port`), driven over WebSocket.
+its web door (`--web-port`), driven over WebSocket. A stack started here
+times one event in HOP_SAMPLE at every hop (`CHAT_HOP_SAMPLE`, unless the
+environment sets it) and says where each part's metrics are (`metrics`):
+the meter reads the per-hop times there (bench.hops).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import socket
 import subprocess
@@ -32,6 +37,8 @@ from stack.valkey import start_valkey
 
 Addr = tuple[str, int]
 
+HOP_SAMPLE = 20  # the stack's gateways time one event in this many at every hop (protocol.hops)
+
 
 @dataclass
 class Server:
@@ -48,6 +55,20 @@ class Server:
     connects: int | None = None  # connections not yet answered by the server at most (a small listen backlog)
     parts: list[Child] = field(default_factory=list)  # children started one by one (stack-nocurve), last first
     workdir: Path | None = None  # removed when the server stops
+    metrics: dict[str, str] = field(default_factory=dict)  # part -> HOST:PORT of its metrics (a stack)
+
+
+def metrics_of(ready_line: str) -> dict[str, str]:
+    """The parts' metrics endpoints that a chat-stack ready line names (`Metrics: broker=H:P ...`)."""
+    _, found, rest = ready_line.partition(" Metrics: ")
+    if not found:
+        return {}
+    return dict(re.findall(r"([\w.-]+)=(127\.0\.0\.1:\d+)", rest.partition(". ")[0]))
+
+
+def stack_env() -> dict[str, str]:
+    """The stack's environment: hop sampling on, unless already chosen."""
+    return {"CHAT_HOP_SAMPLE": str(HOP_SAMPLE), **os.environ}
 
 
 def _free_ports(count: int, host: str = "127.0.0.1", tries: int = 50) -> int:
@@ -105,13 +126,14 @@ def start_stack(workers: int, gateways: int, out_dir: Path, extra: tuple[str, ..
         with log.open("ab") as sink:
             try:
                 child = start(name, stack_argv(port, workers, gateways, extra=args), "chat-stack ready",
-                              timeout=60, stderr=sink.fileno())
+                              timeout=60, stderr=sink.fileno(), env=stack_env())
             except ChildFailed as exc:
                 last = exc
                 continue
         first = port + gateways if door else port
         addrs = [("127.0.0.1", first + i) for i in range(gateways)]
-        return Server(name, addrs, ProcessTree([child.pid]), child, log, dialect=door or CHAT)
+        return Server(name, addrs, ProcessTree([child.pid]), child, log, dialect=door or CHAT,
+                      metrics=metrics_of(child.ready_line))
     raise ChildFailed(f"chat-stack did not start: {last} (see {log})")
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from bench.config import Shape
 from bench.dialect import Dialect
 from bench.flows import Flow, Sender
-from bench.handshake import ClientSpec, open_clients
+from bench.handshake import ClientSpec, open_clients, settle
 from bench.loadgen import Conn, Loop, client_tls
 from bench.measure import Meter, Result, add_latency, rate
 from bench.servers import Server
@@ -91,6 +91,7 @@ def open_fanout(ctx: Context, loop: Loop, label: str,
                         oper=oper and m < shape.senders)
              for r in range(shape.rooms) for m in range(shape.members)]
     conns = ctx.open(loop, specs, label)
+    settle(loop, conns, setup_timeout(len(conns)), ctx.server.dialect)  # the later joiners' notices are read
     senders: list[Sender] = []
     ackers: dict[int, Conn] = {}
     for r in range(shape.rooms):
@@ -128,7 +129,7 @@ def fill_flow(result: Result, flow: Flow, seconds: float, during_send: int) -> N
 
 
 def windowed(ctx: Context, loop: Loop, flow: Flow, result: Result) -> Result:
-    meter = Meter(ctx.server.tree)
+    meter = Meter(ctx.server.tree, ctx.server.metrics)
     meter.begin()
     seconds = flow.run_window(ctx.shape.window, ctx.shape.duration)
     during_send = flow.stats.received
@@ -181,7 +182,7 @@ def renew(sender: Sender) -> Sender:
 def at_rate(ctx: Context, flow: Flow, level: float, offered: float, name: str = "") -> Result:
     what = f"fixed load {level:.0%} of W1 = {offered:,.0f} msgs/s offered, W1 shape"
     result = Result(name or f"W2-{level:.0%}", ctx.server.name, what)
-    meter = Meter(ctx.server.tree)
+    meter = Meter(ctx.server.tree, ctx.server.metrics)
     meter.begin()
     seconds, lateness = flow.run_rate(offered, ctx.shape.duration)
     during_send = flow.stats.received

@@ -19,8 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from protocol.hops import BROKER_HOPS, HopTimes
+from stack.metrics import hop_family
 
 PREFIX = "chat_broker_"
 
@@ -88,6 +91,7 @@ class BrokerMetrics(Collector):
         self.workers_lost = 0
         self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)  # every key from the start: never resized
         self.gauges = Gauges()
+        self.hops = HopTimes(BROKER_HOPS)  # the sampled events' (protocol.hops, broker.hops)
 
     def drop(self, cause: Drop) -> int:
         """Count one drop -> how many of that cause so far."""
@@ -100,7 +104,7 @@ class BrokerMetrics(Collector):
         registry.register(self)
         return registry
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         for attr, name, text in _COUNTERS:
             yield CounterMetricFamily(PREFIX + name, text, value=getattr(self, attr))
         drops = CounterMetricFamily(PREFIX + "drops", "Messages dropped, ignored or refused, by cause.",
@@ -108,6 +112,7 @@ class BrokerMetrics(Collector):
         for cause, count in list(self.drops.items()):
             drops.add_metric([cause.value], count)
         yield drops
+        yield hop_family(PREFIX, self.hops)
         gauges = self.gauges  # one snapshot for every gauge of this scrape
         queue = GaugeMetricFamily(PREFIX + "queue_events", "Events in the broker's queue, by state.",
                                   labels=["state"])
@@ -117,5 +122,5 @@ class BrokerMetrics(Collector):
         for attr, name, text in _GAUGES:
             yield GaugeMetricFamily(PREFIX + name, text, value=getattr(gauges, attr))
 
-    def describe(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def describe(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         return self.collect()

@@ -6,7 +6,9 @@ Two rules give the ordering guarantees of the protocol (README, "The protocol in
   events are handled in order even when consecutive ones land on
   different workers;
 - workers are served least recently used first, each up to the credit
-  it announced (ZeroMQ guide: the load-balancing broker).
+  it announced (ZeroMQ guide: the load-balancing broker); an idle worker
+  (nothing in flight) comes before a busy one with credit left, so that an
+  event never waits in a busy worker's inbox while another worker idles.
 
 A worker that is lost gives its events back to the front of their
 connections' queues, to go out again in order. Everything here is plain
@@ -116,10 +118,14 @@ class Scheduler:
         return out
 
     def _next_worker(self) -> bytes | None:
+        """The least recently used idle worker, else the least recently used one with credit."""
+        busy = None
         for worker, state in self._workers.items():
             if state.credit > 0:
-                return worker
-        return None
+                if not state.events:
+                    return worker
+                busy = busy or worker
+        return busy
 
     def _fill(self, worker: bytes) -> list[bytes]:
         state = self._workers[worker]

@@ -47,6 +47,7 @@ import time
 import zmq
 
 from broker.config import BrokerConfig
+from broker.hops import BrokerHops
 from broker.lease import Lease
 from broker.liveness import Fence, LinkWatch, Liveness
 from broker.metrics import BrokerMetrics, Drop, Gauges
@@ -86,6 +87,7 @@ class Broker:
         self.frontend, self.backend = self.sockets.frontend, self.sockets.backend
         self.pub_in, self.pub_out = self.sockets.pub_in, self.sockets.pub_out
         self.metrics = BrokerMetrics()
+        self.hops = BrokerHops(self.metrics.hops)  # sampled events' clocks (protocol.hops)
         self.keeper = LeaseKeeper(lease, config.heartbeat, config.liveness)
         self.role = self.keeper.role  # the same object for good: Role.lost() and renewed() change it
         self.pub = PubOut(self.pub_out, self.pub_in, self.metrics, self._drop, self._lose_gateway)
@@ -210,6 +212,7 @@ class Broker:
             self._drop(Drop.FOREIGN_CONNECTION_ID, "frontend: a connection ID of another gateway")
         elif self.scheduler.submit(cid, seq, (key, body)):
             self.metrics.received += 1
+            self.hops.queued(key, now)
         else:
             self.metrics.drop(Drop.DUPLICATE_EVENT)  # a gateway's resend: normal, not logged
 
@@ -236,7 +239,10 @@ class Broker:
                 self.metrics.drop(Drop.NOT_ACTIVE)
                 return
             self.metrics.done += 1
+            arrived = time.monotonic() if self.hops.answered(msg.events) else None
             self.pub.publish(msg)
+            if arrived is not None:
+                self.hops.published(arrived, time.monotonic())
             self.scheduler.done(worker, list(msg.events))
         elif not isinstance(msg, Heartbeat):
             self._drop(Drop.UNEXPECTED_MESSAGE, f"backend: {type(msg).__name__}")
@@ -245,6 +251,7 @@ class Broker:
         if not self.role.active(time.monotonic()):
             return
         for worker, frames in self.scheduler.dispatch():
+            self.hops.dispatched(frames)  # before the send: the worker may start at once
             try:  # our heartbeat first: the worker's scripts run under its epoch
                 send_frames(self.backend, [worker, self._heartbeat, *frames])
             except zmq.ZMQError as exc:  # unroutable or at the high-water mark

@@ -20,6 +20,7 @@ import errno
 import logging
 import resource
 import socket
+import sys
 from collections.abc import Callable
 
 import trio
@@ -65,6 +66,8 @@ def listen(host: str, port: int, reuse_port: bool) -> socket.socket:
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
+        if INHERITED:
+            client_options(sock)  # the accepted sockets inherit them: no system calls per client
         sock.listen(4096)
         sock.setblocking(False)
     except BaseException:
@@ -186,15 +189,26 @@ class Acceptor:
 NOTSENT_LOWAT = 1 << 14  # unsent bytes the kernel holds for a client: our queue limits count the rest
 
 
+# Linux clones an accepted socket's options from its listener's: set once there, not per client
+INHERITED = sys.platform.startswith("linux")
+
+
 def _client_socket(sock: socket.socket) -> socket.socket:
-    """Non-blocking; small writes go out at once; the kernel buffers little unsent output
-    (as Trio's SocketStream does), so a client that does not read fills our bounded queue."""
+    """Non-blocking, with the client options (`client_options`)."""
     sock.setblocking(False)
+    if not INHERITED:
+        client_options(sock)
+    return sock
+
+
+def client_options(sock: socket.socket) -> None:
+    """Small writes go out at once; the kernel buffers little unsent output (as Trio's
+    SocketStream does), so a client that does not read fills our bounded queue; keepalive."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if hasattr(socket, "TCP_NOTSENT_LOWAT"):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
-    return sock
+    keep_alive(sock)
 
 
 KEEPALIVE = ((socket.SO_KEEPALIVE, 1),)

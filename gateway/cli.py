@@ -16,6 +16,7 @@ from gateway.client import ClientLimits
 from gateway.server import Gateway, GatewayConfig, IrcDoorConfig, WebDoorConfig
 from gateway.tls import TlsConfig, server_context
 from protocol import proxy
+from protocol.hops import MAX_HOP_SAMPLE
 from stack.curve import KeyFileError, client_curve
 from stack.metrics import parse_listen as parse_metrics_listen
 from stack.metrics import serve_metrics
@@ -217,6 +218,9 @@ def _metrics_listen(ctx: click.Context, param: click.Parameter, value: str | Non
 @click.option("--metrics-listen", default=None, envvar="CHAT_METRICS_LISTEN", show_envvar=True,
               callback=_metrics_listen,
               help="Serve Prometheus metrics on HOST:PORT (port 0: any free one). Default: off.")
+@click.option("--hop-sample", default=0, envvar="CHAT_HOP_SAMPLE", show_envvar=True,
+              type=click.IntRange(0, MAX_HOP_SAMPLE),
+              help="Time one client event in N at every hop (the chat_*_hop_seconds metrics); 0: off.")
 @click.option("--curve-secret", default=None, envvar="CHAT_CURVE_SECRET", show_envvar=True,
               type=click.Path(dir_okay=False), help="This part's secret key file (NAME.key_secret): CURVE on.")
 @click.option("--curve-server", default=None, envvar="CHAT_CURVE_SERVER", show_envvar=True,
@@ -231,7 +235,7 @@ def main(listen: str, tls_listen: str | None, tls_cert: str | None, tls_key: str
          max_bad_lines: int, half_close_wait: float,
          max_connections: int, max_per_address: int, proxy_protocol: bool, trusted_proxies: str,
          reuse_port: bool, heartbeat: float, liveness: int,
-         resend_after: float, metrics_listen: tuple[str, int] | None, curve_secret: str | None,
+         resend_after: float, metrics_listen: tuple[str, int] | None, hop_sample: int, curve_secret: str | None,
          curve_server: str | None, log_level: str, log_format: str) -> None:
     """Accept chat clients over TCP and bridge them to the broker."""
     if name and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
@@ -253,7 +257,7 @@ def main(listen: str, tls_listen: str | None, tls_cert: str | None, tls_key: str
                           rate=rate_limit, burst=rate_burst, max_waiting_lines=max_waiting_lines,
                           max_bad_lines=max_bad_lines)
     config = GatewayConfig(host=host, port=port, frontend=frontend, pub_out=pub_out, name=name,
-                           heartbeat=heartbeat, liveness=liveness, resend_after=resend_after,
+                           heartbeat=heartbeat, liveness=liveness, resend_after=resend_after, hop_sample=hop_sample,
                            max_connections=max_connections,
                            max_per_address=max_per_address, proxy_protocol=proxy_protocol,
                            trusted_proxies=trusted,

@@ -1,5 +1,5 @@
-"""One client connection: a raw non-blocking socket served by one task,
-with output written straight to the kernel whenever it takes it.
+"""One client connection: a raw non-blocking socket served by a task while
+it is busy, with output written straight to the kernel whenever it takes it.
 
 Input: the connection's task (`serve`) waits for the socket to be
 readable, has its door (`protocol.doors`: the line protocol, IRC or
@@ -17,12 +17,24 @@ client registered, a browser upgraded to WebSocket) by its deadline is cut
 too. When the client half-closes (a FIN: it may still read), its task lets
 out what its lines caused before it ends.
 
+Idle: a ready client (registered, upgraded) whose socket has nothing more
+to read and that owes the rate limit nothing is parked (`gateway.idle`): its
+task ends, and the one watcher of the gateway starts a new one when the
+socket wakes (input, a FIN, an error) or when the connection must end. A
+ready client's task never waits on its socket: it reads while there is
+input (letting other tasks run between reads) and parks once a read comes
+back short (the watcher's epoll is level-triggered: what came meanwhile
+wakes it at once).
+What a task kept between reads (the token buckets, the registration
+deadline) lives on the client. A client that is not ready keeps its task,
+which waits on the socket until its deadline.
+
 Output: the gateway `push`es rendered lines, then `flush`es each client it
 pushed to once per burst of replies: one `send` system call per client per
 burst, made by the task that delivers, with no task switch. Only what the
 kernel does not take becomes a backlog, and only then does a writer task
-exist, for as long as the backlog does. An idle connection is one task and
-a few small objects. Pushed and backlogged output is bounded in lines and
+exist, for as long as the backlog does. An idle connection is a few small
+objects and no task. Pushed and backlogged output is bounded in lines and
 bytes: a client that does not read is told why and disconnected.
 
 TLS: the socket may be one wrapped by OpenSSL (`gateway.tls`). It is read
@@ -38,7 +50,8 @@ import math
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -55,6 +68,16 @@ REGISTRATION_TIMEOUT = "registration timeout"  # `closing` (and what it is told)
 WRITE_ERRORS = (OSError, trio.ClosedResourceError, trio.BusyResourceError)
 # nothing moved now, try again when the socket is ready (OpenSSL says it its way on a TLS socket)
 WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+READ_SIZE = 65536
+TLS_RECORD = 16384  # the most one TLS read returns (a record's plaintext)
+
+
+class Parking(Protocol):
+    """Where idle clients wait without a task of their own (gateway.idle)."""
+
+    def park(self, client: Client) -> bool: ...
+
+    def rouse(self, client: Client) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,68 +93,112 @@ class ClientLimits:
     bad_line_rate: float = 1.0  # bad lines a second that a client may keep sending; 0 with rate 0
 
 
+@dataclass(frozen=True, slots=True)
+class ClientHooks:
+    """What all clients of a gateway share: one object, not a closure (or a field) per connection.
+
+    `on_lines(client, lines)` takes each read's lines; `on_open` runs when a door that was
+    not a chat connection becomes one (a WebSocket upgrade), before its first lines go on;
+    `on_eof` runs at the client's end of input (a FIN: it may still read) before the
+    connection closes: it lets the replies out. `parking` holds idle clients.
+    """
+
+    limits: ClientLimits
+    spawn: Spawn  # starts a task in the gateway's nursery: the writer for a backlog
+    on_lines: OnLines
+    on_eof: OnEof | None
+    on_open: OnOpen | None
+    parking: Parking | None  # None: every connection keeps its task
+    unlimited: TokenBucket = field(default_factory=lambda: TokenBucket(0.0, 1, 0.0))  # rate 0: one for all
+
+
 class Client:
     __slots__ = (
         "_backlog",
+        "_bad",
+        "_bucket",
         "_bytes",
+        "_deadline",
+        "_hooks",
         "_lines",
         "_pending",
         "_reader_lot",
         "_scope",
-        "_spawn",
         "_tls",
         "_writer",
         "broken",
         "cid",
         "closing",
         "door",
-        "limits",
+        "peer",
         "sock",
+        "watched",
     )
 
-    def __init__(self, cid: str, sock: socket.socket, door: Door, limits: ClientLimits, spawn: Spawn) -> None:
+    def __init__(self, cid: str, sock: socket.socket, door: Door, peer: str, hooks: ClientHooks,
+                 deadline: float = math.inf) -> None:
         self.cid = cid
         self.sock = sock
         self.door = door  # what the bytes mean, how deliveries are shown (protocol.doors)
-        self.limits = limits
+        self.peer = peer  # the client's "host:port"
         self.closing: str | None = None
         self.broken = False
-        self._spawn = spawn  # starts the writer task when there is a backlog
+        self._hooks = hooks
+        self._deadline = deadline  # to be `ready` by (registered, upgraded), or be cut
         self._tls = isinstance(sock, ssl.SSLSocket)  # OpenSSL may hold decrypted input: read it first
-        self._pending: list[bytes] = []  # pushed since the last flush
+        self._pending: list[bytes] | None = None  # pushed since the last flush
         self._backlog: list[bytes] | None = None  # what the kernel did not take; None: no writer
         self._writer: trio.CancelScope | None = None
         self._lines = 0  # lines pushed and not yet taken by the kernel
         self._bytes = 0
-        self._scope: trio.CancelScope | None = None  # the connection's task
+        self._scope: trio.CancelScope | None = None  # the connection's task, while it has one
         self._reader_lot: trio.lowlevel.ParkingLot | None = None
+        self._bucket: TokenBucket | None = None  # the rate limit, from the first read on
+        self._bad: TokenBucket | None = None  # the bad lines' allowance, likewise
+        self.watched = False  # its socket is in the idle watcher's epoll set (gateway.idle)
+
+    @property
+    def limits(self) -> ClientLimits:
+        return self._hooks.limits
 
     # --- the connection's task ------------------------------------------------
 
-    async def serve(self, on_lines: OnLines, first: bytes = b"", on_eof: OnEof | None = None,
-                    on_open: OnOpen | None = None, deadline: float = math.inf) -> str:
-        """Read (`first`, then the socket) until the connection ends -> '' or 'connection reset'.
+    async def serve(self, first: bytes = b"", readable: bool = False) -> str | None:
+        """Read (`first`, then the socket) while the connection is busy.
 
-        `on_open` runs when a door that was not a chat connection becomes one
-        (a WebSocket upgrade), before its first lines go on. At the client's
-        end of input (a FIN: it may still be reading), `on_eof` runs before the
-        connection closes: it lets the replies out.
+        -> None: it went idle and is parked (gateway.idle), no task needed until
+        it wakes (then `serve` it again, `readable`); '' or 'connection reset': the
+        connection ended.
         """
-        with trio.CancelScope() as self._scope:
+        hooks = self._hooks
+        with trio.CancelScope() as scope:
+            self._scope = scope
             try:
-                await self._read_loop(on_lines, first, on_open, deadline)
-                if on_eof is not None and self.closing is None and not self.broken:
-                    await on_eof(self)
-                    self.close_after(b"", "end of input")
+                if self.closing is None and not self.broken:
+                    if await self._read_loop(first, readable):
+                        self._scope = None  # parked: the watcher has it now
+                        return None
+                    if hooks.on_eof is not None and self.closing is None and not self.broken:
+                        await hooks.on_eof(self)
+                        self.close_after(b"", "end of input")
             except (OSError, trio.ClosedResourceError):
                 self.broken = True
             if not self.broken and self.closing is not None and self._backlog is not None:
                 await trio.sleep_forever()  # the writer ends the connection once the backlog is out
+        self._scope = None
         return "connection reset" if self.broken else ""
 
+    def park_new(self) -> bool:
+        """Park a client nothing was read from yet -> False: it needs its task (`serve`)
+        now (its door must be read by a deadline, or parking is off)."""
+        return self.door.ready and self.closing is None and not self.broken and self._park()
+
     def _end(self) -> None:
+        """The connection is over: cancel its task, or wake it from the parking to end."""
         if self._scope is not None:
             self._scope.cancel()
+        elif self._hooks.parking is not None:
+            self._hooks.parking.rouse(self)
 
     # --- output -------------------------------------------------------------
 
@@ -142,16 +209,20 @@ class Client:
         limits = self.limits
         if self._lines >= limits.max_queue_lines or self._bytes + len(data) > limits.max_queue_bytes:
             return False
-        self._pending.append(data)
+        if self._pending is None:
+            self._pending = [data]
+        else:
+            self._pending.append(data)
         self._lines += 1
         self._bytes += len(data)
         return True
 
     def flush(self) -> None:
         """Hand what was pushed to the kernel; a backlog goes to the writer."""
-        if self._pending:
-            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-            self._pending.clear()
+        pending = self._pending
+        if pending:
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            self._pending = None
             if self._backlog is not None:  # keep the order: the writer sends it after the rest
                 self._backlog.append(data)
             else:
@@ -175,14 +246,17 @@ class Client:
         self._backlog = [rest]
         self._bytes = len(rest)
         self._lines = rest.count(b"\n")
-        self._spawn(self._write_backlog)
+        self._hooks.spawn(self._write_backlog)
 
     def close_after(self, last: bytes, reason: str) -> None:
         """Send `last` after what is queued, then close; later output is dropped."""
         if self.closing is not None:
             return
         if last:
-            self._pending.append(last)
+            if self._pending is None:
+                self._pending = [last]
+            else:
+                self._pending.append(last)
         self.closing = reason
         if self._writer is not None:  # a backlog under way gets the grace period, no more
             self._writer.deadline = min(self._writer.deadline, trio.current_time() + self.limits.close_grace)
@@ -214,8 +288,9 @@ class Client:
             sent = 0
         rest = data[sent:]
         self._backlog = [rest] if rest else []
-        self._bytes = len(rest) + sum(map(len, self._pending))
-        self._lines = rest.count(b"\n") + len(self._pending)
+        pending = self._pending or ()
+        self._bytes = len(rest) + sum(map(len, pending))
+        self._lines = rest.count(b"\n") + len(pending)
 
     # --- input ------------------------------------------------------------------
 
@@ -235,50 +310,79 @@ class Client:
             if not (self._tls and self.sock.pending()):  # type: ignore[attr-defined]
                 await trio.lowlevel.wait_readable(self.sock)
             try:
-                return self.sock.recv(65536)
+                return self.sock.recv(READ_SIZE)
             except WOULD_BLOCK:
                 continue  # woken without data (or half a TLS record): wait again
 
-    async def _read_loop(self, on_lines: OnLines, first: bytes, on_open: OnOpen | None, deadline: float) -> None:
-        """Read until EOF; `on_lines(client, lines)` gets each read's lines.
+    async def _read_loop(self, data: bytes, readable: bool) -> bool:
+        """Read until EOF (-> False) or until idle (-> True: parked); each read's lines go on.
 
         The door (`protocol.doors`) says what the bytes mean. Every read costs
         the client tokens (`read_cost`): lines over the rate wait here, and
         while they (or a debt) wait, nothing more is read: the client's own
         TCP window then holds it back. A read of too many lines, or more bad
         lines than the client's allowance, cuts it off; so does not being
-        `ready` (registered, upgraded) by `deadline`.
+        `ready` (registered, upgraded) by its deadline. A ready client with
+        nothing owed and nothing to read is parked.
         """
-        limits = self.limits
-        now = trio.current_time()
-        bucket = TokenBucket(limits.rate, limits.burst, now)
-        bad = TokenBucket(limits.bad_line_rate if limits.rate > 0 else 0.0, limits.max_bad_lines, now)
-        data = first
-        chatting = self.door.chatting
+        hooks = self._hooks
+        fresh = True  # no read yet in this task
         while self.closing is None:
             if not data:
-                if (debt := bucket.debt_delay(trio.current_time())) > 0:
+                if self._bucket is not None and (debt := self._bucket.debt_delay(trio.current_time())) > 0:
                     await trio.sleep(debt)
-                received = await self._receive_by(deadline if not self.door.ready else math.inf)
-                if received is None:
-                    self.close_after(self.door.end(REGISTRATION_TIMEOUT), REGISTRATION_TIMEOUT)
-                    return
+                    readable = True
+                if self.door.ready and hooks.parking is not None:
+                    # a short read took all there was: park at once (the watcher's epoll is level-
+                    # triggered: input that came meanwhile wakes it at once); else read on
+                    received = None
+                    if readable:
+                        if not fresh:
+                            await trio.lowlevel.checkpoint()  # a client that keeps sending lets the others run
+                        received = self._receive_nowait()
+                    if received is None:
+                        if self.closing is not None:
+                            return False
+                        if self._park():
+                            return True
+                        received = await self._receive()  # decrypted TLS input waits, or no parking
+                else:
+                    received = await self._receive_by(self._deadline if not self.door.ready else math.inf)
+                    if received is None:
+                        self.close_after(self.door.end(REGISTRATION_TIMEOUT), REGISTRATION_TIMEOUT)
+                        return False
+                fresh = False
                 if not received:
-                    return
+                    return False
+                readable = len(received) >= (TLS_RECORD if self._tls else READ_SIZE)
                 data = received
-            got = self._parse(data, bucket, bad)
+            chatting = self.door.chatting
+            got = self._parse(data)
             data = b""
             if got is None:
                 self.close_after(self.door.end(FLOODING_TEXT), FLOODING_REASON)
-                return
+                return False
             if got.close is not None:
                 self.close_after(b"", got.close)
-                return
-            if not chatting and self.door.chatting:
-                chatting = True
-                if on_open is not None:
-                    on_open(self)
-            await self._forward(got.lines, bucket, on_lines)
+                return False
+            if not chatting and self.door.chatting and hooks.on_open is not None:
+                hooks.on_open(self)
+            await self._forward(got.lines)
+        return False
+
+    def _receive_nowait(self) -> bytes | None:
+        """A read if there is input now (b'': end of input); None: nothing to read."""
+        try:
+            return self.sock.recv(READ_SIZE)
+        except WOULD_BLOCK:
+            return None
+
+    def _park(self) -> bool:
+        """Idle: hand the connection to the watcher -> False if it must keep its task for now."""
+        parking = self._hooks.parking
+        if self._tls and self.sock.pending():  # type: ignore[attr-defined]
+            return False
+        return parking is not None and parking.park(self)
 
     async def _receive_by(self, deadline: float) -> bytes | None:
         """The next read, or None when `deadline` passed first."""
@@ -288,15 +392,28 @@ class Client:
             return await self._receive()
         return None
 
-    def _parse(self, data: bytes, bucket: TokenBucket, bad: TokenBucket) -> Input | None:
+    def _buckets(self, now: float) -> tuple[TokenBucket, TokenBucket]:
+        """The rate limit and the bad lines' allowance, made at the first read."""
+        if self._bucket is None or self._bad is None:
+            limits = self.limits
+            if limits.rate <= 0:  # no limit: a bucket of rate 0 keeps no state, so all share one
+                self._bucket = self._bad = self._hooks.unlimited
+            else:
+                self._bucket = TokenBucket(limits.rate, limits.burst, now)
+                self._bad = TokenBucket(limits.bad_line_rate, limits.max_bad_lines, now)
+        return self._bucket, self._bad
+
+    def _parse(self, data: bytes) -> Input | None:
         """One read -> what it means (answers to bad input pushed here); None: a flooder."""
         now = trio.current_time()
+        bucket, bad = self._buckets(now)
+        limits = self.limits
         items = self.door.count_items(data)  # counted before parsing: a flood costs its sender, not the gateway
-        if self.limits.rate > 0 and items > self.limits.max_waiting_lines:
+        if limits.rate > 0 and items > limits.max_waiting_lines:
             return None
         got = self.door.feed(data)
         items = max(items, got.items)
-        if self.limits.rate > 0 and items > self.limits.max_waiting_lines:
+        if limits.rate > 0 and items > limits.max_waiting_lines:
             return None
         bad.charge(got.noise, now)
         if bad.debt_delay(now) > 0:
@@ -307,8 +424,12 @@ class Client:
             self.push(got.written(answered))
         self.flush()
         return None if answered < len(got.bad) else got
-    async def _forward(self, lines: list[str], bucket: TokenBucket, on_lines: OnLines) -> None:
+
+    async def _forward(self, lines: list[str]) -> None:
         """Hand the lines on at the rate the bucket allows."""
+        bucket = self._bucket
+        assert bucket is not None
+        on_lines = self._hooks.on_lines
         while lines and self.closing is None:
             granted = bucket.take(len(lines), trio.current_time())
             if granted:

@@ -27,6 +27,7 @@ from gateway.metrics import Drop, GatewayMetrics
 from protocol import codec
 from protocol.doors import View
 from protocol.errors import DecodeError
+from protocol.hops import Hop, is_sampled
 from protocol.messages import (
     GATEWAY_LOST_REASON,
     Batch,
@@ -60,6 +61,7 @@ class Delivery:
     rooms: RoomTable
     metrics: GatewayMetrics
     _dirty: dict[str, Client]
+    _flush_clock: float | None = None  # when the first batch answering a sampled event came, until the flush
 
     if TYPE_CHECKING:  # the rest of the gateway (gateway.server, gateway.link)
         def _check_sequence(self, frame: bytes) -> bool: ...
@@ -118,8 +120,16 @@ class Delivery:
             session = self.sessions.get(mark.cid)
             if session is not None and (in_flight := session.in_flight) is not None and session.answered(mark.seq):
                 self.metrics.latency.observe(now - in_flight.first_sent)
+                if is_sampled(in_flight.frames[0]):
+                    self._sampled_answer(now - in_flight.first_sent, now)
                 answered.append(session)
         return True
+
+    def _sampled_answer(self, round_trip: float, received: float) -> None:
+        """A sampled event's answer came (protocol.hops): its round trip; its batch's flush starts."""
+        self.metrics.hops.observe(Hop.ROUND_TRIP, round_trip)
+        if self._flush_clock is None:
+            self._flush_clock = received
 
     def _on_close(self, client: Client, close: Close) -> None:
         if close.reason == GATEWAY_LOST_REASON:  # a worker found us declared lost
@@ -170,6 +180,9 @@ class Delivery:
         for client in self._dirty.values():
             client.flush()
         self._dirty.clear()
+        if self._flush_clock is not None:
+            self.metrics.hops.observe(Hop.FLUSH, trio.current_time() - self._flush_clock)
+            self._flush_clock = None
 
     def _kick(self, client: Client, reason: str) -> None:
         log.info("closing %s: %s", client.cid, reason)

@@ -44,6 +44,7 @@ from gateway.metrics import Drop, GatewayMetrics, Gauges
 from gateway.zmq_pump import ZmqPump
 from protocol import codec
 from protocol.errors import DecodeError
+from protocol.hops import MAX_TRACKED, Hop, Sampler
 from protocol.messages import GATEWAY_GONE, Fenced, Heartbeat, topic_of
 from protocol.rooms import RoomTable
 from stack.process import set_log_instance
@@ -116,6 +117,24 @@ class BrokerLink:
             self.sub.connect(endpoint.strip())
         self.to_brokers = [ZmqPump(dealer, partial(self._on_broker, i)) for i, dealer in enumerate(self.dealers)]
         self.from_broker = ZmqPump(self.sub, self._on_batch, after_burst=self._flush)
+        self.sampler = Sampler(config.hop_sample)
+        self._read_at: dict[str, float] = {}  # connection -> when the lines of its next sampled event came
+
+    # --- per-hop times of a sample of events (protocol.hops) ------------------------
+
+    def _sample_read(self, session: Session) -> None:
+        """Lines read: the first of a session's next event may start a sampled event's clock."""
+        if self.sampler.every and not session.pending and session.cid not in self._read_at and self.sampler.pick():
+            if len(self._read_at) >= MAX_TRACKED:  # clocks of connections that left without a next event
+                del self._read_at[next(iter(self._read_at))]
+            self._read_at[session.cid] = trio.current_time()
+
+    def _sample_sent(self, cid: str, frames: list[bytes]) -> None:
+        """An event goes out: if sampled, flag its key (kept for its resends) and time its wait."""
+        if not self._read_at or (read_at := self._read_at.pop(cid, None)) is None:
+            return
+        frames[0] = codec.sampled_key(frames[0])
+        self.metrics.hops.observe(Hop.WAIT, trio.current_time() - read_at)
 
     @property
     def to_broker(self) -> ZmqPump:

@@ -10,12 +10,12 @@ one heartbeat old.
 Every refusal and every drop or cut is counted under one cause of a fixed
 enum, so a label never grows with what peers send; the log line keeps the
 detail. The event latency is a histogram kept as a list of ints: one
-`bisect` per answered event.
+`bisect` per answered event; so are the per-hop times of the sampled events
+(protocol.hops).
 """
 
 from __future__ import annotations
 
-import bisect
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from protocol.doors import DoorKind
+from protocol.hops import GATEWAY_HOPS, Histogram, HopTimes
+from stack.metrics import hop_family
 
 PREFIX = "chat_gateway_"
 # seconds: 0.25 ms to 5 s, roughly 1-2.5-5 a decade
@@ -90,31 +92,6 @@ _GAUGES = (  # attribute of Gauges, name, help
 )
 
 
-class Histogram:
-    """A Prometheus histogram as plain ints: cheap to observe from one thread, read by another."""
-
-    __slots__ = ("bounds", "counts", "total")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def buckets(self) -> list[tuple[str, float]]:
-        """Cumulative (le, count) pairs, +Inf last."""
-        counts = list(self.counts)
-        out: list[tuple[str, float]] = []
-        running = 0
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), counts, strict=True):
-            running += count
-            out.append((bound, running))
-        return out
-
-
 class GatewayMetrics(Collector):
     """The gateway's fixed metric set; the Trio loop writes, a scrape reads."""
 
@@ -130,6 +107,7 @@ class GatewayMetrics(Collector):
         self.refusals: dict[Refusal, int] = dict.fromkeys(Refusal, 0)  # every key from the start
         self.drops: dict[Drop, int] = dict.fromkeys(Drop, 0)
         self.latency = Histogram(LATENCY_BUCKETS)
+        self.hops = HopTimes(GATEWAY_HOPS)  # the sampled events' (protocol.hops)
         self.gauges = Gauges()
 
     def refuse(self, reason: Refusal) -> None:
@@ -158,6 +136,7 @@ class GatewayMetrics(Collector):
             PREFIX + "event_latency_seconds",
             "From sending a client event to the broker to receiving its answer (its Mark).",
             buckets=latency.buckets(), sum_value=latency.total)
+        yield hop_family(PREFIX, self.hops)
         gauges = self.gauges  # one snapshot for every gauge of this scrape
         for attr, name, text in _GAUGES:
             yield GaugeMetricFamily(PREFIX + name, text, value=int(getattr(gauges, attr)))
@@ -172,3 +151,4 @@ def _labelled(name: str, text: str, label: str,
     for key, count in list(values.items()):
         family.add_metric([key.value], count)
     return family
+

@@ -9,6 +9,10 @@ ID. The gateway subscribes to its own topic only. It keeps the open
 connections and their sessions with the broker (`gateway.session`), and
 nothing else: the chat's state is the workers'.
 
+A connection has a task while it is busy; an idle one is parked with the
+gateway's one watcher (gateway.idle), which starts a task for it again when
+it wakes. Its end (`_closed`) is the same either way.
+
 `Gateway` is one object in three modules: the broker link (gateway.link:
 sockets, heartbeats, broker choice, fencing and re-instancing, resends),
 the delivery of pub-out batches to clients (gateway.deliver) and, here,
@@ -41,8 +45,9 @@ import trio
 import zmq
 
 from gateway import accept, tls
-from gateway.client import FLOODING_REASON, Client, ClientLimits
+from gateway.client import FLOODING_REASON, Client, ClientHooks, ClientLimits
 from gateway.deliver import Delivery
+from gateway.idle import IdleWatcher
 from gateway.link import BrokerLink, instance_name
 from gateway.metrics import Drop, GatewayMetrics, Refusal
 from gateway.session import SeenEvents, Session
@@ -83,6 +88,7 @@ class GatewayConfig:
     heartbeat: float = 1.0
     liveness: int = 3
     resend_after: float = 5.0
+    hop_sample: int = 0  # time one event in N at every hop (protocol.hops); 0: none
     max_connections: int = 20_000  # 0: no limit
     max_per_address: int = 256  # 0: no limit
     proxy_protocol: bool = False  # behind HAProxy `send-proxy(-v2)`: the client's address comes first
@@ -114,8 +120,9 @@ class Gateway(BrokerLink, Delivery):
         self._numbers = itertools.count(1)
         self._open_link(ctx)
         self._dirty: dict[str, Client] = {}  # clients pushed to since the last flush
-        self._peers: dict[str, str] = {}  # connection -> the client's address, for its session
         self._nursery: trio.Nursery
+        self._hooks: ClientHooks
+        self.idle: IdleWatcher | None = None  # the parked clients, while serving
 
     def _is_member(self, cid: str) -> bool:
         """A room event's joiner or leaver that is ours to count (an open connection of ours)."""
@@ -131,10 +138,14 @@ class Gateway(BrokerLink, Delivery):
         self.max_connections = accept.connection_limit(self.config.max_connections)
         self._handling = 0  # accepted sockets open now: clients, and those still being let in
         self.acceptors: list[accept.Acceptor] = []
+        self.idle = idle = IdleWatcher(self._wake)
         try:
             bound = self._open_listeners()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery  # client tasks and writers run here
+                self._hooks = ClientHooks(self.config.limits, nursery.start_soon, self._on_lines, self._on_eof,
+                                          self._open_session, idle)
+                nursery.start_soon(idle.run)
                 for pump in self.to_brokers:
                     nursery.start_soon(pump.run)
                 nursery.start_soon(self.from_broker.run)
@@ -146,6 +157,8 @@ class Gateway(BrokerLink, Delivery):
         finally:
             for acceptor in self.acceptors:
                 acceptor.close()
+            for client in idle.close():
+                self._closed(client, "")
 
     def _open_listeners(self) -> dict[str, tuple[str, int]]:
         config = self.config
@@ -172,7 +185,10 @@ class Gateway(BrokerLink, Delivery):
         port = address[1]  # the same port again when the listener reopens
 
         def on_accept(sock: socket.socket) -> None:
-            self._nursery.start_soon(self._handle, sock, context, make_door)
+            if context is None and not self.config.proxy_protocol:
+                self._let_in_now(sock, make_door)  # nothing to wait for: no task unless it must read
+            else:
+                self._nursery.start_soon(self._handle, sock, context, make_door)
 
         self.acceptors.append(accept.Acceptor(listener, on_accept, lambda: accept.listen(host, port, reuse)))
         return address
@@ -201,6 +217,7 @@ class Gateway(BrokerLink, Delivery):
         frames = session.next_frame(trio.current_time())
         if frames is not None:
             self.metrics.events_sent += 1
+            self._sample_sent(session.cid, frames)
             self.to_broker.put_nowait(frames)
         client = self.clients.get(session.cid)
         if session.finished and client is None:
@@ -222,8 +239,8 @@ class Gateway(BrokerLink, Delivery):
                       make_door: Callable[[], Door]) -> None:
         # the connection is a plain non-blocking socket, or one wrapped by OpenSSL (see gateway.client)
         self._handling += 1
+        client: Client | None = None
         try:
-            accept.keep_alive(sock)
             try:
                 peer, first = await accept.client_address(sock, self.config.proxy_protocol,
                                                           self.config.trusted_proxies, exact=context is not None)
@@ -239,61 +256,96 @@ class Gateway(BrokerLink, Delivery):
                 self.metrics.refuse(exc.cause)  # by cause: the peer and the detail are in the log
                 log.warning("refused: %s", exc)
                 return
-            address = peer.rpartition(":")[0]
-            door = make_door()
-            refusal = self._refusal(address)
-            if refusal is not None:
-                self.metrics.refuse(refusal[0])
-                with contextlib.suppress(OSError):  # best effort: it is being refused anyway
-                    sock.send(door.refuse(refusal[1]))
-                return
-            self.per_address[address] += 1
-            try:
-                await self._serve_client(sock, peer, first, door)
-            finally:
-                self.per_address[address] -= 1
-                if not self.per_address[address]:
-                    del self.per_address[address]
+            client = self._let_in(sock, peer, make_door())  # the client's from now on: `_closed` closes it
+            if client is not None:
+                await self._run_client(client, first)
         finally:
-            self._handling -= 1
-            if context is not None:
-                tls.say_goodbye(sock)
-            sock.close()
+            if client is None:
+                self._handling -= 1
+                self._close_socket(sock)
+
+    def _let_in_now(self, sock: socket.socket, make_door: Callable[[], Door]) -> None:
+        """A plain connection, no PROXY header to read: let it in at once, and park it
+        unless its door must be read by a deadline (then it gets its task)."""
+        self._handling += 1
+        client: Client | None = None
+        try:
+            client = self._let_in(sock, accept.peer_of(sock), make_door())
+        finally:
+            if client is None:
+                self._handling -= 1
+                self._close_socket(sock)
+        if client is not None and not client.park_new():
+            self._nursery.start_soon(self._run_client, client)
+
+    def _let_in(self, sock: socket.socket, peer: str, door: Door) -> Client | None:
+        """Admit the connection -> its client, or None: refused (and told why)."""
+        refusal = self._refusal(peer.rpartition(":")[0])
+        if refusal is not None:
+            self.metrics.refuse(refusal[0])
+            with contextlib.suppress(OSError):  # best effort: it is being refused anyway
+                sock.send(door.refuse(refusal[1]))
+            return None
+        return self._admit(sock, peer, door)
+
+    def _close_socket(self, sock: socket.socket) -> None:
+        if isinstance(sock, ssl.SSLSocket):
+            tls.say_goodbye(sock)
+        sock.close()
 
     async def _handshake(self, context: ssl.SSLContext, sock: socket.socket, peer: str) -> socket.socket:
         assert self.config.tls is not None
         return await tls.handshake(context, sock, self.config.tls.handshake_timeout, peer)
 
-    async def _serve_client(self, sock: socket.socket, peer: str, first: bytes, door: Door) -> None:
+    def _admit(self, sock: socket.socket, peer: str, door: Door) -> Client:
+        """A client of ours from now on: in the tables, and a chat connection if its door is one."""
         cid = f"{self.instance}:{next(self._numbers)}"
-        client = Client(cid, sock, door, self.config.limits, self._nursery.start_soon)
+        client = Client(cid, sock, door, peer, self._hooks, trio.current_time() + self.config.ready_timeout)
         self.clients[cid] = client
+        self.per_address[peer.rpartition(":")[0]] += 1
         self.metrics.accepted += 1
         self.metrics.accepted_by_door[door.kind] += 1
-        self._peers[cid] = peer
         if door.chatting:
             self._open_session(client)
-        deadline = trio.current_time() + self.config.ready_timeout
-        ended = ""
+        return client
+
+    def _wake(self, client: Client) -> None:
+        """A parked client woke (input, a FIN, an error) or must close: serve it in a task again."""
+        self._nursery.start_soon(self._run_client, client, b"", True)
+
+    async def _run_client(self, client: Client, first: bytes = b"", readable: bool = False) -> None:
+        """Serve the client while it is busy; close it when it ends (not when it is parked)."""
+        ended: str | None = ""
         try:
-            ended = await client.serve(self._on_lines, first, self._on_eof, self._open_session, deadline)
+            ended = await client.serve(first, readable)
         finally:
-            del self.clients[cid]
-            self.rooms.forget(cid)
-            self._peers.pop(cid, None)
-            if client.closing == FLOODING_REASON:
-                self.metrics.drop(Drop.FLOOD_CUT)
-            trio.lowlevel.notify_closing(sock)  # a writer still waiting on it gives up
-            session = self.sessions.get(cid)
-            if session is None or session.finished:  # never a chat connection, or its session is over already
-                self.sessions.pop(cid, None)
-            else:
-                session.leave(client.closing or ended)
-                self._advance(session)
+            if ended is not None:
+                self._closed(client, client.closing or ended)
+
+    def _closed(self, client: Client, reason: str) -> None:
+        """The connection ended: out of the tables, its session told, its socket closed."""
+        cid, sock = client.cid, client.sock
+        del self.clients[cid]
+        self.rooms.forget(cid)
+        if client.closing == FLOODING_REASON:
+            self.metrics.drop(Drop.FLOOD_CUT)
+        trio.lowlevel.notify_closing(sock)  # a writer still waiting on it gives up
+        session = self.sessions.get(cid)
+        if session is None or session.finished:  # never a chat connection, or its session is over already
+            self.sessions.pop(cid, None)
+        else:
+            session.leave(reason)
+            self._advance(session)
+        address = client.peer.rpartition(":")[0]
+        self.per_address[address] -= 1
+        if not self.per_address[address]:
+            del self.per_address[address]
+        self._handling -= 1
+        self._close_socket(sock)
 
     def _open_session(self, client: Client) -> None:
         """The connection is a chat connection from now on: tell the chat."""
-        session = Session(client.cid, self._peers.get(client.cid, "?"), trio.current_time())
+        session = Session(client.cid, client.peer, trio.current_time())
         self.sessions[client.cid] = session
         self.metrics.events_sent += 1
         assert session.in_flight is not None
@@ -323,5 +375,6 @@ class Gateway(BrokerLink, Delivery):
             lines = lines[:room]
             client.push(client.door.notice(UNAVAILABLE))
         self.metrics.lines_in += len(lines)
+        self._sample_read(session)
         session.add_lines(lines)
         self._advance(session)

@@ -8,9 +8,15 @@ tasks never touch the socket: they `put_nowait` frames into the pump's
 outbox, and the pump hands what it receives to a callback, and calls
 `after_burst` once what it received is handed over: when nothing more is
 there to read after it let the other tasks run once, or after BURST
-messages. So bursts that follow each other closely share one `after_burst`
-(the gateway's one write per client), and a lone message waits for nothing
-but one pass of the run queue (adaptive batching, no timer).
+messages, or once the oldest message not handed over has waited long
+enough: `flush_within` seconds, or FLUSH_COST_RATIO times what the last
+`after_burst` took if that is longer (so writing never takes more than
+about a fifth of the loop, however many clients a write reaches). So bursts
+that follow each other closely share one `after_burst` (the gateway's one
+write per client), a lone message waits for nothing but one pass of the
+run queue (adaptive batching, no timer), and under a steady stream, where
+every pass of the run queue or every message handled brings one more,
+none waits for BURST messages.
 
 The outbox is bounded (`capacity` messages): while the peer is gone or
 slow, a frame that finds it full is dropped and counted, never waited
@@ -34,6 +40,8 @@ import zmq
 log = logging.getLogger("chat.gateway")
 
 BURST = 256  # messages moved one way before looking the other way
+FLUSH_WITHIN = 0.002  # seconds a received message may wait for an after_burst while more keep coming
+FLUSH_COST_RATIO = 4  # ... or this many times what the last after_burst took
 DROP_LOG_EVERY = 1000  # log the first drop, then one line per this many
 
 
@@ -44,6 +52,7 @@ class ZmqPump:
         on_message: Callable[[list[bytes]], None],
         capacity: int = 10_000,
         after_burst: Callable[[], None] | None = None,
+        flush_within: float = FLUSH_WITHIN,
     ) -> None:
         self.sock = sock
         self.on_message = on_message
@@ -53,6 +62,9 @@ class ZmqPump:
         self._outbox: deque[list[bytes]] = deque()
         self._idle: trio.CancelScope | None = None
         self._unflushed = 0  # messages handed over since the last after_burst
+        self.flush_within = flush_within
+        self._unflushed_since = 0.0  # when the first of them came
+        self._wait_at_most = flush_within  # how long the first may wait: adapts to what an after_burst costs
 
     def __len__(self) -> int:
         return len(self._outbox)
@@ -83,7 +95,7 @@ class ZmqPump:
             if self._outbox and events & zmq.POLLOUT:
                 moved = self._send_burst() or moved
             if moved:
-                if self._unflushed >= BURST:
+                if self._unflushed >= BURST or self._overdue():
                     self._after_burst()
                 await trio.lowlevel.checkpoint()
                 continue
@@ -101,13 +113,24 @@ class ZmqPump:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            if not self._unflushed:
+                self._unflushed_since = trio.current_time()
             self._unflushed += 1
             self.on_message(frames)
+            if self._overdue():
+                break
         return True
+
+    def _overdue(self) -> bool:
+        """Messages handed over, and the first of them waited long enough already."""
+        return self._unflushed > 0 and trio.current_time() - self._unflushed_since >= self._wait_at_most
 
     def _after_burst(self) -> None:
         if self._unflushed and self.after_burst is not None:
+            started = trio.current_time()
             self.after_burst()
+            cost = trio.current_time() - started
+            self._wait_at_most = max(self.flush_within, FLUSH_COST_RATIO * cost)
         self._unflushed = 0
 
     def _send_burst(self) -> bool:

@@ -12,7 +12,9 @@ frames of its own, and bodies pass through it untouched.
     broker -> gateway:                  [control]       Heartbeat, Fenced
 
 `key` is an event's unique ID (cid, seq) as bytes: `seq` in 8 bytes,
-big-endian, then `cid` in UTF-8 (at most MAX_KEY_BYTES in all). A worker
+big-endian, then `cid` in UTF-8 (at most MAX_KEY_BYTES in all). The top bit
+of those 8 bytes flags an event sampled for per-hop times (protocol.hops);
+it is no part of the seq. A worker
 takes an event only if its key and its body name the same event (the broker
 checked the key's cid against the sending gateway, not the body's).
 `topic` is a gateway's pub-out topic (`<gateway>:`) and `batch` the Batch
@@ -52,6 +54,7 @@ from typing import Any
 import msgpack
 
 from protocol.errors import DecodeError
+from protocol.hops import SAMPLED_BIT
 from protocol.messages import (
     MAX_EPOCH,
     Batch,
@@ -80,6 +83,7 @@ from protocol.messages import (
 )
 
 MAX_KEY_BYTES = 8 + 256  # a key frame: seq and a cid (a gateway name is at most 128 bytes)
+_SEQ_MASK = (1 << 63) - 1  # a key's seq without the sampled flag
 
 
 def _str(value: Any) -> str:
@@ -242,9 +246,15 @@ def decode(frame: bytes) -> Message:
         raise DecodeError(f"malformed message: {exc}") from None
 
 
-def encode_key(cid: str, seq: int) -> bytes:
-    """The key frame of event (cid, seq): what the broker routes it on."""
-    return seq.to_bytes(8, "big") + cid.encode()
+def encode_key(cid: str, seq: int, sampled: bool = False) -> bytes:
+    """The key frame of event (cid, seq): what the broker routes it on (`sampled`: timed per hop)."""
+    key = seq.to_bytes(8, "big") + cid.encode()
+    return sampled_key(key) if sampled else key
+
+
+def sampled_key(key: bytes) -> bytes:
+    """The same key, flagged as a sampled event's."""
+    return bytes((key[0] | SAMPLED_BIT,)) + key[1:]
 
 
 def decode_key(frame: bytes) -> tuple[str, int]:
@@ -255,12 +265,12 @@ def decode_key(frame: bytes) -> tuple[str, int]:
         cid = frame[8:].decode()
     except UnicodeDecodeError:
         raise DecodeError("a key's cid is not UTF-8") from None
-    return cid, int.from_bytes(frame[:8], "big")
+    return cid, int.from_bytes(frame[:8], "big") & _SEQ_MASK
 
 
-def event_frames(item: WorkItem) -> list[bytes]:
+def event_frames(item: WorkItem, sampled: bool = False) -> list[bytes]:
     """An event as it travels to the broker and on to a worker: [key, body]."""
-    return [encode_key(*event_key(item)), encode(item)]
+    return [encode_key(*event_key(item), sampled), encode(item)]
 
 
 def done_frames(done: Done) -> list[bytes]:

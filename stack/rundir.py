@@ -38,7 +38,8 @@ def start_time(pid: int) -> str:
     return fields[19] if len(fields) > 19 else ""
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is a process of this PID running (ours or not)?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -50,7 +51,7 @@ def _alive(pid: int) -> bool:
 
 def owner_alive(pid: int, started: str) -> bool:
     """Is the process that wrote a marker (pid, start time) still running?"""
-    if not _alive(pid):
+    if not pid_alive(pid):
         return False
     now = start_time(pid)
     return not (started and now and now != started)
@@ -73,7 +74,7 @@ def _is_stale(path: Path, prefix: str) -> bool:
         pid_text, _, started = (path / MARKER).read_text().strip().partition(" ")
         pid = int(pid_text)
     except (OSError, ValueError):
-        return not _alive(name_pid)  # killed before it wrote the marker, or the marker is damaged
+        return not pid_alive(name_pid)  # killed before it wrote the marker, or the marker is damaged
     return pid == name_pid and not owner_alive(pid, started)
 
 

@@ -36,6 +36,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from protocol.hops import HOP_BUCKETS, HOP_HELP, HOP_METRIC, WORKER_HOPS, Hop
 from protocol.messages import Connected, Disconnected, GatewayLost, Lines, WorkItem
 
 # seconds: 0.5 ms to 2.5 s, roughly 1-2.5-5 a decade
@@ -106,6 +107,10 @@ class WorkerMetrics:
         self.breaker_open = Gauge("chat_worker_breaker_open", "Worker processes failing fast after a Redis failure",
                                   multiprocess_mode="livesum", registry=r)
         self._breaker_shown: bool | None = None
+        self.hops = Histogram("chat_worker_" + HOP_METRIC, HOP_HELP, ["hop"], buckets=HOP_BUCKETS, registry=r)
+        self.redis_spent = 0.0  # seconds of Redis round trips so far: a sampled dispatch's share is a difference
+        for hop in WORKER_HOPS:
+            self.hops.labels(hop)
         self._events_of = {kind: self.events.labels(kind) for kind in EventKind}  # labels() costs a lookup a call
         for cause in RedisCause:
             self.redis_errors.labels(cause)
@@ -128,6 +133,16 @@ class WorkerMetrics:
             self._events_of[kind].inc(n)
         if lines:
             self.lines.inc(lines)
+
+    def redis_observed(self, seconds: float) -> None:
+        """One pipelined round trip to Redis (the store calls this)."""
+        self.redis_round_trip.observe(seconds)
+        self.redis_spent += seconds
+
+    def sampled_dispatch(self, work: float, redis_part: float) -> None:
+        """A dispatch holding a sampled event (protocol.hops): in to Done out, and its Redis share."""
+        self.hops.labels(Hop.WORK).observe(max(0.0, work))
+        self.hops.labels(Hop.REDIS).observe(max(0.0, redis_part))
 
     def refused(self, cause: RefusedCause, lines: int = 1) -> None:
         if lines > 0:

@@ -45,6 +45,7 @@ import zmq
 
 from protocol import codec
 from protocol.errors import DecodeError
+from protocol.hops import is_sampled
 from protocol.messages import (
     Connected,
     Disconnected,
@@ -131,6 +132,7 @@ class Handler:
         self.fenced_epochs: deque[int] = deque(maxlen=FENCED_EPOCHS)
         # the last Heartbeat frame and its epoch: a broker heads every dispatch with the same bytes
         self._last_heartbeat: tuple[bytes | None, int] = (None, 0)
+        self.sampled = False  # the dispatch being handled holds a sampled event (protocol.hops)
 
     @property
     def metrics(self) -> WorkerMetrics:
@@ -187,6 +189,7 @@ class Handler:
             except DecodeError as exc:
                 self._malformed(f"a malformed key: {exc}")
                 continue
+            self.sampled = self.sampled or is_sampled(key_frame)
             try:
                 msg = codec.decode(body)
             except DecodeError as exc:
@@ -316,7 +319,12 @@ class BrokerLink:
         if frames is None:
             return
         self.last_heard = time.monotonic()
-        done = handler.frames(frames, time.time(), time.monotonic())
+        redis_before = handler.metrics.redis_spent
+        done = handler.frames(frames, time.time(), self.last_heard)
+        if handler.sampled:  # timed up to its Done going out: the send is transit
+            handler.sampled = False
+            handler.metrics.sampled_dispatch(time.monotonic() - self.last_heard,
+                                             handler.metrics.redis_spent - redis_before)
         if done.events or done.publish:
             send_frames(self.sock, codec.done_frames(done), block=True)
             self.last_sent = time.monotonic()
@@ -359,7 +367,7 @@ def run_worker(config: WorkerConfig) -> None:
     stopping = Stopping().install()
     client = open_redis(config.redis_url, timeout=config.redis_timeout, ca_file=config.redis_ca)
     metrics = WorkerMetrics()  # under the pool's multiprocess mode, its values go to the pool's directory
-    store = Store(client, config.prefix, config.max_rooms, config.history_ttl, metrics.redis_round_trip.observe,
+    store = Store(client, config.prefix, config.max_rooms, config.history_ttl, metrics.redis_observed,
                   durability=durability(config))
     handler = Handler(Chat(store, config.limits, metrics), Breaker(config.breaker_cooldown))
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()

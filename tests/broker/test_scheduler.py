@@ -109,6 +109,23 @@ def test_least_recently_used_worker_first() -> None:
     assert dispatched(s) == [(b"w3", [("gw:3", 1)]), (b"w1", [("gw:4", 1)])]
 
 
+def test_an_idle_worker_comes_before_a_busy_one_with_credit() -> None:
+    """A worker that just answered is the most recently used, but it is idle: the next event goes
+    to it, not into the inbox of a worker still busy with an earlier dispatch."""
+    s = Scheduler()
+    s.ready(b"w1", 16)
+    s.ready(b"w2", 16)
+    submit(s, "gw:1", 1)
+    assert dispatched(s) == [(b"w1", [("gw:1", 1)])]
+    submit(s, "gw:2", 1)
+    assert dispatched(s) == [(b"w2", [("gw:2", 1)])]
+    s.done(b"w2", [("gw:2", 1)])  # w2 is idle again; w1 still works (and has credit left)
+    submit(s, "gw:3", 1)
+    assert dispatched(s) == [(b"w2", [("gw:3", 1)])]
+    submit(s, "gw:4", 1)  # nobody idle: the least recently used with credit, as before
+    assert dispatched(s) == [(b"w1", [("gw:4", 1)])]
+
+
 def test_credit_limits_events_in_flight_per_worker() -> None:
     s = Scheduler()
     s.ready(b"w1", 2)

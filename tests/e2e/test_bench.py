@@ -11,9 +11,11 @@ import pytest
 
 from bench.cli import WORKLOADS
 from bench.config import QUICK
+from bench.handshake import ClientSpec, open_clients, settle
+from bench.loadgen import Loop
 from bench.measure import Result
 from bench.peers import find_binary
-from bench.servers import start_irc_peer, start_stack_ws, stop_server
+from bench.servers import start_irc_peer, start_stack, start_stack_ws, stop_server
 from bench.workloads import Context, run_workload
 
 
@@ -30,7 +32,12 @@ def test_quick_benchmark_runs_and_loses_nothing(tmp_path) -> None:
         assert row["error"] is None, row
         if row["workload"] in ("W1", "W4"):
             assert row["deliveries"] > 0 and row["lost"] == 0 and row["duplicated"] == 0, row
-    assert (out / "results.md").read_text().startswith("# chat-bench results")
+            hops = row["extra"]["hops"]  # the stack's sampled events, per hop
+            assert hops["gateway.round_trip"]["n"] > 0 and hops["gateway.round_trip"]["mean_ms"] > 0, hops
+            assert "transit" in hops and "worker.redis" in hops, hops
+    markdown = (out / "results.md").read_text()
+    assert markdown.startswith("# chat-bench results")
+    assert "## Where the milliseconds go (per hop)" in markdown
 
 
 @pytest.mark.skipif(find_binary("ngircd") is None, reason="ngircd is not installed (make bench installs it as root)")
@@ -136,3 +143,26 @@ def test_curve_and_tls_variants_run_and_lose_nothing(tmp_path) -> None:
         assert row["error"] is None and row["deliveries"] > 0 and row["lost"] == 0, row
     text = (out / "results.md").read_text()
     assert "What CURVE and TLS cost" in text and "stack-tls vs stack" in text
+
+
+@pytest.mark.parametrize("door", ["chat", "ws"])
+def test_settle_reads_the_notices_of_later_joiners_before_a_measurement(tmp_path, door) -> None:
+    """A member registered before others joined is told of them after its own `you joined`: `settle`
+    reads those notices (up to each client's pong), so a flow attached after it sees no stray line."""
+    server = (start_stack_ws if door == "ws" else start_stack)(1, 1, tmp_path)
+    loop = Loop(ws=door == "ws")
+    try:
+        addr = server.addrs[0]
+        first = open_clients(loop, [ClientSpec(f"st{door}{i}", "#settle", addr) for i in range(2)], 30,
+                             speech=server.dialect)
+        settle(loop, first, 30, server.dialect)  # whichever of the two joined second told the other
+        for conn in first:
+            conn.lines_in = 0
+        late = open_clients(loop, [ClientSpec(f"st{door}late", "#settle", addr)], 30, speech=server.dialect)
+        already = sum(conn.lines_in for conn in first)  # notices read before the settling
+        drained = settle(loop, [*first, *late], 30, server.dialect)
+        assert already + drained == 2, (already, drained)  # the late one's join, told to each of the first two
+    finally:
+        for conn in list(loop.conns):
+            conn.close()
+        stop_server(server)

@@ -35,6 +35,10 @@ def test_pause_holds_new_clients_back_and_resume_lets_them_in() -> None:
                 assert got[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
                 if hasattr(socket, "TCP_NOTSENT_LOWAT"):  # a client that does not read fills our queue
                     assert got[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == accept.NOTSENT_LOWAT
+                assert got[0].getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)  # a vanished peer is found
+                if hasattr(socket, "TCP_KEEPIDLE"):
+                    assert got[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == dict(accept.TCP_KEEPALIVE)[
+                        "TCP_KEEPIDLE"]
                 nursery.cancel_scope.cancel()
         finally:
             for sock in (*clients, *got, listener):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -105,3 +106,54 @@ def test_never_more_than_a_burst_between_two_after_bursts(pair) -> None:  # type
 
 def test_a_lone_message_is_handed_over_at_once(pair) -> None:  # type: ignore[no-untyped-def]
     assert _received_between_after_bursts(pair, 1, then=3) == [1, 1, 1, 1]
+
+
+def _slow_stream(pair, flush_cost: float) -> list[int]:  # type: ignore[no-untyped-def]
+    """600 messages waiting at once, each taking 0.1 ms to handle (rendering for many clients),
+    each after_burst `flush_cost` seconds -> how many came between two after_bursts."""
+    sender, receiver = pair
+    messages = 600
+    counts: list[int] = []
+    received = [0]
+
+    def spin(seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            pass
+
+    def on_message(frames: list[bytes]) -> None:
+        received[0] += 1
+        spin(0.0001)
+
+    def after_burst() -> None:
+        counts.append(received[0] - sum(counts))
+        spin(flush_cost)
+
+    async def main() -> None:
+        for n in range(messages):
+            sender.send(b"%d" % n)
+        pump = ZmqPump(receiver, on_message, after_burst=after_burst, flush_within=0.002)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump.run)
+            with trio.fail_after(10):
+                while sum(counts) < messages:
+                    await trio.sleep(0.001)  # polling a condition, with a deadline
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert sum(counts) == messages
+    return counts
+
+
+def test_a_stream_is_handed_over_every_flush_within_not_every_burst(pair) -> None:  # type: ignore[no-untyped-def]
+    """Every message handled brings one more: the pump hands over every `flush_within`
+    (about 20 messages of 0.1 ms here), instead of only every BURST messages."""
+    counts = _slow_stream(pair, 0.0)
+    assert len(counts) > 6 and max(counts) < BURST // 2, counts
+
+
+def test_a_costly_after_burst_is_called_less_often(pair) -> None:  # type: ignore[no-untyped-def]
+    """An after_burst that takes 5 ms (a write to thousands of clients) waits 4 times that:
+    writing takes at most about a fifth of the time."""
+    counts = _slow_stream(pair, 0.005)
+    assert len(counts) >= 2 and max(counts[1:-1] or [BURST]) >= 100, counts  # 20 ms of 0.1 ms messages

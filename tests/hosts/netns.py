@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stack.children import Child, start
+from stack.rundir import pid_alive
 
 PREFIX = "chatnet-"  # chatnet-<pid>-<serial>-<host>
 SUBNET = ipaddress.ip_network("10.77.0.0/24")
@@ -68,22 +69,12 @@ def unavailable() -> str | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep() -> list[str]:
     """Delete the namespaces of runs whose process is gone -> their names."""
     swept = []
     for name in namespaces():
         pid = name[len(PREFIX):].partition("-")[0]
-        if name.startswith(PREFIX) and pid.isdigit() and not _pid_alive(int(pid)):
+        if name.startswith(PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
             _ip("netns", "del", name)
             swept.append(name)
     return swept

@@ -18,9 +18,11 @@ from protocol.codec import (
     encode,
     encode_key,
     event_frames,
+    sampled_key,
     to_wire,
 )
 from protocol.errors import DecodeError, ProtocolError
+from protocol.hops import is_sampled
 from protocol.messages import (
     Batch,
     ChatEvent,
@@ -225,14 +227,31 @@ def test_malformed_keys_raise_decode_error(frame: bytes) -> None:
 
 
 @FAST
-@given(cids, st.integers(0, 2**64 - 1))
-def test_property_keys_round_trip(cid: str, seq: int) -> None:
-    key = encode_key(cid, seq)
+@given(cids, st.integers(0, 2**63 - 1), st.booleans())
+def test_property_keys_round_trip(cid: str, seq: int, sampled: bool) -> None:
+    key = encode_key(cid, seq, sampled)
+    assert is_sampled(key) is sampled
     if len(key) > MAX_KEY_BYTES:
         with pytest.raises(DecodeError):
             decode_key(key)
     else:
         assert decode_key(key) == (cid, seq)
+
+
+def test_a_sampled_key_names_the_same_event_and_only_its_flag_differs() -> None:
+    plain, body = event_frames(Lines("gw1:7", 300, ("hi",)))
+    flagged = sampled_key(plain)
+    assert flagged != plain and flagged[1:] == plain[1:]
+    assert decode_key(flagged) == decode_key(plain) == ("gw1:7", 300)
+    assert is_sampled(flagged) and not is_sampled(plain) and not is_sampled(b"")
+    assert event_frames(Lines("gw1:7", 300, ("hi",)), sampled=True) == [flagged, body]
+
+
+def test_a_seq_at_the_flag_bit_does_not_decode_as_itself() -> None:
+    """A key claiming seq 2**63 + 5 is seq 5, sampled: a worker then finds its body (seq 2**63 + 5)
+    names another event, and refuses it as any forgery."""
+    key = (2**63 + 5).to_bytes(8, "big") + b"gw1:7"
+    assert decode_key(key) == ("gw1:7", 5) and is_sampled(key)
 
 
 @FAST
@@ -246,7 +265,7 @@ def test_property_decode_key_of_arbitrary_bytes_raises_only_decode_error(frame: 
         cid, seq = decode_key(frame)
     except DecodeError:
         return
-    assert encode_key(cid, seq) == frame
+    assert encode_key(cid, seq, is_sampled(frame)) == frame
 
 
 @pytest.mark.parametrize("kind", list(EventType))

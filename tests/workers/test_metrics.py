@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from protocol import codec
+from protocol.hops import WORKER_HOPS
 from protocol.messages import Connected, Disconnected, GatewayLost, Heartbeat, Lines, WorkItem
 from tests.e2e.load import wait_until
 from tests.workers.test_logic import GW_A, GW_B, connected
@@ -149,6 +150,7 @@ def test_no_label_value_comes_from_input(store: Store, metrics: WorkerMetrics) -
                     b"\xff\x00garbage"], 5.0, 0.0)
     allowed = {"kind": {k.value for k in EventKind},
                "cause": {c.value for c in RedisCause} | {c.value for c in RefusedCause},
+               "hop": {h.value for h in WORKER_HOPS},
                "le": None}
     for family in metrics.registry.collect():
         assert family.name.startswith("chat_worker_")
