@@ -100,12 +100,11 @@ class Delivery:
                     self._deliver(cids, event)
             elif isinstance(item, Deliver):
                 self._deliver(item.cids, item.event)
-            elif (client := self.clients.get(item.cid)) is None:
-                continue  # a SetMode or Close for a connection that is gone
             elif isinstance(item, SetMode):
-                client.door.set_json(item.json)
+                if (client := self.clients.get(item.cid)) is not None:  # else a connection that is gone
+                    client.door.set_json(item.json)
             else:
-                self._on_close(client, item)
+                self._on_close(item)
         for session in answered:  # after the whole batch: a Close in it stops what was pending
             for cids, event in rooms.release(session.cid):  # held while a re-join may have been coming
                 self._deliver(cids, event)
@@ -131,16 +130,19 @@ class Delivery:
         if self._flush_clock is None:
             self._flush_clock = received
 
-    def _on_close(self, client: Client, close: Close) -> None:
+    def _on_close(self, close: Close) -> None:
+        """A worker closes the connection (/quit, a refused connect): lines it sent after that
+        are dropped. `departed`: the chat forgot it already, so its session is over here too
+        (no `Disconnected` to send), also if the client went first."""
         if close.reason == GATEWAY_LOST_REASON:  # a worker found us declared lost
             self._fence(f"a worker closed {close.cid} as {close.reason!r}")
-        self._close(client, close.reason)
-
-    def _close(self, client: Client, reason: str) -> None:
-        """The worker closes the connection (/quit): lines it sent after that are dropped."""
-        client.close_after(b"", reason)
-        if (session := self.sessions.get(client.cid)) is not None:
-            session.pending.clear()
+        if (session := self.sessions.get(close.cid)) is not None:
+            if close.departed:
+                session.abandon()
+            else:
+                session.pending.clear()
+        if (client := self.clients.get(close.cid)) is not None:
+            client.close_after(b"", close.reason)
 
     def _deliver(self, cids: tuple[str, ...], event: ChatEvent) -> None:
         """Render once per view that shares renderings (IRC renders per connection)."""

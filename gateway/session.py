@@ -75,7 +75,8 @@ class Session:
         return True
 
     def abandon(self) -> None:
-        """The gateway was fenced: this connection's events are the broker's no more."""
+        """Nothing more to send: the gateway was fenced (its connections were freed), or a
+        worker's Close said the chat forgot this connection already (it departed)."""
         self.finished = True
         self.in_flight = None
         self.pending.clear()

@@ -35,7 +35,7 @@ Every body and control frame is a msgpack array whose first element is its tag:
     [8, [item, ...]]                    Batch, whose items are
         [0, [cid, ...], [type, text, room, sender, to, id, ts, origin, of, code, [arg, ...]]]
         [1, cid, json]                                                   SetMode
-        [2, cid, reason]                                                 Close
+        [2, cid, reason, departed]                                       Close
         [3, cid, seq]                                                    Mark
         [4, room, seq, member, change, event]                            RoomEvent
 
@@ -150,7 +150,7 @@ def _item_to_wire(item: BatchItem) -> list[Any]:
         return [3, item.cid, item.seq]
     if isinstance(item, RoomEvent):
         return [4, item.room, item.seq, item.member, item.change, _event_to_wire(item.event)]
-    return [2, item.cid, item.reason]
+    return [2, item.cid, item.reason, item.departed]
 
 
 def _room_event(fields: list[Any]) -> RoomEvent:
@@ -164,14 +164,14 @@ def _item_from_wire(raw: Any) -> BatchItem:
     fields = _list(raw)
     if len(fields) == 6 and fields[0] == 4 and type(fields[0]) is int:
         return _room_event(fields)
+    if len(fields) == 4 and fields[0] == 2 and type(fields[0]) is int:
+        return Close(_str(fields[1]), _str(fields[2]), _bool(fields[3]))
     if len(fields) != 3 or type(fields[0]) is not int:
-        raise DecodeError("a batch item is [tag, field, field], or [4, ...] with 5 fields")
+        raise DecodeError("a batch item is [tag, field, field], [2, ...] with 3 fields or [4, ...] with 5")
     if fields[0] == 0:
         return Deliver(_strs(fields[1]), _event_from_wire(fields[2]))
     if fields[0] == 1 and type(fields[2]) is bool:
         return SetMode(_str(fields[1]), fields[2])
-    if fields[0] == 2:
-        return Close(_str(fields[1]), _str(fields[2]))
     if fields[0] == 3:
         return Mark(_str(fields[1]), _int(fields[2]))
     raise DecodeError("unknown batch item")

@@ -192,10 +192,19 @@ class SetMode:
 
 @dataclass(frozen=True, slots=True)
 class Close:
-    """Flush what is queued for the connection, then close it."""
+    """Flush what is queued for the connection, then close it.
+
+    `departed`: the chat holds nothing of the connection any more, as of the
+    event this Close answers: its departure ran in that event (a /quit), or
+    it was refused registration (a refused connect, a failed recovery). Its
+    gateway then owes the chat no `Disconnected`: the session is over once
+    this Close is applied. Without it, the connection's departure is still
+    the gateway's to send.
+    """
 
     cid: str
     reason: str
+    departed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,8 +65,10 @@ class Effects:
     def set_json(self, cid: str) -> None:
         self.items.append(SetMode(cid, True))
 
-    def close(self, cid: str, reason: str) -> None:
-        self.items.append(Close(cid, reason))
+    def close(self, cid: str, reason: str, departed: bool = False) -> None:
+        """Close the connection after its output; `departed`: the chat forgot it already
+        (`protocol.messages.Close`), so its gateway sends no departure for it."""
+        self.items.append(Close(cid, reason, departed))
 
     def by_gateway(self) -> dict[str, list[BatchItem]]:
         out: dict[str, list[BatchItem]] = {}

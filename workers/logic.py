@@ -140,7 +140,7 @@ class Chat:
         nick = self.store.run_one(self.store.connect(cid, gateway_of(cid), ""))
         if nick is None:
             fx.error(cid, GATEWAY_GONE, R.GATEWAY_GONE)
-            fx.close(cid, GATEWAY_LOST_REASON)
+            fx.close(cid, GATEWAY_LOST_REASON, departed=True)  # refused: never registered again
             return
         fx.info(cid, SESSION_LOST.format(nick=nick), R.SESSION_LOST, (nick,))
         for step in steps:
@@ -197,7 +197,7 @@ class Chat:
     def _greet(self, fx: Effects, cid: str, nick: str | None) -> None:
         if nick is None:
             fx.error(cid, GATEWAY_GONE, R.GATEWAY_GONE)
-            fx.close(cid, GATEWAY_LOST_REASON)
+            fx.close(cid, GATEWAY_LOST_REASON, departed=True)  # refused: the chat holds nothing of it
             return
         fx.info(cid, f"welcome! you are {nick}: /nick NAME to change it, /join #room to talk, /help for all commands",
                 R.WELCOME, (nick,))

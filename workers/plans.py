@@ -77,7 +77,9 @@ class CommandPlans:
         def respond(fx: Effects, gone: Any) -> None:
             fx.info(at.cid, "bye", R.BYE)
             leave.respond(fx, gone)
-            fx.close(at.cid, "quit")
+            # departed only if this event's departure freed the connection: a departure that found
+            # nothing (its session was lost, and may be registered again since) is still the gateway's
+            fx.close(at.cid, "quit", departed=gone is not None)
 
         return Step(leave.call, respond, last=True)
 

@@ -177,3 +177,38 @@ def test_outside_publisher_reaches_a_client_through_pub_in(cluster, connect, uni
     finally:
         pub.close()
         ctx.term()
+
+
+def test_an_outside_close_leaves_the_departure_to_the_gateway(cluster, connect, unique) -> None:
+    """A Close that does not say the chat forgot the connection (here an outside publisher's)
+    closes the client, and its gateway still sends the departure: the nick is freed."""
+    import zmq
+
+    from protocol import codec
+    from protocol.messages import Batch, Close, gateway_of, topic_of
+
+    nick = f"kick{unique}"
+    c = named(connect, 1, nick)
+    c.send("/json", f"/join #k{unique}", "learn my id")
+    cid = c.expect_json(lambda o: o["type"] == "message")["id"].rpartition("/")[0]
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 1000)
+    pub.connect(cluster.endpoints["pub-in"])
+    try:
+        deadline = time.monotonic() + 10
+        while not c.closed and time.monotonic() < deadline:  # PUB drops until the broker's XSUB has subscribed
+            pub.send_multipart([topic_of(gateway_of(cid)), codec.encode(Batch((Close(cid, "kicked"),)))])
+            c.read_line(time.monotonic() + 0.2)
+        assert c.closed
+    finally:
+        pub.close()
+        ctx.term()
+    other = connect(0)
+    deadline = time.monotonic() + 10
+    while True:  # the departure is the gateway's, after the close: poll for the nick with a deadline
+        other.send(f"/nick {nick}")
+        line = other.expect(lambda text: text.startswith(("* you are now", "! nickname")))
+        if line.startswith("* you are now"):
+            break
+        assert time.monotonic() < deadline, "the kicked client's nick was never freed"

@@ -111,6 +111,28 @@ def test_a_fence_is_counted_and_the_logs_name_the_new_instance(metered) -> None:
     assert rejoined[0]["instance"] == new and new != gateway_instance(gateway)
 
 
+def test_a_quit_departs_in_its_own_event_and_a_client_that_goes_still_departs(metered) -> None:  # type: ignore[no-untyped-def]
+    """A /quit's departure runs in its own event and the worker's Close says so: the gateway
+    sends no Disconnected after it (3 events: connect, /nick, /quit), and the nick is free at
+    once. A client that just goes still costs its gateway a Disconnected, which frees it."""
+    scrape, port, _, _, redis_url = metered
+    wait_until(lambda: scrape.value(G + "serving") == 1, 10, "serving")
+    before = scrape.value(G + "events_sent_total")
+    with ChatClient(port) as quitter:
+        quitter.send("/nick quitter")
+        quitter.expect("* you are now quitter")
+        quitter.send("/quit")
+        assert "* bye" in quitter.wait_closed()
+    with ChatClient(port) as goer, redis.Redis.from_url(redis_url) as r:
+        # its lines are handled after the quitter's end (the gateway told the session, then closed the socket)
+        goer.send("/nick quitter")
+        goer.expect("* you are now quitter")
+        assert scrape.value(G + "events_sent_total") == before + 3 + 2  # no Disconnected for the quitter
+        goer.close()
+        wait_until(lambda: r.get("chat:nick:quitter") is None, 10, "the goer's departure freed its nick")
+    assert scrape.value(G + "events_sent_total") == before + 3 + 3
+
+
 def test_a_bad_metrics_listen_is_a_clear_error() -> None:
     done = subprocess.run([sys.executable, "-m", "gateway.cli", "--listen", "127.0.0.1:0",
                            "--metrics-listen", "nonsense"], capture_output=True, text=True, timeout=30, check=False)

@@ -82,7 +82,7 @@ chat_events = st.builds(
 )
 delivers = st.builds(Deliver, cids=st.lists(cids, max_size=4).map(tuple), event=chat_events)
 set_modes = st.builds(SetMode, cid=cids, json=st.booleans())
-closes = st.builds(Close, cid=cids, reason=texts)
+closes = st.builds(Close, cid=cids, reason=texts, departed=st.booleans())
 marks = st.builds(Mark, cid=cids, seq=ints)
 room_events = st.one_of(
     st.builds(RoomEvent, room=texts, seq=ints, event=chat_events),
@@ -137,6 +137,7 @@ EXAMPLES: list[tuple[Message, list[Any]]] = [
                 SetMode("gw1:1", True),
                 SetMode("gw1:2", False),
                 Close("gw1:1", "bye"),
+                Close("gw1:2", "quit", departed=True),
                 Mark("gw1:2", 0),
                 RoomEvent("#r", 7, EVENT),
                 RoomEvent("#r", 8, EVENT, "gw1:2", -1),
@@ -149,7 +150,8 @@ EXAMPLES: list[tuple[Message, list[Any]]] = [
                 [0, ["gw1:1", "gw1:2"], EVENT_WIRE],
                 [1, "gw1:1", True],
                 [1, "gw1:2", False],
-                [2, "gw1:1", "bye"],
+                [2, "gw1:1", "bye", False],
+                [2, "gw1:2", "quit", True],
                 [3, "gw1:2", 0],
                 [4, "#r", 7, "", 0, EVENT_WIRE],
                 [4, "#r", 8, "gw1:2", -1, EVENT_WIRE],
@@ -511,9 +513,15 @@ WRONG_FIELD_TYPES: list[Any] = [
     [8, [[1, "c:1"]]],
     [8, [[1, "c:1", True, True]]],
     # Close
-    [8, [[2, "c:1", 5]]],
-    [8, [[2, None, "bye"]]],
+    [8, [[2, "c:1", 5, False]]],
+    [8, [[2, None, "bye", False]]],
     [8, [[2, "c:1"]]],
+    [8, [[2, "c:1", "bye"]]],  # the layout before `departed`
+    [8, [[2, "c:1", "bye", 1]]],
+    [8, [[2, "c:1", "bye", 0]]],
+    [8, [[2, "c:1", "bye", None]]],
+    [8, [[2, "c:1", "bye", "true"]]],
+    [8, [[2, "c:1", "bye", True, True]]],
     # Mark
     [8, [[3, "c:1", "x"]]],
     [8, [[3, "c:1", 1.0]]],
@@ -523,7 +531,7 @@ WRONG_FIELD_TYPES: list[Any] = [
     [8, [[3, "c:1"]]],
     [8, [[3, "c:1", 1, 2]]],
     # one bad item spoils the batch
-    [8, [[2, "c:1", "bye"], [2, "c:1", None]]],
+    [8, [[2, "c:1", "bye", False], [2, "c:1", None, False]]],
 ]
 
 
@@ -540,7 +548,7 @@ def test_wrong_field_types(obj: Any) -> None:
         [8, [[False, ["c:1"], EVENT_WIRE]]],
         [8, [[True, "c:1", True]]],
         [8, [[0.0, ["c:1"], EVENT_WIRE]]],
-        [8, [[2.0, "c:1", "bye"]]],
+        [8, [[2.0, "c:1", "bye", True]]],
         [8, [[3.0, "c:1", 5]]],
     ],
     ids=repr,

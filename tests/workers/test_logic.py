@@ -343,15 +343,17 @@ def test_errors_do_not_stop_the_lines_after_them(chat: Chat) -> None:
 # --- leaving ---------------------------------------------------------------------------
 
 
-def test_quit(chat: Chat) -> None:
+def test_quit(chat: Chat, client: redis.Redis, prefix: str) -> None:
     a = connected(chat, f"{GW_A}:1", "alice", "#r")
     b = connected(chat, f"{GW_B}:1", "bob", "#r")
     fx = a.send("/quit gone fishing", "after quit")
     assert fx.items == [
         Deliver((a.cid,), ChatEvent(INFO, "bye", code=R.BYE)),
         Deliver((b.cid,), ChatEvent(EventType.QUIT, "alice quit (gone fishing)", sender="alice", code=R.QUIT, args=("gone fishing",))),
-        Close(a.cid, "quit"),
+        Close(a.cid, "quit", departed=True),  # its gateway sends no departure after it
     ]
+    assert not client.exists(f"{prefix}conn:{a.cid}", f"{prefix}conn:{a.cid}:rooms")
+    assert client.smembers(f"{prefix}gw:{GW_A}:conns") == set()
     assert lines_to(b.send("/who"), b.cid) == [(INFO, "#r (1): bob")]
     assert lines_to(b.send("/nick alice"), b.cid) == [(INFO, "you are now alice")]
     assert a.leave("closed").items == []  # already gone: no second notice
@@ -404,13 +406,14 @@ def test_gateway_lost_frees_its_connections(chat: Chat, client: redis.Redis, pre
     fx = chat.handle(Connected(late, 0, "addr"), 31.0)
     assert fx.items == [
         Deliver((late,), ChatEvent(ERROR, "this server lost its link to the service: please reconnect", code=R.GATEWAY_GONE)),
-        Close(late, "gateway lost"),
+        Close(late, "gateway lost", departed=True),
     ]
     assert not client.exists(f"{prefix}conn:{late}")
     # and so are lines of a connection the loss freed
     fx = a1.send("/join #r")
     assert lines_to(fx, a1.cid)[0][0] == ERROR
-    assert closes(fx) == [Close(a1.cid, "gateway lost")]
+    assert closes(fx) == [Close(a1.cid, "gateway lost", departed=True)]
+    assert not client.exists(f"{prefix}conn:{a1.cid}")
     # the other gateway is fine
     assert GUEST.search(lines_to(Conn(chat, f"{GW_B}:2").connect(), f"{GW_B}:2")[0][1])
 
@@ -431,6 +434,30 @@ def test_session_recovered_after_flushall(chat: Chat, client: redis.Redis) -> No
     assert events[1] == (INFO, f"you joined #r (1 here: {nick.group()})")
     fx = a.send("/nick alice")  # registered again: no second notice
     assert lines_to(fx, a.cid) == [(INFO, "you are now alice")]
+
+
+def test_a_quit_behind_a_lost_session_leaves_the_departure_to_the_gateway(
+        chat: Chat, client: redis.Redis, prefix: str) -> None:
+    """A /quit behind a line that found the session gone: the quit's departure ran (and was
+    recorded) before the session was registered again, so it freed nothing. Its Close must not
+    say `departed`: the gateway's own departure is what frees the session registered again."""
+    a = connected(chat, f"{GW_A}:1", "alice", "#r")
+    client.flushall()
+    fx = a.send("/nick ann", "/quit")
+    assert lines_to(fx, a.cid)[0][1].startswith("the service lost your session")
+    assert closes(fx) == [Close(a.cid, "quit", departed=False)]
+    assert client.exists(f"{prefix}conn:{a.cid}")  # registered again: the departure is still owed
+    a.leave("quit")
+    assert not client.exists(f"{prefix}conn:{a.cid}")
+    assert client.get(f"{prefix}nick:ann") is None
+
+
+def test_a_quit_that_freed_nothing_is_not_a_departure(chat: Chat, client: redis.Redis) -> None:
+    a = connected(chat, f"{GW_A}:1", "alice", "#r")
+    client.flushall()
+    fx = a.send("/quit")
+    assert lines_to(fx, a.cid) == [(INFO, "bye")]  # nothing to free: nobody to tell
+    assert closes(fx) == [Close(a.cid, "quit", departed=False)]
 
 
 def test_recovered_session_runs_each_kind_of_command(chat: Chat, client: redis.Redis) -> None:
@@ -521,7 +548,7 @@ def test_replay_of_a_quit(chat: Chat, client: redis.Redis, prefix: str) -> None:
     first = a.send("hi", "/quit bye now")
     again = replay(a, client, prefix)
     assert again.items == first.items
-    assert closes(again) == [Close(a.cid, "quit")]
+    assert closes(again) == [Close(a.cid, "quit", departed=True)]
 
 
 def test_replay_of_a_disconnect(chat: Chat, client: redis.Redis, prefix: str) -> None:
