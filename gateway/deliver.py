@@ -37,7 +37,6 @@ from protocol.messages import (
     Mark,
     RoomEvent,
     SetMode,
-    gateway_of,
     topic_of,
 )
 from protocol.render import is_own_echo, render_json, render_text
@@ -112,16 +111,17 @@ class Delivery:
 
     def _on_mark(self, mark: Mark, answered: list[Session], now: float) -> bool:
         """-> False if this event was shown already (a replay)."""
-        if not self.seen.first_time(mark.cid, mark.seq):
+        session = self.sessions.get(mark.cid)
+        # our own connection: `seen` keeps the gateway's copy of its ID (the one `clients` and the
+        # session hold), not one more decoded from each Mark
+        if not self.seen.first_time(mark.cid if session is None else session.cid, mark.seq):
             self.metrics.drop(Drop.REPLAY_DROPPED)
             return False
-        if gateway_of(mark.cid) == self.instance:
-            session = self.sessions.get(mark.cid)
-            if session is not None and (in_flight := session.in_flight) is not None and session.answered(mark.seq):
-                self.metrics.latency.observe(now - in_flight.first_sent)
-                if is_sampled(in_flight.frames[0]):
-                    self._sampled_answer(now - in_flight.first_sent, now)
-                answered.append(session)
+        if session is not None and (in_flight := session.in_flight) is not None and session.answered(mark.seq):
+            self.metrics.latency.observe(now - in_flight.first_sent)
+            if is_sampled(in_flight.frames[0]):
+                self._sampled_answer(now - in_flight.first_sent, now)
+            answered.append(session)
         return True
 
     def _sampled_answer(self, round_trip: float, received: float) -> None:

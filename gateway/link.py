@@ -51,6 +51,7 @@ from stack.process import set_log_instance
 
 if TYPE_CHECKING:
     from gateway.client import Client
+    from gateway.idle import IdleWatcher
     from gateway.server import GatewayConfig
     from gateway.session import Session
 
@@ -75,6 +76,7 @@ class BrokerLink:
     sessions: dict[str, Session]
     rooms: RoomTable
     _rooms_missed: int
+    idle: IdleWatcher | None
 
     if TYPE_CHECKING:  # the rest of the gateway (gateway.server, gateway.deliver)
         @property
@@ -174,7 +176,8 @@ class BrokerLink:
     def _snapshot(self, in_flight: int) -> None:
         """Copy what a scrape shows of the loop's tables (at most one heartbeat old)."""
         metrics = self.metrics
-        metrics.gauges = Gauges(len(self.clients), in_flight, not self.broker_down, self.serving)
+        parked = len(self.idle) if self.idle is not None else 0
+        metrics.gauges = Gauges(len(self.clients), in_flight, not self.broker_down, self.serving, parked)
         metrics.drops[Drop.OUTBOX_FULL] = self.to_broker.dropped
         metrics.drops[Drop.ROOM_CATCH_UP_MISSED] = self._rooms_missed + self.rooms.missed
 

@@ -72,6 +72,7 @@ class Gauges:
     in_flight: int = 0  # events sent to the broker, not yet answered
     broker_up: bool = False  # the broker heard within the liveness window
     serving: bool = False  # accepting clients
+    parked: int = 0  # idle clients parked with the watcher: no task of their own (gateway.idle)
 
 
 _COUNTERS = (  # attribute, name, help
@@ -89,6 +90,7 @@ _GAUGES = (  # attribute of Gauges, name, help
     ("in_flight", "events_in_flight", "Client events sent to the broker and not yet answered."),
     ("broker_up", "broker_up", "1 while the broker is heard within the liveness window."),
     ("serving", "serving", "1 while the gateway accepts clients (its client ports are open)."),
+    ("parked", "connections_parked", "Idle clients parked with the one watcher, without a task of their own."),
 )
 
 

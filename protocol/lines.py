@@ -4,7 +4,9 @@
 line, many lines, a telnet negotiation split anywhere) and returns the
 complete items: `str` lines and `LineError` values. It keeps only the line
 being assembled, and never more than `max_line` bytes of it: the cap is a
-security limit, so an endless line costs nothing.
+security limit, so an endless line costs nothing. A line that one read
+brings whole is decoded from that read: a buffer exists only while a line is
+split across reads (an idle connection holds none).
 
 Rules (README, "The protocol in brief": Transport):
 - LF ends a line; a CR right before it is dropped; empty lines vanish.
@@ -61,7 +63,7 @@ class LineBuffer:
         if max_line < 1:
             raise ValueError("max_line must be at least 1")
         self.max_line = max_line
-        self._line = bytearray()
+        self._line: bytearray | None = None  # the start of a line split across reads
         self._overflow = False
         self._telnet = _Telnet.DATA
 
@@ -116,24 +118,30 @@ class LineBuffer:
             if end < 0:
                 self._append(data[start:])
                 return out
-            self._append(data[start:end])
-            self._finish_line(out)
+            if self._line is None and not self._overflow:  # the whole line is in this read
+                self._finish_line(data[start:end], out)
+            else:
+                self._append(data[start:end])
+                self._finish_line(self._line or b"", out)
             start = end + 1
 
     def _append(self, chunk: bytes) -> None:
         if self._overflow or not chunk:
             return
+        held = 0 if self._line is None else len(self._line)
         # one byte of slack for a CR that the LF may yet drop
-        if len(self._line) + len(chunk) > self.max_line + 1:
+        if held + len(chunk) > self.max_line + 1:
             self._overflow = True
-            self._line.clear()
+            self._line = None
             return
-        self._line += chunk
+        if self._line is None:
+            self._line = bytearray(chunk)
+        else:
+            self._line += chunk
 
-    def _finish_line(self, out: list[str | LineError]) -> None:
-        line = self._line
+    def _finish_line(self, line: bytes | bytearray, out: list[str | LineError]) -> None:
         if line.endswith(b"\r"):
-            del line[-1]
+            line = line[:-1]
         if self._overflow or len(line) > self.max_line:
             out.append(LineError(LineProblem.TOO_LONG, self.max_line))
         elif line:
@@ -142,9 +150,9 @@ class LineBuffer:
             except UnicodeDecodeError:
                 out.append(LineError(LineProblem.INVALID_UTF8, self.max_line))
         self._overflow = False
-        self._line = bytearray()
+        self._line = None
 
     @property
     def pending(self) -> int:
         """Bytes held for the line being assembled (at most max_line + 1)."""
-        return len(self._line)
+        return 0 if self._line is None else len(self._line)

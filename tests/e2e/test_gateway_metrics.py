@@ -70,6 +70,7 @@ def test_the_scrape_counts_traffic_refusals_and_cuts(metered) -> None:  # type: 
         assert scrape.value(G + "event_latency_seconds_count") >= 4
         assert scrape.value(G + "events_sent_total") >= 4
         wait_until(lambda: scrape.value(G + "connections") == 2, 10, "two connections shown")
+        wait_until(lambda: scrape.value(G + "connections_parked") == 2, 10, "both idle: parked, no task each")
         with ChatClient(port) as c, ChatClient(port, greet=False) as refused:
             c.sync()
             assert refused.wait_closed()[0].startswith("! too many connections from your address")

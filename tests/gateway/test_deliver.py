@@ -156,3 +156,15 @@ def test_a_gateway_lost_close_for_a_connection_gone_already_fences(ctx) -> None:
         assert sent(gateway) == []
 
     in_gateway(ctx, test)
+
+
+def test_seen_events_keep_the_gateways_own_copy_of_a_connection_id(ctx) -> None:  # type: ignore[no-untyped-def]
+    """Every Mark decodes a new copy of the ID; for our own connections `seen` keeps the one
+    `clients` and the session hold already (an idle connection's memory)."""
+    def test(gateway: Gateway) -> None:
+        feed = Feed(gateway)
+        session = quitting(gateway, feed)
+        kept = [cid for cid in gateway.seen._last if cid == session.cid]
+        assert len(kept) == 1 and kept[0] is session.cid
+
+    in_gateway(ctx, test)

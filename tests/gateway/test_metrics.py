@@ -35,7 +35,8 @@ def test_the_fixed_set_is_exposed() -> None:
                    "chat_gateway_lines_in_total", "chat_gateway_deliveries_out_total",
                    "chat_gateway_events_sent_total", "chat_gateway_events_resent_total",
                    "chat_gateway_fences_total", "chat_gateway_connections", "chat_gateway_events_in_flight",
-                   "chat_gateway_broker_up", "chat_gateway_serving", "chat_gateway_event_latency_seconds_count"):
+                   "chat_gateway_broker_up", "chat_gateway_serving", "chat_gateway_connections_parked",
+                   "chat_gateway_event_latency_seconds_count"):
         assert _value(text, sample) == 0, sample
 
 
@@ -44,13 +45,14 @@ def test_counts_and_gauges_show_in_the_scrape() -> None:
     metrics.refuse(Refusal.PER_ADDRESS)
     assert metrics.drop(Drop.SEQUENCE_GAP, 5) == 5
     metrics.lines_in += 3
-    metrics.gauges = Gauges(connections=7, in_flight=2, broker_up=True, serving=True)
+    metrics.gauges = Gauges(connections=7, in_flight=2, broker_up=True, serving=True, parked=5)
     text = _scrape(metrics)
     assert _value(text, 'chat_gateway_connections_refused_total{reason="per_address"}') == 1
     assert _value(text, 'chat_gateway_drops_total{cause="sequence_gap"}') == 5
     assert _value(text, "chat_gateway_lines_in_total") == 3
     assert _value(text, "chat_gateway_connections") == 7
     assert _value(text, "chat_gateway_events_in_flight") == 2
+    assert _value(text, "chat_gateway_connections_parked") == 5
     assert _value(text, "chat_gateway_broker_up") == 1
 
 

@@ -215,6 +215,20 @@ def test_empty_feed_returns_nothing() -> None:
     assert buf.pending == 0
 
 
+def test_a_buffer_is_held_only_while_a_line_is_split_across_reads() -> None:
+    """An idle connection holds no line buffer: whole lines are decoded from the read itself."""
+    buf = LineBuffer(16)
+    assert buf._line is None and buf.pending == 0
+    assert buf.feed(b"hello\nwor") == ["hello"]
+    assert buf.pending == 3
+    assert buf.feed(b"ld\r\n") == ["world"]
+    assert buf._line is None and buf.pending == 0
+    assert buf.feed(b"x" * 20) == []  # too long: nothing kept of it
+    assert buf._line is None and buf.pending == 0
+    assert buf.feed(b"yy\nok\n") == [LineError(LineProblem.TOO_LONG, 16), "ok"]
+    assert buf._line is None
+
+
 def test_max_line_must_be_positive() -> None:
     with pytest.raises(ValueError):
         LineBuffer(0)
