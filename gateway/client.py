@@ -21,7 +21,10 @@ Idle: a ready client (registered, upgraded) whose socket has nothing more
 to read and that owes the rate limit nothing is parked (`gateway.idle`): its
 task ends, and the one watcher of the gateway starts a new one when the
 socket wakes (input, a FIN, an error) or when the connection must end. A
-ready client's task never waits on its socket: it reads while there is
+short read that needs no waiting (no rate-limit debt, room in its session,
+not TLS, not the end) is served there and then, with no task
+(`serve_nowait`): the lines of a chat client's typical wake-up go on without
+one. A ready client's task never waits on its socket: it reads while there is
 input (letting other tasks run between reads) and parks once a read comes
 back short (the watcher's epoll is level-triggered: what came meanwhile
 wakes it at once).
@@ -60,6 +63,7 @@ from protocol.doors import Door, Input
 
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 OnLines = Callable[["Client", list[str]], Awaitable[None]]
+OnLinesNowait = Callable[["Client", list[str]], bool]
 OnEof = Callable[["Client"], Awaitable[None]]
 OnOpen = Callable[["Client"], None]
 FLOODING_TEXT = "flooding: too many lines at once; disconnecting"
@@ -69,6 +73,7 @@ WRITE_ERRORS = (OSError, trio.ClosedResourceError, trio.BusyResourceError)
 # nothing moved now, try again when the socket is ready (OpenSSL says it its way on a TLS socket)
 WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 READ_SIZE = 65536
+INLINE_READ = 4096  # a woken client's read parsed without a task at most (a longer one gets its task)
 TLS_RECORD = 16384  # the most one TLS read returns (a record's plaintext)
 
 
@@ -101,6 +106,8 @@ class ClientHooks:
     not a chat connection becomes one (a WebSocket upgrade), before its first lines go on;
     `on_eof` runs at the client's end of input (a FIN: it may still read) before the
     connection closes: it lets the replies out. `parking` holds idle clients.
+    `on_lines_nowait(client, lines)` takes lines only if it need not wait (-> False: it took
+    nothing); a parked client that wakes is served without a task while it says yes.
     """
 
     limits: ClientLimits
@@ -110,6 +117,7 @@ class ClientHooks:
     on_open: OnOpen | None
     parking: Parking | None  # None: every connection keeps its task
     unlimited: TokenBucket = field(default_factory=lambda: TokenBucket(0.0, 1, 0.0))  # rate 0: one for all
+    on_lines_nowait: OnLinesNowait | None = None  # None: a woken client always gets its task
 
 
 class Client:
@@ -163,17 +171,20 @@ class Client:
 
     # --- the connection's task ------------------------------------------------
 
-    async def serve(self, first: bytes = b"", readable: bool = False) -> str | None:
-        """Read (`first`, then the socket) while the connection is busy.
+    async def serve(self, first: bytes = b"", readable: bool = False, held: list[str] | None = None) -> str | None:
+        """Read (`first`, then the socket) while the connection is busy; `held`: lines read
+        already, to hand on first (at the rate limit's pace).
 
         -> None: it went idle and is parked (gateway.idle), no task needed until
-        it wakes (then `serve` it again, `readable`); '' or 'connection reset': the
-        connection ended.
+        it wakes (then `serve_nowait`, or `serve` it again, `readable`); '' or
+        'connection reset': the connection ended.
         """
         hooks = self._hooks
         with trio.CancelScope() as scope:
             self._scope = scope
             try:
+                if held:
+                    await self._forward(held)
                 if self.closing is None and not self.broken:
                     if await self._read_loop(first, readable):
                         self._scope = None  # parked: the watcher has it now
@@ -187,6 +198,50 @@ class Client:
                 await trio.sleep_forever()  # the writer ends the connection once the backlog is out
         self._scope = None
         return "connection reset" if self.broken else ""
+
+    def serve_nowait(self) -> tuple[bytes, list[str]] | None:
+        """A parked client woke: serve one short read here, with no task, if nothing in it must
+        wait (a rate-limit debt, a full session, TLS, the end of input, a close), and park it again
+        -> None. Otherwise -> (what was read and not parsed, lines parsed and not handed on): its
+        task (`serve`, readable) goes on from there. Lines the rate limit holds back go to the task."""
+        on_lines = self._hooks.on_lines_nowait
+        if (self.closing is not None or self.broken or self._tls or not self.door.ready or on_lines is None
+                or (self._bucket is not None and self._bucket.debt_delay(trio.current_time()) > 0)
+                or not on_lines(self, [])):
+            return b"", []
+        try:
+            received = self._receive_nowait()
+            if received is None:  # woken with nothing to read
+                return None if self._park() else (b"", [])
+            if not received or len(received) > INLINE_READ:  # the end of input, or more than a short read
+                return received, []
+            held = self._take_read(received, on_lines)
+        except (OSError, trio.ClosedResourceError):
+            self.broken = True
+            return b"", []
+        if held or self.closing is not None or self.broken or not self._park():
+            return b"", held
+        return None
+
+    def _take_read(self, data: bytes, on_lines: OnLinesNowait) -> list[str]:
+        """One read's meaning, answered and handed on now -> the lines the rate limit holds back."""
+        chatting = self.door.chatting
+        got = self._parse(data)
+        if got is None:
+            self.close_after(self.door.end(FLOODING_TEXT), FLOODING_REASON)
+            return []
+        if got.close is not None:
+            self.close_after(b"", got.close)
+            return []
+        if not chatting and self.door.chatting and self._hooks.on_open is not None:
+            self._hooks.on_open(self)
+        lines = got.lines
+        if not lines or self._bucket is None:
+            return []
+        granted = self._bucket.take(len(lines), trio.current_time())
+        if granted:
+            on_lines(self, lines[:granted])
+        return lines[granted:]
 
     def park_new(self) -> bool:
         """Park a client nothing was read from yet -> False: it needs its task (`serve`)

@@ -6,9 +6,10 @@ its task ends, and its socket joins one epoll set, armed for
 EPOLLIN | EPOLLRDHUP | EPOLLONESHOT. The watcher task waits on that set's
 own descriptor (to Trio, one readable descriptor); for every socket that
 wakes (input, a FIN, an error: epoll always reports the last two) it hands
-the client back to `wake`, which starts a task that serves it while it is
-busy. One shot: a woken socket stays in the set, silent, until it is parked
-again (one `modify`), so nothing is woken twice. `rouse` wakes a parked
+the client back to `wake`, which serves a short read at once and parks it
+again, or starts a task that serves it while it is busy. One shot: a woken
+socket stays in the set, silent, until it is parked again (one `modify`),
+so nothing is woken twice. `rouse` wakes a parked
 client on our side (it must close: its output is out, or its socket broke).
 
 A socket joins the set at its first park (`Client.watched`) and is re-armed
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 ARMED = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
 MAX_EVENTS = 1024  # sockets handed back per look at the set; more wait for the next
+WAKES_PER_TURN = 64  # woken clients served (`wake` may serve one's read at once) before others may run
 
 
 class IdleWatcher:
@@ -82,10 +84,12 @@ class IdleWatcher:
         epoll = self._epoll
         while True:
             await trio.lowlevel.wait_readable(epoll.fileno())
-            for fd, _ in epoll.poll(0, MAX_EVENTS):
-                client = self._parked.pop(fd, None)
+            for n, (fd, _) in enumerate(epoll.poll(0, MAX_EVENTS), 1):
+                client = self._parked.pop(fd, None)  # None: roused meanwhile, or woken already
                 if client is not None:
                     self._wake(client)
+                if n % WAKES_PER_TURN == 0:
+                    await trio.lowlevel.checkpoint()
 
     def close(self) -> list[Client]:
         """Stop watching -> the clients still parked (theirs to close)."""

@@ -144,7 +144,7 @@ class Gateway(BrokerLink, Delivery):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery  # client tasks and writers run here
                 self._hooks = ClientHooks(self.config.limits, nursery.start_soon, self._on_lines, self._on_eof,
-                                          self._open_session, idle)
+                                          self._open_session, idle, on_lines_nowait=self._on_lines_nowait)
                 nursery.start_soon(idle.run)
                 for pump in self.to_brokers:
                     nursery.start_soon(pump.run)
@@ -310,14 +310,18 @@ class Gateway(BrokerLink, Delivery):
         return client
 
     def _wake(self, client: Client) -> None:
-        """A parked client woke (input, a FIN, an error) or must close: serve it in a task again."""
-        self._nursery.start_soon(self._run_client, client, b"", True)
+        """A parked client woke (input, a FIN, an error) or must close: served here if what it
+        sent needs no waiting (`Client.serve_nowait`), else in a task again."""
+        rest = client.serve_nowait()
+        if rest is not None:
+            self._nursery.start_soon(self._run_client, client, rest[0], True, rest[1])
 
-    async def _run_client(self, client: Client, first: bytes = b"", readable: bool = False) -> None:
+    async def _run_client(self, client: Client, first: bytes = b"", readable: bool = False,
+                          held: list[str] | None = None) -> None:
         """Serve the client while it is busy; close it when it ends (not when it is parked)."""
         ended: str | None = ""
         try:
-            ended = await client.serve(first, readable)
+            ended = await client.serve(first, readable, held)
         finally:
             if ended is not None:
                 self._closed(client, client.closing or ended)
@@ -366,9 +370,25 @@ class Gateway(BrokerLink, Delivery):
     async def _on_lines(self, client: Client, lines: list[str]) -> None:
         """Hand a client's lines to its session; wait while too many are pending."""
         session = self.sessions[client.cid]
-        hold = self.config.limits.max_waiting_lines
-        while len(session.pending) >= hold and not self.broker_down:
+        while not self._takes_lines(session):
             await client.wait_for_reader_wakeup(self.config.heartbeat)
+        self._hand_on(client, session, lines)
+
+    def _on_lines_nowait(self, client: Client, lines: list[str]) -> bool:
+        """`_on_lines` if it need not wait -> False: it took nothing (no session, or a full one)."""
+        session = self.sessions.get(client.cid)
+        if session is None or not self._takes_lines(session):
+            return False
+        if lines:
+            self._hand_on(client, session, lines)
+        return True
+
+    def _takes_lines(self, session: Session) -> bool:
+        """Whether the session takes more lines now (while the broker is down, it refuses the rest)."""
+        return len(session.pending) < self.config.limits.max_waiting_lines or self.broker_down
+
+    def _hand_on(self, client: Client, session: Session, lines: list[str]) -> None:
+        hold = self.config.limits.max_waiting_lines
         room = max(0, hold - len(session.pending))
         if len(lines) > room and self.broker_down:
             self.metrics.drop(Drop.LINES_UNAVAILABLE, len(lines) - room)

@@ -203,6 +203,33 @@ def test_a_woken_connection_chats_and_gets_deliveries(backend: Cluster) -> None:
             alice.expect(lambda line: line.endswith("and back"))
 
 
+class SpawnCounter(trio.abc.Instrument):
+    """Counts the tasks a Trio loop starts."""
+
+    def __init__(self) -> None:
+        self.spawned = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.spawned += 1
+
+
+def test_a_woken_connection_is_served_without_a_task(backend: Cluster) -> None:
+    """A parked client's short read (lines, no rate-limit debt) is handed on by the watcher
+    itself: no task is started for it, and it is parked again."""
+    with GatewayThread(config_for(backend)) as gw, named(gw.port(), f"nt{time.monotonic_ns() % 10**6}") as client:
+        all_parked(gw, 1)
+        counter = SpawnCounter()
+        gw.call(lambda: trio.lowlevel.add_instrument(counter))
+        try:
+            for n in range(5):
+                client.send(f"/ping {n}" if n % 2 else "/ping")
+                client.expect(lambda line: line.startswith(("* pong", "! usage")))
+                all_parked(gw, 1)
+        finally:
+            gw.call(lambda: trio.lowlevel.remove_instrument(counter))
+        assert counter.spawned == 0, f"{counter.spawned} task(s) started for a parked client's lines"
+
+
 def test_a_parked_connection_closed_by_the_gateway_ends(backend: Cluster) -> None:
     with GatewayThread(config_for(backend)) as gw, named(gw.port(), f"cl{time.monotonic_ns() % 10**6}") as client:
         all_parked(gw, 1)
