@@ -199,6 +199,13 @@ class Client:
         self._scope = None
         return "connection reset" if self.broken else ""
 
+    def ended(self) -> str | None:
+        """A parked client that must close and has nothing left to write -> why it ended
+        (its task would do nothing more); None: it is not over, or it has a backlog to let out."""
+        if (self.closing is None and not self.broken) or self._backlog is not None or self._scope is not None:
+            return None
+        return self.closing or ("connection reset" if self.broken else "")
+
     def serve_nowait(self) -> tuple[bytes, list[str]] | None:
         """A parked client woke: serve one short read here, with no task, if nothing in it must
         wait (a rate-limit debt, a full session, TLS, the end of input, a close), and park it again

@@ -273,10 +273,10 @@ class BrokerLink:
         log.warning("closing %d client(s); %s re-joins as %s", len(self.clients), old, self.instance)
         self.metrics.fences += 1
         set_log_instance(self.instance)
+        for session in self.sessions.values():  # first: a parked client may end at once, its session with it
+            session.abandon()
         for client in list(self.clients.values()):
             client.close_after(client.door.end(GATEWAY_GONE), "gateway fenced")
-        for session in self.sessions.values():
-            session.abandon()
         self._rooms_missed += self.rooms.missed
         self.rooms = RoomTable(self._is_member, self._is_busy)  # none of the old instance's connections stays
         for pump, dealer, endpoint in zip(self.to_brokers, self.dealers, self.frontends, strict=True):

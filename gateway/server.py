@@ -310,8 +310,12 @@ class Gateway(BrokerLink, Delivery):
         return client
 
     def _wake(self, client: Client) -> None:
-        """A parked client woke (input, a FIN, an error) or must close: served here if what it
-        sent needs no waiting (`Client.serve_nowait`), else in a task again."""
+        """A parked client woke (input, a FIN, an error) or must close: ended here if nothing is
+        left to write, served here if what it sent needs no waiting (`Client.serve_nowait`),
+        else in a task again."""
+        if (reason := client.ended()) is not None:
+            self._closed(client, reason)
+            return
         rest = client.serve_nowait()
         if rest is not None:
             self._nursery.start_soon(self._run_client, client, rest[0], True, rest[1])

@@ -213,9 +213,9 @@ class SpawnCounter(trio.abc.Instrument):
         self.spawned += 1
 
 
-def test_a_woken_connection_is_served_without_a_task(backend: Cluster) -> None:
+def test_a_woken_connection_is_served_and_closed_without_a_task(backend: Cluster) -> None:
     """A parked client's short read (lines, no rate-limit debt) is handed on by the watcher
-    itself: no task is started for it, and it is parked again."""
+    itself: no task is started for it, and it is parked again; its /quit closes it the same way."""
     with GatewayThread(config_for(backend)) as gw, named(gw.port(), f"nt{time.monotonic_ns() % 10**6}") as client:
         all_parked(gw, 1)
         counter = SpawnCounter()
@@ -225,9 +225,13 @@ def test_a_woken_connection_is_served_without_a_task(backend: Cluster) -> None:
                 client.send(f"/ping {n}" if n % 2 else "/ping")
                 client.expect(lambda line: line.startswith(("* pong", "! usage")))
                 all_parked(gw, 1)
+            client.send("/quit")
+            assert client.wait_closed() == ["* bye"]
+            wait_until(lambda: gw.call(lambda: not gw.gateway.clients and not gw.gateway.sessions), "it is gone")
         finally:
             gw.call(lambda: trio.lowlevel.remove_instrument(counter))
-        assert counter.spawned == 0, f"{counter.spawned} task(s) started for a parked client's lines"
+        assert counter.spawned == 0, f"{counter.spawned} task(s) started for a parked client's lines and close"
+        assert gw.parked() == 0
 
 
 def test_a_parked_connection_closed_by_the_gateway_ends(backend: Cluster) -> None:
