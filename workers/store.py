@@ -102,6 +102,13 @@ def _failed_or(res: list[Any], ok: Callable[[list[Any]], Any]) -> Any:
     return ok(res)
 
 
+def _said(res: list[Any]) -> Any:
+    """A room message's result (`Store.say`)."""
+    if res[0] == "ok":
+        return (res[1], res[2], res[3], float(res[4]), res[5])
+    return _failed_or(res, lambda r: r)
+
+
 def _biggest_rooms(res: list[Any]) -> tuple[list[tuple[str, int]], int]:
     total, flat = res
     rooms = [(room, int(float(n))) for room, n in zip(flat[::2], flat[1::2], strict=True)]
@@ -331,8 +338,7 @@ class Store:
         """Append to the room's history -> (nick, room, gateways with members, ts as first stored,
         the room's seq). The room messages of one event next to each other run as one script."""
         event, line = op
-        args = (cid, HISTORY_KEEP, event, line, room or "", text, msg_id, repr(ts), kind)
-        return Call(scripts.SAY, args, lambda r: _failed_or(r, lambda r: (r[1], r[2], r[3], float(r[4]), r[5])),
+        return Call(scripts.SAY, (cid, HISTORY_KEEP, event, line, room or "", text, msg_id, repr(ts), kind), _said,
                     shared=3)
 
     # Reads are replayable too: a replay must see what the first run saw, not
