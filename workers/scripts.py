@@ -127,17 +127,6 @@ gateway_left(p, room, gw)
 return {'ok', nick, room, current, redis.call('INCR', sk), redis.call('HKEYS', gk)}
 """
 
-_PRIVATE_SRC = """
-local p, cid, target, ts = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local nick = redis.call('HGET', p..'conn:'..cid, 'nick')
-if not nick then return {'gone'} end
-local to = redis.call('GET', p..'nick:'..string.lower(target))
-if not to then return {'nonick'} end
-local to_nick = redis.call('HGET', p..'conn:'..to, 'nick')
-if not to_nick then return {'nonick'} end
-return {'ok', nick, to, to_nick, ts}
-"""
-
 _WHO_SRC = """
 local p, cid, room = ARGV[1], ARGV[2], ARGV[3]
 if room == '' then room = redis.call('HGET', p..'conn:'..cid, 'room') or '' end
@@ -364,6 +353,62 @@ return out
 """.replace("SAY_FIELDS", str(SAY_FIELDS)).replace("RESULT_TTL", str(RESULT_TTL))
 
 
+# Private messages (/msg NICK text): the consecutive ones of one event run as one call, in order (ARGV: p,
+# cid, event, then per line: its number, target nick, ts) -> one result per line ({'ok', nick, to cid,
+# to nick as spelled, ts}, {'nonick'} or {'gone'}). Replayable per line as SAY is: each line's result is
+# kept under `p res:<cid>`, field = its number, as `replayable` keeps a single line's, so however a replay
+# groups the lines each gets its first result. Nothing is stored but the results: it is served when Valkey
+# is full (its first write is the EXPIRE of `replayable(grows=False)`). One lookup of the sender, one of
+# each target nick.
+PRIVATE_FIELDS = 3  # ARGV a line takes
+_PRIVATE_SRC = """
+local p, cid, event = ARGV[1], ARGV[2], ARGV[3]
+local rk = p..'res:'..cid
+local lines, out, todo = {}, {}, {}
+for i = 4, #ARGV, PRIVATE_FIELDS do lines[#lines + 1] = ARGV[i] end
+local current = redis.call('HGET', rk, 'event') == event
+if current then
+  local hits = redis.call('HMGET', rk, unpack(lines))
+  for n = 1, #lines do if hits[n] then out[n] = cjson.decode(hits[n]) end end
+end
+for n = 1, #lines do if not out[n] then todo[#todo + 1] = n end end
+if #todo == 0 then return out end
+redis.call('EXPIRE', rk, RESULT_TTL)
+if not current then
+  redis.call('DEL', rk)
+  redis.call('HSET', rk, 'event', event)
+end
+local nick = redis.call('HGET', p..'conn:'..cid, 'nick')
+if not nick then
+  for _, n in ipairs(todo) do out[n] = {'gone'} end
+  return out
+end
+local found, record = {}, {}
+for _, n in ipairs(todo) do
+  local i = 4 + (n - 1) * PRIVATE_FIELDS
+  local target, ts = string.lower(ARGV[i + 1]), ARGV[i + 2]
+  local to = found[target]
+  if to == nil then
+    to = false
+    local holder = redis.call('GET', p..'nick:'..target)
+    if holder then
+      local to_nick = redis.call('HGET', p..'conn:'..holder, 'nick')
+      if to_nick then to = {holder, to_nick} end
+    end
+    found[target] = to
+  end
+  local res = {'nonick'}
+  if to then res = {'ok', nick, to[1], to[2], ts} end
+  out[n] = res
+  record[#record + 1] = lines[n]
+  record[#record + 1] = cjson.encode(res)
+end
+redis.call('EXPIRE', rk, RESULT_TTL)
+redis.call('HSET', rk, unpack(record))
+return out
+""".replace("PRIVATE_FIELDS", str(PRIVATE_FIELDS)).replace("RESULT_TTL", str(RESULT_TTL))
+
+
 # The broker pair's fence (broker.lease): every script takes the epoch of the
 # dispatch it serves as its last ARGV, and takes it off before anything else
 # reads ARGV. Under an epoch that is no longer `p broker:epoch` it changes
@@ -388,7 +433,7 @@ PART = fenced(replayable(_PART_SRC, grows=False))  # it frees memory
 SAY = fenced(_SAY_SRC)  # replayable per line, as above
 LEAVE = fenced(replayable(_LEAVE_SRC, GONE_TTL, grows=False))
 REAP = fenced(replayable(_REAP_SRC, GONE_TTL, grows=False))
-PRIVATE = fenced(replayable(_PRIVATE_SRC, grows=False))  # a delivery, nothing stored
+PRIVATE = fenced(_PRIVATE_SRC)  # a delivery, nothing stored; replayable per line, as above
 WHO = fenced(replayable(_WHO_SRC, grows=False))
 ROOMS = fenced(replayable(_ROOMS_SRC, grows=False))
 HISTORY = fenced(replayable(_HISTORY_SRC, grows=False))

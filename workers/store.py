@@ -109,6 +109,13 @@ def _said(res: list[Any]) -> Any:
     return _failed_or(res, lambda r: r)
 
 
+def _private(res: list[Any]) -> Any:
+    """A private message's result (`Store.private`)."""
+    if res[0] == "ok":
+        return (res[1], res[2], res[3], float(res[4]))
+    return _failed_or(res, lambda r: r)
+
+
 def _biggest_rooms(res: list[Any]) -> tuple[list[tuple[str, int]], int]:
     total, flat = res
     rooms = [(room, int(float(n))) for room, n in zip(flat[::2], flat[1::2], strict=True)]
@@ -345,9 +352,10 @@ class Store:
     # what the event's later lines have written since.
 
     def private(self, op: Op, cid: str, target: str, ts: float) -> Call:
-        """-> (sender nick, target cid, target nick as spelled, ts as first seen)."""
-        return Call(scripts.PRIVATE, (cid, target, repr(ts), *op),
-                    lambda r: _failed_or(r, lambda r: (r[1], r[2], r[3], float(r[4]))))
+        """-> (sender nick, target cid, target nick as spelled, ts as first seen). The private messages
+        of one event next to each other run as one script."""
+        event, line = op
+        return Call(scripts.PRIVATE, (cid, event, line, target, repr(ts)), _private, shared=2)
 
     def who(self, op: Op, cid: str, room: str | None) -> Call:
         """-> (room, member nicks)."""
