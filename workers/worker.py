@@ -81,8 +81,8 @@ MAX_MESSAGE_BYTES = 64 << 20
 
 # allocations (less deallocations) between two collections of the youngest GC generation: a dispatch
 # allocates thousands of short-lived containers that reference counting frees, and at Python's default
-# (700) the collector ran many times a dispatch, scanning what the dispatch still held (a third of the
-# worker's CPU under a room fan-out); cycles are still collected, a few times a second at most
+# (700) the collector ran many times a dispatch, scanning what the dispatch still held (a quarter to a
+# third of the CPU of full dispatches of 16-line events); cycles are still collected, only less often
 GC_YOUNG = 50_000
 
 
