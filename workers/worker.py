@@ -32,7 +32,6 @@ later; a lost gateway's clean-up is kept here and tried again.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import secrets
@@ -61,7 +60,7 @@ from protocol.messages import (
 )
 from stack.curve import ClientKeys
 from stack.frames import recv_frames, send_frames
-from stack.process import Stopping, set_log_instance
+from stack.process import Stopping, set_log_instance, tune_gc
 from workers.effects import Effects
 from workers.logic import INTERNAL_ERROR, UNAVAILABLE, Chat, ChatLimits
 from workers.metrics import RedisCause, RefusedCause, WorkerMetrics, redis_cause
@@ -78,13 +77,6 @@ FENCED_EPOCHS = 16
 
 # one envelope may not grow this process's memory without bound (ZMQ_MAXMSGSIZE)
 MAX_MESSAGE_BYTES = 64 << 20
-
-# allocations (less deallocations) between two collections of the youngest GC generation: a dispatch
-# allocates thousands of short-lived containers that reference counting frees, and at Python's default
-# (700) the collector ran many times a dispatch, scanning what the dispatch still held (a quarter to a
-# third of the CPU of full dispatches of 16-line events); cycles are still collected, only less often
-GC_YOUNG = 50_000
-
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
@@ -279,14 +271,6 @@ def durability(config: WorkerConfig) -> Durability | None:
     if replicas == 0:
         return None
     return Durability(replicas, max(1, int(config.redis_timeout * 1000 * WAIT_SHARE)))
-
-
-def tune_gc() -> None:
-    """Collect cycles less often (GC_YOUNG), and never scan again what start-up made (it lives as long
-    as the process): call it once everything long-lived is set up."""
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG, middle, old)
 
 
 def worker_name() -> str:

@@ -1,10 +1,10 @@
-"""The worker's collector settings (workers.worker.tune_gc): young collections rarer, start-up frozen."""
+"""The collector settings of every part (stack.process.tune_gc): young collections rarer, start-up frozen."""
 
 from __future__ import annotations
 
 import gc
 
-from workers.worker import GC_YOUNG, tune_gc
+from stack.process import GC_YOUNG, tune_gc
 
 
 def test_tune_gc_makes_young_collections_rarer_and_freezes_start_up() -> None:
