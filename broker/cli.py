@@ -10,7 +10,7 @@ from broker.lease import Lease, LeaseConfig
 from broker.server import Broker
 from stack.curve import KeyFileError, server_curve
 from stack.metrics import parse_listen, serve_metrics
-from stack.process import LOG_FORMATS, Stopping, set_log_instance, setup_logging
+from stack.process import LOG_FORMATS, Stopping, set_log_instance, setup_logging, tune_gc
 from workers.redis_client import RedisUrlError
 
 
@@ -28,6 +28,7 @@ def run(config: BrokerConfig, metrics_listen: tuple[str, int] | None = None,
             print(f"chat-broker metrics on {metrics}", flush=True)
             bound += f" metrics={metrics}"
         print(f"chat-broker ready {bound}", flush=True)
+        tune_gc()
         broker.run(stopping)
     finally:
         broker.close()

@@ -48,7 +48,7 @@ from any peer is reported, never a crash.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgpack
@@ -226,6 +226,32 @@ _DECODERS: dict[tuple[int, int], Callable[..., Message]] = {
 
 def encode(msg: Message) -> bytes:
     return msgpack.packb(to_wire(msg), use_bin_type=True)
+
+
+def encode_batches(batches: Iterable[tuple[str, Sequence[BatchItem]]]) -> tuple[tuple[str, bytes], ...]:
+    """(gateway, items) pairs -> (gateway, the bytes `encode(Batch(items))` makes) pairs. An item, or the
+    event of a delivery, that goes to several gateways (a room event, a message to connections on
+    several) is made ready for msgpack once."""
+    wired: dict[int, list[Any]] = {}  # by the id of an item or event, all alive until we return
+
+    def event(e: ChatEvent) -> list[Any]:
+        wire = wired.get(id(e))
+        if wire is None:
+            wire = wired[id(e)] = _event_to_wire(e)
+        return wire
+
+    def item(i: BatchItem) -> list[Any]:
+        if isinstance(i, Deliver):
+            return [0, list(i.cids), event(i.event)]
+        if isinstance(i, RoomEvent):
+            wire = wired.get(id(i))
+            if wire is None:
+                wire = wired[id(i)] = [4, i.room, i.seq, i.member, i.change, event(i.event)]
+            return wire
+        return _item_to_wire(i)
+
+    return tuple((gateway, msgpack.packb([8, [item(i) for i in items]], use_bin_type=True))
+                 for gateway, items in batches)
 
 
 def decode(frame: bytes) -> Message:

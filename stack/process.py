@@ -1,13 +1,19 @@
-"""What every chat process does the same way: logging, stop signals."""
+"""What every chat process does the same way: logging, stop signals, the garbage collector."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import signal
 from types import FrameType
 
 LOG_FORMATS = ("text", "json")
+# allocations (less deallocations) between two collections of the youngest GC generation: handling
+# an event allocates thousands of short-lived containers that reference counting frees, and at
+# Python's default (700) the collector ran many times a dispatch in a worker, scanning what it still
+# held (a quarter to a third of the CPU of full dispatches); cycles are still collected, less often
+GC_YOUNG = 50_000
 
 
 class JsonFormatter(logging.Formatter):
@@ -68,3 +74,11 @@ class Stopping:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
+
+
+def tune_gc() -> None:
+    """Collect cycles less often (GC_YOUNG), and never scan again what start-up made (it lives as long
+    as the process): call it once everything long-lived is set up."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG, middle, old)

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from protocol import codec
 from protocol.messages import (
-    Batch,
     BatchItem,
     ChatEvent,
     Close,
@@ -90,8 +89,8 @@ class Effects:
                     out.setdefault(origin, []).append(item)
                     marked.add(origin)
             elif isinstance(item, Deliver):
-                for gateway, cids in _split_cids(item.cids).items():
-                    to(gateway, Deliver(cids, item.event))
+                for gateway, delivery in _by_gateway(item):
+                    to(gateway, delivery)
             elif isinstance(item, ToGateways):
                 for gateway in item.gateways:
                     to(gateway, item.item)
@@ -103,14 +102,18 @@ class Effects:
 
     def encoded(self) -> tuple[tuple[str, bytes], ...]:
         """(gateway, Batch bytes) pairs, ready for a `Done`."""
-        return tuple(
-            (gateway, codec.encode(Batch(tuple(items))))
-            for gateway, items in self.by_gateway().items()
-        )
+        return codec.encode_batches(self.by_gateway().items())
 
 
-def _split_cids(cids: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+def _by_gateway(item: Deliver) -> list[tuple[str, Deliver]]:
+    """A delivery -> one per gateway of its connections (the item itself when they share one, as a
+    reply to its sender does)."""
+    if not item.cids:
+        return []
+    first = gateway_of(item.cids[0])
+    if all(gateway_of(cid) == first for cid in item.cids[1:]):
+        return [(first, item)]
     groups: dict[str, list[str]] = {}
-    for cid in cids:
+    for cid in item.cids:
         groups.setdefault(gateway_of(cid), []).append(cid)
-    return {gw: tuple(members) for gw, members in groups.items()}
+    return [(gateway, Deliver(tuple(cids), item.event)) for gateway, cids in groups.items()]

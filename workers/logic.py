@@ -166,9 +166,9 @@ class Chat:
 
     def _plan_lines(self, cid: str, event: int, lines: tuple[str, ...], now: float) -> list[Step]:
         steps: list[Step] = []
+        limit, plans = self.limits.max_event_lines, self._plans
         for offset, line in enumerate(lines):
-            if offset == self.limits.max_event_lines:  # a gateway never sends so many: refuse the rest
-                limit = self.limits.max_event_lines
+            if offset == limit:  # a gateway never sends so many: refuse the rest
                 self.metrics.refused(RefusedCause.TOO_MANY_LINES, len(lines) - offset)
                 steps.append(reply("error", cid, TOO_MANY_LINES.format(max=limit), R.TOO_MANY_LINES, (str(limit),)))
                 break
@@ -184,7 +184,7 @@ class Chat:
                 continue
             if cmd is None:
                 continue
-            step = self._plans[type(cmd)](At(cid, event, event + offset, now), cmd)
+            step = plans[type(cmd)](At(cid, event, event + offset, now), cmd)
             steps.append(step)
             if step.last:
                 break  # lines after /quit are not for anyone

@@ -128,15 +128,17 @@ class CommandPlans:
         return Step(self.store.part(at.op, at.cid, cmd.room), respond)
 
     def _to_room(self, at: At, room: str | None, text: str, kind: EventType) -> Step:
+        mid = at.mid
+
         def respond(fx: Effects, res: Failed | tuple[str, str, list[str], float, int]) -> None:
             if isinstance(res, Failed):
                 _refuse(fx, at.cid, res, NO_ROOM)
                 return
             nick, where, gateways, ts, seq = res
-            event = ChatEvent(kind, text, room=where, sender=nick, id=at.mid, ts=ts, origin=at.cid)
+            event = ChatEvent(kind, text, room=where, sender=nick, id=mid, ts=ts, origin=at.cid)
             fx.room(gateways, RoomEvent(where, seq, event))
 
-        return Step(self.store.say(at.op, at.cid, room, text, at.mid, at.now, kind.value), respond)
+        return Step(self.store.say(at.op, at.cid, room, text, mid, at.now, kind.value), respond)
 
     def _say(self, at: At, cmd: c.Say) -> Step:
         return self._to_room(at, None, cmd.text, EventType.MESSAGE)

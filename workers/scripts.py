@@ -127,25 +127,6 @@ gateway_left(p, room, gw)
 return {'ok', nick, room, current, redis.call('INCR', sk), redis.call('HKEYS', gk)}
 """
 
-_SAY_SRC = """
-local p, cid, room, text, id, ts, kind, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-""" + _ROOM_OF + """if redis.call('SISMEMBER', mk, cid) == 0 then return {'notin', room} end
-redis.call('XADD', p..'room:'..room..':history', 'MAXLEN', '~', keep, '*',
-           'id', id, 'from', nick, 'text', text, 'ts', ts, 'kind', kind)
-return {'ok', nick, room, redis.call('HKEYS', gk), ts, tonumber(redis.call('GET', sk) or '0')}
-"""
-
-_PRIVATE_SRC = """
-local p, cid, target, ts = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local nick = redis.call('HGET', p..'conn:'..cid, 'nick')
-if not nick then return {'gone'} end
-local to = redis.call('GET', p..'nick:'..string.lower(target))
-if not to then return {'nonick'} end
-local to_nick = redis.call('HGET', p..'conn:'..to, 'nick')
-if not to_nick then return {'nonick'} end
-return {'ok', nick, to, to_nick, ts}
-"""
-
 _WHO_SRC = """
 local p, cid, room = ARGV[1], ARGV[2], ARGV[3]
 if room == '' then room = redis.call('HGET', p..'conn:'..cid, 'room') or '' end
@@ -301,6 +282,133 @@ def replayable(script: str, ttl: int = RESULT_TTL, grows: bool = True) -> str:
     return f"{first}\nlocal function op()\n{body}\nend\n" + wrapper.replace("RESULT_TTL", str(ttl))
 
 
+# Room messages (plain text, /me, /msg #room): the consecutive ones of one event run as one call, in
+# order (ARGV: p, cid, history keep, event, then per line: its number, room ('' for the current one), text,
+# id, ts, kind) -> one result per line. Replayable as `replayable` makes a script, per line: each line's
+# result is kept under `p res:<cid>`, field = its number, as a single line's would be, so a replay that
+# groups the lines otherwise (or one by one) returns each line's first result and writes nothing again.
+# One connection lookup, one membership check, member gateways and seq read per room, one XADD per line.
+# The first write is the `grows` guard; a full Valkey refuses it, and with it each line not yet recorded
+# ({'refused', why}), while the recorded ones are still replayed.
+SAY_FIELDS = 6  # ARGV a line takes
+_SAY_SRC = """
+local p, cid, keep, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local rk = p..'res:'..cid
+local lines, out, todo = {}, {}, {}
+for i = 5, #ARGV, SAY_FIELDS do lines[#lines + 1] = ARGV[i] end
+local current = redis.call('HGET', rk, 'event') == event
+if current then
+  local hits = redis.call('HMGET', rk, unpack(lines))
+  for n = 1, #lines do if hits[n] then out[n] = cjson.decode(hits[n]) end end
+end
+for n = 1, #lines do if not out[n] then todo[#todo + 1] = n end end
+if #todo == 0 then return out end
+local full = redis.pcall('HSET', rk, 'event', event)
+if type(full) == 'table' and full.err then
+  for _, n in ipairs(todo) do out[n] = {'refused', full.err} end
+  return out
+end
+if not current then
+  redis.call('DEL', rk)
+  redis.call('HSET', rk, 'event', event)
+end
+local nick, here = unpack(redis.call('HMGET', p..'conn:'..cid, 'nick', 'room'))
+if not nick then
+  for _, n in ipairs(todo) do out[n] = {'gone'} end
+  return out
+end
+local rooms, record = {}, {}
+for _, n in ipairs(todo) do
+  local i = 5 + (n - 1) * SAY_FIELDS
+  local room, text, id, ts, kind = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  if room == '' then room = here end
+  local res
+  if room == '' then
+    res = {'noroom'}
+  else
+    local r = rooms[room]
+    if not r then
+      local rp = p..'room:'..room
+      r = {member = redis.call('SISMEMBER', rp..':members', cid) == 1}
+      if r.member then
+        r.gws, r.seq = redis.call('HKEYS', rp..':gws'), tonumber(redis.call('GET', rp..':seq') or '0')
+      end
+      rooms[room] = r
+    end
+    if r.member then
+      redis.call('XADD', p..'room:'..room..':history', 'MAXLEN', '~', keep, '*',
+                 'id', id, 'from', nick, 'text', text, 'ts', ts, 'kind', kind)
+      res = {'ok', nick, room, r.gws, ts, r.seq}
+    else
+      res = {'notin', room}
+    end
+  end
+  out[n] = res
+  record[#record + 1] = lines[n]
+  record[#record + 1] = cjson.encode(res)
+end
+redis.call('EXPIRE', rk, RESULT_TTL)
+redis.call('HSET', rk, unpack(record))
+return out
+""".replace("SAY_FIELDS", str(SAY_FIELDS)).replace("RESULT_TTL", str(RESULT_TTL))
+
+
+# Private messages (/msg NICK text): the consecutive ones of one event run as one call, in order (ARGV: p,
+# cid, event, then per line: its number, target nick, ts) -> one result per line ({'ok', nick, to cid,
+# to nick as spelled, ts}, {'nonick'} or {'gone'}). Replayable per line as SAY is: each line's result is
+# kept under `p res:<cid>`, field = its number, as `replayable` keeps a single line's, so however a replay
+# groups the lines each gets its first result. Nothing is stored but the results: it is served when Valkey
+# is full (its first write is the EXPIRE of `replayable(grows=False)`). One lookup of the sender, one of
+# each target nick.
+PRIVATE_FIELDS = 3  # ARGV a line takes
+_PRIVATE_SRC = """
+local p, cid, event = ARGV[1], ARGV[2], ARGV[3]
+local rk = p..'res:'..cid
+local lines, out, todo = {}, {}, {}
+for i = 4, #ARGV, PRIVATE_FIELDS do lines[#lines + 1] = ARGV[i] end
+local current = redis.call('HGET', rk, 'event') == event
+if current then
+  local hits = redis.call('HMGET', rk, unpack(lines))
+  for n = 1, #lines do if hits[n] then out[n] = cjson.decode(hits[n]) end end
+end
+for n = 1, #lines do if not out[n] then todo[#todo + 1] = n end end
+if #todo == 0 then return out end
+redis.call('EXPIRE', rk, RESULT_TTL)
+if not current then
+  redis.call('DEL', rk)
+  redis.call('HSET', rk, 'event', event)
+end
+local nick = redis.call('HGET', p..'conn:'..cid, 'nick')
+if not nick then
+  for _, n in ipairs(todo) do out[n] = {'gone'} end
+  return out
+end
+local found, record = {}, {}
+for _, n in ipairs(todo) do
+  local i = 4 + (n - 1) * PRIVATE_FIELDS
+  local target, ts = string.lower(ARGV[i + 1]), ARGV[i + 2]
+  local to = found[target]
+  if to == nil then
+    to = false
+    local holder = redis.call('GET', p..'nick:'..target)
+    if holder then
+      local to_nick = redis.call('HGET', p..'conn:'..holder, 'nick')
+      if to_nick then to = {holder, to_nick} end
+    end
+    found[target] = to
+  end
+  local res = {'nonick'}
+  if to then res = {'ok', nick, to[1], to[2], ts} end
+  out[n] = res
+  record[#record + 1] = lines[n]
+  record[#record + 1] = cjson.encode(res)
+end
+redis.call('EXPIRE', rk, RESULT_TTL)
+redis.call('HSET', rk, unpack(record))
+return out
+""".replace("PRIVATE_FIELDS", str(PRIVATE_FIELDS)).replace("RESULT_TTL", str(RESULT_TTL))
+
+
 # The broker pair's fence (broker.lease): every script takes the epoch of the
 # dispatch it serves as its last ARGV, and takes it off before anything else
 # reads ARGV. Under an epoch that is no longer `p broker:epoch` it changes
@@ -322,10 +430,10 @@ def fenced(script: str) -> str:
 NICK = fenced(replayable(_NICK_SRC))
 JOIN = fenced(replayable(_JOIN_SRC))
 PART = fenced(replayable(_PART_SRC, grows=False))  # it frees memory
-SAY = fenced(replayable(_SAY_SRC))
+SAY = fenced(_SAY_SRC)  # replayable per line, as above
 LEAVE = fenced(replayable(_LEAVE_SRC, GONE_TTL, grows=False))
 REAP = fenced(replayable(_REAP_SRC, GONE_TTL, grows=False))
-PRIVATE = fenced(replayable(_PRIVATE_SRC, grows=False))  # a delivery, nothing stored
+PRIVATE = fenced(_PRIVATE_SRC)  # a delivery, nothing stored; replayable per line, as above
 WHO = fenced(replayable(_WHO_SRC, grows=False))
 ROOMS = fenced(replayable(_ROOMS_SRC, grows=False))
 HISTORY = fenced(replayable(_HISTORY_SRC, grows=False))

@@ -4,13 +4,15 @@ A line of a client becomes a `Step`: at most one store call
 (`workers.store.Call`) and a function that turns the call's result into
 effects. `At` says where the line stands (its connection, event, number
 and the time); `ChatLimits` what one envelope or connection may cost.
+`At` and `Step` are named tuples: every line makes one of each, and a
+tuple is built twice as fast as a frozen dataclass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from protocol.lines import DEFAULT_MAX_LINE
 from protocol.messages import MAX_EVENT_LINES
@@ -29,8 +31,7 @@ class ChatLimits:
 Respond = Callable[[Effects, Any], None]
 
 
-@dataclass(frozen=True, slots=True)
-class At:
+class At(NamedTuple):
     """Where a line stands: its connection, its event, its own number, the time."""
 
     cid: str
@@ -47,8 +48,7 @@ class At:
         return f"{self.cid}/{self.seq}"
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(NamedTuple):
     """One line's work: a store call (or none) and what its result causes."""
 
     call: Call | None

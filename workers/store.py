@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import hiredis
 import redis
@@ -43,6 +43,7 @@ log = logging.getLogger("chat.store")
 
 HISTORY_KEEP = scripts.HISTORY_KEEP
 HISTORY_SCAN = 10 * HISTORY_KEEP  # entries /history after ID reads at most (trimming is approximate)
+BATCH_MAX = 64  # calls run as one script at most (bounds its ARGV and what it unpacks)
 
 Op = tuple[int, int]  # (the event's seq, the line's seq): what makes a call replayable
 
@@ -64,9 +65,9 @@ class Failed:
     room: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One store operation, ready to run alone or in a pipeline with others.
+class Call(NamedTuple):
+    """One store operation, ready to run alone or in a pipeline with others (a named tuple, not a
+    frozen dataclass: every line makes one, and a tuple is built twice as fast).
 
     `script` is a Lua source run with `args` as ARGV (by its SHA1, loaded
     on first use), or None for a plain command `args`; `parse` turns the
@@ -77,6 +78,10 @@ class Call:
     args: tuple[Any, ...]
     parse: Callable[[Any], Any]
     durable: bool = False  # a claim that must survive a failover: WAIT for replicas after it
+    # > 0: the script takes many calls at once (its reply: one result per call, each for `parse`); like
+    # calls next to each other in a round trip, with the same script and the same first `shared` args,
+    # run as one (`_batched`): those args once, then every call's own args, in order
+    shared: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,20 @@ def _failed_or(res: list[Any], ok: Callable[[list[Any]], Any]) -> Any:
     return ok(res)
 
 
+def _said(res: list[Any]) -> Any:
+    """A room message's result (`Store.say`)."""
+    if res[0] == "ok":
+        return (res[1], res[2], res[3], float(res[4]), res[5])
+    return _failed_or(res, lambda r: r)
+
+
+def _private(res: list[Any]) -> Any:
+    """A private message's result (`Store.private`)."""
+    if res[0] == "ok":
+        return (res[1], res[2], res[3], float(res[4]))
+    return _failed_or(res, lambda r: r)
+
+
 def _biggest_rooms(res: list[Any]) -> tuple[list[tuple[str, int]], int]:
     total, flat = res
     rooms = [(room, int(float(n))) for room, n in zip(flat[::2], flat[1::2], strict=True)]
@@ -112,6 +131,45 @@ def _float(text: str) -> float:
 
 def _fields(flat: list[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=False))
+
+
+def _batched(calls: list[Call]) -> list[list[Call]]:
+    """`calls` in order, each alone, but a `shared` call with the like ones next to it (at most BATCH_MAX)."""
+    batches: list[list[Call]] = []
+    for call in calls:
+        last = batches[-1] if batches else None
+        if (last is not None and call.shared and last[0].script == call.script and len(last) < BATCH_MAX
+                and last[0].args[:call.shared] == call.args[:call.shared]):
+            last.append(call)
+        else:
+            batches.append([call])
+    return batches
+
+
+def _joined(batch: list[Call]) -> Call:
+    """The calls of a batch as one call (its reply is split by `_split`)."""
+    first = batch[0]
+    own = tuple(arg for call in batch for arg in call.args[first.shared:])
+    return Call(first.script, first.args[:first.shared] + own, lambda reply: reply)
+
+
+def _split(batch: list[Call], reply: Any) -> list[Any]:
+    """A batch's reply -> each call's result; an error of the whole batch is each call's."""
+    if isinstance(reply, Exception):
+        return [reply] * len(batch)
+    if not isinstance(reply, list) or len(reply) != len(batch):
+        wrong = redis.ResponseError(f"a batch of {len(batch)} calls got the reply {reply!r:.200}")
+        return [wrong] * len(batch)
+    return [Store._parse(call, _refusal(each)) for call, each in zip(batch, reply, strict=True)]
+
+
+def _refusal(result: Any) -> Any:
+    """A call of a batch that Redis refused (`{'refused', why}`: Valkey full) -> the error Redis gives
+    a refused script, as a value; any other result as it is."""
+    if isinstance(result, list) and len(result) == 2 and result[0] == "refused":
+        why = str(result[1])
+        return redis.exceptions.OutOfMemoryError(why) if why.startswith("OOM") else redis.ResponseError(why)
+    return result
 
 
 class Store:
@@ -153,13 +211,18 @@ class Store:
         A lost connection raises."""
         if not calls:
             return []
-        replies = self._execute(calls)
+        batches = _batched(calls)
+        sent = [batch[0] if len(batch) == 1 and not batch[0].shared else _joined(batch) for batch in batches]
+        replies = self._execute(sent)
         if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-            self._load_scripts(calls)  # a restarted Redis forgot them; the scripts are replayable
-            replies = self._execute(calls)
+            self._load_scripts(sent)  # a restarted Redis forgot them; the scripts are replayable
+            replies = self._execute(sent)
         if any(isinstance(r, redis.ResponseError) and str(r).startswith(scripts.FENCED) for r in replies):
             raise EpochFenced(f"broker epoch {self.epoch} is no longer the current one")
-        return [self._parse(call, reply) for call, reply in zip(calls, replies, strict=True)]
+        results: list[Any] = []
+        for batch, reply in zip(batches, replies, strict=True):
+            results += _split(batch, reply) if batch[0].shared else [self._parse(batch[0], reply)]
+        return results
 
     def run_one(self, call: Call) -> Any:
         result = self.run([call])[0]
@@ -280,17 +343,19 @@ class Store:
 
     def say(self, op: Op, cid: str, room: str | None, text: str, msg_id: str, ts: float, kind: str) -> Call:
         """Append to the room's history -> (nick, room, gateways with members, ts as first stored,
-        the room's seq)."""
-        args = (cid, room or "", text, msg_id, repr(ts), kind, HISTORY_KEEP, *op)
-        return Call(scripts.SAY, args, lambda r: _failed_or(r, lambda r: (r[1], r[2], r[3], float(r[4]), r[5])))
+        the room's seq). The room messages of one event next to each other run as one script."""
+        event, line = op
+        return Call(scripts.SAY, (cid, HISTORY_KEEP, event, line, room or "", text, msg_id, repr(ts), kind), _said,
+                    shared=3)
 
     # Reads are replayable too: a replay must see what the first run saw, not
     # what the event's later lines have written since.
 
     def private(self, op: Op, cid: str, target: str, ts: float) -> Call:
-        """-> (sender nick, target cid, target nick as spelled, ts as first seen)."""
-        return Call(scripts.PRIVATE, (cid, target, repr(ts), *op),
-                    lambda r: _failed_or(r, lambda r: (r[1], r[2], r[3], float(r[4]))))
+        """-> (sender nick, target cid, target nick as spelled, ts as first seen). The private messages
+        of one event next to each other run as one script."""
+        event, line = op
+        return Call(scripts.PRIVATE, (cid, event, line, target, repr(ts)), _private, shared=2)
 
     def who(self, op: Op, cid: str, room: str | None) -> Call:
         """-> (room, member nicks)."""

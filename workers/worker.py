@@ -60,7 +60,7 @@ from protocol.messages import (
 )
 from stack.curve import ClientKeys
 from stack.frames import recv_frames, send_frames
-from stack.process import Stopping, set_log_instance
+from stack.process import Stopping, set_log_instance, tune_gc
 from workers.effects import Effects
 from workers.logic import INTERNAL_ERROR, UNAVAILABLE, Chat, ChatLimits
 from workers.metrics import RedisCause, RefusedCause, WorkerMetrics, redis_cause
@@ -77,7 +77,6 @@ FENCED_EPOCHS = 16
 
 # one envelope may not grow this process's memory without bound (ZMQ_MAXMSGSIZE)
 MAX_MESSAGE_BYTES = 64 << 20
-
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
@@ -375,6 +374,7 @@ def run_worker(config: WorkerConfig) -> None:
     try:
         for endpoint in config.backend.split(","):
             links.append(BrokerLink(ctx, config, endpoint.strip()))
+        tune_gc()
         while not stopping.requested:
             serve_brokers(links, handler, config, stopping)
     finally:
