@@ -156,11 +156,14 @@ class RoomTable:
 
     @staticmethod
     def _unhold(room: _Room, cid: str) -> list[tuple[int, ChatEvent]]:
+        """What `cid` was held as a former member of the room, in the order it came (one list per
+        part of it: the events of two of them interleave)."""
         out: list[tuple[int, ChatEvent]] = []
         for f in room.former:
             if f.cid == cid and f.held:
                 out += f.held
                 f.held = []
+        out.sort(key=lambda pair: pair[0])
         return out
 
     def release(self, cid: str) -> list[Delivery]:
@@ -169,7 +172,7 @@ class RoomTable:
         for name in self._holding.pop(cid, ()):
             room = self._rooms.get(name)
             if room is not None:
-                out += [((cid,), event) for _, event in sorted(self._unhold(room, cid), key=lambda p: p[0])]
+                out += [((cid,), event) for _, event in self._unhold(room, cid)]
         return out
 
     def _parted(self, room: _Room, item: RoomEvent, now: float) -> None:

@@ -239,3 +239,19 @@ def test_what_comes_for_a_former_member_after_its_held_events_waits_behind_them(
     busy.clear()  # its event answered, in the batch that brings `two` too: released after the batch
     assert table.apply(two, 0.0) == []
     assert table.release("g1:a") == [(("g1:a",), one.event), (("g1:a",), two.event)]
+
+
+def test_what_two_former_memberships_were_held_comes_in_the_order_it_came() -> None:
+    """a was a member twice, [2, 4) and [5, 7); b's join at 3 and c's at 6 reach the gateway late,
+    c's first. Held while a's re-join was coming, they reach a in that order, as they reached x."""
+    busy = {"g1:a"}  # its re-join is on its way
+    table = RoomTable(lambda cid: cid.startswith("g1:"), lambda cid: cid in busy)
+    table.apply(RoomEvent(ROOM, 1, _event("x joined"), "g1:x", 1), 0.0)
+    for seq, change in ((2, 1), (4, -1), (5, 1), (7, -1)):
+        table.apply(RoomEvent(ROOM, seq, _event(f"a {seq}"), "g1:a", change), 0.0)
+    c_joined = RoomEvent(ROOM, 6, _event("c joined"), "g2:c", 1)  # owed to a as a member of [5, 7)
+    b_joined = RoomEvent(ROOM, 3, _event("b joined"), "g2:b", 1)  # owed to a as a member of [2, 4)
+    assert table.apply(c_joined, 0.0) == [(("g1:x",), c_joined.event)]
+    assert table.apply(b_joined, 0.0) == [(("g1:x",), b_joined.event)]
+    shown = table.apply(RoomEvent(ROOM, 8, _event("a joined"), "g1:a", 1), 0.0)
+    assert shown[:2] == [(("g1:a",), c_joined.event), (("g1:a",), b_joined.event)]
