@@ -36,6 +36,9 @@ Every body and control frame is a msgpack array whose first element is its tag:
         [0, [cid, ...], [type, text, room, sender, to, id, ts, origin, of, code, [arg, ...]]]
         [1, cid, json]                                                   SetMode
         [2, cid, reason, departed]                                       Close
+        [2, cid, reason]                                                 Close, not departed (the
+                                                                         form outside publishers
+                                                                         wrote before `departed`)
         [3, cid, seq]                                                    Mark
         [4, room, seq, member, change, event]                            RoomEvent
 
@@ -167,9 +170,11 @@ def _item_from_wire(raw: Any) -> BatchItem:
     if len(fields) == 4 and fields[0] == 2 and type(fields[0]) is int:
         return Close(_str(fields[1]), _str(fields[2]), _bool(fields[3]))
     if len(fields) != 3 or type(fields[0]) is not int:
-        raise DecodeError("a batch item is [tag, field, field], [2, ...] with 3 fields or [4, ...] with 5")
+        raise DecodeError("a batch item is [tag, field, field], [2, ...] with 2 or 3 fields or [4, ...] with 5")
     if fields[0] == 0:
         return Deliver(_strs(fields[1]), _event_from_wire(fields[2]))
+    if fields[0] == 2:
+        return Close(_str(fields[1]), _str(fields[2]))
     if fields[0] == 1 and type(fields[2]) is bool:
         return SetMode(_str(fields[1]), fields[2])
     if fields[0] == 3:

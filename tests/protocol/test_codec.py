@@ -516,7 +516,6 @@ WRONG_FIELD_TYPES: list[Any] = [
     [8, [[2, "c:1", 5, False]]],
     [8, [[2, None, "bye", False]]],
     [8, [[2, "c:1"]]],
-    [8, [[2, "c:1", "bye"]]],  # the layout before `departed`
     [8, [[2, "c:1", "bye", 1]]],
     [8, [[2, "c:1", "bye", 0]]],
     [8, [[2, "c:1", "bye", None]]],
@@ -685,3 +684,8 @@ def test_messages_are_frozen_and_slotted() -> None:
 def test_malformed_room_events_are_refused(wire: list[Any]) -> None:
     with pytest.raises(DecodeError):
         decode(pack([8, [wire]]))
+
+
+def test_a_close_without_departed_is_one_that_did_not_depart() -> None:
+    """The form outside publishers wrote before `departed`: the gateway still sends the departure."""
+    assert decode(pack([8, [[2, "gw1:3", "kicked"]]])) == Batch((Close("gw1:3", "kicked", departed=False),))
