@@ -282,6 +282,27 @@ def replayable(script: str, ttl: int = RESULT_TTL, grows: bool = True) -> str:
     return f"{first}\nlocal function op()\n{body}\nend\n" + wrapper.replace("RESULT_TTL", str(ttl))
 
 
+# The start of a group script (SAY, PRIVATE): after `p, cid, event` are bound, each line's number (its
+# first ARGV, from FIRST on, FIELDS apart) and what was recorded for it in this event: `out[n]` holds the
+# recorded results, `todo` the lines still to run; a group all recorded returns at once (a replay).
+_GROUP_RECORDED = """local rk = p..'res:'..cid
+local lines, out, todo = {}, {}, {}
+for i = FIRST, #ARGV, FIELDS do lines[#lines + 1] = ARGV[i] end
+local current = redis.call('HGET', rk, 'event') == event
+if current then
+  local hits = redis.call('HMGET', rk, unpack(lines))
+  for n = 1, #lines do if hits[n] then out[n] = cjson.decode(hits[n]) end end
+end
+for n = 1, #lines do if not out[n] then todo[#todo + 1] = n end end
+if #todo == 0 then return out end
+"""
+
+
+def _group_recorded(first: int, fields: int) -> str:
+    """`_GROUP_RECORDED` for lines whose numbers are ARGV[first], ARGV[first + fields], ..."""
+    return _GROUP_RECORDED.replace("FIRST", str(first)).replace("FIELDS", str(fields))
+
+
 # Room messages (plain text, /me, /msg #room): the consecutive ones of one event run as one call, in
 # order (ARGV: p, cid, history keep, event, then per line: its number, room ('' for the current one), text,
 # id, ts, kind) -> one result per line. Replayable as `replayable` makes a script, per line: each line's
@@ -293,17 +314,7 @@ def replayable(script: str, ttl: int = RESULT_TTL, grows: bool = True) -> str:
 SAY_FIELDS = 6  # ARGV a line takes
 _SAY_SRC = """
 local p, cid, keep, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local rk = p..'res:'..cid
-local lines, out, todo = {}, {}, {}
-for i = 5, #ARGV, SAY_FIELDS do lines[#lines + 1] = ARGV[i] end
-local current = redis.call('HGET', rk, 'event') == event
-if current then
-  local hits = redis.call('HMGET', rk, unpack(lines))
-  for n = 1, #lines do if hits[n] then out[n] = cjson.decode(hits[n]) end end
-end
-for n = 1, #lines do if not out[n] then todo[#todo + 1] = n end end
-if #todo == 0 then return out end
-local full = redis.pcall('HSET', rk, 'event', event)
+""" + _group_recorded(5, SAY_FIELDS) + """local full = redis.pcall('HSET', rk, 'event', event)
 if type(full) == 'table' and full.err then
   for _, n in ipairs(todo) do out[n] = {'refused', full.err} end
   return out
@@ -363,17 +374,7 @@ return out
 PRIVATE_FIELDS = 3  # ARGV a line takes
 _PRIVATE_SRC = """
 local p, cid, event = ARGV[1], ARGV[2], ARGV[3]
-local rk = p..'res:'..cid
-local lines, out, todo = {}, {}, {}
-for i = 4, #ARGV, PRIVATE_FIELDS do lines[#lines + 1] = ARGV[i] end
-local current = redis.call('HGET', rk, 'event') == event
-if current then
-  local hits = redis.call('HMGET', rk, unpack(lines))
-  for n = 1, #lines do if hits[n] then out[n] = cjson.decode(hits[n]) end end
-end
-for n = 1, #lines do if not out[n] then todo[#todo + 1] = n end end
-if #todo == 0 then return out end
-redis.call('EXPIRE', rk, RESULT_TTL)
+""" + _group_recorded(4, PRIVATE_FIELDS) + """redis.call('EXPIRE', rk, RESULT_TTL)
 if not current then
   redis.call('DEL', rk)
   redis.call('HSET', rk, 'event', event)
