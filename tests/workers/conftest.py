@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -99,3 +100,13 @@ def _merged(delivers: list[Deliver], room_event: RoomEvent) -> list[Deliver]:
 @pytest.fixture
 def chat(store: Store) -> Chat:
     return GatewaysChat(store)
+
+
+@pytest.fixture
+def full_url(tmp_path: Path) -> Iterator[str]:
+    """A Valkey of its own, 4 MB at most (noeviction): to be filled up."""
+    child, url = start_valkey(tmp_path / "valkey", maxmemory=4 << 20)
+    try:
+        yield url
+    finally:
+        stop(child)

@@ -4,16 +4,11 @@ order, replays per line however the lines were grouped, the fence and a full Val
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import redis
 
 from protocol.messages import EventType, Lines
 from protocol.replies import ReplyCode as R
-from stack.children import stop
-from stack.valkey import start_valkey
 from tests.workers.conftest import GatewaysChat
 from tests.workers.test_logic import GW_A, GW_B, connected, events_to, lines_to, snapshot
 from tests.workers.test_say_batch import OneByOne, _evalshas, _fill, _replays_as_first
@@ -125,15 +120,6 @@ def test_a_stale_epoch_refuses_the_whole_private_batch(client: redis.Redis, pref
     with pytest.raises(EpochFenced):
         Chat(store).handle(Lines(a.cid, a.seq, ("/msg bob one", "/msg bob two", "/msg nobody three")), 5.0)
     assert snapshot(client, prefix) == before
-
-
-@pytest.fixture
-def full_url(tmp_path: Path) -> Iterator[str]:
-    child, url = start_valkey(tmp_path / "valkey", maxmemory=4 << 20)
-    try:
-        yield url
-    finally:
-        stop(child)
 
 
 def test_a_full_valkey_still_serves_private_messages_and_their_replays(full_url: str) -> None:

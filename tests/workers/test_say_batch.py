@@ -4,8 +4,6 @@ order, replays per line however the lines were grouped, the fence and a full Val
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +11,6 @@ import redis
 
 from protocol.messages import EventType, Lines
 from protocol.replies import ReplyCode as R
-from stack.children import stop
-from stack.valkey import start_valkey
 from tests.workers.conftest import GatewaysChat
 from tests.workers.test_logic import GW_A, GW_B, connected, events_to, lines_to, replay_event, snapshot
 from workers.logic import UNAVAILABLE, Chat
@@ -144,15 +140,6 @@ def test_a_stale_epoch_refuses_the_whole_batch(client: redis.Redis, prefix: str)
 
 
 # --- Valkey full ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def full_url(tmp_path: Path) -> Iterator[str]:
-    child, url = start_valkey(tmp_path / "valkey", maxmemory=4 << 20)
-    try:
-        yield url
-    finally:
-        stop(child)
 
 
 def _fill(client: redis.Redis) -> None:
