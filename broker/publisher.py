@@ -17,7 +17,11 @@ A batch for a gateway that is alive (heard on the frontend) but whose
 subscription has not reached us yet (just after a broker restart, the
 gateway's SUB reconnects a moment after its DEALER) is held, in order and
 bounded, and sent when the subscription comes: otherwise the deliveries of
-an event whose origin already got its Mark would be lost.
+an event whose origin already got its Mark would be lost. For one liveness
+window after the broker starts or takes over, a batch for a gateway not heard
+yet is held too (the event of one gateway may be answered before another's
+first heartbeat arrives); after it, what is held for gateways that were never
+heard is dropped and counted.
 A send that fails at a subscriber's high-water mark is counted by cause,
 goes to the topic's other subscribers, if any, and the gateway that does
 not read is declared lost at once (fenced): it costs only itself.
@@ -25,6 +29,7 @@ not read is declared lost at once (fenced): it costs only itself.
 
 from __future__ import annotations
 
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 
@@ -32,7 +37,7 @@ import zmq
 
 from broker.liveness import Fence, Liveness
 from broker.metrics import BrokerMetrics, Drop
-from protocol.messages import Done, is_gateway_topic, topic_of
+from protocol.messages import Done, gateway_of, is_gateway_topic, topic_of
 from stack.frames import send_frames
 
 MAX_TOPICS = 10_000  # pub-out topics subscribed at once: far more gateways than anyone runs
@@ -56,6 +61,7 @@ class PubOut:
         self.gateways: Liveness
         self._out_seq: dict[bytes, int] = {}  # per pub-out topic: the last seq sent
         self._held: dict[bytes, deque[tuple[bytes, str]]] = {}  # per topic: batches waiting for its subscription
+        self._open_until = 0.0  # time.monotonic(): until then, batches are held for gateways not yet heard too
 
     def restart(self, fenced: Fence, gateways: Liveness) -> None:
         """Number every topic afresh (a new broker to the peers), judging gateways by these."""
@@ -64,6 +70,20 @@ class PubOut:
         self._out_seq = {}
         self._held = {}
 
+    def expect_gateways(self, until: float) -> None:
+        """Until `until`, hold batches for gateways not heard yet as for live ones: a broker that
+        just started (or took over) has not heard every gateway, and the event of one may be
+        answered before another one's first heartbeat or subscription comes."""
+        self._open_until = until
+
+    def sweep_held(self, now: float) -> None:
+        """Once gateways had their time to be heard: drop what is held for those that were not."""
+        if now < self._open_until:
+            return
+        for topic in [t for t in self._held if t[:-1] not in self.gateways]:
+            for _ in self._held.pop(topic):
+                self.metrics.drop(Drop.NO_SUBSCRIBER)
+
     def forget(self, topic: bytes) -> None:
         """A lost gateway's topic: numbered from 1 again (it re-joins under a new name)."""
         self._out_seq.pop(topic, None)
@@ -71,7 +91,12 @@ class PubOut:
             self.metrics.drop(Drop.NO_SUBSCRIBER)
 
     def publish(self, done: Done) -> None:
-        for gateway, batch in done.publish:
+        """The batches of a Done, those for the gateways its events came from last: ZeroMQ writes
+        them out in the order they are handed over, so a broker killed in between has more likely
+        lost a sender's answer (and the sender sends its event again) than someone else's copy
+        of it while the sender got its answer."""
+        origins = {gateway_of(cid) for cid, _ in done.events}
+        for gateway, batch in sorted(done.publish, key=lambda item: item[0] in origins):
             self.send(topic_of(gateway), batch, "pub-out: high-water mark")
 
     def send(self, topic: bytes, batch: bytes, where: str) -> None:
@@ -96,9 +121,12 @@ class PubOut:
         self.metrics.published += 1
 
     def _hold(self, topic: bytes, name: bytes, batch: bytes, where: str) -> None:
-        """Keep a live gateway's batch until its subscription arrives (bounded); drop others'."""
+        """Keep a live gateway's batch until its subscription arrives (bounded); drop others',
+        except while gateways may not have been heard yet (`expect_gateways`)."""
         held = self._held.get(topic)
-        if name not in self.gateways or (held is not None and len(held) >= MAX_HELD):
+        expected = name in self.gateways or time.monotonic() < self._open_until
+        if not expected or (held is not None and len(held) >= MAX_HELD) or (
+                held is None and len(self._held) >= MAX_TOPICS):
             self.metrics.drop(Drop.NO_SUBSCRIBER)
             return
         if held is None:

@@ -105,6 +105,7 @@ class Broker:
         self._unknown = codec.encode(Unknown(self.name))
         self._fenced = codec.encode(Fenced(self.name))
         self.pub.restart(self.fenced, self.gateways)
+        self.pub.expect_gateways(now + config.heartbeat * config.liveness)
         self._say_role()
 
     def _say_role(self) -> None:
@@ -317,6 +318,7 @@ class Broker:
         self._say_role()
         self.workers.grace(now)
         self.gateways.grace(now)
+        self.pub.expect_gateways(now + self.config.heartbeat * self.config.liveness)
         self.link = LinkWatch(self.keeper.ttl, now)
         self._beat(self.backend, self.workers)  # peers switch to us now, not at our next beat
         self._beat(self.frontend, self.gateways)
@@ -337,6 +339,7 @@ class Broker:
         elif not was_silent:
             log.warning("no peer heard for %.1f s: suspecting our own link, reaping nobody",
                         now - self.link.last_heard)
+        self.pub.sweep_held(now)
         self._beat(self.backend, self.workers)
         self._beat(self.frontend, self.gateways)
         self._snapshot()

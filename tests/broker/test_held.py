@@ -1,0 +1,81 @@
+"""pub-out holds a batch for a gateway whose subscription has not come yet: a live one, and,
+for one liveness window after the broker starts, one it has not heard yet (after a broker
+restart, one gateway's event may be answered before the other's first heartbeat)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from broker.config import BrokerConfig
+from broker.metrics import Drop
+from broker.server import Broker
+from protocol.messages import Done, topic_of
+
+ANY = "tcp://127.0.0.1:*"
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    b = Broker(BrokerConfig(ANY, ANY, ANY, ANY, heartbeat=0.05, liveness=4), ctx)
+    try:
+        yield b
+    finally:
+        b.close()
+        ctx.term()
+
+
+def subscribe(broker: Broker, topic: bytes) -> zmq.Socket[bytes]:
+    """A real SUB on pub-out; the broker takes its subscription as its loop would."""
+    sub = broker.sockets.pub_out.context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect(broker.endpoints()["pub-out"])
+    sub.setsockopt(zmq.SUBSCRIBE, topic)
+    assert broker.pub_out.poll(5000), "the subscription did not come"
+    broker._on_subscription(broker.pub_out.recv_multipart())
+    return sub
+
+
+def test_a_batch_for_a_gateway_not_heard_yet_is_held_while_the_broker_is_new(broker: Broker) -> None:
+    topic = topic_of("gw-late.abc")
+    broker.pub.send(topic, b"batch-1", "test")  # no heartbeat from gw-late yet, no subscription
+    assert broker.metrics.drops.get(Drop.NO_SUBSCRIBER, 0) == 0
+    sub = subscribe(broker, topic)
+    try:
+        assert sub.poll(5000), "the held batch was not sent when the subscription came"
+        got = sub.recv_multipart()
+        assert got[0] == topic and got[2] == b"batch-1" and int.from_bytes(got[1][8:], "big") == 1
+    finally:
+        sub.close()
+
+
+def test_once_gateways_had_their_window_an_unheard_ones_batches_are_dropped(broker: Broker) -> None:
+    topic = topic_of("gw-never.abc")
+    broker.pub.send(topic, b"held", "test")
+    window_end = time.monotonic() + 0.05 * 4
+    while time.monotonic() < window_end:
+        time.sleep(0.01)  # the broker's liveness window passing is the condition under test
+    broker.pub.sweep_held(time.monotonic())
+    assert broker.metrics.drops.get(Drop.NO_SUBSCRIBER, 0) == 1  # what was held, counted
+    broker.pub.send(topic, b"late", "test")
+    assert broker.metrics.drops.get(Drop.NO_SUBSCRIBER, 0) == 2  # not held any more: dropped at once
+
+
+def test_a_done_publishes_the_senders_batches_last(broker: Broker) -> None:
+    """A kill between two batches of one Done then more likely costs the sender its answer (it sends
+    again) than another gateway its copy while the sender got its answer."""
+    sub = subscribe(broker, topic_of("gwa.x"))
+    try:
+        sub.setsockopt(zmq.SUBSCRIBE, topic_of("gwb.x"))
+        assert broker.pub_out.poll(5000)
+        broker._on_subscription(broker.pub_out.recv_multipart())
+        done = Done((("gwa.x:1", 1),), (("gwa.x", b"answer and copies"), ("gwb.x", b"copies")))
+        broker.pub.publish(done)
+        got = [sub.recv_multipart()[0] for _ in range(2) if sub.poll(5000)]
+        assert got == [topic_of("gwb.x"), topic_of("gwa.x")]
+    finally:
+        sub.close()
