@@ -37,7 +37,7 @@ import zmq
 
 from broker.liveness import Fence, Liveness
 from broker.metrics import BrokerMetrics, Drop
-from protocol.messages import Done, gateway_of, is_gateway_topic, topic_of
+from protocol.messages import Done, is_gateway_topic, topic_of
 from stack.frames import send_frames
 
 MAX_TOPICS = 10_000  # pub-out topics subscribed at once: far more gateways than anyone runs
@@ -91,12 +91,7 @@ class PubOut:
             self.metrics.drop(Drop.NO_SUBSCRIBER)
 
     def publish(self, done: Done) -> None:
-        """The batches of a Done, those for the gateways its events came from last: ZeroMQ writes
-        them out in the order they are handed over, so a broker killed in between has more likely
-        lost a sender's answer (and the sender sends its event again) than someone else's copy
-        of it while the sender got its answer."""
-        origins = {gateway_of(cid) for cid, _ in done.events}
-        for gateway, batch in sorted(done.publish, key=lambda item: item[0] in origins):
+        for gateway, batch in done.publish:
             self.send(topic_of(gateway), batch, "pub-out: high-water mark")
 
     def send(self, topic: bytes, batch: bytes, where: str) -> None:

@@ -13,7 +13,7 @@ import zmq
 from broker.config import BrokerConfig
 from broker.metrics import Drop
 from broker.server import Broker
-from protocol.messages import Done, topic_of
+from protocol.messages import topic_of
 
 ANY = "tcp://127.0.0.1:*"
 
@@ -64,18 +64,3 @@ def test_once_gateways_had_their_window_an_unheard_ones_batches_are_dropped(brok
     broker.pub.send(topic, b"late", "test")
     assert broker.metrics.drops.get(Drop.NO_SUBSCRIBER, 0) == 2  # not held any more: dropped at once
 
-
-def test_a_done_publishes_the_senders_batches_last(broker: Broker) -> None:
-    """A kill between two batches of one Done then more likely costs the sender its answer (it sends
-    again) than another gateway its copy while the sender got its answer."""
-    sub = subscribe(broker, topic_of("gwa.x"))
-    try:
-        sub.setsockopt(zmq.SUBSCRIBE, topic_of("gwb.x"))
-        assert broker.pub_out.poll(5000)
-        broker._on_subscription(broker.pub_out.recv_multipart())
-        done = Done((("gwa.x:1", 1),), (("gwa.x", b"answer and copies"), ("gwb.x", b"copies")))
-        broker.pub.publish(done)
-        got = [sub.recv_multipart()[0] for _ in range(2) if sub.poll(5000)]
-        assert got == [topic_of("gwb.x"), topic_of("gwa.x")]
-    finally:
-        sub.close()
