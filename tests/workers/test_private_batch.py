@@ -9,9 +9,10 @@ import redis
 
 from protocol.messages import EventType, Lines
 from protocol.replies import ReplyCode as R
+from tests.e2e.test_hostile_stack import _fill
 from tests.workers.conftest import GatewaysChat
 from tests.workers.test_logic import GW_A, GW_B, connected, events_to, lines_to, snapshot
-from tests.workers.test_say_batch import OneByOne, _evalshas, _fill, _replays_as_first
+from tests.workers.test_say_batch import OneByOne, _evalshas, _replays_as_first
 from workers.logic import Chat
 from workers.store import BATCH_MAX, EpochFenced, Store
 

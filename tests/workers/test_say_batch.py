@@ -11,6 +11,7 @@ import redis
 
 from protocol.messages import EventType, Lines
 from protocol.replies import ReplyCode as R
+from tests.e2e.test_hostile_stack import _fill
 from tests.workers.conftest import GatewaysChat
 from tests.workers.test_logic import GW_A, GW_B, connected, events_to, lines_to, replay_event, snapshot
 from workers.logic import UNAVAILABLE, Chat
@@ -140,18 +141,6 @@ def test_a_stale_epoch_refuses_the_whole_batch(client: redis.Redis, prefix: str)
 
 
 # --- Valkey full ----------------------------------------------------------------------------
-
-
-def _fill(client: redis.Redis) -> None:
-    """Filler keys until Valkey refuses even a small write (noeviction)."""
-    for size in (65536, 512, 16):
-        for i in range(20_000):  # bounded: 4 MB takes about 65 big ones
-            try:
-                client.set(f"filler:{size}:{i}", "x" * size)
-            except redis.exceptions.OutOfMemoryError:
-                break
-        else:
-            raise AssertionError("Valkey never said it was full")
 
 
 def test_a_full_valkey_refuses_each_line_and_replays_those_recorded(full_url: str) -> None:
