@@ -99,3 +99,17 @@ class ChatClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def connect_when_open(port: int, timeout: float = DEFAULT_TIMEOUT) -> ChatClient:
+    """A client of a gateway whose client port may still be closed (it closes it while it
+    cannot serve, and reopens it once the broker hears it again): connects are retried
+    while they are refused, until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ChatClient(port)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # poll interval while the port is closed

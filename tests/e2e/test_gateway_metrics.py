@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from stack.children import Child, python_module, start
-from tests.e2e.chatclient import ChatClient
+from tests.e2e.chatclient import ChatClient, connect_when_open
 from tests.e2e.cluster import FAST, Cluster, gateway_instance, start_cluster
 from tests.e2e.load import wait_until
 from tests.e2e.scrape import Scrape
@@ -103,7 +103,7 @@ def test_a_fence_is_counted_and_the_logs_name_the_new_instance(metered) -> None:
         assert RECONNECT in client.wait_closed(10)
     wait_until(lambda: scrape.value(G + "fences_total") == 1, 15, "the fence counted")
     wait_until(lambda: scrape.value(G + "serving") == 1 and scrape.value(G + "broker_up") == 1, 15, "serving again")
-    with ChatClient(port) as again:
+    with connect_when_open(port) as again:  # `serving` may be scraped before the port is open again
         again.sync()
     objects = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     rejoined = [o for o in objects if o["event"].startswith("re-joined as ")]

@@ -88,11 +88,19 @@ class HAProxy:
                 chunks.append(chunk)
         return b"".join(chunks).decode()
 
+    def _rows(self) -> list[dict[str, str]]:
+        """The `gateways` backend's server rows of `show stat`."""
+        lines = self.command("show stat").lstrip("# ").splitlines()
+        return [row for row in csv.DictReader(lines)
+                if row["pxname"] == "gateways" and row["svname"] not in ("FRONTEND", "BACKEND")]
+
     def servers(self) -> dict[str, str]:
         """Server name -> status (UP, DOWN, ...) in the `gateways` backend."""
-        lines = self.command("show stat").lstrip("# ").splitlines()
-        return {row["svname"]: row["status"].split()[0] for row in csv.DictReader(lines)
-                if row["pxname"] == "gateways" and row["svname"] not in ("FRONTEND", "BACKEND")}
+        return {row["svname"]: row["status"].split()[0] for row in self._rows()}
+
+    def sessions(self) -> dict[str, int]:
+        """Server name -> the connections HAProxy counts on it now (what leastconn compares)."""
+        return {row["svname"]: int(row["scur"] or 0) for row in self._rows()}
 
     def answers(self) -> bool:
         assert self.proc.poll() is None, f"haproxy exited: {self.log.read_text()[-2000:]}"
