@@ -25,8 +25,9 @@ import trio
 
 from gateway.metrics import Drop, GatewayMetrics
 from protocol import codec
-from protocol.doors import View
+from protocol.doors import Door, View
 from protocol.errors import DecodeError
+from protocol.fanout import Runs
 from protocol.hops import Hop, is_sampled
 from protocol.messages import (
     GATEWAY_LOST_REASON,
@@ -89,6 +90,7 @@ class Delivery:
         answered: list[Session] = []
         now = trio.current_time()
         rooms, items = self.rooms, batch.items
+        runs = Runs(self._deliver)
         for index, item in enumerate(items):
             if isinstance(item, Mark):
                 skipping = not self._on_mark(item, answered, now)
@@ -96,18 +98,22 @@ class Delivery:
                 continue
             elif isinstance(item, RoomEvent):
                 for cids, event in rooms.apply(item, now, items, index):
-                    self._deliver(cids, event)
+                    runs.add(cids, event)
             elif isinstance(item, Deliver):
-                self._deliver(item.cids, item.event)
+                runs.add(item.cids, item.event)
             elif isinstance(item, SetMode):
+                runs.settle()  # what came before the change is shown the way it was asked for then
                 if (client := self.clients.get(item.cid)) is not None:  # else a connection that is gone
                     client.door.set_json(item.json)
             else:
+                runs.settle()
                 self._on_close(item)
         for session in answered:  # after the whole batch: a Close in it stops what was pending
             for cids, event in rooms.release(session.cid):  # held while a re-join may have been coming
-                self._deliver(cids, event)
+                runs.add(cids, event)
+            runs.settle()
             self._advance(session)
+        runs.settle()
 
     def _on_mark(self, mark: Mark, answered: list[Session], now: float) -> bool:
         """-> False if this event was shown already (a replay)."""
@@ -144,36 +150,31 @@ class Delivery:
         if (client := self.clients.get(close.cid)) is not None:
             client.close_after(b"", close.reason)
 
-    def _deliver(self, cids: tuple[str, ...], event: ChatEvent) -> None:
-        """Render once per view that shares renderings (IRC renders per connection)."""
-        text: bytes | None = None
-        as_json: bytes | None = None
-        framed: bytes | None = None
-        clients, text_view, json_view, web_view = self.clients, View.TEXT, View.JSON, View.WEB  # locals: the hot loop
+    def _deliver(self, cids: tuple[str, ...], events: list[ChatEvent]) -> None:
+        """A run of events for the same clients (protocol.fanout): rendered once per view that
+        shares renderings (IRC renders per connection), one push per client."""
+        shown = _Shown(events)
+        clients, metrics, dirty = self.clients, self.metrics, self._dirty
+        text_view, json_view, web_view = View.TEXT, View.JSON, View.WEB  # locals: the hot loop
         for cid in cids:
             client = clients.get(cid)
             if client is None:
-                self.metrics.drop(Drop.DELIVERY_TO_CLOSED)
+                metrics.drop(Drop.DELIVERY_TO_CLOSED, len(events))
                 continue
             view = client.door.view
             if view is text_view:
-                if is_own_echo(event, cid):
-                    continue
-                text = text or render_text(event)
-                data = text
+                data, lines = shown.text(cid)
             elif view is json_view:
-                as_json = as_json or render_json(event)
-                data = as_json
+                data, lines = shown.json()
             elif view is web_view:
-                framed = framed or render_event(event)
-                data = framed
+                data, lines = shown.web()
             else:
-                data = client.door.render(event, cid)
-                if not data:
-                    continue
-            if client.push(data):
-                self.metrics.deliveries += 1
-                self._dirty[cid] = client
+                data, lines = _rendered_for(client.door, cid, events)
+            if not lines:
+                continue
+            if client.push(data, lines):
+                metrics.deliveries += lines
+                dirty[cid] = client
             else:
                 self._kick(client, "output queue full: you are not reading")
 
@@ -191,3 +192,47 @@ class Delivery:
         self._dirty.pop(client.cid, None)
         self.metrics.drop(Drop.SLOW_CONSUMER_CUT)
         client.close_after(client.door.end(f"{reason}; disconnecting"), reason)
+
+
+class _Shown:
+    """A run's events rendered per view, each at most once, joined: what a client of that view gets."""
+
+    __slots__ = ("_events", "_json", "_own", "_texts", "_web", "_whole")
+
+    def __init__(self, events: list[ChatEvent]) -> None:
+        self._events = events
+        self._texts: list[bytes] | None = None
+        self._whole: tuple[bytes, int] = (b"", 0)
+        self._own: dict[str, list[int]] = {}  # text mode: a sender -> its own messages in the run (not shown it)
+        self._json: tuple[bytes, int] | None = None
+        self._web: tuple[bytes, int] | None = None
+
+    def text(self, cid: str) -> tuple[bytes, int]:
+        if self._texts is None:
+            events = self._events
+            self._texts = [render_text(event) for event in events]
+            self._whole = b"".join(self._texts), len(events)
+            for at, event in enumerate(events):
+                if is_own_echo(event, event.origin):
+                    self._own.setdefault(event.origin, []).append(at)
+        own = self._own.get(cid)
+        if own is None:
+            return self._whole
+        skip = set(own)
+        return b"".join([text for at, text in enumerate(self._texts) if at not in skip]), len(self._texts) - len(skip)
+
+    def json(self) -> tuple[bytes, int]:
+        if self._json is None:
+            self._json = b"".join([render_json(event) for event in self._events]), len(self._events)
+        return self._json
+
+    def web(self) -> tuple[bytes, int]:
+        if self._web is None:
+            self._web = b"".join([render_event(event) for event in self._events]), len(self._events)
+        return self._web
+
+
+def _rendered_for(door: Door, cid: str, events: list[ChatEvent]) -> tuple[bytes, int]:
+    """A door that renders per connection (IRC): its lines, and how many deliveries they are."""
+    rendered = [data for event in events if (data := door.render(event, cid))]
+    return b"".join(rendered), len(rendered)
