@@ -154,29 +154,28 @@ class Delivery:
         """A run of events for the same clients (protocol.fanout): rendered once per view that
         shares renderings (IRC renders per connection), one push per client."""
         shown = _Shown(events)
-        clients, metrics, dirty = self.clients, self.metrics, self._dirty
-        text_view, json_view, web_view = View.TEXT, View.JSON, View.WEB  # locals: the hot loop
+        text: bytes | None = None
+        clients, dirty, text_view = self.clients, self._dirty, View.TEXT  # locals: the hot loop
+        pushed = 0
         for cid in cids:
             client = clients.get(cid)
             if client is None:
-                metrics.drop(Drop.DELIVERY_TO_CLOSED, len(events))
+                self.metrics.drop(Drop.DELIVERY_TO_CLOSED, len(events))
                 continue
-            view = client.door.view
-            if view is text_view:
-                data, lines = shown.text(cid)
-            elif view is json_view:
-                data, lines = shown.json()
-            elif view is web_view:
-                data, lines = shown.web()
+            if client.door.view is text_view:
+                if text is None:
+                    text = shown.text_for_all()
+                data, lines = shown.text_for(cid) if cid in shown.senders else (text, len(events))
             else:
-                data, lines = _rendered_for(client.door, cid, events)
+                data, lines = shown.for_view(client.door, cid)
             if not lines:
                 continue
             if client.push(data, lines):
-                metrics.deliveries += lines
+                pushed += lines
                 dirty[cid] = client
             else:
                 self._kick(client, "output queue full: you are not reading")
+        self.metrics.deliveries += pushed
 
     def _flush(self) -> None:
         """After a burst of replies: one send per client that got something."""
@@ -197,42 +196,39 @@ class Delivery:
 class _Shown:
     """A run's events rendered per view, each at most once, joined: what a client of that view gets."""
 
-    __slots__ = ("_events", "_json", "_own", "_texts", "_web", "_whole")
+    __slots__ = ("_events", "_json", "_texts", "_web", "senders")
 
     def __init__(self, events: list[ChatEvent]) -> None:
         self._events = events
-        self._texts: list[bytes] | None = None
-        self._whole: tuple[bytes, int] = (b"", 0)
-        self._own: dict[str, list[int]] = {}  # text mode: a sender -> its own messages in the run (not shown it)
+        self._texts: list[bytes] = []
+        self.senders: dict[str, set[int]] = {}  # text mode: a sender -> its own messages in the run, not shown it
         self._json: tuple[bytes, int] | None = None
         self._web: tuple[bytes, int] | None = None
 
-    def text(self, cid: str) -> tuple[bytes, int]:
-        if self._texts is None:
-            events = self._events
-            self._texts = [render_text(event) for event in events]
-            self._whole = b"".join(self._texts), len(events)
-            for at, event in enumerate(events):
-                if is_own_echo(event, event.origin):
-                    self._own.setdefault(event.origin, []).append(at)
-        own = self._own.get(cid)
-        if own is None:
-            return self._whole
-        skip = set(own)
-        return b"".join([text for at, text in enumerate(self._texts) if at not in skip]), len(self._texts) - len(skip)
+    def text_for_all(self) -> bytes:
+        """Text mode, for a client that sent none of the run's messages."""
+        events = self._events
+        self._texts = [render_text(event) for event in events]
+        for at, event in enumerate(events):
+            if is_own_echo(event, event.origin):
+                self.senders.setdefault(event.origin, set()).add(at)
+        return b"".join(self._texts)
 
-    def json(self) -> tuple[bytes, int]:
-        if self._json is None:
-            self._json = b"".join([render_json(event) for event in self._events]), len(self._events)
-        return self._json
+    def text_for(self, sender: str) -> tuple[bytes, int]:
+        """Text mode, for a client that sent some of them (it is not shown its own)."""
+        own = self.senders[sender]
+        return b"".join([text for at, text in enumerate(self._texts) if at not in own]), len(self._texts) - len(own)
 
-    def web(self) -> tuple[bytes, int]:
-        if self._web is None:
-            self._web = b"".join([render_event(event) for event in self._events]), len(self._events)
-        return self._web
-
-
-def _rendered_for(door: Door, cid: str, events: list[ChatEvent]) -> tuple[bytes, int]:
-    """A door that renders per connection (IRC): its lines, and how many deliveries they are."""
-    rendered = [data for event in events if (data := door.render(event, cid))]
-    return b"".join(rendered), len(rendered)
+    def for_view(self, door: Door, cid: str) -> tuple[bytes, int]:
+        """Any other view: JSON and WebSocket share their renderings, IRC renders per connection."""
+        view = door.view
+        if view is View.JSON:
+            if self._json is None:
+                self._json = b"".join([render_json(event) for event in self._events]), len(self._events)
+            return self._json
+        if view is View.WEB:
+            if self._web is None:
+                self._web = b"".join([render_event(event) for event in self._events]), len(self._events)
+            return self._web
+        rendered = [data for event in self._events if (data := door.render(event, cid))]
+        return b"".join(rendered), len(rendered)
