@@ -49,9 +49,15 @@ class Runs:
         if run is not None:
             run[1].append(event)
             return
-        if not self._taken.isdisjoint(cids):  # some of them have events waiting: those go first
+        taken = self._taken
+        if not taken.isdisjoint(cids):  # some of them have events waiting: those go first
             self.settle()
-        self._taken.update(cids)
+        before = len(taken)
+        taken.update(cids)
+        if len(taken) - before < len(cids):  # a cid twice (an outside publisher's): each copy in a row, now
+            taken.difference_update(cids)
+            self._emit(cids, [event])
+            return
         self._open[id(cids)] = (cids, [event])
 
     def settle(self) -> None:
