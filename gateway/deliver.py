@@ -1,6 +1,6 @@
 """Pub-out batches to our clients: a part of `gateway.server.Gateway` (a mixin).
 
-    SUB pump --> _on_batch --> _deliver (render, push) ... end of the burst --> _flush
+    SUB pump --> _on_batch --> runs (protocol.fanout) --> _deliver (render, push) ... end of the burst --> _flush
 
 A pub-out message is three frames: our topic, the broker's numbering (its
 epoch and a sequence number, 8 bytes each, big-endian: gateway.link checks
@@ -10,10 +10,15 @@ client event the items after it answer (a replay is dropped up to the next
 who is shown what; `Deliver`, `SetMode` and `Close` act on our connections.
 The sessions answered advance after the whole batch.
 
-A delivery is rendered once per view that can share it (text, JSON,
-WebSocket), an IRC connection renders its own. A push only queues: after a
-burst of pub-out messages, one send per client that got something. A client
-whose output queue is full is cut (it is not reading).
+A batch's deliveries to the same audience (a room's members: the room
+table hands out one tuple while nobody joins or leaves) are grouped into
+runs (protocol.fanout), so the work per client is per run, not per message:
+each event is rendered once per view that can share it (text, JSON,
+WebSocket; an IRC connection renders its own), the run's lines are joined
+once per view, and each client gets one push of them (its own messages left
+out in text mode). A push only queues: after a burst of pub-out messages,
+one send per client that got something. A client whose output queue is
+full is cut (it is not reading); a run counts as the lines it holds.
 """
 
 from __future__ import annotations
