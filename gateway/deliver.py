@@ -14,9 +14,10 @@ A batch's deliveries to the same audience (a room's members: the room
 table hands out one tuple while nobody joins or leaves) are grouped into
 runs (protocol.fanout), so the work per client is per run, not per message:
 each event is rendered once per view that can share it (text, JSON,
-WebSocket; an IRC connection renders its own), the run's lines are joined
-once per view, and each client gets one push of them (its own messages left
-out in text mode). A push only queues: after a burst of pub-out messages,
+WebSocket; IRC: a room message once per set of capabilities that change its
+line, the rest per connection), the run's lines are joined once per view,
+and each client gets one push of them (its own messages left out in text
+mode). A push only queues: after a burst of pub-out messages,
 one send per client that got something. A client whose output queue is
 full is cut (it is not reading); a run counts as the lines it holds.
 """
@@ -30,10 +31,11 @@ import trio
 
 from gateway.metrics import Drop, GatewayMetrics
 from protocol import codec
-from protocol.doors import Door, View
+from protocol.doors import Door, IrcDoor, View
 from protocol.errors import DecodeError
 from protocol.fanout import Runs
 from protocol.hops import Hop, is_sampled
+from protocol.irc_render import SharedKey, render_shared, shared_key
 from protocol.messages import (
     GATEWAY_LOST_REASON,
     Batch,
@@ -201,7 +203,7 @@ class Delivery:
 class _Shown:
     """A run's events rendered per view, each at most once, joined: what a client of that view gets."""
 
-    __slots__ = ("_events", "_json", "_texts", "_web", "senders")
+    __slots__ = ("_events", "_irc_lines", "_json", "_texts", "_web", "senders")
 
     def __init__(self, events: list[ChatEvent]) -> None:
         self._events = events
@@ -209,6 +211,7 @@ class _Shown:
         self.senders: dict[str, set[int]] = {}  # text mode: a sender -> its own messages in the run, not shown it
         self._json: tuple[bytes, int] | None = None
         self._web: tuple[bytes, int] | None = None
+        self._irc_lines: dict[SharedKey, list[bytes | None]] = {}  # IRC: each event's line per shared_key
 
     def text_for_all(self) -> bytes:
         """Text mode, for a client that sent none of the run's messages."""
@@ -225,7 +228,7 @@ class _Shown:
         return b"".join([text for at, text in enumerate(self._texts) if at not in own]), len(self._texts) - len(own)
 
     def for_view(self, door: Door, cid: str) -> tuple[bytes, int]:
-        """Any other view: JSON and WebSocket share their renderings, IRC renders per connection."""
+        """Any other view: JSON and WebSocket share their renderings, IRC a room message's line."""
         view = door.view
         if view is View.JSON:
             if self._json is None:
@@ -235,5 +238,19 @@ class _Shown:
             if self._web is None:
                 self._web = b"".join([render_event(event) for event in self._events]), len(self._events)
             return self._web
+        if isinstance(door, IrcDoor):
+            return self._irc(door, cid)
         rendered = [data for event in self._events if (data := door.render(event, cid))]
+        return b"".join(rendered), len(rendered)
+
+    def _irc(self, door: IrcDoor, cid: str) -> tuple[bytes, int]:
+        """IRC: a room message once per `shared_key` (the connection's own, and every other
+        event, rendered for the connection itself), in order."""
+        conn = door.conn
+        key = shared_key(conn)
+        shared = self._irc_lines.get(key)
+        if shared is None:
+            shared = self._irc_lines[key] = [render_shared(conn, event) for event in self._events]
+        rendered = [data for event, line in zip(self._events, shared, strict=True)
+                    if (data := line if line is not None and event.origin != cid else door.render(event, cid))]
         return b"".join(rendered), len(rendered)

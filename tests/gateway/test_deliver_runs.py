@@ -178,3 +178,34 @@ def test_irc_and_line_clients_share_a_run_each_in_its_own_rendering(ctx) -> None
         assert shown == ["one", "two", "three"]  # JSON mode gets its own back
 
     in_room(ctx, test)
+
+
+def test_irc_clients_are_shown_a_shared_line_exactly_as_their_own_rendering(ctx) -> None:  # type: ignore[no-untyped-def]
+    """A room message is rendered once per set of capabilities that change its line; what each IRC
+    client receives is what rendering every event for it alone gives (tags, its own echo or not)."""
+    async def test(room: Room) -> None:
+        caps = {"plain": set(), "stamped": {"server-time", "message-tags"}, "echoing": {"echo-message"},
+                "quiet": {"server-time"}}
+        doors = {}
+        for name, wanted in caps.items():
+            doors[name] = IrcDoor(IrcSettings("irc.test"))
+            doors[name].conn.registered, doors[name].conn.nick = True, name
+            doors[name].conn.caps.update(wanted)
+        cids = {name: room.join(name, door) for name, door in doors.items()}
+        said = [ChatEvent(EventType.MESSAGE, f"m{n}", room=ROOM, sender=name, origin=cids[name], id=f"x:1/{n}",
+                          ts=1.7e9 + n) for n, name in enumerate(("echoing", "quiet", "plain", "echoing"))]
+        said.insert(2, ChatEvent(EventType.ACTION, "waves", room=ROOM, sender="echoing", origin=cids["echoing"]))
+        said.append(ChatEvent(EventType.TOPIC, "new topic", room=ROOM, sender="plain", origin=cids["plain"]))
+        room.batch(*(RoomEvent(ROOM, room.seq, event) for event in said))
+        got = {name: room.received(cid) for name, cid in cids.items()}
+        for name in doors:
+            alone = IrcDoor(IrcSettings("irc.test"))
+            alone.conn.registered, alone.conn.nick = True, name
+            alone.conn.caps.update(caps[name])
+            assert got[name] == b"".join(alone.render(event, cids[name]) for event in said), name
+        assert b" :m1" not in got["quiet"] and b" :m1" in got["plain"]  # its own, not echoed
+        assert got["echoing"].count(b"PRIVMSG") == 5  # its own three too
+        assert got["stamped"].count(b"@time=") == 4  # the messages with a ts (not the action)
+        assert not any(line.startswith(b"@") for line in got["plain"].splitlines())  # no tags
+
+    in_room(ctx, test)
