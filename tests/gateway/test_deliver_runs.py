@@ -18,11 +18,23 @@ import trio
 import zmq
 
 from gateway.client import Client, ClientHooks, ClientLimits
+from gateway.metrics import Drop
 from gateway.server import Gateway, GatewayConfig
 from protocol import codec
 from protocol.doors import Door, IrcDoor, LineDoor
 from protocol.irc import IrcSettings
-from protocol.messages import Batch, BatchItem, ChatEvent, Close, EventType, Mark, RoomEvent, SetMode, topic_of
+from protocol.messages import (
+    Batch,
+    BatchItem,
+    ChatEvent,
+    Close,
+    Deliver,
+    EventType,
+    Mark,
+    RoomEvent,
+    SetMode,
+    topic_of,
+)
 
 ROOM = "#r"
 _endpoints = itertools.count(1)
@@ -207,5 +219,37 @@ def test_irc_clients_are_shown_a_shared_line_exactly_as_their_own_rendering(ctx)
         assert got["echoing"].count(b"PRIVMSG") == 5  # its own three too
         assert got["stamped"].count(b"@time=") == 4  # the messages with a ts (not the action)
         assert not any(line.startswith(b"@") for line in got["plain"].splitlines())  # no tags
+
+    in_room(ctx, test)
+
+
+def test_an_outside_publishers_tangle_of_audiences_keeps_every_clients_order(ctx) -> None:  # type: ignore[no-untyped-def]
+    """Deliveries that try to break the grouping: a cid twice, cids that are gone, audiences that
+    overlap the room's, hundreds of them interleaved with room messages. Each client gets exactly
+    its deliveries in order (a cid twice: twice in a row, as ever), and what was for nobody is counted."""
+    async def test(room: Room) -> None:
+        alice, bob, carol = room.join("alice"), room.join("bob"), room.join("carol")
+        gone = f"{room.gateway.instance}:gone"
+        audiences = [(bob, bob), (alice, gone, carol), (carol,), (bob, alice)]
+        items: list[BatchItem] = []
+        wanted: dict[str, list[bytes]] = {alice: [], bob: [], carol: []}
+        for n in range(400):
+            text = f"x{n}"
+            if n % 3:
+                to = audiences[n % len(audiences)]
+                items.append(Deliver(to, ChatEvent(EventType.INFO, text)))
+                line = f"* {text}\n".encode()
+            else:
+                to = (alice, bob, carol)
+                items += room.said(f"{room.gateway.instance}:elsewhere", text)
+                line = f"#r <elsewhere> {text}\n".encode()
+            for cid in to:
+                if cid != gone:
+                    wanted[cid].append(line)
+        room.batch(*items)
+        for cid, lines in wanted.items():
+            assert room.received(cid) == b"".join(lines), cid
+        assert room.gateway.metrics.drops[Drop.DELIVERY_TO_CLOSED] == sum(
+            1 for n in range(400) if n % 3 and gone in audiences[n % len(audiences)])
 
     in_room(ctx, test)
