@@ -159,7 +159,8 @@ def test_messages_before_a_close_in_the_batch_go_out_and_none_after(ctx) -> None
 
 def test_a_run_counts_its_lines_against_the_queue_bound(ctx) -> None:  # type: ignore[no-untyped-def]
     """A client that takes no more than 10 lines now is cut by a batch of 16 messages, as it was by
-    16 pushes; one that takes 16 is not, and the others get everything."""
+    16 pushes (then after the 10 that fit; now the run goes whole or not at all, before the notice);
+    one that takes 16 is not, and the others get everything."""
     async def test(room: Room) -> None:
         alice = room.join("alice")
         tight = room.join("tight", limits=ClientLimits(max_queue_lines=10))
