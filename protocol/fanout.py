@@ -20,7 +20,9 @@ end of the batch. The checks are set operations, not a Python step per client.
 
 An audience is known by its identity (`id`), while its run is open (the run
 holds the tuple, so the id cannot be reused meanwhile). Equal tuples that are
-different objects are different audiences: correct, only not grouped.
+different objects are different audiences: correct, only not grouped. An
+audience that names a client twice (only an outside publisher's can) is
+never grouped: it is handed on at once, each copy in a row, as before.
 Pure: no I/O, `emit` is the caller's.
 """
 
