@@ -264,18 +264,18 @@ class Client:
 
     # --- output -------------------------------------------------------------
 
-    def push(self, data: bytes) -> bool:
-        """Queue bytes for the client; False if its queue is full. `flush` sends them."""
+    def push(self, data: bytes, lines: int = 1) -> bool:
+        """Queue bytes (`lines` deliveries) for the client; False if its queue is full. `flush` sends them."""
         if self.closing is not None:
             return True  # what comes after a close is not for this client
         limits = self.limits
-        if self._lines >= limits.max_queue_lines or self._bytes + len(data) > limits.max_queue_bytes:
+        if self._lines + lines > limits.max_queue_lines or self._bytes + len(data) > limits.max_queue_bytes:
             return False
         if self._pending is None:
             self._pending = [data]
         else:
             self._pending.append(data)
-        self._lines += 1
+        self._lines += lines
         self._bytes += len(data)
         return True
 

@@ -1,6 +1,6 @@
 """Pub-out batches to our clients: a part of `gateway.server.Gateway` (a mixin).
 
-    SUB pump --> _on_batch --> _deliver (render, push) ... end of the burst --> _flush
+    SUB pump --> _on_batch --> runs (protocol.fanout) --> _deliver (render, push) ... end of the burst --> _flush
 
 A pub-out message is three frames: our topic, the broker's numbering (its
 epoch and a sequence number, 8 bytes each, big-endian: gateway.link checks
@@ -10,10 +10,16 @@ client event the items after it answer (a replay is dropped up to the next
 who is shown what; `Deliver`, `SetMode` and `Close` act on our connections.
 The sessions answered advance after the whole batch.
 
-A delivery is rendered once per view that can share it (text, JSON,
-WebSocket), an IRC connection renders its own. A push only queues: after a
-burst of pub-out messages, one send per client that got something. A client
-whose output queue is full is cut (it is not reading).
+A batch's deliveries to the same audience (a room's members: the room
+table hands out one tuple while nobody joins or leaves) are grouped into
+runs (protocol.fanout), so the work per client is per run, not per message:
+each event is rendered once per view that can share it (text, JSON,
+WebSocket; IRC: a room message once per set of capabilities that change its
+line, the rest per connection), the run's lines are joined once per view,
+and each client gets one push of them (its own messages left out in text
+mode). A push only queues: after a burst of pub-out messages,
+one send per client that got something. A client whose output queue is
+full is cut (it is not reading); a run counts as the lines it holds.
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ import trio
 
 from gateway.metrics import Drop, GatewayMetrics
 from protocol import codec
-from protocol.doors import View
+from protocol.doors import Door, IrcDoor, View
 from protocol.errors import DecodeError
+from protocol.fanout import Runs
 from protocol.hops import Hop, is_sampled
+from protocol.irc_render import SharedKey, render_shared, shared_key
 from protocol.messages import (
     GATEWAY_LOST_REASON,
     Batch,
@@ -89,6 +97,7 @@ class Delivery:
         answered: list[Session] = []
         now = trio.current_time()
         rooms, items = self.rooms, batch.items
+        runs = Runs(self._deliver)
         for index, item in enumerate(items):
             if isinstance(item, Mark):
                 skipping = not self._on_mark(item, answered, now)
@@ -96,18 +105,22 @@ class Delivery:
                 continue
             elif isinstance(item, RoomEvent):
                 for cids, event in rooms.apply(item, now, items, index):
-                    self._deliver(cids, event)
+                    runs.add(cids, event)
             elif isinstance(item, Deliver):
-                self._deliver(item.cids, item.event)
+                runs.add(item.cids, item.event)
             elif isinstance(item, SetMode):
+                runs.settle()  # what came before the change is shown the way it was asked for then
                 if (client := self.clients.get(item.cid)) is not None:  # else a connection that is gone
                     client.door.set_json(item.json)
             else:
+                runs.settle()
                 self._on_close(item)
         for session in answered:  # after the whole batch: a Close in it stops what was pending
             for cids, event in rooms.release(session.cid):  # held while a re-join may have been coming
-                self._deliver(cids, event)
+                runs.add(cids, event)
+            runs.settle()
             self._advance(session)
+        runs.settle()
 
     def _on_mark(self, mark: Mark, answered: list[Session], now: float) -> bool:
         """-> False if this event was shown already (a replay)."""
@@ -144,38 +157,32 @@ class Delivery:
         if (client := self.clients.get(close.cid)) is not None:
             client.close_after(b"", close.reason)
 
-    def _deliver(self, cids: tuple[str, ...], event: ChatEvent) -> None:
-        """Render once per view that shares renderings (IRC renders per connection)."""
+    def _deliver(self, cids: tuple[str, ...], events: list[ChatEvent]) -> None:
+        """A run of events for the same clients (protocol.fanout): rendered once per view that
+        shares renderings (IRC renders per connection), one push per client."""
+        shown = _Shown(events)
         text: bytes | None = None
-        as_json: bytes | None = None
-        framed: bytes | None = None
-        clients, text_view, json_view, web_view = self.clients, View.TEXT, View.JSON, View.WEB  # locals: the hot loop
+        clients, dirty, text_view = self.clients, self._dirty, View.TEXT  # locals: the hot loop
+        pushed = 0
         for cid in cids:
             client = clients.get(cid)
             if client is None:
-                self.metrics.drop(Drop.DELIVERY_TO_CLOSED)
+                self.metrics.drop(Drop.DELIVERY_TO_CLOSED, len(events))
                 continue
-            view = client.door.view
-            if view is text_view:
-                if is_own_echo(event, cid):
-                    continue
-                text = text or render_text(event)
-                data = text
-            elif view is json_view:
-                as_json = as_json or render_json(event)
-                data = as_json
-            elif view is web_view:
-                framed = framed or render_event(event)
-                data = framed
+            if client.door.view is text_view:
+                if text is None:
+                    text = shown.text_for_all()
+                data, lines = shown.text_for(cid) if cid in shown.senders else (text, len(events))
             else:
-                data = client.door.render(event, cid)
-                if not data:
-                    continue
-            if client.push(data):
-                self.metrics.deliveries += 1
-                self._dirty[cid] = client
+                data, lines = shown.for_view(client.door, cid)
+            if not lines:
+                continue
+            if client.push(data, lines):
+                pushed += lines
+                dirty[cid] = client
             else:
                 self._kick(client, "output queue full: you are not reading")
+        self.metrics.deliveries += pushed
 
     def _flush(self) -> None:
         """After a burst of replies: one send per client that got something."""
@@ -191,3 +198,59 @@ class Delivery:
         self._dirty.pop(client.cid, None)
         self.metrics.drop(Drop.SLOW_CONSUMER_CUT)
         client.close_after(client.door.end(f"{reason}; disconnecting"), reason)
+
+
+class _Shown:
+    """A run's events rendered per view, each at most once, joined: what a client of that view gets."""
+
+    __slots__ = ("_events", "_irc_lines", "_json", "_texts", "_web", "senders")
+
+    def __init__(self, events: list[ChatEvent]) -> None:
+        self._events = events
+        self._texts: list[bytes] = []
+        self.senders: dict[str, set[int]] = {}  # text mode: a sender -> its own messages in the run, not shown it
+        self._json: tuple[bytes, int] | None = None
+        self._web: tuple[bytes, int] | None = None
+        self._irc_lines: dict[SharedKey, list[bytes | None]] = {}  # IRC: each event's line per shared_key
+
+    def text_for_all(self) -> bytes:
+        """Text mode, for a client that sent none of the run's messages."""
+        events = self._events
+        self._texts = [render_text(event) for event in events]
+        for at, event in enumerate(events):
+            if is_own_echo(event, event.origin):
+                self.senders.setdefault(event.origin, set()).add(at)
+        return b"".join(self._texts)
+
+    def text_for(self, sender: str) -> tuple[bytes, int]:
+        """Text mode, for a client that sent some of them (it is not shown its own)."""
+        own = self.senders[sender]
+        return b"".join([text for at, text in enumerate(self._texts) if at not in own]), len(self._texts) - len(own)
+
+    def for_view(self, door: Door, cid: str) -> tuple[bytes, int]:
+        """Any other view: JSON and WebSocket share their renderings, IRC a room message's line."""
+        view = door.view
+        if view is View.JSON:
+            if self._json is None:
+                self._json = b"".join([render_json(event) for event in self._events]), len(self._events)
+            return self._json
+        if view is View.WEB:
+            if self._web is None:
+                self._web = b"".join([render_event(event) for event in self._events]), len(self._events)
+            return self._web
+        if isinstance(door, IrcDoor):
+            return self._irc(door, cid)
+        rendered = [data for event in self._events if (data := door.render(event, cid))]
+        return b"".join(rendered), len(rendered)
+
+    def _irc(self, door: IrcDoor, cid: str) -> tuple[bytes, int]:
+        """IRC: a room message once per `shared_key` (the connection's own, and every other
+        event, rendered for the connection itself), in order."""
+        conn = door.conn
+        key = shared_key(conn)
+        shared = self._irc_lines.get(key)
+        if shared is None:
+            shared = self._irc_lines[key] = [render_shared(conn, event) for event in self._events]
+        rendered = [data for event, line in zip(self._events, shared, strict=True)
+                    if (data := line if line is not None and event.origin != cid else door.render(event, cid))]
+        return b"".join(rendered), len(rendered)

@@ -130,18 +130,21 @@ def _event_to_wire(e: ChatEvent) -> list[Any]:
     return [e.type.value, e.text, e.room, e.sender, e.to, e.id, e.ts, e.origin, e.of, e.code, list(e.args)]
 
 
+_EVENT_TYPES = {kind.value: kind for kind in EventType}  # a dict look-up, not an enum call: once per room event
+
+
 def _event_from_wire(raw: Any) -> ChatEvent:
     t, text, room, sender, to, id_, ts, origin, of, code, args = _list(raw, 11)
-    try:
-        kind = EventType(t)
-    except ValueError:
-        raise DecodeError(f"unknown event type {t!r}") from None
+    kind = _EVENT_TYPES.get(t) if type(t) is str else None
+    if kind is None:
+        raise DecodeError(f"unknown event type {t!r}")
     if type(ts) not in (float, int):
         raise DecodeError("expected a number for ts")
-    return ChatEvent(
-        kind, _str(text), _str(room), _str(sender), _str(to), _str(id_), float(ts), _str(origin),
-        _str(of), _str(code), _strs(args),
-    )
+    if not (type(text) is str and type(room) is str and type(sender) is str and type(to) is str
+            and type(id_) is str and type(origin) is str and type(of) is str and type(code) is str):
+        for value in (text, room, sender, to, id_, origin, of, code):
+            _str(value)  # raises, saying which type came
+    return ChatEvent(kind, text, room, sender, to, id_, float(ts), origin, of, code, _strs(args))
 
 
 def _item_to_wire(item: BatchItem) -> list[Any]:

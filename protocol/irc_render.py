@@ -5,7 +5,9 @@ ACTION), joins, parts, quits, nick and topic changes as the commands
 themselves, and replies by their `code` (`protocol.replies`) as numerics.
 An info or error without a code (or with one this version does not know)
 becomes a NOTICE with its text. A sender gets its own messages back only
-with `echo-message`, as IRC clients expect.
+with `echo-message`, as IRC clients expect. A room message's line depends on
+the connection only through `shared_key` (the server name, `server-time`,
+`message-tags`), so a gateway renders it once per key (`render_shared`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,25 @@ def render(conn: IrcConnection, event: ChatEvent, own_cid: str) -> bytes:
         return _reply(conn, event)
     draw = _EVENTS.get(kind)
     return draw(conn, event) if draw else line(conn.server, "NOTICE", conn.nick, event.text)
+
+
+_SHARED = frozenset({EventType.MESSAGE, EventType.ACTION})
+SharedKey = tuple[str, bool, bool]
+
+
+def shared_key(conn: IrcConnection) -> SharedKey:
+    """What a room message's line depends on for this connection: connections with the same key
+    are shown the same line (the gateway renders it once for them all)."""
+    caps = conn.caps
+    return conn.server, "server-time" in caps, "message-tags" in caps
+
+
+def render_shared(conn: IrcConnection, event: ChatEvent) -> bytes | None:
+    """A room message as every connection with `conn`'s `shared_key` is shown it, unless it is its
+    own (then `render`: echo-message decides); None: the event is rendered per connection."""
+    if event.type in _SHARED and event.room:
+        return _said(conn, event, event.type)
+    return None
 
 
 # --- what others do --------------------------------------------------------------

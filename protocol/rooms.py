@@ -75,9 +75,26 @@ class _Room:
     top: int = -1  # the highest seq that went into it
     evicted: int = -1  # the highest seq the ring let go
     last: float = 0.0  # when an event last came
+    everyone: tuple[str, ...] | None = None  # the members, one tuple while none joins or leaves
+    latest: int = -1  # the highest seq a member joined at (at least)
 
     def idle(self) -> bool:
         return not self.members and not self.former
+
+    def audience(self, seq: int, member: str) -> tuple[str, ...]:
+        """The members shown an event numbered `seq` that `member` caused: in the usual case
+        (all joined by then, `member` none of them) the same tuple for every event, so that a
+        gateway can tell an audience it has seen from its identity (gateway.deliver)."""
+        members = self.members
+        if seq >= self.latest and member not in members:
+            if self.everyone is None:
+                self.everyone = tuple(members)
+            return self.everyone
+        return tuple([cid for cid, joined in members.items() if joined <= seq and cid != member])
+
+    def changed(self) -> None:
+        """A member joined or left: the next audience is a new tuple."""
+        self.everyone = None
 
 
 class RoomTable:
@@ -113,12 +130,12 @@ class RoomTable:
             else:
                 self._parted(room, item, now)
         seq, member = item.seq, item.member
-        to = [cid for cid, joined in room.members.items() if joined <= seq and cid != member]
-        if room.former:
-            to += self._to_former(room, seq, member, item.event, item.room)
+        to = room.audience(seq, member)
+        if room.former and (former := self._to_former(room, seq, member, item.event, item.room)):
+            to += tuple(former)
         self._keep_in_ring(room, item)
         if to:
-            out.append((tuple(to), item.event))
+            out.append((to, item.event))
         return out
 
     def _to_former(self, room: _Room, seq: int, member: str, event: ChatEvent, name: str) -> list[str]:
@@ -138,6 +155,8 @@ class RoomTable:
         """A member from `item.seq`: and what came before its join that it is owed."""
         cid, joined = item.member, item.seq
         room.members[cid] = joined
+        room.latest = max(room.latest, joined)
+        room.changed()
         room.since[cid] = room.pushed
         self._rooms_of.setdefault(cid, set()).add(item.room)
         if room.top < joined:  # the usual case: nothing committed after the join came before it
@@ -179,6 +198,7 @@ class RoomTable:
         joined = room.members.pop(item.member, None)
         if joined is None:
             return
+        room.changed()
         since = room.since.pop(item.member, room.pushed)
         self._rooms_of.get(item.member, set()).discard(item.room)
         room.former.append(_Former(item.member, joined, item.seq, now, range(since, room.pushed)))
@@ -201,6 +221,7 @@ class RoomTable:
                 continue
             room.members.pop(cid, None)
             room.since.pop(cid, None)
+            room.changed()
 
     def sweep(self, now: float) -> None:
         """Let go of parted members and member-less rooms older than `keep` seconds."""
