@@ -38,6 +38,7 @@ import secrets
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
@@ -77,6 +78,12 @@ FENCED_EPOCHS = 16
 
 # one envelope may not grow this process's memory without bound (ZMQ_MAXMSGSIZE)
 MAX_MESSAGE_BYTES = 64 << 20
+
+# dispatches joined into one round trip at most (`join_waiting`); the broker sends no more than
+# the credit's worth of events anyway
+JOIN_MAX = 64
+
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
@@ -262,6 +269,30 @@ class Handler:
         return list(reaps)
 
 
+def join_waiting(frames: list[bytes], waiting: Callable[[], list[bytes] | None],
+                 limit: int = JOIN_MAX) -> tuple[list[bytes], list[bytes] | None]:
+    """A dispatch, with the dispatches already waiting behind it under the same heartbeat (the same
+    broker and epoch) joined to it, up to `limit` messages: their events are served in one round
+    trip to Redis and answered by one Done, in the order they came. -> (the joined frames, a message
+    that was read but does not join: to be served next, in its turn).
+
+    The broker has at most one event of a connection in flight, so joined events are of distinct
+    connections (and were any not, each event is still served after the ones before it)."""
+    if len(frames) < 2:  # a heartbeat or Unknown alone: nothing to serve with others
+        return frames, None
+    joined = frames
+    for _ in range(limit - 1):
+        more = waiting()
+        if more is None:
+            return joined, None
+        if more[0] != frames[0]:  # another broker or epoch, or a control message: served on its own
+            return joined, more
+        if joined is frames:
+            joined = list(frames)
+        joined += more[1:]
+    return joined, None
+
+
 def durability(config: WorkerConfig) -> Durability | None:
     """How durable claims are made: WAIT for replicas behind Sentinel (or when told), a bit
     under the call's timeout so that the WAIT's answer comes before the socket gives up."""
@@ -313,10 +344,21 @@ class BrokerLink:
         self.sock.close()
 
     def serve_one(self, handler: Handler) -> None:
-        """Handle one message from the broker; answer on the same link."""
+        """Handle what the broker sent: a message, with the dispatches waiting behind it joined to
+        it (`join_waiting`); answer on the same link."""
         frames = recv_frames(self.sock)
-        if frames is None:
-            return
+        while frames is not None:
+            frames, rest = join_waiting(frames, self._waiting)
+            self._serve(handler, frames)
+            frames = rest
+
+    def _waiting(self) -> list[bytes] | None:
+        """The next message if one is waiting already (never blocks)."""
+        if not int(self.sock.getsockopt(_EVENTS)) & _POLLIN:
+            return None
+        return recv_frames(self.sock)
+
+    def _serve(self, handler: Handler, frames: list[bytes]) -> None:
         self.last_heard = time.monotonic()
         redis_before = handler.metrics.redis_spent
         done = handler.frames(frames, time.time(), self.last_heard)
