@@ -64,7 +64,7 @@ from stack.frames import recv_frames, send_frames
 from stack.process import Stopping, set_log_instance, tune_gc
 from workers.effects import Effects
 from workers.logic import INTERNAL_ERROR, UNAVAILABLE, Chat, ChatLimits
-from workers.metrics import RedisCause, RefusedCause, WorkerMetrics, redis_cause
+from workers.metrics import FLUSH_EVERY, RedisCause, RefusedCause, WorkerMetrics, redis_cause
 from workers.redis_client import open_redis, parse_redis_url
 from workers.store import Durability, EpochFenced, Store
 
@@ -390,12 +390,16 @@ def serve_brokers(links: list[BrokerLink], handler: Handler, config: WorkerConfi
     poller = zmq.Poller()
     for link in links:
         poller.register(link.sock, zmq.POLLIN)
+    metrics, flushed = handler.metrics, time.monotonic()
     while not stopping.requested:
-        ready = dict(poller.poll(int(config.heartbeat * 1000)))
+        ready = dict(poller.poll(int((FLUSH_EVERY if metrics.pending else config.heartbeat) * 1000)))
         for link in links:
             if link.sock in ready:
                 link.serve_one(handler)
         now = time.monotonic()
+        if metrics.pending and (not ready or now - flushed >= FLUSH_EVERY):  # idle, or due
+            metrics.flush()
+            flushed = now
         silent = [link for link in links if not link.keep_alive(now)]
         for link in silent:
             link.reopen()
@@ -407,7 +411,9 @@ def run_worker(config: WorkerConfig) -> None:
     """The body of one worker process."""
     stopping = Stopping().install()
     client = open_redis(config.redis_url, timeout=config.redis_timeout, ca_file=config.redis_ca)
-    metrics = WorkerMetrics()  # under the pool's multiprocess mode, its values go to the pool's directory
+    # under the pool's multiprocess mode, its values go to the pool's directory: buffered, written a few
+    # times a second (serve_brokers), not several times a dispatch
+    metrics = WorkerMetrics(buffered=True)
     store = Store(client, config.prefix, config.max_rooms, config.history_ttl, metrics.redis_observed,
                   durability=durability(config))
     handler = Handler(Chat(store, config.limits, metrics), Breaker(config.breaker_cooldown))
@@ -420,6 +426,7 @@ def run_worker(config: WorkerConfig) -> None:
         while not stopping.requested:
             serve_brokers(links, handler, config, stopping)
     finally:
+        metrics.flush()
         for link in links:
             link.close()
         ctx.term()
