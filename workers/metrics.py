@@ -133,11 +133,11 @@ class WorkerMetrics:
         self._round_trips: list[float] = []
         self.pending = False  # something is waiting for `flush`
 
-    def took(self, items: list[WorkItem]) -> None:
-        """A dispatch of events from the broker."""
+    def took(self, items: list[WorkItem], dispatches: int = 1) -> None:
+        """A dispatch of events from the broker (or `dispatches` of them, served together)."""
         if not items:
             return
-        self._dispatches += 1
+        self._dispatches += dispatches
         kinds = self._kinds
         for item in items:
             kinds[event_kind(item)] += 1

@@ -144,16 +144,17 @@ class Handler:
     def metrics(self) -> WorkerMetrics:
         return self.chat.metrics
 
-    def frames(self, frames: list[bytes], now: float, tick: float) -> Done:
+    def frames(self, frames: list[bytes], now: float, tick: float, dispatches: int = 1) -> Done:
         """Decode and handle one message of the broker -> the Done to send: a dispatch
-        [Heartbeat, key, event, key, event, ...], or a Heartbeat or Unknown alone.
+        [Heartbeat, key, event, key, event, ...] (`dispatches` of them joined: `join_waiting`), or a
+        Heartbeat or Unknown alone.
 
         `now` is the wall clock (for message times), `tick` the monotonic one (for the breaker)."""
         epoch = self._control(frames[0]) if frames else 0
         items, refused = self._events(frames[1:])
         if (items or refused) and epoch in self.fenced_epochs:  # from a deposed broker: nobody waits for it
             return Done((), ())
-        self.metrics.took(items)
+        self.metrics.took(items, dispatches)
         fx = Effects()
         self.chat.store.epoch = epoch
         if not self.batch([*items, *self._due_reaps(tick)], fx, now, tick):
@@ -270,27 +271,29 @@ class Handler:
 
 
 def join_waiting(frames: list[bytes], waiting: Callable[[], list[bytes] | None],
-                 limit: int = JOIN_MAX) -> tuple[list[bytes], list[bytes] | None]:
+                 limit: int = JOIN_MAX) -> tuple[list[bytes], int, list[bytes] | None]:
     """A dispatch, with the dispatches already waiting behind it under the same heartbeat (the same
     broker and epoch) joined to it, up to `limit` messages: their events are served in one round
-    trip to Redis and answered by one Done, in the order they came. -> (the joined frames, a message
-    that was read but does not join: to be served next, in its turn).
+    trip to Redis and answered by one Done, in the order they came. -> (the joined frames, how many
+    dispatches they are, a message that was read but does not join: to be served next, in its turn).
 
     The broker has at most one event of a connection in flight, so joined events are of distinct
     connections (and were any not, each event is still served after the ones before it)."""
     if len(frames) < 2:  # a heartbeat or Unknown alone: nothing to serve with others
-        return frames, None
-    joined = frames
+        return frames, 0, None
+    joined, dispatches = frames, 1
     for _ in range(limit - 1):
         more = waiting()
         if more is None:
-            return joined, None
+            break
         if more[0] != frames[0]:  # another broker or epoch, or a control message: served on its own
-            return joined, more
-        if joined is frames:
-            joined = list(frames)
-        joined += more[1:]
-    return joined, None
+            return joined, dispatches, more
+        if len(more) > 1:  # a heartbeat alone with the same bytes adds nothing
+            if joined is frames:
+                joined = list(frames)
+            joined += more[1:]
+            dispatches += 1
+    return joined, dispatches, None
 
 
 def durability(config: WorkerConfig) -> Durability | None:
@@ -347,10 +350,14 @@ class BrokerLink:
         """Handle what the broker sent: a message, with the dispatches waiting behind it joined to
         it (`join_waiting`); answer on the same link."""
         frames = recv_frames(self.sock)
-        while frames is not None:
-            frames, rest = join_waiting(frames, self._waiting)
-            self._serve(handler, frames)
+        for _ in range(JOIN_MAX):  # bounded: each round serves at least one message
+            if frames is None:
+                return
+            frames, dispatches, rest = join_waiting(frames, self._waiting)
+            self._serve(handler, frames, dispatches)
             frames = rest
+        if frames is not None:
+            self._serve(handler, frames, 1 if len(frames) > 1 else 0)
 
     def _waiting(self) -> list[bytes] | None:
         """The next message if one is waiting already (never blocks)."""
@@ -358,10 +365,10 @@ class BrokerLink:
             return None
         return recv_frames(self.sock)
 
-    def _serve(self, handler: Handler, frames: list[bytes]) -> None:
+    def _serve(self, handler: Handler, frames: list[bytes], dispatches: int) -> None:
         self.last_heard = time.monotonic()
         redis_before = handler.metrics.redis_spent
-        done = handler.frames(frames, time.time(), self.last_heard)
+        done = handler.frames(frames, time.time(), self.last_heard, dispatches)
         if handler.sampled:  # timed up to its Done going out: the send is transit
             handler.sampled = False
             handler.metrics.sampled_dispatch(time.monotonic() - self.last_heard,

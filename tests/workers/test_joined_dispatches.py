@@ -15,7 +15,7 @@ from protocol.messages import Batch, Connected, Done, Heartbeat, Lines, Mark, Re
 from workers.logic import Chat
 from workers.metrics import WorkerMetrics
 from workers.store import Store
-from workers.worker import BrokerLink, Handler, WorkerConfig, join_waiting
+from workers.worker import JOIN_MAX, Breaker, BrokerLink, Handler, WorkerConfig, join_waiting
 
 GW = "gwJ.abc123"
 HB = codec.encode(Heartbeat("broker.x"))
@@ -24,13 +24,15 @@ HB = codec.encode(Heartbeat("broker.x"))
 class Broker:
     """The broker's backend ROUTER, and one worker link connected to it."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], url: str) -> None:
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], url: str, endpoint: str = "") -> None:
         self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.RCVTIMEO, 5000)  # a bound wait: a test that hangs fails
-        port = self.router.bind_to_random_port("tcp://127.0.0.1")
-        self.link = BrokerLink(ctx, WorkerConfig(backend=f"tcp://127.0.0.1:{port}", redis_url=url),
-                               f"tcp://127.0.0.1:{port}")
+        if endpoint:
+            self.router.bind(endpoint)
+        else:
+            endpoint = f"tcp://127.0.0.1:{self.router.bind_to_random_port('tcp://127.0.0.1')}"
+        self.link = BrokerLink(ctx, WorkerConfig(backend=endpoint, redis_url=url), endpoint)
         self.worker, ready = self.router.recv_multipart()
         assert isinstance(codec.decode(ready), Ready)
 
@@ -43,7 +45,7 @@ class Broker:
         for _ in range(1000):  # bounded: each round waits for the socket to become readable
             if messages == 0 or sock.poll(5000, zmq.POLLIN):
                 break
-        assert sock.getsockopt(zmq.EVENTS) & zmq.POLLIN
+        assert int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN
 
     def answers(self) -> list[Done]:
         """The Done messages the worker sent, once it is quiet (heartbeats skipped)."""
@@ -72,8 +74,6 @@ def broker(valkey_url: str) -> Iterator[Broker]:
 
 @pytest.fixture
 def handler(store: Store) -> Handler:
-    from workers.worker import Breaker
-
     return Handler(Chat(store, metrics=WorkerMetrics()), Breaker(1.0))
 
 
@@ -105,6 +105,9 @@ def test_dispatches_waiting_behind_one_another_are_one_done_in_order(
     assert [key for done in dones for key in done.events] == [(cid, 0) for cid in cids]
     assert [mark for done in dones for mark in _marks(done)] == [(cid, 0) for cid in cids]
     assert len(dones) < 3  # at least two of them were joined
+    registry = handler.metrics.registry
+    assert registry.get_sample_value("chat_worker_dispatches_total") == 3  # messages, joined or not
+    assert registry.get_sample_value("chat_worker_events_total", {"kind": "connect"}) == 6
     assert all(client.hget(f"{handler.chat.store._p}conn:{cid}", "nick") for cid in cids)
 
 
@@ -112,10 +115,10 @@ def test_joined_dispatches_share_one_round_trip_and_one_done(handler: Handler, c
     cids = [f"{GW}:{n}" for n in range(1, 4)]
     first = [HB, *codec.event_frames(Connected(cids[0], 0, "a"))]
     waiting = [[HB, *codec.event_frames(Connected(cid, 0, "x"))] for cid in cids[1:]]
-    joined, rest = join_waiting(first, lambda: waiting.pop(0) if waiting else None)
-    assert rest is None
+    joined, dispatches, rest = join_waiting(first, lambda: waiting.pop(0) if waiting else None)
+    assert rest is None and dispatches == 3
     before = _round_trips(client)
-    done = handler.frames(joined, 5.0, 0.0)
+    done = handler.frames(joined, 5.0, 0.0, dispatches)
     assert list(done.events) == [(cid, 0) for cid in cids]
     assert _marks(done) == [(cid, 0) for cid in cids]
     assert _round_trips(client) - before == 1  # one pipelined round trip, one script for three connects
@@ -125,8 +128,8 @@ def test_another_heartbeat_is_not_joined_but_served_next() -> None:
     other = codec.encode(Heartbeat("broker.y", 2, True))
     first = [HB, b"k1", b"e1"]
     waiting = [[HB, b"k2", b"e2"], [other, b"k3", b"e3"], [HB, b"k4", b"e4"]]
-    joined, rest = join_waiting(first, lambda: waiting.pop(0) if waiting else None)
-    assert joined == [HB, b"k1", b"e1", b"k2", b"e2"]
+    joined, dispatches, rest = join_waiting(first, lambda: waiting.pop(0) if waiting else None)
+    assert joined == [HB, b"k1", b"e1", b"k2", b"e2"] and dispatches == 2
     assert rest == [other, b"k3", b"e3"]  # read already: the caller serves it next, in its turn
     assert waiting == [[HB, b"k4", b"e4"]]  # not read: it waits for its own turn
     assert first == [HB, b"k1", b"e1"]  # the message itself is left as it came
@@ -134,10 +137,10 @@ def test_another_heartbeat_is_not_joined_but_served_next() -> None:
 
 def test_a_heartbeat_alone_is_absorbed_and_a_control_message_is_not_joined() -> None:
     waiting = [[HB], [HB, b"k2", b"e2"]]
-    joined, rest = join_waiting([HB, b"k1", b"e1"], lambda: waiting.pop(0) if waiting else None)
-    assert (joined, rest) == ([HB, b"k1", b"e1", b"k2", b"e2"], None)
+    joined, dispatches, rest = join_waiting([HB, b"k1", b"e1"], lambda: waiting.pop(0) if waiting else None)
+    assert (joined, dispatches, rest) == ([HB, b"k1", b"e1", b"k2", b"e2"], 2, None)
     alone = [HB]  # a heartbeat alone is not a dispatch: nothing waits to be joined to it
-    assert join_waiting(alone, lambda: pytest.fail("read on")) == ([HB], None)
+    assert join_waiting(alone, lambda: pytest.fail("read on")) == ([HB], 0, None)
 
 
 def test_joining_is_bounded() -> None:
@@ -148,8 +151,8 @@ def test_joining_is_bounded() -> None:
         reads += 1
         return [HB, b"k", b"e"]
 
-    joined, rest = join_waiting([HB, b"k", b"e"], waiting, limit=5)
-    assert reads == 4 and rest is None and len(joined) == 1 + 2 * 5
+    joined, dispatches, rest = join_waiting([HB, b"k", b"e"], waiting, limit=5)
+    assert reads == 4 and rest is None and len(joined) == 1 + 2 * 5 and dispatches == 5
 
 
 def test_a_line_event_and_a_connect_joined_keep_each_event_its_own_effects(
@@ -178,3 +181,26 @@ def test_a_line_event_and_a_connect_joined_keep_each_event_its_own_effects(
                 texts.append((mark, item.event.text))  # type: ignore[union-attr]
     assert [t for t in texts if t[0] == a][1:] == [(a, "you are now alice"), (a, "pong")]
     assert texts[-1][0] == b and texts[-1][1].startswith("welcome! you are guest-")
+
+
+
+def test_one_turn_serves_a_bounded_number_of_messages(valkey_url: str, handler: Handler) -> None:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    b = Broker(ctx, valkey_url, "inproc://joined")  # inproc: what is sent is queued at once
+    try:
+        other = codec.encode(Heartbeat("broker.y"))  # every other dispatch under other bytes: none joins
+        cids = [f"{GW}:{n}" for n in range(JOIN_MAX + 6)]
+        for n, cid in enumerate(cids):
+            b.dispatch(Connected(cid, 0, "a"), heartbeat=HB if n % 2 else other)
+        b.link.serve_one(handler)
+        first = b.answers()
+        assert len(first) == JOIN_MAX + 1  # the rest waits for the next turn of the worker's loop
+        for _ in range(len(cids)):  # bounded: each turn serves at least one
+            if not b.link.sock.poll(200, zmq.POLLIN):
+                break
+            b.link.serve_one(handler)
+        rest = b.answers()
+        assert [key for done in first + rest for key in done.events] == [(cid, 0) for cid in cids]
+    finally:
+        b.close()
+        ctx.term()
