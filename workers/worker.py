@@ -4,7 +4,8 @@ The worker is a Paranoid Pirate worker (ZeroMQ guide, chapter 4): a DEALER
 connected to the broker's backend that says `Ready(credit)` once, then gets
 up to `credit` events at a time. Each message from the broker is a list of
 events, each a key and a body (protocol.codec); the worker handles them in order and answers with one
-`Done` that names them and carries one `Batch` per gateway. Replies travel
+`Done` that names them and carries one `Batch` per gateway. Messages that wait behind one another
+(the worker was busy) are served together: one round trip to Redis, one Done (`join_waiting`). Replies travel
 on the same socket as the events, never on a separate PUB: finishing an
 event and publishing what it caused are then one message, which is what
 lets the broker keep a connection's events in order across workers.
@@ -433,9 +434,9 @@ def run_worker(config: WorkerConfig) -> None:
         while not stopping.requested:
             serve_brokers(links, handler, config, stopping)
     finally:
-        metrics.flush()
         for link in links:
             link.close()
         ctx.term()
         store.close()
         client.close()
+        metrics.flush()  # last: the totals of a clean stop are kept, whatever happened before
