@@ -39,6 +39,11 @@ from prometheus_client.registry import Collector
 from protocol.hops import HOP_BUCKETS, HOP_HELP, HOP_METRIC, WORKER_HOPS, Hop
 from protocol.messages import Connected, Disconnected, GatewayLost, Lines, WorkItem
 
+# buffered metrics (`WorkerMetrics.flush`): written at least this often while some wait, and at once
+# when this many round trips wait
+FLUSH_EVERY = 0.25
+FLUSH_MAX = 1024
+
 # seconds: 0.5 ms to 2.5 s, roughly 1-2.5-5 a decade
 REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -85,9 +90,14 @@ def redis_cause(exc: redis.RedisError) -> RedisCause:
 
 
 class WorkerMetrics:
-    """One worker process's metrics, updated by the handler, the chat and the store."""
+    """One worker process's metrics, updated by the handler, the chat and the store.
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    `buffered`: what every dispatch adds (its events, lines, the round trip's time) is kept in plain
+    numbers and written to the library's values by `flush`, which the worker loop calls at least every
+    FLUSH_EVERY seconds while there is something to write: under the pool's multiprocess mode each
+    write is a locked write to a shared file, several a dispatch. Unbuffered, each is written at once."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, buffered: bool = False) -> None:
         self.registry = CollectorRegistry() if registry is None else registry
         r = self.registry
         self.events = Counter("chat_worker_events", "Events taken from the broker, by kind "
@@ -116,28 +126,54 @@ class WorkerMetrics:
             self.redis_errors.labels(cause)
         for refused in RefusedCause:
             self.lines_refused.labels(refused)
+        self.buffered = buffered
+        self._dispatches = 0  # what `flush` has still to write
+        self._kinds: dict[EventKind, int] = dict.fromkeys(EventKind, 0)
+        self._lines = 0
+        self._round_trips: list[float] = []
+        self.pending = False  # something is waiting for `flush`
 
-    def took(self, items: list[WorkItem]) -> None:
-        """A dispatch of events from the broker."""
+    def took(self, items: list[WorkItem], dispatches: int = 1) -> None:
+        """A dispatch of events from the broker (or `dispatches` of them, served together)."""
         if not items:
             return
-        self.dispatches.inc()
-        kinds: dict[EventKind, int] = {}
-        lines = 0
+        self._dispatches += dispatches
+        kinds = self._kinds
         for item in items:
-            kind = event_kind(item)
-            kinds[kind] = kinds.get(kind, 0) + 1
+            kinds[event_kind(item)] += 1
             if isinstance(item, Lines):
-                lines += len(item.lines)
-        for kind, n in kinds.items():
-            self._events_of[kind].inc(n)
-        if lines:
-            self.lines.inc(lines)
+                self._lines += len(item.lines)
+        self._wrote()
 
     def redis_observed(self, seconds: float) -> None:
         """One pipelined round trip to Redis (the store calls this)."""
-        self.redis_round_trip.observe(seconds)
+        self._round_trips.append(seconds)
         self.redis_spent += seconds
+        self._wrote()
+
+    def _wrote(self) -> None:
+        self.pending = True
+        if not self.buffered or len(self._round_trips) >= FLUSH_MAX:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what the dispatches since the last flush added."""
+        if not self.pending:
+            return
+        if self._dispatches:
+            self.dispatches.inc(self._dispatches)
+            self._dispatches = 0
+        for kind, n in self._kinds.items():
+            if n:
+                self._events_of[kind].inc(n)
+                self._kinds[kind] = 0
+        if self._lines:
+            self.lines.inc(self._lines)
+            self._lines = 0
+        for seconds in self._round_trips:
+            self.redis_round_trip.observe(seconds)
+        self._round_trips.clear()
+        self.pending = False
 
     def sampled_dispatch(self, work: float, redis_part: float) -> None:
         """A dispatch holding a sampled event (protocol.hops): in to Done out, and its Redis share."""

@@ -13,24 +13,35 @@ RESULT_TTL = 600  # seconds a connection's last results are kept for replays
 GONE_TTL = 120  # after it left: only its departure can still be replayed
 HISTORY_KEEP = 100  # at least; the stream is trimmed approximately
 
+# Connects: the consecutive ones of one gateway run as one call (ARGV: p, gateway, then per connection:
+# its cid, its address) -> one result per connection, in order: its guest nick, false (refused: its
+# gateway was lost, or it left already) or {'refused', why} (Valkey full: its first write refused). Each is
+# idempotent on its own: a connection registered already gets its nick again and nothing changes.
+CONNECT_FIELDS = 2  # ARGV a connection takes
 _CONNECT_SRC = """
-local p, cid, gw, addr = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ck = p..'conn:'..cid
-local nick = redis.call('HGET', ck, 'nick')
-if nick then return nick end
-if redis.call('EXISTS', p..'gwdead:'..gw) == 1 or redis.call('EXISTS', p..'left:'..cid) == 1 then
+local p, gw = ARGV[1], ARGV[2]
+local dead = redis.call('EXISTS', p..'gwdead:'..gw) == 1
+local function connect(cid, addr)
+  local ck = p..'conn:'..cid
+  local nick = redis.call('HGET', ck, 'nick')
+  if nick then return nick end
+  if dead or redis.call('EXISTS', p..'left:'..cid) == 1 then return false end
+  for _ = 1, 50 do
+    local n = redis.pcall('INCR', p..'guests')
+    if type(n) == 'table' and n.err then return {'refused', n.err} end
+    nick = 'guest-'..n
+    if redis.call('SET', p..'nick:'..nick, cid, 'NX') then
+      redis.call('HSET', ck, 'nick', nick, 'room', '', 'gw', gw, 'addr', addr)
+      redis.call('SADD', p..'gw:'..gw..':conns', cid)
+      return nick
+    end
+  end
   return false
 end
-for _ = 1, 50 do
-  nick = 'guest-'..redis.call('INCR', p..'guests')
-  if redis.call('SET', p..'nick:'..nick, cid, 'NX') then
-    redis.call('HSET', ck, 'nick', nick, 'room', '', 'gw', gw, 'addr', addr)
-    redis.call('SADD', p..'gw:'..gw..':conns', cid)
-    return nick
-  end
-end
-return false
-"""
+local out = {}
+for i = 3, #ARGV, CONNECT_FIELDS do out[#out + 1] = connect(ARGV[i], ARGV[i + 1]) end
+return out
+""".replace("CONNECT_FIELDS", str(CONNECT_FIELDS))
 
 _NICK_SRC = """
 local p, cid, new = ARGV[1], ARGV[2], ARGV[3]

@@ -102,6 +102,11 @@ def _failed_or(res: list[Any], ok: Callable[[list[Any]], Any]) -> Any:
     return ok(res)
 
 
+def _nick_or_none(nick: Any) -> str | None:
+    """A connect's result (`Store.connect`)."""
+    return nick or None
+
+
 def _said(res: list[Any]) -> Any:
     """A room message's result (`Store.say`)."""
     if res[0] == "ok":
@@ -150,7 +155,8 @@ def _joined(batch: list[Call]) -> Call:
     """The calls of a batch as one call (its reply is split by `_split`)."""
     first = batch[0]
     own = tuple(arg for call in batch for arg in call.args[first.shared:])
-    return Call(first.script, first.args[:first.shared] + own, lambda reply: reply)
+    return Call(first.script, first.args[:first.shared] + own, lambda reply: reply,
+                durable=any(call.durable for call in batch))
 
 
 def _split(batch: list[Call], reply: Any) -> list[Any]:
@@ -323,8 +329,9 @@ class Store:
     # --- the operations ----------------------------------------------------------------
 
     def connect(self, cid: str, gateway: str, addr: str) -> Call:
-        """Register a connection under a fresh guest nick (idempotent) -> the nick, or None."""
-        return Call(scripts.CONNECT, (cid, gateway, addr), lambda nick: nick or None, durable=True)
+        """Register a connection under a fresh guest nick (idempotent) -> the nick, or None. The connects
+        of one gateway next to each other run as one script."""
+        return Call(scripts.CONNECT, (gateway, cid, addr), _nick_or_none, durable=True, shared=1)
 
     def set_nick(self, op: Op, cid: str, nick: str) -> Call:
         """-> (old nick, cids sharing a room) or Failed('taken')."""

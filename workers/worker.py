@@ -4,7 +4,8 @@ The worker is a Paranoid Pirate worker (ZeroMQ guide, chapter 4): a DEALER
 connected to the broker's backend that says `Ready(credit)` once, then gets
 up to `credit` events at a time. Each message from the broker is a list of
 events, each a key and a body (protocol.codec); the worker handles them in order and answers with one
-`Done` that names them and carries one `Batch` per gateway. Replies travel
+`Done` that names them and carries one `Batch` per gateway. Messages that wait behind one another
+(the worker was busy) are served together: one round trip to Redis, one Done (`join_waiting`). Replies travel
 on the same socket as the events, never on a separate PUB: finishing an
 event and publishing what it caused are then one message, which is what
 lets the broker keep a connection's events in order across workers.
@@ -38,6 +39,7 @@ import secrets
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
@@ -63,7 +65,7 @@ from stack.frames import recv_frames, send_frames
 from stack.process import Stopping, set_log_instance, tune_gc
 from workers.effects import Effects
 from workers.logic import INTERNAL_ERROR, UNAVAILABLE, Chat, ChatLimits
-from workers.metrics import RedisCause, RefusedCause, WorkerMetrics, redis_cause
+from workers.metrics import FLUSH_EVERY, RedisCause, RefusedCause, WorkerMetrics, redis_cause
 from workers.redis_client import open_redis, parse_redis_url
 from workers.store import Durability, EpochFenced, Store
 
@@ -77,6 +79,12 @@ FENCED_EPOCHS = 16
 
 # one envelope may not grow this process's memory without bound (ZMQ_MAXMSGSIZE)
 MAX_MESSAGE_BYTES = 64 << 20
+
+# dispatches joined into one round trip at most (`join_waiting`); the broker sends no more than
+# the credit's worth of events anyway
+JOIN_MAX = 64
+
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
@@ -137,16 +145,17 @@ class Handler:
     def metrics(self) -> WorkerMetrics:
         return self.chat.metrics
 
-    def frames(self, frames: list[bytes], now: float, tick: float) -> Done:
+    def frames(self, frames: list[bytes], now: float, tick: float, dispatches: int = 1) -> Done:
         """Decode and handle one message of the broker -> the Done to send: a dispatch
-        [Heartbeat, key, event, key, event, ...], or a Heartbeat or Unknown alone.
+        [Heartbeat, key, event, key, event, ...] (`dispatches` of them joined: `join_waiting`), or a
+        Heartbeat or Unknown alone.
 
         `now` is the wall clock (for message times), `tick` the monotonic one (for the breaker)."""
         epoch = self._control(frames[0]) if frames else 0
         items, refused = self._events(frames[1:])
         if (items or refused) and epoch in self.fenced_epochs:  # from a deposed broker: nobody waits for it
             return Done((), ())
-        self.metrics.took(items)
+        self.metrics.took(items, dispatches)
         fx = Effects()
         self.chat.store.epoch = epoch
         if not self.batch([*items, *self._due_reaps(tick)], fx, now, tick):
@@ -262,6 +271,32 @@ class Handler:
         return list(reaps)
 
 
+def join_waiting(frames: list[bytes], waiting: Callable[[], list[bytes] | None],
+                 limit: int = JOIN_MAX) -> tuple[list[bytes], int, list[bytes] | None]:
+    """A dispatch, with the dispatches already waiting behind it under the same heartbeat (the same
+    broker and epoch) joined to it, up to `limit` messages: their events are served in one round
+    trip to Redis and answered by one Done, in the order they came. -> (the joined frames, how many
+    dispatches they are, a message that was read but does not join: to be served next, in its turn).
+
+    The broker has at most one event of a connection in flight, so joined events are of distinct
+    connections (and were any not, each event is still served after the ones before it)."""
+    if len(frames) < 2:  # a heartbeat or Unknown alone: nothing to serve with others
+        return frames, 0, None
+    joined, dispatches = frames, 1
+    for _ in range(limit - 1):
+        more = waiting()
+        if more is None:
+            break
+        if more[0] != frames[0]:  # another broker or epoch, or a control message: served on its own
+            return joined, dispatches, more
+        if len(more) > 1:  # a heartbeat alone with the same bytes adds nothing
+            if joined is frames:
+                joined = list(frames)
+            joined += more[1:]
+            dispatches += 1
+    return joined, dispatches, None
+
+
 def durability(config: WorkerConfig) -> Durability | None:
     """How durable claims are made: WAIT for replicas behind Sentinel (or when told), a bit
     under the call's timeout so that the WAIT's answer comes before the socket gives up."""
@@ -313,13 +348,28 @@ class BrokerLink:
         self.sock.close()
 
     def serve_one(self, handler: Handler) -> None:
-        """Handle one message from the broker; answer on the same link."""
+        """Handle what the broker sent: a message, with the dispatches waiting behind it joined to
+        it (`join_waiting`); answer on the same link."""
         frames = recv_frames(self.sock)
-        if frames is None:
-            return
+        for _ in range(JOIN_MAX):  # bounded: each round serves at least one message
+            if frames is None:
+                return
+            frames, dispatches, rest = join_waiting(frames, self._waiting)
+            self._serve(handler, frames, dispatches)
+            frames = rest
+        if frames is not None:
+            self._serve(handler, frames, 1 if len(frames) > 1 else 0)
+
+    def _waiting(self) -> list[bytes] | None:
+        """The next message if one is waiting already (never blocks)."""
+        if not int(self.sock.getsockopt(_EVENTS)) & _POLLIN:
+            return None
+        return recv_frames(self.sock)
+
+    def _serve(self, handler: Handler, frames: list[bytes], dispatches: int) -> None:
         self.last_heard = time.monotonic()
         redis_before = handler.metrics.redis_spent
-        done = handler.frames(frames, time.time(), self.last_heard)
+        done = handler.frames(frames, time.time(), self.last_heard, dispatches)
         if handler.sampled:  # timed up to its Done going out: the send is transit
             handler.sampled = False
             handler.metrics.sampled_dispatch(time.monotonic() - self.last_heard,
@@ -348,12 +398,16 @@ def serve_brokers(links: list[BrokerLink], handler: Handler, config: WorkerConfi
     poller = zmq.Poller()
     for link in links:
         poller.register(link.sock, zmq.POLLIN)
+    metrics, flushed = handler.metrics, time.monotonic()
     while not stopping.requested:
-        ready = dict(poller.poll(int(config.heartbeat * 1000)))
+        ready = dict(poller.poll(int((FLUSH_EVERY if metrics.pending else config.heartbeat) * 1000)))
         for link in links:
             if link.sock in ready:
                 link.serve_one(handler)
         now = time.monotonic()
+        if metrics.pending and (not ready or now - flushed >= FLUSH_EVERY):  # idle, or due
+            metrics.flush()
+            flushed = now
         silent = [link for link in links if not link.keep_alive(now)]
         for link in silent:
             link.reopen()
@@ -365,7 +419,9 @@ def run_worker(config: WorkerConfig) -> None:
     """The body of one worker process."""
     stopping = Stopping().install()
     client = open_redis(config.redis_url, timeout=config.redis_timeout, ca_file=config.redis_ca)
-    metrics = WorkerMetrics()  # under the pool's multiprocess mode, its values go to the pool's directory
+    # under the pool's multiprocess mode, its values go to the pool's directory: buffered, written a few
+    # times a second (serve_brokers), not several times a dispatch
+    metrics = WorkerMetrics(buffered=True)
     store = Store(client, config.prefix, config.max_rooms, config.history_ttl, metrics.redis_observed,
                   durability=durability(config))
     handler = Handler(Chat(store, config.limits, metrics), Breaker(config.breaker_cooldown))
@@ -383,3 +439,4 @@ def run_worker(config: WorkerConfig) -> None:
         ctx.term()
         store.close()
         client.close()
+        metrics.flush()  # last: the totals of a clean stop are kept, whatever happened before

@@ -22,6 +22,7 @@ from tests.e2e.load import wait_until
 from tests.workers.test_logic import GW_A, GW_B, connected
 from workers.logic import Chat, ChatLimits
 from workers.metrics import (
+    FLUSH_MAX,
     ChildMetrics,
     EventKind,
     PoolMetrics,
@@ -287,3 +288,28 @@ def test_retiring_children_keeps_every_total_and_bounds_the_files() -> None:
         assert sorted(os.listdir(path)) == ["counter_archive.db", "histogram_archive.db", "owner"]
         children.retire(pids[0])  # twice, or a pid with no files: nothing changes
         assert registry.get_sample_value("chat_worker_lines_total") == 10
+
+
+def test_buffered_metrics_are_written_by_flush_and_never_grow_without_bound(store: Store) -> None:
+    metrics = WorkerMetrics(buffered=True)
+    chat = Chat(Store(store._client, store._p, on_round_trip=metrics.redis_observed), metrics=metrics)
+    handler = Handler(chat, Breaker(1.0))
+    cid = f"{GW_A}:1"
+    handler.frames(_frames(Connected(cid, 0, "x")), 5.0, 0.0)
+    handler.frames(_frames(Lines(cid, 1, ("/ping", "/ping"))), 5.0, 0.0)
+    assert metrics.pending
+    assert value(metrics, "chat_worker_dispatches_total") == 0  # kept until the worker loop flushes
+    assert value(metrics, "chat_worker_redis_round_trip_seconds_count") == 0
+    metrics.flush()
+    assert not metrics.pending
+    assert value(metrics, "chat_worker_dispatches_total") == 2
+    assert value(metrics, "chat_worker_events_total", kind="connect") == 1
+    assert value(metrics, "chat_worker_events_total", kind="lines") == 1
+    assert value(metrics, "chat_worker_lines_total") == 2
+    assert value(metrics, "chat_worker_redis_round_trip_seconds_count") == 1  # the pings need no Redis
+    metrics.flush()  # nothing more: nothing counted twice
+    assert value(metrics, "chat_worker_dispatches_total") == 2
+    for _ in range(FLUSH_MAX):
+        metrics.redis_observed(0.001)
+    assert not metrics.pending  # written at once when that many wait: bounded without a flush
+    assert value(metrics, "chat_worker_redis_round_trip_seconds_count") == 1 + FLUSH_MAX
