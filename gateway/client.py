@@ -169,6 +169,11 @@ class Client:
     def limits(self) -> ClientLimits:
         return self._hooks.limits
 
+    @property
+    def awaited(self) -> bool:
+        """Whether a task may be waiting on the socket in Trio: the connection's own, or its writer."""
+        return self._scope is not None or self._writer is not None
+
     # --- the connection's task ------------------------------------------------
 
     async def serve(self, first: bytes = b"", readable: bool = False, held: list[str] | None = None) -> str | None:

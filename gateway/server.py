@@ -184,9 +184,9 @@ class Gateway(BrokerLink, Delivery):
         address = listener.getsockname()[:2]
         port = address[1]  # the same port again when the listener reopens
 
-        def on_accept(sock: socket.socket) -> None:
+        def on_accept(sock: socket.socket, peer: str) -> None:
             if context is None and not self.config.proxy_protocol:
-                self._let_in_now(sock, make_door)  # nothing to wait for: no task unless it must read
+                self._let_in_now(sock, peer, make_door)  # nothing to wait for: no task unless it must read
             else:
                 self._nursery.start_soon(self._handle, sock, context, make_door)
 
@@ -264,13 +264,13 @@ class Gateway(BrokerLink, Delivery):
                 self._handling -= 1
                 self._close_socket(sock)
 
-    def _let_in_now(self, sock: socket.socket, make_door: Callable[[], Door]) -> None:
-        """A plain connection, no PROXY header to read: let it in at once, and park it
-        unless its door must be read by a deadline (then it gets its task)."""
+    def _let_in_now(self, sock: socket.socket, peer: str, make_door: Callable[[], Door]) -> None:
+        """A plain connection from `peer` (as accepted), no PROXY header to read: let it in at
+        once, and park it unless its door must be read by a deadline (then it gets its task)."""
         self._handling += 1
         client: Client | None = None
         try:
-            client = self._let_in(sock, accept.peer_of(sock), make_door())
+            client = self._let_in(sock, peer, make_door())
         finally:
             if client is None:
                 self._handling -= 1
@@ -337,7 +337,8 @@ class Gateway(BrokerLink, Delivery):
         self.rooms.forget(cid)
         if client.closing == FLOODING_REASON:
             self.metrics.drop(Drop.FLOOD_CUT)
-        trio.lowlevel.notify_closing(sock)  # a writer still waiting on it gives up
+        if client.awaited:  # a writer still waiting on it gives up (no task, no writer: nobody to tell)
+            trio.lowlevel.notify_closing(sock)
         session = self.sessions.get(cid)
         if session is None or session.finished:  # never a chat connection, or its session is over already
             self.sessions.pop(cid, None)
