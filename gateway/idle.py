@@ -19,7 +19,6 @@ with its last descriptor).
 
 from __future__ import annotations
 
-import contextlib
 import select
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -74,9 +73,7 @@ class IdleWatcher:
         """Hand a parked client back now (to close it); no-op if it is not parked."""
         fd = client.sock.fileno()
         if self._parked.get(fd) is client:
-            del self._parked[fd]
-            with contextlib.suppress(OSError):  # disarmed, or gone: it is not watched either way
-                self._epoll.modify(fd, 0)
+            del self._parked[fd]  # left armed: it is closing, and a wake of a client not parked is ignored
             self._wake(client)
 
     async def run(self) -> None:
