@@ -169,7 +169,7 @@ class Client:
         self._reader_lot: trio.lowlevel.ParkingLot | None = None
         self._bucket: TokenBucket | None = None  # the rate limit, from the first read on
         self._bad: TokenBucket | None = None  # the bad lines' allowance, likewise
-        self.watched = False  # its socket is in the idle watcher's epoll set (gateway.idle)
+        self.watched = 0  # its socket in the idle watcher's epoll set: not (0), disarmed (1), armed (2) (gateway.idle)
 
     @property
     def limits(self) -> ClientLimits:

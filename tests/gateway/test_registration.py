@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from gateway import accept
+from gateway.idle import IdleWatcher
 from tests.e2e.cluster import Cluster, start_cluster
 from tests.gateway.test_idle import GatewayThread, SpawnCounter, all_parked, config_for, named, wait_until
 
@@ -149,3 +150,65 @@ def test_a_client_that_closes_with_replies_on_the_way_still_gets_them(backend: C
         client.send_raw(b"/ping\n/ping\n")
         client.sock.shutdown(socket.SHUT_WR)
         assert client.wait_closed() == ["* pong", "* pong"]
+
+
+class Parked:
+    """What the idle watcher needs of a client: its socket and where the set has it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.watched = 0
+
+
+def test_a_client_parked_again_from_its_wake_keeps_waking_and_one_left_out_is_never_reported() -> None:
+    """Served at once and parked again inside `wake`, a client stays armed and wakes on its next
+    input; one not parked again (it has a task) is disarmed: neither its unread input nor its
+    peer's hang-up reaches the watcher again (no busy loop), until it is parked again."""
+
+    async def main() -> None:
+        woken: list[Parked] = []
+        watcher: IdleWatcher
+
+        def wake(client: Parked) -> None:
+            woken.append(client)
+            client.sock.recv(100)
+            if client is again:
+                assert watcher.park(again)  # type: ignore[arg-type]
+
+        watcher = IdleWatcher(wake)  # type: ignore[arg-type]
+        pairs = [socket.socketpair() for _ in range(2)]
+        again, left = (Parked(ours) for ours, _ in pairs)
+        try:
+            async with trio.open_nursery() as nursery:
+                task = await nursery.start(_run_watcher, watcher)
+                counter = StepCounter(task)
+                trio.lowlevel.add_instrument(counter)
+                assert watcher.park(again) and watcher.park(left)  # type: ignore[arg-type]
+                for n in range(1, 4):
+                    pairs[0][1].send(b"x")
+                    pairs[1][1].send(b"yy")
+                    with trio.fail_after(5):
+                        while woken.count(again) < n:
+                            await trio.sleep(0.01)  # polling a condition, with a deadline
+                pairs[1][1].close()  # a hang-up, which epoll reports whatever was asked
+                await trio.sleep(0.2)  # a window for wrong wakes to show (nothing to wait for)
+                trio.lowlevel.remove_instrument(counter)
+                assert woken.count(left) == 1 and woken.count(again) == 3
+                assert counter.steps < 20, f"{counter.steps} steps of the watcher: it spins"
+                assert watcher.park(left)  # type: ignore[arg-type]  # re-armed: its input and hang-up wake it
+                with trio.fail_after(5):
+                    while woken.count(left) < 2:
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        finally:
+            watcher.close()
+            for ours, theirs in pairs:
+                ours.close()
+                theirs.close()
+
+    trio.run(main)
+
+
+async def _run_watcher(watcher: IdleWatcher, *, task_status=trio.TASK_STATUS_IGNORED) -> None:  # type: ignore[no-untyped-def]
+    task_status.started(trio.lowlevel.current_task())
+    await watcher.run()
