@@ -153,7 +153,8 @@ class Acceptor:
     async def run(self) -> None:
         backoff = BACKOFF_FIRST
         while True:
-            await self._open.wait()
+            if not self._open.is_set():  # (a set Event's wait is still a checkpoint: a turn of the loop per wake-up)
+                await self._open.wait()
             listener = self.listener
             if listener is None:
                 await trio.lowlevel.checkpoint()
