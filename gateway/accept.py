@@ -34,6 +34,7 @@ PROXY_TIMEOUT = 5.0  # seconds a balancer has to send the PROXY header
 FD_HEADROOM = 64  # descriptors kept for ZeroMQ, Trio, the listener, logs and refusing one more client
 GONE = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL})
 BACKOFF_FIRST, BACKOFF_MAX = 0.01, 1.0  # seconds between accept tries while out of descriptors
+ACCEPTS_PER_WAKE = 64  # connections taken from the backlog per wake-up before the others may run
 LOG_EVERY = 10.0  # seconds between two log lines about running out of descriptors
 
 
@@ -103,7 +104,7 @@ class Acceptor:
     (with `reopen`) and accepts once more.
     """
 
-    def __init__(self, listener: socket.socket, on_accept: Callable[[socket.socket], None],
+    def __init__(self, listener: socket.socket, on_accept: Callable[[socket.socket, str], None],
                  reopen: Callable[[], socket.socket] | None = None) -> None:
         self.listener: socket.socket | None = listener
         self.on_accept = on_accept
@@ -152,7 +153,8 @@ class Acceptor:
     async def run(self) -> None:
         backoff = BACKOFF_FIRST
         while True:
-            await self._open.wait()
+            if not self._open.is_set():  # (a set Event's wait is still a checkpoint: a turn of the loop per wake-up)
+                await self._open.wait()
             listener = self.listener
             if listener is None:
                 await trio.lowlevel.checkpoint()
@@ -161,12 +163,8 @@ class Acceptor:
                 await trio.lowlevel.wait_readable(listener)
             except trio.ClosedResourceError:
                 continue  # closed while we waited: wait to be opened again
-            if not self.accepting or listener is not self.listener:
-                continue  # paused or closed while waiting
             try:
-                sock, _ = listener.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                continue
+                self._accept_some(listener)
             except OSError as exc:
                 if exc.errno in GONE:
                     raise  # the listener itself is closed: nothing to wait for
@@ -175,7 +173,20 @@ class Acceptor:
                 backoff = min(BACKOFF_MAX, backoff * 2)
                 continue
             backoff = BACKOFF_FIRST
-            self.on_accept(_client_socket(sock))
+
+    def _accept_some(self, listener: socket.socket) -> None:
+        """Accept what waits in the backlog, ACCEPTS_PER_WAKE at most, and hand each one on:
+        one wake-up of this task (and one look at the listener by Trio) serves a burst of
+        connects, not one each. Raises what `accept` raises but would-block."""
+        kind = (int(listener.family), int(listener.type), listener.proto)
+        for _ in range(ACCEPTS_PER_WAKE):
+            if not self.accepting or listener is not self.listener:
+                return  # paused or closed meanwhile (a client just let in filled the gateway, say)
+            try:
+                fd, address = listener._accept()  # type: ignore[attr-defined]  # socket.accept without its lookups
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            self.on_accept(_client_socket(kind, fd), _address(address))
 
     def _failed(self, exc: OSError) -> None:
         """Out of descriptors (EMFILE, ENFILE) or memory: one log line per LOG_EVERY, not per try."""
@@ -193,12 +204,19 @@ NOTSENT_LOWAT = 1 << 14  # unsent bytes the kernel holds for a client: our queue
 INHERITED = sys.platform.startswith("linux")
 
 
-def _client_socket(sock: socket.socket) -> socket.socket:
-    """Non-blocking, with the client options (`client_options`)."""
+def _client_socket(kind: tuple[int, int, int], fd: int) -> socket.socket:
+    """The accepted descriptor (of the listener's family, type and protocol: `kind`) as a
+    non-blocking socket, with the client options (`client_options`)."""
+    sock = socket.socket(*kind, fd)
     sock.setblocking(False)
     if not INHERITED:
         client_options(sock)
     return sock
+
+
+def _address(address: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    """The peer's "host:port" as `accept` gave it (as `peer_of` says it, without asking the kernel again)."""
+    return f"{address[0]}:{address[1]}"
 
 
 def client_options(sock: socket.socket) -> None:

@@ -24,10 +24,12 @@ socket wakes (input, a FIN, an error) or when the connection must end. A
 short read that needs no waiting (no rate-limit debt, room in its session,
 not TLS, not the end) is served there and then, with no task
 (`serve_nowait`): the lines of a chat client's typical wake-up go on without
-one. A ready client's task never waits on its socket: it reads while there is
-input (letting other tasks run between reads) and parks once a read comes
-back short (the watcher's epoll is level-triggered: what came meanwhile
-wakes it at once).
+one, and so does the end of an idle client that closes (nothing its lines
+caused is still on its way to it: it is closed at once). A ready client's
+task never waits on its socket: it reads while there is input (letting
+other tasks run between reads) and parks once a read comes back short
+(the watcher's epoll is level-triggered: what came meanwhile wakes it at
+once).
 What a task kept between reads (the token buckets, the registration
 deadline) lives on the client. A client that is not ready keeps its task,
 which waits on the socket until its deadline.
@@ -65,6 +67,7 @@ Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 OnLines = Callable[["Client", list[str]], Awaitable[None]]
 OnLinesNowait = Callable[["Client", list[str]], bool]
 OnEof = Callable[["Client"], Awaitable[None]]
+OnEofNowait = Callable[["Client"], bool]
 OnOpen = Callable[["Client"], None]
 FLOODING_TEXT = "flooding: too many lines at once; disconnecting"
 FLOODING_REASON = "flooding"  # `closing` of a client cut for flooding
@@ -108,6 +111,8 @@ class ClientHooks:
     connection closes: it lets the replies out. `parking` holds idle clients.
     `on_lines_nowait(client, lines)` takes lines only if it need not wait (-> False: it took
     nothing); a parked client that wakes is served without a task while it says yes.
+    `on_eof_nowait(client)`, at the end of input of a parked client, says goodbye for it if
+    nothing its lines caused is still on its way to it (-> True: it may close now, no task).
     """
 
     limits: ClientLimits
@@ -118,6 +123,7 @@ class ClientHooks:
     parking: Parking | None  # None: every connection keeps its task
     unlimited: TokenBucket = field(default_factory=lambda: TokenBucket(0.0, 1, 0.0))  # rate 0: one for all
     on_lines_nowait: OnLinesNowait | None = None  # None: a woken client always gets its task
+    on_eof_nowait: OnEofNowait | None = None  # None: a client at its end of input always gets its task
 
 
 class Client:
@@ -163,11 +169,16 @@ class Client:
         self._reader_lot: trio.lowlevel.ParkingLot | None = None
         self._bucket: TokenBucket | None = None  # the rate limit, from the first read on
         self._bad: TokenBucket | None = None  # the bad lines' allowance, likewise
-        self.watched = False  # its socket is in the idle watcher's epoll set (gateway.idle)
+        self.watched = 0  # its socket in the idle watcher's epoll set: not (0), disarmed (1), armed (2) (gateway.idle)
 
     @property
     def limits(self) -> ClientLimits:
         return self._hooks.limits
+
+    @property
+    def awaited(self) -> bool:
+        """Whether a task may be waiting on the socket in Trio: the connection's own, or its writer."""
+        return self._scope is not None or self._writer is not None
 
     # --- the connection's task ------------------------------------------------
 
@@ -208,8 +219,9 @@ class Client:
 
     def serve_nowait(self) -> tuple[bytes, list[str]] | None:
         """A parked client woke: serve one short read here, with no task, if nothing in it must
-        wait (a rate-limit debt, a full session, TLS, the end of input, a close), and park it again
-        -> None. Otherwise -> (what was read and not parsed, lines parsed and not handed on): its
+        wait (a rate-limit debt, a full session, TLS, the end of input while replies are on their
+        way, a close), and park it again -> None (at an end of input with none on the way, it is
+        closing instead: `ended`). Otherwise -> (what was read and not parsed, lines parsed and not handed on): its
         task (`serve`, readable) goes on from there. Lines the rate limit holds back go to the task."""
         on_lines = self._hooks.on_lines_nowait
         if (self.closing is not None or self.broken or self._tls or not self.door.ready or on_lines is None
@@ -220,6 +232,8 @@ class Client:
             received = self._receive_nowait()
             if received is None:  # woken with nothing to read
                 return None if self._park() else (b"", [])
+            if not received and self._end_of_input_nowait():
+                return b"", []  # closing, nothing left to let out: `ended` says so
             if not received or len(received) > INLINE_READ:  # the end of input, or more than a short read
                 return received, []
             held = self._take_read(received, on_lines)
@@ -229,6 +243,16 @@ class Client:
         if held or self.closing is not None or self.broken or not self._park():
             return b"", held
         return None
+
+    def _end_of_input_nowait(self) -> bool:
+        """The client half-closed while idle: close it now, with no task, if nothing its lines
+        caused is still on its way to it (`on_eof_nowait` says; it says goodbye for it) -> False:
+        its task lets the replies out first (`on_eof`)."""
+        on_eof = self._hooks.on_eof_nowait
+        if on_eof is None or not on_eof(self):
+            return False
+        self.close_after(b"", "end of input")
+        return True
 
     def _take_read(self, data: bytes, on_lines: OnLinesNowait) -> list[str]:
         """One read's meaning, answered and handed on now -> the lines the rate limit holds back."""

@@ -3,18 +3,21 @@
 A client with nothing to do (gateway.client: ready, no input for a while,
 nothing owed to the rate limit, no decrypted TLS input waiting) is parked:
 its task ends, and its socket joins one epoll set, armed for
-EPOLLIN | EPOLLRDHUP | EPOLLONESHOT. The watcher task waits on that set's
+EPOLLIN | EPOLLRDHUP, level-triggered. The watcher task waits on that set's
 own descriptor (to Trio, one readable descriptor); for every socket that
 wakes (input, a FIN, an error: epoll always reports the last two) it hands
 the client back to `wake`, which serves a short read at once and parks it
-again, or starts a task that serves it while it is busy. One shot: a woken
-socket stays in the set, silent, until it is parked again (one `modify`),
-so nothing is woken twice. `rouse` wakes a parked
-client on our side (it must close: its output is out, or its socket broke).
+again, or starts a task that serves it while it is busy. A client served
+at once stays armed: parking it again costs no system call. One that is not
+parked again when `wake` returns (it has a task now, its input is the
+task's) is disarmed (one `modify`, to one shot of nothing: at most one
+error or hang-up can still be reported, and is ignored), so it is never
+reported while it is not parked, and re-armed when it parks again.
+`rouse` wakes a parked client on our side (it must close: its output is
+out, or its socket broke).
 
-A socket joins the set at its first park (`Client.watched`) and is re-armed
-at every later one; closed, it leaves the set by itself (the kernel drops it
-with its last descriptor).
+A socket joins the set at its first park (`Client.watched`); closed, it
+leaves the set by itself (the kernel drops it with its last descriptor).
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import trio
 if TYPE_CHECKING:
     from gateway.client import Client
 
-ARMED = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
+ARMED = select.EPOLLIN | select.EPOLLRDHUP
+DISARMED = select.EPOLLONESHOT  # no event asked for; an error or hang-up, which epoll always reports, once
+OUT, IN, ON = 0, 1, 2  # `Client.watched`: not in the set, in it disarmed, in it armed
 MAX_EVENTS = 1024  # sockets handed back per look at the set; more wait for the next
 WAKES_PER_TURN = 64  # woken clients served (`wake` may serve one's read at once) before others may run
 
@@ -51,21 +56,22 @@ class IdleWatcher:
         """Watch the client's socket; `wake` gets the client when it wakes. False: the set
         refused it (out of kernel memory): the client keeps its task."""
         fd = client.sock.fileno()
-        try:
-            self._arm(fd, client.watched)
-        except (FileExistsError, FileNotFoundError):  # the set knew better (a descriptor reused)
+        if client.watched != ON:
             try:
-                self._arm(fd, not client.watched)
+                self._arm(fd, client.watched != OUT)
+            except (FileExistsError, FileNotFoundError):  # the set knew better (a descriptor reused)
+                try:
+                    self._arm(fd, client.watched == OUT)
+                except OSError:
+                    return False
             except OSError:
                 return False
-        except OSError:
-            return False
-        client.watched = True
+            client.watched = ON
         self._parked[fd] = client
         return True
 
-    def _arm(self, fd: int, watched: bool) -> None:
-        if watched:
+    def _arm(self, fd: int, in_set: bool) -> None:
+        if in_set:
             self._epoll.modify(fd, ARMED)  # in the set since its first park, disarmed
         else:
             self._epoll.register(fd, ARMED)
@@ -75,9 +81,15 @@ class IdleWatcher:
         fd = client.sock.fileno()
         if self._parked.get(fd) is client:
             del self._parked[fd]
-            with contextlib.suppress(OSError):  # disarmed, or gone: it is not watched either way
-                self._epoll.modify(fd, 0)
-            self._wake(client)
+            self._hand_back(fd, client)
+
+    def _hand_back(self, fd: int, client: Client) -> None:
+        """`wake` the client; disarm its socket unless it is parked again (or closed) by then."""
+        self._wake(client)
+        if client.watched == ON and self._parked.get(fd) is not client and client.sock.fileno() == fd:
+            client.watched = IN
+            with contextlib.suppress(OSError):  # gone already: it is not watched either way
+                self._epoll.modify(fd, DISARMED)
 
     async def run(self) -> None:
         """Hand back every client whose socket wakes, until cancelled."""
@@ -85,9 +97,9 @@ class IdleWatcher:
         while True:
             await trio.lowlevel.wait_readable(epoll.fileno())
             for n, (fd, _) in enumerate(epoll.poll(0, MAX_EVENTS), 1):
-                client = self._parked.pop(fd, None)  # None: roused meanwhile, or woken already
+                client = self._parked.pop(fd, None)  # None: roused meanwhile, or a disarmed one's last word
                 if client is not None:
-                    self._wake(client)
+                    self._hand_back(fd, client)
                 if n % WAKES_PER_TURN == 0:
                     await trio.lowlevel.checkpoint()
 

@@ -162,16 +162,22 @@ class BrokerLink:
             if self.broker_down and not self._silence_logged:
                 self._silence_logged = True
                 log.warning("the broker is silent for %.1f s: not accepting clients", now - self.broker_heard)
-            in_flight = 0
-            for session in self.sessions.values():
-                in_flight += session.in_flight is not None
-                frames = session.overdue(now, self.config.resend_after)
-                if frames is not None:
-                    self.metrics.resent += 1
-                    self.to_broker.put_nowait(frames)
-            self._snapshot(in_flight)
+            self._snapshot(self._resend_overdue(now))
             self.rooms.sweep(now)
             await trio.sleep(self.config.heartbeat)
+
+    def _resend_overdue(self, now: float) -> int:
+        """Send again every event unanswered for `resend_after` -> the events in flight. Once a
+        heartbeat over every session, idle ones too: what it does for an idle one is kept small."""
+        in_flight, resend_after = 0, self.config.resend_after
+        for session in self.sessions.values():
+            if session.in_flight is None:
+                continue
+            in_flight += 1
+            if (frames := session.overdue(now, resend_after)) is not None:
+                self.metrics.resent += 1
+                self.to_broker.put_nowait(frames)
+        return in_flight
 
     def _snapshot(self, in_flight: int) -> None:
         """Copy what a scrape shows of the loop's tables (at most one heartbeat old)."""

@@ -144,7 +144,8 @@ class Gateway(BrokerLink, Delivery):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery  # client tasks and writers run here
                 self._hooks = ClientHooks(self.config.limits, nursery.start_soon, self._on_lines, self._on_eof,
-                                          self._open_session, idle, on_lines_nowait=self._on_lines_nowait)
+                                          self._open_session, idle, on_lines_nowait=self._on_lines_nowait,
+                                          on_eof_nowait=self._on_eof_nowait)
                 nursery.start_soon(idle.run)
                 for pump in self.to_brokers:
                     nursery.start_soon(pump.run)
@@ -184,9 +185,9 @@ class Gateway(BrokerLink, Delivery):
         address = listener.getsockname()[:2]
         port = address[1]  # the same port again when the listener reopens
 
-        def on_accept(sock: socket.socket) -> None:
+        def on_accept(sock: socket.socket, peer: str) -> None:
             if context is None and not self.config.proxy_protocol:
-                self._let_in_now(sock, make_door)  # nothing to wait for: no task unless it must read
+                self._let_in_now(sock, peer, make_door)  # nothing to wait for: no task unless it must read
             else:
                 self._nursery.start_soon(self._handle, sock, context, make_door)
 
@@ -264,13 +265,13 @@ class Gateway(BrokerLink, Delivery):
                 self._handling -= 1
                 self._close_socket(sock)
 
-    def _let_in_now(self, sock: socket.socket, make_door: Callable[[], Door]) -> None:
-        """A plain connection, no PROXY header to read: let it in at once, and park it
-        unless its door must be read by a deadline (then it gets its task)."""
+    def _let_in_now(self, sock: socket.socket, peer: str, make_door: Callable[[], Door]) -> None:
+        """A plain connection from `peer` (as accepted), no PROXY header to read: let it in at
+        once, and park it unless its door must be read by a deadline (then it gets its task)."""
         self._handling += 1
         client: Client | None = None
         try:
-            client = self._let_in(sock, accept.peer_of(sock), make_door())
+            client = self._let_in(sock, peer, make_door())
         finally:
             if client is None:
                 self._handling -= 1
@@ -317,7 +318,11 @@ class Gateway(BrokerLink, Delivery):
             self._closed(client, reason)
             return
         rest = client.serve_nowait()
-        if rest is not None:
+        if rest is None:
+            return
+        if (reason := client.ended()) is not None:  # cut, broken, or an idle client's end of input
+            self._closed(client, reason)
+        else:
             self._nursery.start_soon(self._run_client, client, rest[0], True, rest[1])
 
     async def _run_client(self, client: Client, first: bytes = b"", readable: bool = False,
@@ -337,7 +342,8 @@ class Gateway(BrokerLink, Delivery):
         self.rooms.forget(cid)
         if client.closing == FLOODING_REASON:
             self.metrics.drop(Drop.FLOOD_CUT)
-        trio.lowlevel.notify_closing(sock)  # a writer still waiting on it gives up
+        if client.awaited:  # a writer still waiting on it gives up (no task, no writer: nobody to tell)
+            trio.lowlevel.notify_closing(sock)
         session = self.sessions.get(cid)
         if session is None or session.finished:  # never a chat connection, or its session is over already
             self.sessions.pop(cid, None)
@@ -370,6 +376,18 @@ class Gateway(BrokerLink, Delivery):
         with trio.move_on_after(self.config.half_close_wait):
             while not session.finished and client.closing is None:
                 await client.wait_for_reader_wakeup(self.config.heartbeat)
+
+    def _on_eof_nowait(self, client: Client) -> bool:
+        """An idle client half-closed -> True if nothing its lines caused is on its way (no event
+        in flight or waiting): it may close now, its goodbye sent; else `_on_eof` waits for them."""
+        session = self.sessions.get(client.cid)
+        if session is None:
+            return True
+        if session.in_flight is not None or session.pending:
+            return False
+        session.leave("")
+        self._advance(session)
+        return True
 
     async def _on_lines(self, client: Client, lines: list[str]) -> None:
         """Hand a client's lines to its session; wait while too many are pending."""

@@ -30,12 +30,17 @@ message and no extra dependency, and on the Trio run loop itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import trio
 import zmq
+
+from stack.frames import send_frames
 
 log = logging.getLogger("chat.gateway")
 
@@ -60,7 +65,9 @@ class ZmqPump:
         self.capacity = capacity
         self.dropped = 0  # frames refused by a full outbox
         self._outbox: deque[list[bytes]] = deque()
-        self._idle: trio.CancelScope | None = None
+        self._poke: int | None = None  # an eventfd that wakes the pump, while it sleeps on its socket
+        self._asleep = False  # waiting for the socket or a poke: put_nowait pokes it
+        self._poked = False
         self._unflushed = 0  # messages handed over since the last after_burst
         self.flush_within = flush_within
         self._unflushed_since = 0.0  # when the first of them came
@@ -81,12 +88,21 @@ class ZmqPump:
                 log.warning("outbox full (%d messages): dropped %d so far", self.capacity, self.dropped)
             return False
         self._outbox.append(frames)
-        if self._idle is not None:
-            self._idle.cancel()
+        if self._asleep and self._poke is not None:  # one poke a sleep: no cancel scope to unwind
+            self._asleep, self._poked = False, True
+            os.eventfd_write(self._poke, 1)
         return True
 
     async def run(self) -> None:
         fd = int(self.sock.getsockopt(zmq.FD))
+        with _socket_or_poke(fd) as (either, poke):
+            self._poke = poke
+            try:
+                await self._pump(fd, either, poke)
+            finally:
+                self._poke, self._asleep = None, False
+
+    async def _pump(self, fd: int, either: int, poke: int) -> None:
         while True:
             events = int(self.sock.getsockopt(zmq.EVENTS))
             moved = False
@@ -103,9 +119,12 @@ class ZmqPump:
             if self._outbox:  # at the high-water mark: wait for POLLOUT
                 await trio.lowlevel.wait_readable(fd)
                 continue
-            with trio.CancelScope() as self._idle:  # put_nowait cancels it
-                await trio.lowlevel.wait_readable(fd)
-            self._idle = None
+            self._asleep = True
+            await trio.lowlevel.wait_readable(either)  # the socket's FD, or a put_nowait's poke
+            self._asleep = False
+            if self._poked:
+                self._poked = False
+                os.eventfd_read(poke)
 
     def _receive_burst(self) -> bool:
         for _ in range(BURST - self._unflushed):  # at most BURST between two after_bursts, as ever
@@ -137,9 +156,23 @@ class ZmqPump:
         sent = 0
         while self._outbox and sent < BURST:
             try:
-                self.sock.send_multipart(self._outbox[0], zmq.NOBLOCK)
+                send_frames(self.sock, self._outbox[0])
             except zmq.Again:
                 break
             self._outbox.popleft()
             sent += 1
         return sent > 0
+
+
+@contextlib.contextmanager
+def _socket_or_poke(fd: int) -> Iterator[tuple[int, int]]:
+    """-> (a descriptor readable when `fd` is or when the eventfd is written, the eventfd):
+    a task waits on both at once, and is woken by a write instead of a cancellation."""
+    poke = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    try:
+        with select.epoll() as either:
+            either.register(fd, select.EPOLLIN)
+            either.register(poke, select.EPOLLIN)
+            yield either.fileno(), poke
+    finally:
+        os.close(poke)

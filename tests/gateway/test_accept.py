@@ -17,7 +17,7 @@ def test_pause_holds_new_clients_back_and_resume_lets_them_in() -> None:
         listener = accept.listen("127.0.0.1", 0, False)
         got: list[socket.socket] = []
         arrived = trio.Event()
-        acceptor = accept.Acceptor(listener, lambda sock: (got.append(sock), arrived.set()))
+        acceptor = accept.Acceptor(listener, lambda sock, peer: (got.append(sock), arrived.set()))
         clients: list[socket.socket] = []
         try:
             async with trio.open_nursery() as nursery:
@@ -57,7 +57,7 @@ logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 async def main():
     listener = accept.listen("127.0.0.1", 0, False)
     got = []
-    acceptor = accept.Acceptor(listener, got.append)
+    acceptor = accept.Acceptor(listener, lambda sock, peer: got.append(sock))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
     hog = []

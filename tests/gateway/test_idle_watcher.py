@@ -14,7 +14,7 @@ class Parked:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.watched = False
+        self.watched = 0
 
 
 def test_a_parked_socket_wakes_once_on_input_and_again_once_parked_again() -> None:
@@ -69,7 +69,7 @@ def test_a_reused_descriptor_is_parked_whatever_the_flag_says() -> None:
     ours, theirs = socket.socketpair()
     try:
         client = Parked(ours)
-        client.watched = True  # wrong: never in the set
+        client.watched = 1  # wrong: never in the set
         assert watcher.park(client)
         stale = Parked(ours)  # a second client on the same descriptor, flag unset
         watcher.rouse(client)
