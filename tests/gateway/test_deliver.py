@@ -8,9 +8,8 @@ where the test reads it. Pub-out batches are handed to it as its SUB pump would.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
 import trio
 import zmq
 
@@ -33,13 +32,6 @@ from protocol.messages import (
 
 BYE = ChatEvent(EventType.INFO, "bye")
 _endpoints = itertools.count(1)
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield context
-    context.term()
 
 
 def in_gateway(ctx: zmq.Context[zmq.Socket[bytes]], test: Callable[[Gateway], None]) -> None:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import itertools
 import json
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
-import pytest
 import trio
 import zmq
 
@@ -38,13 +37,6 @@ from protocol.messages import (
 
 ROOM = "#r"
 _endpoints = itertools.count(1)
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    yield context
-    context.term()
 
 
 class Room:
