@@ -82,6 +82,7 @@ from protocol.messages import (
     WorkItem,
     event_key,
     is_gateway_topic,
+    maker,
     topic_of,
 )
 
@@ -114,23 +115,34 @@ def _epoch(value: Any) -> int:
 
 
 def _strs(value: Any) -> tuple[str, ...]:
-    """An array of str (checked in one pass: a room's worth of cids is on the hot path)."""
-    if type(value) is not list or not all(type(v) is str for v in value):
-        raise DecodeError("expected an array of str")
-    return tuple(value)
+    """An array of str. A room's worth of cids is on the hot path: str.join checks every item in C
+    (msgpack makes no str subclass, so each item it takes is a str)."""
+    if type(value) is tuple:
+        try:
+            "".join(value)
+        except TypeError:
+            pass
+        else:
+            return value
+    raise DecodeError("expected an array of str")
 
 
-def _list(value: Any, size: int | None = None) -> list[Any]:
-    if type(value) is not list or (size is not None and len(value) != size):
+def _list(value: Any, size: int | None = None) -> tuple[Any, ...]:
+    if type(value) is not tuple or (size is not None and len(value) != size):
         raise DecodeError(f"expected an array of {size or 'any'} items")
     return value
 
 
 def _event_to_wire(e: ChatEvent) -> list[Any]:
-    return [e.type.value, e.text, e.room, e.sender, e.to, e.id, e.ts, e.origin, e.of, e.code, list(e.args)]
+    # the type as is: an EventType is a str, and msgpack packs it as one (no `.value` look-up)
+    return [e.type, e.text, e.room, e.sender, e.to, e.id, e.ts, e.origin, e.of, e.code, list(e.args)]
 
 
 _EVENT_TYPES = {kind.value: kind for kind in EventType}  # a dict look-up, not an enum call: once per room event
+_new_event = maker(ChatEvent)  # the decoders' constructors: every field checked already, in order
+_new_room_event = maker(RoomEvent)
+_new_deliver = maker(Deliver)
+_new_mark = maker(Mark)
 
 
 def _event_from_wire(raw: Any) -> ChatEvent:
@@ -138,13 +150,15 @@ def _event_from_wire(raw: Any) -> ChatEvent:
     kind = _EVENT_TYPES.get(t) if type(t) is str else None
     if kind is None:
         raise DecodeError(f"unknown event type {t!r}")
-    if type(ts) not in (float, int):
-        raise DecodeError("expected a number for ts")
+    if type(ts) is not float:
+        if type(ts) is not int:
+            raise DecodeError("expected a number for ts")
+        ts = float(ts)
     if not (type(text) is str and type(room) is str and type(sender) is str and type(to) is str
             and type(id_) is str and type(origin) is str and type(of) is str and type(code) is str):
         for value in (text, room, sender, to, id_, origin, of, code):
             _str(value)  # raises, saying which type came
-    return ChatEvent(kind, text, room, sender, to, id_, float(ts), origin, of, code, _strs(args))
+    return _new_event(kind, text, room, sender, to, id_, ts, origin, of, code, _strs(args))
 
 
 def _item_to_wire(item: BatchItem) -> list[Any]:
@@ -159,8 +173,12 @@ def _item_to_wire(item: BatchItem) -> list[Any]:
     return [2, item.cid, item.reason, item.departed]
 
 
-def _room_event(fields: list[Any]) -> RoomEvent:
+def _room_event(fields: tuple[Any, ...]) -> RoomEvent:
     _, room, seq, member, change, event = fields
+    if type(room) is str and type(seq) is int and type(member) is str and type(change) is int and (
+            change == 0 if member == "" else change in (-1, 1)):
+        return _new_room_event(room, seq, _event_from_wire(event), member, change)
+    # something is wrong: find it in the order the checks have always run
     if _int(change) not in (-1, 0, 1) or (change != 0) != (member != ""):
         raise DecodeError("a room event's change is -1 or 1 with a member, 0 without")
     return RoomEvent(_str(room), _int(seq), _event_from_wire(event), _str(member), change)
@@ -174,14 +192,14 @@ def _item_from_wire(raw: Any) -> BatchItem:
         return Close(_str(fields[1]), _str(fields[2]), _bool(fields[3]))
     if len(fields) != 3 or type(fields[0]) is not int:
         raise DecodeError("a batch item is [tag, field, field], [2, ...] with 2 or 3 fields or [4, ...] with 5")
+    if fields[0] == 3:
+        return _new_mark(_str(fields[1]), _int(fields[2]))
     if fields[0] == 0:
-        return Deliver(_strs(fields[1]), _event_from_wire(fields[2]))
+        return _new_deliver(_strs(fields[1]), _event_from_wire(fields[2]))
     if fields[0] == 2:
         return Close(_str(fields[1]), _str(fields[2]))
     if fields[0] == 1 and type(fields[2]) is bool:
         return SetMode(_str(fields[1]), fields[2])
-    if fields[0] == 3:
-        return Mark(_str(fields[1]), _int(fields[2]))
     raise DecodeError("unknown batch item")
 
 
@@ -226,7 +244,7 @@ _DECODERS: dict[tuple[int, int], Callable[..., Message]] = {
     (6, 1): _done,
     (7, 1): lambda s: Heartbeat(_str(s)),
     (7, 3): lambda s, e, a: Heartbeat(_str(s), _epoch(e), _bool(a)),
-    (8, 1): lambda items: Batch(tuple(_item_from_wire(i) for i in _list(items))),
+    (8, 1): lambda items: Batch(tuple(map(_item_from_wire, _list(items)))),
     (9, 1): lambda b: Unknown(_str(b)),
     (10, 1): lambda b: Fenced(_str(b)),
 }
@@ -241,6 +259,7 @@ def encode_batches(batches: Iterable[tuple[str, Sequence[BatchItem]]]) -> tuple[
     event of a delivery, that goes to several gateways (a room event, a message to connections on
     several) is made ready for msgpack once."""
     wired: dict[int, list[Any]] = {}  # by the id of an item or event, all alive until we return
+    pack = msgpack.Packer(use_bin_type=True).pack  # one packer for all the batches
 
     def event(e: ChatEvent) -> list[Any]:
         wire = wired.get(id(e))
@@ -249,27 +268,27 @@ def encode_batches(batches: Iterable[tuple[str, Sequence[BatchItem]]]) -> tuple[
         return wire
 
     def item(i: BatchItem) -> list[Any]:
-        if isinstance(i, Deliver):
-            return [0, list(i.cids), event(i.event)]
-        if isinstance(i, RoomEvent):
+        kind = type(i)
+        if kind is RoomEvent:
             wire = wired.get(id(i))
             if wire is None:
-                wire = wired[id(i)] = [4, i.room, i.seq, i.member, i.change, event(i.event)]
+                wire = wired[id(i)] = [4, i.room, i.seq, i.member, i.change, event(i.event)]  # type: ignore[union-attr]
             return wire
+        if kind is Deliver:
+            return [0, i.cids, event(i.event)]  # type: ignore[union-attr]  # a tuple packs as the array
         return _item_to_wire(i)
 
-    return tuple((gateway, msgpack.packb([8, [item(i) for i in items]], use_bin_type=True))
-                 for gateway, items in batches)
+    return tuple((gateway, pack([8, [item(i) for i in items]])) for gateway, items in batches)
 
 
 def decode(frame: bytes) -> Message:
     """One frame -> a message; raises DecodeError for anything malformed."""
     try:
-        raw = msgpack.unpackb(frame, raw=False)
+        raw = msgpack.unpackb(frame, raw=False, use_list=False)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError, UnicodeDecodeError) as exc:
         raise DecodeError(f"not msgpack: {exc}") from None
-    if type(raw) is not list or not raw or type(raw[0]) is not int:
+    if type(raw) is not tuple or not raw or type(raw[0]) is not int:
         raise DecodeError("not a tagged array")
     decoder = _DECODERS.get((raw[0], len(raw) - 1))
     if decoder is None:
