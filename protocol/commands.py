@@ -38,6 +38,7 @@ import re
 from dataclasses import dataclass
 
 from protocol.errors import CommandError
+from protocol.messages import quick
 from protocol.replies import ReplyCode
 
 NICK_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}\Z")
@@ -74,12 +75,14 @@ class Part:
     room: str | None
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Msg:
     target: str  # a nick, or a room (starting with '#')
     text: str
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Me:
     text: str
@@ -96,6 +99,7 @@ class Rooms:
     pass
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class History:
     room: str | None
@@ -103,6 +107,7 @@ class History:
     after: str = ""  # a message id: the messages after it instead of the last `count`
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Topic:
     room: str | None
@@ -208,6 +213,9 @@ def _split(rest: str) -> list[str]:
 
 def _first_word(text: str) -> tuple[str, str]:
     """(the text up to the first ASCII blank, the rest without edge ASCII blanks)."""
+    if "\t" not in text:  # the common case, in fewer steps
+        first, _, rest = text.partition(" ")
+        return first, rest.strip(" ")
     cut, tab = text.find(" "), text.find("\t")
     if cut < 0 or 0 <= tab < cut:
         cut = tab
@@ -331,11 +339,11 @@ _PARSERS = {
 
 def parse_line(line: str) -> Command | None:
     """Parse one client line. Raises CommandError with the reply text."""
-    if line.startswith("//"):
-        text = clean_text(line[1:])
-        return Say(text) if text else None
     if not line.startswith("/"):
         text = clean_text(line)
+        return Say(text) if text else None
+    if line.startswith("//"):
+        text = clean_text(line[1:])
         return Say(text) if text else None
     name, rest = _first_word(line[1:])
     parser = _PARSERS.get(name.lower())
