@@ -90,21 +90,26 @@ MAX_KEY_BYTES = 8 + 256  # a key frame: seq and a cid (a gateway name is at most
 _SEQ_MASK = (1 << 63) - 1  # a key's seq without the sampled flag
 
 
+def _type_name(value: Any) -> str:
+    """The type of a decoded value, as errors name it: an array is a list (we decode arrays as tuples)."""
+    return "list" if type(value) is tuple else type(value).__name__
+
+
 def _str(value: Any) -> str:
     if type(value) is not str:
-        raise DecodeError(f"expected str, got {type(value).__name__}")
+        raise DecodeError(f"expected str, got {_type_name(value)}")
     return value
 
 
 def _int(value: Any) -> int:
     if type(value) is not int:
-        raise DecodeError(f"expected int, got {type(value).__name__}")
+        raise DecodeError(f"expected int, got {_type_name(value)}")
     return value
 
 
 def _bool(value: Any) -> bool:
     if type(value) is not bool:
-        raise DecodeError(f"expected bool, got {type(value).__name__}")
+        raise DecodeError(f"expected bool, got {_type_name(value)}")
     return value
 
 
@@ -146,10 +151,12 @@ _new_mark = maker(Mark)
 
 
 def _event_from_wire(raw: Any) -> ChatEvent:
-    t, text, room, sender, to, id_, ts, origin, of, code, args = _list(raw, 11)
+    if type(raw) is not tuple or len(raw) != 11:
+        _list(raw, 11)  # raises
+    t, text, room, sender, to, id_, ts, origin, of, code, args = raw
     kind = _EVENT_TYPES.get(t) if type(t) is str else None
-    if kind is None:
-        raise DecodeError(f"unknown event type {t!r}")
+    if kind is None:  # an array shown as msgpack has always given them to us, a list
+        raise DecodeError(f"unknown event type {list(t) if type(t) is tuple else t!r}")
     if type(ts) is not float:
         if type(ts) is not int:
             raise DecodeError("expected a number for ts")
@@ -158,7 +165,7 @@ def _event_from_wire(raw: Any) -> ChatEvent:
             and type(id_) is str and type(origin) is str and type(of) is str and type(code) is str):
         for value in (text, room, sender, to, id_, origin, of, code):
             _str(value)  # raises, saying which type came
-    return _new_event(kind, text, room, sender, to, id_, ts, origin, of, code, _strs(args))
+    return _new_event(kind, text, room, sender, to, id_, ts, origin, of, code, args if args == () else _strs(args))
 
 
 def _item_to_wire(item: BatchItem) -> list[Any]:
@@ -185,7 +192,7 @@ def _room_event(fields: tuple[Any, ...]) -> RoomEvent:
 
 
 def _item_from_wire(raw: Any) -> BatchItem:
-    fields = _list(raw)
+    fields = raw if type(raw) is tuple else _list(raw)
     if len(fields) == 6 and fields[0] == 4 and type(fields[0]) is int:
         return _room_event(fields)
     if len(fields) == 4 and fields[0] == 2 and type(fields[0]) is int:

@@ -41,7 +41,8 @@ from protocol.errors import CommandError
 from protocol.messages import quick
 from protocol.replies import ReplyCode
 
-NICK_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}\Z")
+_NICK = r"[A-Za-z][A-Za-z0-9_-]{0,31}"
+NICK_RE = re.compile(_NICK + r"\Z")
 ROOM_RE = re.compile(r"#[A-Za-z0-9_.-]{1,64}\Z")
 HISTORY_DEFAULT = 20
 HISTORY_MAX = 100
@@ -337,6 +338,12 @@ _PARSERS = {
 }
 
 
+# `/msg NICK TEXT` with plain spaces: a private message in its usual shape, read in one match (a third
+# less work than the general path). Any other shape (a tab, a room, an invalid nick, no text) goes the
+# general way, which says what is wrong.
+_PRIVATE = re.compile(rf"/[Mm][Ss][Gg] +({_NICK}) +(.*)", re.DOTALL)
+
+
 def parse_line(line: str) -> Command | None:
     """Parse one client line. Raises CommandError with the reply text."""
     if not line.startswith("/"):
@@ -345,7 +352,15 @@ def parse_line(line: str) -> Command | None:
     if line.startswith("//"):
         text = clean_text(line[1:])
         return Say(text) if text else None
-    name, rest = _first_word(line[1:])
+    private = _PRIVATE.fullmatch(line)
+    if private is not None and (text := clean_text(private[2])):
+        return Msg(private[1], text)
+    return _parse_command(line[1:])
+
+
+def _parse_command(text: str) -> Command | None:
+    """A line starting with one '/', without it: the general path."""
+    name, rest = _first_word(text)
     parser = _PARSERS.get(name.lower())
     if parser is None:
         raise CommandError(f"unknown command /{shown(name)} (try /help)", ReplyCode.UNKNOWN_COMMAND, (shown(name),))
