@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import pickle
+import re
 from typing import Any
 
 import msgpack
@@ -35,11 +36,10 @@ from protocol.messages import (
     maker,
     quick,
 )
+from tests.protocol.test_codec import EVENT, EVENT_WIRE, event_wire
 
 FAST = settings(max_examples=300, deadline=None, database=None)
-
-EVENT = ChatEvent(EventType.MESSAGE, "hi", room="#r", sender="bob", id="gw:1/2", ts=1.5, origin="gw:1")
-EVENT_WIRE = ["message", "hi", "#r", "bob", "", "gw:1/2", 1.5, "gw:1", "", "", []]
+FIELDS = (EventType.MESSAGE, "hi", "#chat", "bob", "", "gw1:7-1", 1700000000.5, "gw1:7", "", "", ())  # EVENT's
 
 
 # --- quick classes ------------------------------------------------------------------
@@ -57,9 +57,11 @@ def test_a_quick_message_is_of_its_own_class_and_frozen() -> None:
 
 
 def test_keywords_positions_and_defaults_give_the_same_value() -> None:
-    positional = ChatEvent(EventType.MESSAGE, "hi", "#r", "bob", "", "gw:1/2", 1.5, "gw:1", "", "", ())
-    assert positional == EVENT and hash(positional) == hash(EVENT)
-    assert repr(EVENT).startswith("ChatEvent(type=<EventType.MESSAGE: 'message'>, text='hi', room='#r'")
+    keywords = ChatEvent(EventType.MESSAGE, "hi", room="#chat", sender="bob", id="gw1:7-1", ts=1700000000.5,
+                         origin="gw1:7")
+    positional = ChatEvent(*FIELDS)
+    assert positional == EVENT == keywords and hash(positional) == hash(EVENT) == hash(keywords)
+    assert repr(EVENT).startswith("ChatEvent(type=<EventType.MESSAGE: 'message'>, text='hi', room='#chat'")
     assert ChatEvent(EventType.INFO).args == () and Close("c", "r").departed is False
     assert Heartbeat("b") == Heartbeat("b", 0, True) and Me("t").room is None
     assert ChatEvent(EventType.MESSAGE, "hi") != EVENT and {EVENT, positional} == {EVENT}
@@ -82,11 +84,11 @@ def test_copies_pickles_and_replacements_are_of_the_same_class() -> None:
         for other in (copy.copy(value), copy.deepcopy(value), pickle.loads(pickle.dumps(value))):
             assert type(other) is type(value) and other == value
     replaced = dataclasses.replace(EVENT, text="other")
-    assert type(replaced) is ChatEvent and replaced.text == "other" and replaced.room == "#r"
+    assert type(replaced) is ChatEvent and replaced.text == "other" and replaced.room == "#chat"
 
 
 def test_maker_builds_the_value_the_class_builds() -> None:
-    made = maker(ChatEvent)(EventType.MESSAGE, "hi", "#r", "bob", "", "gw:1/2", 1.5, "gw:1", "", "", ())
+    made = maker(ChatEvent)(*FIELDS)
     assert type(made) is ChatEvent and made == EVENT
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.text = "changed"  # type: ignore[misc]
@@ -136,32 +138,24 @@ def test_a_batch_packs_as_its_items_one_by_one_would() -> None:
     assert msgpack.unpackb(encode(Batch(items[1:2])), raw=False) == [8, [[4, "#r", 3, "", 0, EVENT_WIRE]]]
 
 
-def _event(**changes: Any) -> list[Any]:
-    names = ["type", "text", "room", "sender", "to", "id", "ts", "origin", "of", "code", "args"]
-    wire = list(EVENT_WIRE)
-    for name, value in changes.items():
-        wire[names.index(name)] = value
-    return wire
-
-
 def _room(room: Any = "#r", seq: Any = 1, member: Any = "", change: Any = 0, event: Any = None) -> list[Any]:
     return [8, [[4, room, seq, member, change, EVENT_WIRE if event is None else event]]]
 
 
 # what each malformed frame has always been told (the texts before the faster decoding)
 MALFORMED = [
-    (_room(event=_event(text=5)), "expected str, got int"),
-    (_room(event=_event(text=5, room=6)), "expected str, got int"),
-    (_room(event=_event(code=None)), "expected str, got NoneType"),
-    (_room(event=_event(origin=["x"])), "expected str, got list"),
-    (_room(event=_event(ts="x")), "expected a number for ts"),
-    (_room(event=_event(ts=True)), "expected a number for ts"),
-    (_room(event=_event(type="shout")), "unknown event type 'shout'"),
-    (_room(event=_event(type=["x"])), "unknown event type ['x']"),
-    (_room(event=_event(args=[1])), "expected an array of str"),
-    (_room(event=_event(args="ab")), "expected an array of str"),
-    (_room(event=_event(args=[b"x"])), "expected an array of str"),
-    (_room(event=_event(args=[["x"]])), "expected an array of str"),
+    (_room(event=event_wire(text=5)), "expected str, got int"),
+    (_room(event=event_wire(text=5, room=6)), "expected str, got int"),
+    (_room(event=event_wire(code=None)), "expected str, got NoneType"),
+    (_room(event=event_wire(origin=["x"])), "expected str, got list"),
+    (_room(event=event_wire(ts="x")), "expected a number for ts"),
+    (_room(event=event_wire(ts=True)), "expected a number for ts"),
+    (_room(event=event_wire(type="shout")), "unknown event type 'shout'"),
+    (_room(event=event_wire(type=["x"])), "unknown event type ['x']"),
+    (_room(event=event_wire(args=[1])), "expected an array of str"),
+    (_room(event=event_wire(args="ab")), "expected an array of str"),
+    (_room(event=event_wire(args=[b"x"])), "expected an array of str"),
+    (_room(event=event_wire(args=[["x"]])), "expected an array of str"),
     (_room(event=EVENT_WIRE[:10]), "expected an array of 11 items"),
     (_room(event="event"), "expected an array of 11 items"),
     (_room(change=2), "a room event's change is -1 or 1 with a member, 0 without"),
@@ -262,17 +256,14 @@ def test_a_private_message_of_another_shape_is_refused_as_before(line: str, erro
         parse_line(line)
 
 
-def _first_word_by_find(text: str) -> tuple[str, str]:
-    """The tab-aware way `_first_word` has always cut a word (its reference)."""
-    cut, tab = text.find(" "), text.find("\t")
-    if cut < 0 or 0 <= tab < cut:
-        cut = tab
-    if cut < 0:
-        return text, ""
-    return text[:cut], text[cut:].strip(" \t")
+def _first_word_by_regex(text: str) -> tuple[str, str]:
+    """What `_first_word` means: up to the first space or tab, and the rest without edge ones."""
+    cut = re.fullmatch(r"([^ \t]*)(.*)", text, re.DOTALL)
+    assert cut is not None
+    return cut[1], cut[2].strip(" \t")
 
 
 @FAST
 @given(st.text(alphabet=" \tab#\u00a0\u3000\n", max_size=12))
 def test_property_the_first_word_is_cut_as_before(text: str) -> None:
-    assert commands._first_word(text) == _first_word_by_find(text)
+    assert commands._first_word(text) == _first_word_by_regex(text)
