@@ -47,6 +47,8 @@ this version decodes as is and is shown as free text); `args` its data.
 Strings are UTF-8 msgpack str. `decode`, `decode_key` and `decode_done`
 check every field's type and raise only `DecodeError`: a malformed frame
 from any peer is reported, never a crash.
+Arrays decode as tuples (a message's tuple fields take them as they come),
+and a decoded message is built through `maker` once its fields are checked.
 """
 
 from __future__ import annotations
