@@ -9,7 +9,7 @@ for every line (or frame) it ends, empty and bad ones too
 (and telnet commands) past the client's allowance, and it is a flooder.
 
 TLS: the socket may be one wrapped by OpenSSL (`gateway.tls`). It is read
-the same way; OpenSSL's "want read" counts as a would-block, and input
+the same way; OpenSSL's "want read/write" counts as a would-block, and input
 OpenSSL has decrypted already (`pending`) is read before waiting on the
 socket again.
 
