@@ -626,11 +626,6 @@ def test_replay_of_a_gateway_loss(chat: Chat, client: redis.Redis, prefix: str) 
     assert again.items == first.items
 
 
-@pytest.mark.xfail(
-    reason="BUG: the session recovery (store.connect after Gone) is not part of the "
-    "replayable result: a replay of the recovering event omits 'the service lost your session'",
-    strict=True,
-)
 def test_replay_of_a_recovering_event(chat: Chat, client: redis.Redis, prefix: str) -> None:
     a = connected(chat, f"{GW_A}:1", "alice", "#r")
     client.flushall()
