@@ -49,7 +49,7 @@ from workers.effects import Effects
 from workers.metrics import RefusedCause, WorkerMetrics, redis_cause
 from workers.plans import HISTORY_GAP, NO_ROOM, TOO_MANY_ROOMS, CommandPlans
 from workers.steps import At, ChatLimits, Step, reply
-from workers.store import Gone, Recovered, Store
+from workers.store import Gone, Recovered, SessionLost, Store
 
 __all__ = [
     "HISTORY_GAP", "INTERNAL_ERROR", "NO_ROOM", "SESSION_LOST", "TOO_MANY_LINES", "TOO_MANY_ROOMS",
@@ -116,7 +116,7 @@ class Chat:
                  recovered: bool = False) -> None:
         for i, step in enumerate(steps):
             result = next(results) if step.call else None
-            if isinstance(result, (Gone, Recovered)):
+            if isinstance(result, SessionLost):
                 if isinstance(result, Recovered):  # the line that met the session gone: say so, first
                     nick = result.nick
                     fx.info(getattr(item, "cid", ""), SESSION_LOST.format(nick=nick), R.SESSION_LOST, (nick,))

@@ -19,7 +19,9 @@ configurable prefix `p`:
     p gwdead:<gateway>       set when a gateway was lost: it may not connect clients again
     p left:<cid>             for 2 minutes after a connection left: a late line cannot bring it back
     p res:<cid>              the results of the connection's current event (see `scripts.replayable`),
-                             10 minutes after its last event, 2 minutes after it left
+                             10 minutes after its last event, 2 minutes after it left; a line that
+                             met the connection gone and registered it again records its result
+                             with the new nick (`scripts.RECOVER`)
 
 Rooms arrive canonical (lower case); nicks are ASCII, so Lua's
 string.lower folds them as Python does.
@@ -48,7 +50,14 @@ BATCH_MAX = 64  # calls run as one script at most (bounds its ARGV and what it u
 Op = tuple[int, int]  # (the event's seq, the line's seq): what makes a call replayable
 
 
-class Gone(Exception):
+class SessionLost:
+    """What a line's result may say of its connection's session instead of the line: `Gone`, or
+    `Recovered` (one class to test results against, as cheap as testing one of them)."""
+
+    __slots__ = ()
+
+
+class Gone(SessionLost, Exception):
     """The connection is unknown to Redis: reaped, or Redis lost its data."""
 
 
@@ -58,7 +67,7 @@ class EpochFenced(redis.RedisError):
 
 
 @dataclass(frozen=True, slots=True)
-class Recovered:
+class Recovered(SessionLost):
     """A line that met its connection gone, after the connection was registered again as `nick`
     (`Store.recover`): `result` is the line's own result (a `Gone` if it is gone again). Its first
     run and every replay of it give the same."""
