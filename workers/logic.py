@@ -49,7 +49,7 @@ from workers.effects import Effects
 from workers.metrics import RefusedCause, WorkerMetrics, redis_cause
 from workers.plans import HISTORY_GAP, NO_ROOM, TOO_MANY_ROOMS, CommandPlans
 from workers.steps import At, ChatLimits, Step, reply
-from workers.store import Gone, Recovered, SessionLost, Store
+from workers.store import Call, Gone, Recovered, SessionLost, Store
 
 __all__ = [
     "HISTORY_GAP", "INTERNAL_ERROR", "NO_ROOM", "SESSION_LOST", "TOO_MANY_LINES", "TOO_MANY_ROOMS",
@@ -122,8 +122,8 @@ class Chat:
                     fx.info(getattr(item, "cid", ""), SESSION_LOST.format(nick=nick), R.SESSION_LOST, (nick,))
                     recovered, result = True, result.result
                 if isinstance(result, Gone):
-                    if not recovered:  # what was planned after it met a session that is gone too
-                        self._recover_and_rerun(fx, item, steps[i:])
+                    if not recovered and step.call is not None:  # and what was planned after it
+                        self._recover_and_rerun(fx, item, step.call, steps[i:])
                     return  # gone again after its recovery (reaped meanwhile): nothing more to do for it
             self._answer(fx, item, step, result)
 
@@ -141,15 +141,14 @@ class Chat:
             return
         step.respond(fx, result)
 
-    def _recover_and_rerun(self, fx: Effects, item: WorkItem, steps: list[Step]) -> None:
-        """Redis forgot a live connection: register it again, then run the rest of the event.
+    def _recover_and_rerun(self, fx: Effects, item: WorkItem, met: Call, steps: list[Step]) -> None:
+        """Redis forgot a live connection (the call `met`, of steps[0], found it gone): register it
+        again, then run the rest of the event.
 
-        The registration records itself for the line that met the session gone (one script,
-        `Store.recover`), so that line's result comes back `Recovered`, which says so to the
-        sender: on this run and on any replay of the event alike."""
+        The registration records itself for the line of `met` (one script, `Store.recover`), so that
+        line's result comes back `Recovered`, which says so to the sender: on this run and on any
+        replay of the event alike."""
         cid = getattr(item, "cid", "")
-        met = steps[0].call
-        assert met is not None  # only a store call meets a session gone
         nick = self.store.run_one(self.store.recover(cid, gateway_of(cid), met))
         if nick is None:
             fx.error(cid, GATEWAY_GONE, R.GATEWAY_GONE)

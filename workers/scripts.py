@@ -356,6 +356,8 @@ end
 for n = 1, #lines do if not out[n] then todo[#todo + 1] = n end end
 if #todo == 0 then return out end
 """
+
+
 def _group_recorded(first: int, fields: int) -> str:
     """`_GROUP_RECORDED` for lines whose numbers are ARGV[first], ARGV[first + fields], ..."""
     return _GROUP_RECORDED.replace("FIRST", str(first)).replace("FIELDS", str(fields)).replace("LOST", repr(LOST))
