@@ -32,6 +32,7 @@ from protocol.messages import (
 )
 from protocol.replies import ReplyCode as R
 from tests.workers.conftest import new_prefix
+from workers import scripts
 from workers.effects import Effects
 from workers.logic import Chat
 from workers.store import Store
@@ -708,6 +709,37 @@ def test_a_recovering_event_that_died_mid_way_replays_as_one_run(
     assert full.items[: len(partial.items)] == partial.items
     assert full.items == clean.items
     assert snapshot(client, prefix, stream_ids=False) == snapshot(client, twin, stream_ids=False)
+
+
+class ReapingStore(Store):
+    """A store whose gateway `gw` is lost right after a connection of it was registered again."""
+
+    def __init__(self, client: redis.Redis, prefix: str, gw: str) -> None:
+        super().__init__(client, prefix)
+        self.gw = gw
+        self.armed = False  # from the recovery on
+
+    def run(self, calls: list[Any]) -> list[Any]:
+        results = super().run(calls)
+        if self.armed and calls and calls[0].script == scripts.RECOVER:
+            self.armed = False
+            super().run([self.reap(self.gw)])
+        return results
+
+
+def test_a_session_gone_again_after_its_recovery_replays_alike(client: redis.Redis, prefix: str) -> None:
+    """Registered again, then reaped before its line ran: the first run says so and stops there; a
+    replay (the gateway now refused) says the same, not that the gateway is gone."""
+    store = ReapingStore(client, prefix, GW_A)
+    a = connected(Chat(store), f"{GW_A}:1", "alice", "#r")
+    forget(client, prefix)
+    store.armed = True
+    first = a.send("/nick ann", "hello", "/msg ann hi")
+    said = lines_to(first, a.cid)
+    assert len(said) == 1 and said[0][1].startswith("the service lost your session")
+    assert 0 < client.ttl(f"{prefix}res:{a.cid}") <= scripts.RESULT_TTL  # the record expires
+    again = replay_event(Chat(Store(client, prefix=prefix)), a.last, client, prefix)
+    assert again.items == first.items
 
 
 def test_a_recovery_refused_is_not_recorded(chat: Chat, client: redis.Redis, prefix: str) -> None:
