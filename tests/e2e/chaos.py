@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import redis
 
 from tests.e2e.chatclient import ChatClient
+from tests.e2e.window import window_shaped, within_share
 
 
 class Collector(threading.Thread):
@@ -102,6 +103,7 @@ class Verdict:
     order_mismatches: int = 0
     unexplained: int = 0
     pause: float = 0.0  # seconds: the longest gap between deliveries
+    window: int = 0  # copies lost in a broker's kill -9 window (tests.e2e.window), not in `lost`
     notes: list[str] = field(default_factory=list)
 
     def ok(self) -> bool:
@@ -110,11 +112,11 @@ class Verdict:
     def row(self) -> str:
         return (f"| {self.fault} | {self.sent} | {self.accepted} | {self.refused} | {self.delivered} | "
                 f"{self.lost} | {self.duplicated} | {self.reordered} | {self.order_mismatches} | "
-                f"{self.unexplained} | {self.pause:.2f} |")
+                f"{self.unexplained} | {self.pause:.2f} | {self.window} |")
 
 
 HEADER = ("| fault | sent | accepted | refused (told) | delivered | lost | duplicated | reordered | "
-          "order mismatches | unexplained | pause (s) |\n|---|---|---|---|---|---|---|---|---|---|---|")
+          "order mismatches | unexplained | pause (s) | kill -9 window |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def numbers(objs: list[dict], stream: Stream) -> list[int]:
@@ -122,9 +124,12 @@ def numbers(objs: list[dict], stream: Stream) -> list[int]:
 
 
 def judge(fault: str, streams: list[Stream], rooms: dict[str, list[Member]],
-          partners: dict[str, Member]) -> Verdict:
-    """Check what every live receiver got against what the senders had accepted."""
+          partners: dict[str, Member], broker_killed: bool = False) -> Verdict:
+    """Check what every live receiver got against what the senders had accepted; `broker_killed`:
+    the phase killed a broker (kill -9), so losses of the window's shape are set apart
+    (tests.e2e.window)."""
     v = Verdict(fault)
+    shaped = 0
     for s in streams:
         v.sent += s.sender.sends
         accepted = set(numbers(s.sender.collector.objects, s))
@@ -142,11 +147,28 @@ def judge(fault: str, streams: list[Stream], rooms: dict[str, list[Member]],
             v.duplicated += len(got) - len(set(got))
             v.reordered += sum(1 for a, b in zip(got, got[1:]) if b <= a)
             v.lost += len(accepted - set(got))
+        if broker_killed:
+            shaped += _window_shaped(s, accepted, receivers)
+    if broker_killed:
+        v.window = within_share(shaped, v.delivered + v.lost)
+        v.lost -= v.window
     for members in rooms.values():
         v.order_mismatches += _order_mismatches([m for m in members if m.alive])
     live = {id(m): m for m in [*(m for ms in rooms.values() for m in ms), *partners.values()] if m.alive}
     v.pause = longest_pause(list(live.values()))
     return v
+
+
+def _window_shaped(s: Stream, accepted: set[int], receivers: list[Member]) -> int:
+    """The copies of `s`'s accepted messages its live receivers miss in the kill -9 window's shape
+    (the sender's own copy shows what reached its gateway)."""
+    live = [r for r in receivers if r is not s.sender and r.alive]
+    if not s.sender.alive or not live:
+        return 0
+    got = {id(r): set(numbers(r.collector.objects, s)) for r in live} | {id(s.sender): accepted}
+    gateway = {id(m): m.client.sock.getpeername()[1] for m in [s.sender, *live]}
+    origin = {n: gateway[id(s.sender)] for n in accepted}
+    return window_shaped({id(r): accepted - got[id(r)] for r in live}, got, gateway, origin)
 
 
 def longest_pause(members: list[Member]) -> float:

@@ -90,6 +90,9 @@ def _scenario(cluster: Cluster, tag: str, senders_on: list[int]):  # type: ignor
     return rooms, streams, partners
 
 
+BROKER_KILLS = ("br", "bp")  # the phases that kill -9 a broker (tests.e2e.window)
+
+
 def _run_phase(cluster: Cluster, fault: str, tag: str, strike: Strike,
                senders_on: list[int]) -> tuple[Verdict, list[Member]]:
     rooms, streams, partners = _scenario(cluster, tag, senders_on)
@@ -105,7 +108,7 @@ def _run_phase(cluster: Cluster, fault: str, tag: str, strike: Strike,
         m.collector.stop()
     for m in members:
         m.collector.join(2)
-    return judge(fault, streams, rooms, partners), members
+    return judge(fault, streams, rooms, partners, broker_killed=tag in BROKER_KILLS), members
 
 
 def _rss(cluster: Cluster) -> dict[str, int]:
