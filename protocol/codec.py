@@ -47,6 +47,8 @@ this version decodes as is and is shown as free text); `args` its data.
 Strings are UTF-8 msgpack str. `decode`, `decode_key` and `decode_done`
 check every field's type and raise only `DecodeError`: a malformed frame
 from any peer is reported, never a crash.
+Arrays decode as tuples (a message's tuple fields take them as they come),
+and a decoded message is built through `maker` once its fields are checked.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ from protocol.messages import (
     WorkItem,
     event_key,
     is_gateway_topic,
+    maker,
     topic_of,
 )
 
@@ -89,21 +92,26 @@ MAX_KEY_BYTES = 8 + 256  # a key frame: seq and a cid (a gateway name is at most
 _SEQ_MASK = (1 << 63) - 1  # a key's seq without the sampled flag
 
 
+def _type_name(value: Any) -> str:
+    """The type of a decoded value, as errors name it: an array is a list (we decode arrays as tuples)."""
+    return "list" if type(value) is tuple else type(value).__name__
+
+
 def _str(value: Any) -> str:
     if type(value) is not str:
-        raise DecodeError(f"expected str, got {type(value).__name__}")
+        raise DecodeError(f"expected str, got {_type_name(value)}")
     return value
 
 
 def _int(value: Any) -> int:
     if type(value) is not int:
-        raise DecodeError(f"expected int, got {type(value).__name__}")
+        raise DecodeError(f"expected int, got {_type_name(value)}")
     return value
 
 
 def _bool(value: Any) -> bool:
     if type(value) is not bool:
-        raise DecodeError(f"expected bool, got {type(value).__name__}")
+        raise DecodeError(f"expected bool, got {_type_name(value)}")
     return value
 
 
@@ -114,37 +122,52 @@ def _epoch(value: Any) -> int:
 
 
 def _strs(value: Any) -> tuple[str, ...]:
-    """An array of str (checked in one pass: a room's worth of cids is on the hot path)."""
-    if type(value) is not list or not all(type(v) is str for v in value):
-        raise DecodeError("expected an array of str")
-    return tuple(value)
+    """An array of str. A room's worth of cids is on the hot path: str.join checks every item in C
+    (msgpack makes no str subclass, so each item it takes is a str)."""
+    if type(value) is tuple:
+        try:
+            "".join(value)
+        except TypeError:
+            pass
+        else:
+            return value
+    raise DecodeError("expected an array of str")
 
 
-def _list(value: Any, size: int | None = None) -> list[Any]:
-    if type(value) is not list or (size is not None and len(value) != size):
+def _list(value: Any, size: int | None = None) -> tuple[Any, ...]:
+    if type(value) is not tuple or (size is not None and len(value) != size):
         raise DecodeError(f"expected an array of {size or 'any'} items")
     return value
 
 
 def _event_to_wire(e: ChatEvent) -> list[Any]:
-    return [e.type.value, e.text, e.room, e.sender, e.to, e.id, e.ts, e.origin, e.of, e.code, list(e.args)]
+    # the type as is: an EventType is a str, and msgpack packs it as one (no `.value` look-up)
+    return [e.type, e.text, e.room, e.sender, e.to, e.id, e.ts, e.origin, e.of, e.code, list(e.args)]
 
 
 _EVENT_TYPES = {kind.value: kind for kind in EventType}  # a dict look-up, not an enum call: once per room event
+_new_event = maker(ChatEvent)  # the decoders' constructors: every field checked already, in order
+_new_room_event = maker(RoomEvent)
+_new_deliver = maker(Deliver)
+_new_mark = maker(Mark)
 
 
 def _event_from_wire(raw: Any) -> ChatEvent:
-    t, text, room, sender, to, id_, ts, origin, of, code, args = _list(raw, 11)
+    if type(raw) is not tuple or len(raw) != 11:
+        _list(raw, 11)  # raises
+    t, text, room, sender, to, id_, ts, origin, of, code, args = raw
     kind = _EVENT_TYPES.get(t) if type(t) is str else None
-    if kind is None:
-        raise DecodeError(f"unknown event type {t!r}")
-    if type(ts) not in (float, int):
-        raise DecodeError("expected a number for ts")
+    if kind is None:  # an array shown as msgpack has always given them to us, a list
+        raise DecodeError(f"unknown event type {list(t) if type(t) is tuple else t!r}")
+    if type(ts) is not float:
+        if type(ts) is not int:
+            raise DecodeError("expected a number for ts")
+        ts = float(ts)
     if not (type(text) is str and type(room) is str and type(sender) is str and type(to) is str
             and type(id_) is str and type(origin) is str and type(of) is str and type(code) is str):
         for value in (text, room, sender, to, id_, origin, of, code):
             _str(value)  # raises, saying which type came
-    return ChatEvent(kind, text, room, sender, to, id_, float(ts), origin, of, code, _strs(args))
+    return _new_event(kind, text, room, sender, to, id_, ts, origin, of, code, args if args == () else _strs(args))
 
 
 def _item_to_wire(item: BatchItem) -> list[Any]:
@@ -159,29 +182,33 @@ def _item_to_wire(item: BatchItem) -> list[Any]:
     return [2, item.cid, item.reason, item.departed]
 
 
-def _room_event(fields: list[Any]) -> RoomEvent:
+def _room_event(fields: tuple[Any, ...]) -> RoomEvent:
     _, room, seq, member, change, event = fields
+    if type(room) is str and type(seq) is int and type(member) is str and type(change) is int and (
+            change == 0 if member == "" else change in (-1, 1)):
+        return _new_room_event(room, seq, _event_from_wire(event), member, change)
+    # something is wrong: find it in the order the checks have always run
     if _int(change) not in (-1, 0, 1) or (change != 0) != (member != ""):
         raise DecodeError("a room event's change is -1 or 1 with a member, 0 without")
     return RoomEvent(_str(room), _int(seq), _event_from_wire(event), _str(member), change)
 
 
 def _item_from_wire(raw: Any) -> BatchItem:
-    fields = _list(raw)
+    fields = raw if type(raw) is tuple else _list(raw)
     if len(fields) == 6 and fields[0] == 4 and type(fields[0]) is int:
         return _room_event(fields)
     if len(fields) == 4 and fields[0] == 2 and type(fields[0]) is int:
         return Close(_str(fields[1]), _str(fields[2]), _bool(fields[3]))
     if len(fields) != 3 or type(fields[0]) is not int:
         raise DecodeError("a batch item is [tag, field, field], [2, ...] with 2 or 3 fields or [4, ...] with 5")
+    if fields[0] == 3:
+        return _new_mark(_str(fields[1]), _int(fields[2]))
     if fields[0] == 0:
-        return Deliver(_strs(fields[1]), _event_from_wire(fields[2]))
+        return _new_deliver(_strs(fields[1]), _event_from_wire(fields[2]))
     if fields[0] == 2:
         return Close(_str(fields[1]), _str(fields[2]))
     if fields[0] == 1 and type(fields[2]) is bool:
         return SetMode(_str(fields[1]), fields[2])
-    if fields[0] == 3:
-        return Mark(_str(fields[1]), _int(fields[2]))
     raise DecodeError("unknown batch item")
 
 
@@ -226,7 +253,7 @@ _DECODERS: dict[tuple[int, int], Callable[..., Message]] = {
     (6, 1): _done,
     (7, 1): lambda s: Heartbeat(_str(s)),
     (7, 3): lambda s, e, a: Heartbeat(_str(s), _epoch(e), _bool(a)),
-    (8, 1): lambda items: Batch(tuple(_item_from_wire(i) for i in _list(items))),
+    (8, 1): lambda items: Batch(tuple(map(_item_from_wire, _list(items)))),
     (9, 1): lambda b: Unknown(_str(b)),
     (10, 1): lambda b: Fenced(_str(b)),
 }
@@ -237,39 +264,43 @@ def encode(msg: Message) -> bytes:
 
 
 def encode_batches(batches: Iterable[tuple[str, Sequence[BatchItem]]]) -> tuple[tuple[str, bytes], ...]:
-    """(gateway, items) pairs -> (gateway, the bytes `encode(Batch(items))` makes) pairs. An item, or the
-    event of a delivery, that goes to several gateways (a room event, a message to connections on
-    several) is made ready for msgpack once."""
-    wired: dict[int, list[Any]] = {}  # by the id of an item or event, all alive until we return
+    """(gateway, items) pairs -> (gateway, the bytes `encode(Batch(items))` makes) pairs. The event of
+    a delivery or a room event that goes to several gateways is made ready for msgpack once."""
+    wired: dict[int, list[Any]] = {}  # events by id, all alive until we return
+    pack = msgpack.Packer(use_bin_type=True).pack  # one packer for all the batches
+    return tuple((gateway, pack((8, _batch_to_wire(items, wired)))) for gateway, items in batches)
 
-    def event(e: ChatEvent) -> list[Any]:
-        wire = wired.get(id(e))
-        if wire is None:
-            wire = wired[id(e)] = _event_to_wire(e)
-        return wire
 
-    def item(i: BatchItem) -> list[Any]:
-        if isinstance(i, Deliver):
-            return [0, list(i.cids), event(i.event)]
-        if isinstance(i, RoomEvent):
-            wire = wired.get(id(i))
-            if wire is None:
-                wire = wired[id(i)] = [4, i.room, i.seq, i.member, i.change, event(i.event)]
-            return wire
-        return _item_to_wire(i)
-
-    return tuple((gateway, msgpack.packb([8, [item(i) for i in items]], use_bin_type=True))
-                 for gateway, items in batches)
+def _batch_to_wire(items: Sequence[BatchItem], wired: dict[int, list[Any]]) -> list[Any]:
+    """The items of a batch ready for msgpack (tuples pack as arrays); one loop, no call per item on the
+    hot kinds: a worker encodes every item of every event."""
+    wire: list[Any] = []
+    for i in items:
+        kind = type(i)
+        if kind is RoomEvent or kind is Deliver:
+            event = i.event  # type: ignore[union-attr]
+            shown = wired.get(id(event))
+            if shown is None:
+                shown = wired[id(event)] = _event_to_wire(event)
+            if kind is Deliver:
+                wire.append((0, i.cids, shown))  # type: ignore[union-attr]
+            else:
+                wire.append((4, i.room, i.seq, i.member, i.change, shown))  # type: ignore[union-attr]
+        elif kind is Mark:
+            wire.append((3, i.cid, i.seq))  # type: ignore[union-attr]
+        else:
+            wire.append(_item_to_wire(i))
+    return wire
 
 
 def decode(frame: bytes) -> Message:
     """One frame -> a message; raises DecodeError for anything malformed."""
     try:
-        raw = msgpack.unpackb(frame, raw=False)
+        raw = msgpack.unpackb(frame, raw=False, use_list=False)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError, UnicodeDecodeError) as exc:
         raise DecodeError(f"not msgpack: {exc}") from None
-    if type(raw) is not list or not raw or type(raw[0]) is not int:
+    if type(raw) is not tuple or not raw or type(raw[0]) is not int:
         raise DecodeError("not a tagged array")
     decoder = _DECODERS.get((raw[0], len(raw) - 1))
     if decoder is None:

@@ -38,9 +38,11 @@ import re
 from dataclasses import dataclass
 
 from protocol.errors import CommandError
+from protocol.messages import quick
 from protocol.replies import ReplyCode
 
-NICK_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}\Z")
+_NICK = r"[A-Za-z][A-Za-z0-9_-]{0,31}"
+NICK_RE = re.compile(_NICK + r"\Z")
 ROOM_RE = re.compile(r"#[A-Za-z0-9_.-]{1,64}\Z")
 HISTORY_DEFAULT = 20
 HISTORY_MAX = 100
@@ -74,12 +76,14 @@ class Part:
     room: str | None
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Msg:
     target: str  # a nick, or a room (starting with '#')
     text: str
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Me:
     text: str
@@ -96,6 +100,7 @@ class Rooms:
     pass
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class History:
     room: str | None
@@ -103,6 +108,7 @@ class History:
     after: str = ""  # a message id: the messages after it instead of the last `count`
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Topic:
     room: str | None
@@ -208,6 +214,9 @@ def _split(rest: str) -> list[str]:
 
 def _first_word(text: str) -> tuple[str, str]:
     """(the text up to the first ASCII blank, the rest without edge ASCII blanks)."""
+    if "\t" not in text:  # the common case, in fewer steps
+        first, _, rest = text.partition(" ")
+        return first, rest.strip(" ")
     cut, tab = text.find(" "), text.find("\t")
     if cut < 0 or 0 <= tab < cut:
         cut = tab
@@ -329,15 +338,29 @@ _PARSERS = {
 }
 
 
+# `/msg NICK TEXT` with plain spaces: a private message in its usual shape, read in one match (a third
+# less work than the general path). Any other shape (a tab, a room, an invalid nick, no text) goes the
+# general way, which says what is wrong.
+_PRIVATE = re.compile(rf"/[Mm][Ss][Gg] +({_NICK}) +(.*)", re.DOTALL)
+
+
 def parse_line(line: str) -> Command | None:
     """Parse one client line. Raises CommandError with the reply text."""
-    if line.startswith("//"):
-        text = clean_text(line[1:])
-        return Say(text) if text else None
     if not line.startswith("/"):
         text = clean_text(line)
         return Say(text) if text else None
-    name, rest = _first_word(line[1:])
+    if line.startswith("//"):
+        text = clean_text(line[1:])
+        return Say(text) if text else None
+    private = _PRIVATE.fullmatch(line)
+    if private is not None and (text := clean_text(private[2])):
+        return Msg(private[1], text)
+    return _parse_command(line[1:])
+
+
+def _parse_command(text: str) -> Command | None:
+    """A line starting with one '/', without it: the general path."""
+    name, rest = _first_word(text)
     parser = _PARSERS.get(name.lower())
     if parser is None:
         raise CommandError(f"unknown command /{shown(name)} (try /help)", ReplyCode.UNKNOWN_COMMAND, (shown(name),))

@@ -32,7 +32,11 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, TypeVar
+
+_M = TypeVar("_M")
 
 # What a fenced gateway tells each of its clients before it closes them
 # (and what a worker tells a connection of a gateway it knows was lost).
@@ -63,9 +67,69 @@ class EventType(enum.StrEnum):
     TOPIC = "topic"
 
 
+# --- construction at the speed of plain attribute stores --------------------
+#
+# A frozen dataclass's __init__ stores each field through object.__setattr__,
+# the slowest way to fill a slot (about 0.1 us a field), and a message is
+# built once per event on every hop. `quick` keeps the class frozen and gives
+# it an __init__ that turns the new object for a moment into an instance of a
+# thawed twin, a subclass with the same slots and the plain __setattr__, stores
+# the fields as attribute assignments, then makes it its class again. The
+# twin, called with every field in order, is the codec's constructor (`maker`).
+# Nobody but these two functions ever sees a thawed instance.
+
+
+def _thawed_twin(cls: type) -> type:
+    """A subclass of frozen `cls` with its layout (so `__class__` may change between them), not frozen."""
+    return type(cls.__name__, (cls,), {
+        "__slots__": (), "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+        "__setattr__": object.__setattr__, "__delattr__": object.__delattr__,
+    })
+
+
+def _init_source(names: list[str], defaults: list[bool], thaw: bool) -> str:
+    params = ", ".join(f"{n}=_defaults[{n!r}]" if d else n for n, d in zip(names, defaults, strict=True))
+    body = [f"    self.{n} = {n}\n" for n in names]
+    if thaw:  # the public __init__: a subclass of `cls` (if any) keeps the dataclass's own
+        body[:0] = ["    if self.__class__ is not _cls:\n",
+                    f"        return _own(self, {', '.join(names)})\n",
+                    "    _set_class(self, _thawed)\n"]
+    return f"def __init__(self, {params}):\n{''.join(body)}    self.__class__ = _cls\n"
+
+
+def _quick_init(cls: type, thawed: type, thaw: bool) -> Callable[..., None]:
+    declared = fields(cls)
+    names = [f.name for f in declared]
+    defaults = {f.name: f.default for f in declared if f.default is not MISSING}
+    if any(f.default_factory is not MISSING for f in declared):
+        raise TypeError(f"{cls.__name__}: quick construction takes no default_factory")
+    scope: dict[str, Any] = {"_cls": cls, "_thawed": thawed, "_own": cls.__dict__["__init__"], "_defaults": defaults,
+                             "_set_class": object.__dict__["__class__"].__set__}
+    exec(_init_source(names, [n in defaults for n in names], thaw), scope)  # as dataclasses make theirs
+    init: Callable[..., None] = scope["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    return init
+
+
+def quick(cls: type[_M]) -> type[_M]:
+    """Class decorator, above @dataclass(frozen=True, slots=True): the same class, built about 3x faster."""
+    thawed = _thawed_twin(cls)
+    type.__setattr__(thawed, "__init__", _quick_init(cls, thawed, thaw=False))
+    type.__setattr__(cls, "__init__", _quick_init(cls, thawed, thaw=True))
+    type.__setattr__(cls, "_maker", thawed)
+    return cls
+
+
+def maker(cls: type[_M]) -> Callable[..., _M]:
+    """The fastest constructor of a `quick` class: every field, positionally and in order, no defaults."""
+    made: Callable[..., _M] = cls.__dict__["_maker"]
+    return made
+
+
 # --- client events: gateway -> broker -> worker ---------------------------
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Connected:
     cid: str
@@ -77,6 +141,7 @@ class Connected:
 MAX_EVENT_LINES = 10_000
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Lines:
     """Every line that one read of the client's socket completed."""
@@ -86,6 +151,7 @@ class Lines:
     lines: tuple[str, ...]
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Disconnected:
     cid: str
@@ -93,6 +159,7 @@ class Disconnected:
     reason: str
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class GatewayLost:
     """A gateway stopped: free everything its connections held."""
@@ -107,6 +174,7 @@ WorkItem = Connected | Lines | Disconnected | GatewayLost
 # --- worker <-> broker ------------------------------------------------------
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Ready:
     """A worker can take `credit` more events."""
@@ -114,6 +182,7 @@ class Ready:
     credit: int
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Done:
     """Events finished (by (cid, seq)); `publish` holds (gateway, Batch bytes)."""
@@ -126,6 +195,7 @@ class Done:
 MAX_EPOCH = (1 << 63) - 1
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     """A sign of life. A broker of a pair says its lease's `epoch` (a fencing number,
@@ -137,6 +207,7 @@ class Heartbeat:
     active: bool = True
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Unknown:
     """Broker -> worker: 'I do not know you' (a broker restarted): send Ready again."""
@@ -147,6 +218,7 @@ class Unknown:
 # --- broker -> gateway -------------------------------------------------------
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Fenced:
     """Broker -> gateway: 'I declared you lost and freed your connections'."""
@@ -154,6 +226,7 @@ class Fenced:
     broker: str
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class ChatEvent:
     """One thing a client is shown; rendered by the gateway per connection mode.
@@ -176,12 +249,14 @@ class ChatEvent:
     args: tuple[str, ...] = ()  # the reply's data, per code
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Deliver:
     cids: tuple[str, ...]
     event: ChatEvent
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class SetMode:
     """Switch a connection's rendering (`json=True` after /json)."""
@@ -190,6 +265,7 @@ class SetMode:
     json: bool
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Close:
     """Flush what is queued for the connection, then close it.
@@ -207,6 +283,7 @@ class Close:
     departed: bool = False
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Mark:
     """The items after it (up to the next Mark) are the effects of event (cid, seq).
@@ -220,6 +297,7 @@ class Mark:
     seq: int
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class RoomEvent:
     """An event for every member of `room` on the receiving gateway, sent once per gateway.
@@ -242,6 +320,7 @@ class RoomEvent:
 BatchItem = Deliver | SetMode | Close | Mark | RoomEvent
 
 
+@quick
 @dataclass(frozen=True, slots=True)
 class Batch:
     items: tuple[BatchItem, ...]
