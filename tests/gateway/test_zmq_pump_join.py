@@ -15,10 +15,11 @@ from gateway.zmq_pump import ZmqPump
 from stack.frames import recv_frames
 
 DEADLINE = 5.0
+Link = tuple[zmq.Socket[bytes], zmq.Socket[bytes]]  # the gateway's DEALER, the broker's ROUTER
 
 
 @pytest.fixture
-def link() -> Iterator[tuple[zmq.Socket[bytes], zmq.Socket[bytes]]]:
+def link() -> Iterator[Link]:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
     for sock in (router, dealer):
@@ -64,43 +65,43 @@ def _pump_out(dealer: zmq.Socket[bytes], router: zmq.Socket[bytes], entries: lis
     return got, refused
 
 
-def test_waiting_events_go_out_joined_up_to_the_count(link) -> None:  # type: ignore[no-untyped-def]
+def test_waiting_events_go_out_joined_up_to_the_count(link: Link) -> None:
     events = [_event(n) for n in range(10)]
-    got, _ = _pump_out(*link, events)
+    got, _ = _pump_out(link[0], link[1], events)
     assert [len(message) // 2 for message in got] == [4, 4, 2]
     assert [frame for message in got for frame in message] == [frame for event in events for frame in event]
 
 
-def test_a_heartbeat_is_never_joined_and_keeps_its_place(link) -> None:  # type: ignore[no-untyped-def]
+def test_a_heartbeat_is_never_joined_and_keeps_its_place(link: Link) -> None:
     beat = [b"heartbeat"]
     entries = [_event(0), _event(1), beat, _event(2), beat, beat, _event(3)]
-    got, _ = _pump_out(*link, entries)
+    got, _ = _pump_out(link[0], link[1], entries)
     assert got == [_event(0) + _event(1), beat, _event(2), beat, beat, _event(3)]
 
 
-def test_joined_frames_stay_under_the_byte_bound_and_a_large_event_goes_alone(link) -> None:  # type: ignore[no-untyped-def]
+def test_joined_frames_stay_under_the_byte_bound_and_a_large_event_goes_alone(link: Link) -> None:
     entries = [_event(0, 3000), _event(1, 3000), _event(2, 3000), _event(3, 50_000), _event(4), _event(5)]
-    got, _ = _pump_out(*link, entries)
+    got, _ = _pump_out(link[0], link[1], entries)
     assert all(sum(map(len, message)) <= 10_000 or len(message) == 2 for message in got)
     assert got == [_event(0, 3000) + _event(1, 3000) + _event(2, 3000), _event(3, 50_000), _event(4) + _event(5)]
 
 
-def test_a_lone_event_and_no_joining_look_as_ever(link) -> None:  # type: ignore[no-untyped-def]
-    got, _ = _pump_out(*link, [_event(0)])
+def test_a_lone_event_and_no_joining_look_as_ever(link: Link) -> None:
+    got, _ = _pump_out(link[0], link[1], [_event(0)])
     assert got == [_event(0)]
     events = [_event(n) for n in range(3)]
-    got, _ = _pump_out(*link, events, join_at_most=1)
+    got, _ = _pump_out(link[0], link[1], events, join_at_most=1)
     assert got == events
 
 
-def test_the_outbox_counts_entries_not_messages(link) -> None:  # type: ignore[no-untyped-def]
+def test_the_outbox_counts_entries_not_messages(link: Link) -> None:
     events = [_event(n) for n in range(10)]
-    got, refused = _pump_out(*link, events, capacity=6)
+    got, refused = _pump_out(link[0], link[1], events, capacity=6)
     assert refused == 4
     assert [frame for message in got for frame in message] == [frame for event in events[:6] for frame in event]
 
 
-def test_at_the_high_water_mark_nothing_is_lost_or_reordered(link) -> None:  # type: ignore[no-untyped-def]
+def test_at_the_high_water_mark_nothing_is_lost_or_reordered(link: Link) -> None:
     """A full pipe refuses a joined message whole: its events stay queued and go out later."""
     dealer, router = link
     dealer.setsockopt(zmq.SNDHWM, 2)
