@@ -88,7 +88,8 @@ def test_hostile_frontend_messages_cost_only_themselves(parts, intruder) -> None
             client.join("#door")
         before = psutil.Process(broker_pid).memory_info().rss
         refused = 0
-        for count in (10_000, 10_001, 4, 2 * (MAX_EVENTS + 1)):  # even, odd past the bound, even, the bound + 1
+        # with the identity the broker sees one frame more: odd past the bound, even, even, the bound + 1
+        for count in (10_000, 10_001, 5, 2 * (MAX_EVENTS + 1)):
             send_frames(intruder, [b""] * count if count != 2 * (MAX_EVENTS + 1) else _foreign_events(MAX_EVENTS + 1),
                         block=True)
             refused += 1
