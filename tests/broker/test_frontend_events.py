@@ -7,6 +7,7 @@ a message the bound or the layout refuses is refused whole and counted once.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -129,3 +130,44 @@ def test_each_sampled_event_of_a_message_starts_its_own_clock(broker: Broker) ->
     assert broker.metrics.received == 3
     broker.hops.dispatched(_dispatched(broker))  # as the loop's dispatch does
     assert broker.metrics.hops.hops[Hop.QUEUE].buckets()[-1] == ("+Inf", 2)
+
+
+def _drains(broker: Broker, messages: list[list[bytes]], burst: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Send `messages` to the broker's frontend from a DEALER and drain them -> the frames each
+    drain handled, until all came (within a deadline)."""
+    monkeypatch.setattr("broker.server.BURST", burst)
+    dealer = broker.frontend.context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.IDENTITY, GW)
+    try:
+        dealer.connect(broker.endpoints()["frontend"])
+        for message in messages:
+            dealer.send_multipart(message)
+        handled: list[int] = []
+        drains: list[int] = []
+
+        def handle(frames: list[bytes]) -> None:
+            handled.append(len(frames))
+
+        deadline = time.monotonic() + 5
+        while len(handled) < len(messages) and time.monotonic() < deadline:
+            if broker.frontend.poll(100):
+                before = len(handled)
+                broker._drain(broker.frontend, handle, True)
+                drains.append(sum(handled[before:]))
+        assert len(handled) == len(messages)
+        return drains
+    finally:
+        dealer.close()
+
+
+def test_a_frontend_drain_stops_after_a_burst_of_events_not_of_messages(
+        broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Joined events do not make the other sockets wait longer than lone ones did."""
+    drains = _drains(broker, [_events(40)] * 10, 100, monkeypatch)
+    assert all(frames <= 3 * (1 + 80) for frames in drains)  # 3 messages of 40 events reach 100
+
+
+def test_a_flood_of_one_frame_messages_still_ends_a_drain(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    drains = _drains(broker, [[b"x"]] * 250, 100, monkeypatch)
+    assert all(frames <= 100 * 2 for frames in drains)  # [gateway, x]: 100 messages a drain at most
