@@ -2,17 +2,11 @@
 it is busy, with output written straight to the kernel whenever it takes it.
 
 Input: the connection's task (`serve`) waits for the socket to be
-readable, has its door (`protocol.doors`: the line protocol, IRC or
-WebSocket) say what the bytes mean, and hands every batch of chat lines
-that one read completed to the gateway as one event. What the door answers
-itself (bad lines, IRC's local replies, the WebSocket handshake) is written
-here, at once, and never leaves the gateway. Every read costs the client
-rate-limit tokens, for its bytes and for every line (or frame) it ends,
-empty and bad ones too (`gateway.ratelimit.read_cost`). Lines over the
-rate limit, and a debt, wait in the reader, which meanwhile reads nothing
-more: the client's own TCP window holds it back. Too many lines in one
-read, or bad lines (and telnet commands) past the client's allowance, and
-it is told it floods and cut off. A client that is not `ready` (an IRC
+readable, has its door say what the bytes mean (gateway.reader), and hands
+every batch of chat lines that one read completed to the gateway as one
+event. Lines over the rate limit, and a debt, wait in the reader, which
+meanwhile reads nothing more: the client's own TCP window holds it back. A
+flooder is told it floods and cut off. A client that is not `ready` (an IRC
 client registered, a browser upgraded to WebSocket) by its deadline is cut
 too. When the client half-closes (a FIN: it may still read), its task lets
 out what its lines caused before it ends.
@@ -34,36 +28,26 @@ What a task kept between reads (the token buckets, the registration
 deadline) lives on the client. A client that is not ready keeps its task,
 which waits on the socket until its deadline.
 
-Output: the gateway `push`es rendered lines, then `flush`es each client it
-pushed to once per burst of replies: one `send` system call per client per
-burst, made by the task that delivers, with no task switch. Only what the
-kernel does not take becomes a backlog, and only then does a writer task
-exist, for as long as the backlog does. An idle connection is a few small
-objects and no task. Pushed and backlogged output is bounded in lines and
-bytes: a client that does not read is told why and disconnected.
-
-TLS: the socket may be one wrapped by OpenSSL (`gateway.tls`). It is read
-and written the same way; OpenSSL's "want read/write" counts as a
-would-block (a write that blocked is retried with the same bytes first,
-as OpenSSL requires: they head the backlog), and input OpenSSL has
-decrypted already (`pending`) is read before waiting on the socket again.
+Output: pushed lines go to the kernel once per burst, a writer exists only
+while there is a backlog (gateway.output). TLS: the socket may be one
+wrapped by OpenSSL (`gateway.tls`), read and written the same way.
 """
 
 from __future__ import annotations
 
 import math
 import socket
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
 
-from gateway.ratelimit import TokenBucket, read_cost
-from protocol.doors import Door, Input
+from gateway.output import ClientLimits, Spawn
+from gateway.ratelimit import TokenBucket
+from gateway.reader import READ_SIZE, TLS_RECORD, Reader
+from protocol.doors import Door
 
-Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 OnLines = Callable[["Client", list[str]], Awaitable[None]]
 OnLinesNowait = Callable[["Client", list[str]], bool]
 OnEof = Callable[["Client"], Awaitable[None]]
@@ -72,12 +56,7 @@ OnOpen = Callable[["Client"], None]
 FLOODING_TEXT = "flooding: too many lines at once; disconnecting"
 FLOODING_REASON = "flooding"  # `closing` of a client cut for flooding
 REGISTRATION_TIMEOUT = "registration timeout"  # `closing` (and what it is told) of a client that never got ready
-WRITE_ERRORS = (OSError, trio.ClosedResourceError, trio.BusyResourceError)
-# nothing moved now, try again when the socket is ready (OpenSSL says it its way on a TLS socket)
-WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-READ_SIZE = 65536
 INLINE_READ = 4096  # a woken client's read parsed without a task at most (a longer one gets its task)
-TLS_RECORD = 16384  # the most one TLS read returns (a record's plaintext)
 
 
 class Parking(Protocol):
@@ -86,19 +65,6 @@ class Parking(Protocol):
     def park(self, client: Client) -> bool: ...
 
     def rouse(self, client: Client) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ClientLimits:
-    max_line: int = 4096
-    max_queue_lines: int = 1000
-    max_queue_bytes: int = 1 << 20
-    close_grace: float = 2.0  # how long a closing client gets to take its last lines
-    rate: float = 20.0  # lines a second; 0: no limit
-    burst: int = 100
-    max_waiting_lines: int = 1000  # read but held back by the rate limit: past this, disconnect
-    max_bad_lines: int = 20  # bad lines (and telnet commands) at once before a flooder is disconnected
-    bad_line_rate: float = 1.0  # bad lines a second that a client may keep sending; 0 with rate 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,54 +92,27 @@ class ClientHooks:
     on_eof_nowait: OnEofNowait | None = None  # None: a client at its end of input always gets its task
 
 
-class Client:
+class Client(Reader):
+    """One client's connection: its task, its hand-off to the idle watcher and back, its read loop."""
+
     __slots__ = (
-        "_backlog",
-        "_bad",
-        "_bucket",
-        "_bytes",
         "_deadline",
-        "_hooks",
-        "_lines",
-        "_pending",
-        "_reader_lot",
         "_scope",
-        "_tls",
-        "_writer",
-        "broken",
         "cid",
-        "closing",
-        "door",
         "peer",
-        "sock",
         "watched",
     )
 
+    _hooks: ClientHooks
+
     def __init__(self, cid: str, sock: socket.socket, door: Door, peer: str, hooks: ClientHooks,
                  deadline: float = math.inf) -> None:
+        super().__init__(sock, door, hooks)
         self.cid = cid
-        self.sock = sock
-        self.door = door  # what the bytes mean, how deliveries are shown (protocol.doors)
         self.peer = peer  # the client's "host:port"
-        self.closing: str | None = None
-        self.broken = False
-        self._hooks = hooks
         self._deadline = deadline  # to be `ready` by (registered, upgraded), or be cut
-        self._tls = isinstance(sock, ssl.SSLSocket)  # OpenSSL may hold decrypted input: read it first
-        self._pending: list[bytes] | None = None  # pushed since the last flush
-        self._backlog: list[bytes] | None = None  # what the kernel did not take; None: no writer
-        self._writer: trio.CancelScope | None = None
-        self._lines = 0  # lines pushed and not yet taken by the kernel
-        self._bytes = 0
         self._scope: trio.CancelScope | None = None  # the connection's task, while it has one
-        self._reader_lot: trio.lowlevel.ParkingLot | None = None
-        self._bucket: TokenBucket | None = None  # the rate limit, from the first read on
-        self._bad: TokenBucket | None = None  # the bad lines' allowance, likewise
         self.watched = 0  # its socket in the idle watcher's epoll set: not (0), disarmed (1), armed (2) (gateway.idle)
-
-    @property
-    def limits(self) -> ClientLimits:
-        return self._hooks.limits
 
     @property
     def awaited(self) -> bool:
@@ -286,119 +225,7 @@ class Client:
         elif self._hooks.parking is not None:
             self._hooks.parking.rouse(self)
 
-    # --- output -------------------------------------------------------------
-
-    def push(self, data: bytes, lines: int = 1) -> bool:
-        """Queue bytes (`lines` deliveries) for the client; False if its queue is full. `flush` sends them."""
-        if self.closing is not None:
-            return True  # what comes after a close is not for this client
-        limits = self.limits
-        if self._lines + lines > limits.max_queue_lines or self._bytes + len(data) > limits.max_queue_bytes:
-            return False
-        if self._pending is None:
-            self._pending = [data]
-        else:
-            self._pending.append(data)
-        self._lines += lines
-        self._bytes += len(data)
-        return True
-
-    def flush(self) -> None:
-        """Hand what was pushed to the kernel; a backlog goes to the writer."""
-        pending = self._pending
-        if pending:
-            data = pending[0] if len(pending) == 1 else b"".join(pending)
-            self._pending = None
-            if self._backlog is not None:  # keep the order: the writer sends it after the rest
-                self._backlog.append(data)
-            else:
-                self._send_now(data)
-        if self.closing is not None and self._backlog is None:
-            self._end()  # everything is out: the connection can go
-
-    def _send_now(self, data: bytes) -> None:
-        try:
-            sent = self.sock.send(data)
-        except WOULD_BLOCK:  # a TLS write that blocked is retried with the same bytes first: the backlog
-            sent = 0
-        except OSError:
-            self.broken = True
-            self._end()
-            return
-        if sent == len(data):
-            self._lines = self._bytes = 0
-            return
-        rest = data[sent:]
-        self._backlog = [rest]
-        self._bytes = len(rest)
-        self._lines = rest.count(b"\n")
-        self._hooks.spawn(self._write_backlog)
-
-    def close_after(self, last: bytes, reason: str) -> None:
-        """Send `last` after what is queued, then close; later output is dropped."""
-        if self.closing is not None:
-            return
-        if last:
-            if self._pending is None:
-                self._pending = [last]
-            else:
-                self._pending.append(last)
-        self.closing = reason
-        if self._writer is not None:  # a backlog under way gets the grace period, no more
-            self._writer.deadline = min(self._writer.deadline, trio.current_time() + self.limits.close_grace)
-        self.flush()
-
-    async def _write_backlog(self) -> None:
-        """The writer: alive while there is a backlog; once closing, `close_grace` at most."""
-        try:
-            with trio.CancelScope() as self._writer:
-                if self.closing is not None:
-                    self._writer.deadline = trio.current_time() + self.limits.close_grace
-                while self._backlog:
-                    await trio.lowlevel.wait_writable(self.sock)
-                    self._send_backlog()
-        except WRITE_ERRORS:
-            self.broken = True
-        finally:
-            self._writer = None
-            self._backlog = None
-        if self.broken or self.closing is not None:
-            self._end()
-
-    def _send_backlog(self) -> None:
-        assert self._backlog is not None
-        data = b"".join(self._backlog)
-        try:
-            sent = self.sock.send(data)
-        except WOULD_BLOCK:
-            sent = 0
-        rest = data[sent:]
-        self._backlog = [rest] if rest else []
-        pending = self._pending or ()
-        self._bytes = len(rest) + sum(map(len, pending))
-        self._lines = rest.count(b"\n") + len(pending)
-
-    # --- input ------------------------------------------------------------------
-
-    def wake_reader(self) -> None:
-        if self._reader_lot is not None:
-            self._reader_lot.unpark_all()
-
-    async def wait_for_reader_wakeup(self, timeout: float) -> None:
-        """Park the reader until `wake_reader` (or `timeout`, to look around again)."""
-        if self._reader_lot is None:
-            self._reader_lot = trio.lowlevel.ParkingLot()
-        with trio.move_on_after(timeout):
-            await self._reader_lot.park()
-
-    async def _receive(self) -> bytes:
-        while True:
-            if not (self._tls and self.sock.pending()):  # type: ignore[attr-defined]
-                await trio.lowlevel.wait_readable(self.sock)
-            try:
-                return self.sock.recv(READ_SIZE)
-            except WOULD_BLOCK:
-                continue  # woken without data (or half a TLS record): wait again
+    # --- the read loop ----------------------------------------------------------
 
     async def _read_loop(self, data: bytes, readable: bool) -> bool:
         """Read until EOF (-> False) or until idle (-> True: parked); each read's lines go on.
@@ -456,60 +283,12 @@ class Client:
             await self._forward(got.lines)
         return False
 
-    def _receive_nowait(self) -> bytes | None:
-        """A read if there is input now (b'': end of input); None: nothing to read."""
-        try:
-            return self.sock.recv(READ_SIZE)
-        except WOULD_BLOCK:
-            return None
-
     def _park(self) -> bool:
         """Idle: hand the connection to the watcher -> False if it must keep its task for now."""
         parking = self._hooks.parking
         if self._tls and self.sock.pending():  # type: ignore[attr-defined]
             return False
         return parking is not None and parking.park(self)
-
-    async def _receive_by(self, deadline: float) -> bytes | None:
-        """The next read, or None when `deadline` passed first."""
-        if deadline == math.inf:
-            return await self._receive()
-        with trio.move_on_at(deadline):
-            return await self._receive()
-        return None
-
-    def _buckets(self, now: float) -> tuple[TokenBucket, TokenBucket]:
-        """The rate limit and the bad lines' allowance, made at the first read."""
-        if self._bucket is None or self._bad is None:
-            limits = self.limits
-            if limits.rate <= 0:  # no limit: a bucket of rate 0 keeps no state, so all share one
-                self._bucket = self._bad = self._hooks.unlimited
-            else:
-                self._bucket = TokenBucket(limits.rate, limits.burst, now)
-                self._bad = TokenBucket(limits.bad_line_rate, limits.max_bad_lines, now)
-        return self._bucket, self._bad
-
-    def _parse(self, data: bytes) -> Input | None:
-        """One read -> what it means (answers to bad input pushed here); None: a flooder."""
-        now = trio.current_time()
-        bucket, bad = self._buckets(now)
-        limits = self.limits
-        items = self.door.count_items(data)  # counted before parsing: a flood costs its sender, not the gateway
-        if limits.rate > 0 and items > limits.max_waiting_lines:
-            return None
-        got = self.door.feed(data)
-        items = max(items, got.items)
-        if limits.rate > 0 and items > limits.max_waiting_lines:
-            return None
-        bad.charge(got.noise, now)
-        if bad.debt_delay(now) > 0:
-            return None
-        answered = bad.take(len(got.bad), now)
-        bucket.charge(read_cost(items, len(data)) - len(got.lines), now)
-        if got.replies:
-            self.push(got.written(answered))
-        self.flush()
-        return None if answered < len(got.bad) else got
 
     async def _forward(self, lines: list[str]) -> None:
         """Hand the lines on at the rate the bucket allows."""

@@ -238,7 +238,7 @@ class Gateway(BrokerLink, Delivery):
 
     async def _handle(self, sock: socket.socket, context: ssl.SSLContext | None,
                       make_door: Callable[[], Door]) -> None:
-        # the connection is a plain non-blocking socket, or one wrapped by OpenSSL (see gateway.client)
+        # the connection is a plain non-blocking socket, or one wrapped by OpenSSL (see gateway.reader)
         self._handling += 1
         client: Client | None = None
         try:

@@ -18,7 +18,7 @@ words what the gateway says on its own (`notice`, `end`, `refuse`).
 `ready` is False until the client did what it must to chat (an IRC client
 registered, a WebSocket client upgraded): the gateway cuts one that takes
 too long. The gateway's socket, broker link, admission, flood control and
-write path are the same for every door (gateway.client, gateway.deliver).
+write path are the same for every door (gateway.client, gateway.reader, gateway.output, gateway.deliver).
 """
 
 from __future__ import annotations

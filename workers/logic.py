@@ -49,7 +49,7 @@ from workers.effects import Effects
 from workers.metrics import RefusedCause, WorkerMetrics, redis_cause
 from workers.plans import HISTORY_GAP, NO_ROOM, TOO_MANY_ROOMS, CommandPlans
 from workers.steps import At, ChatLimits, Step, reply
-from workers.store import Gone, Store
+from workers.store import Call, Gone, Recovered, SessionLost, Store
 
 __all__ = [
     "HISTORY_GAP", "INTERNAL_ERROR", "NO_ROOM", "SESSION_LOST", "TOO_MANY_LINES", "TOO_MANY_ROOMS",
@@ -112,12 +112,19 @@ class Chat:
         """The command types this chat has a plan for: all of `protocol.commands.Command`."""
         return frozenset(self._plans)
 
-    def _respond(self, fx: Effects, item: WorkItem, steps: list[Step], results: Iterator[Any]) -> None:
+    def _respond(self, fx: Effects, item: WorkItem, steps: list[Step], results: Iterator[Any],
+                 recovered: bool = False) -> None:
         for i, step in enumerate(steps):
             result = next(results) if step.call else None
-            if isinstance(result, Gone):  # what was planned after it met a session that is gone too
-                self._recover_and_rerun(fx, item, steps[i:])
-                return
+            if isinstance(result, SessionLost):
+                if isinstance(result, Recovered):  # the line that met the session gone: say so, first
+                    nick = result.nick
+                    fx.info(getattr(item, "cid", ""), SESSION_LOST.format(nick=nick), R.SESSION_LOST, (nick,))
+                    recovered, result = True, result.result
+                if isinstance(result, Gone):
+                    if not recovered and step.call is not None:  # and what was planned after it
+                        self._recover_and_rerun(fx, item, step.call, steps[i:])
+                    return  # gone again after its recovery (reaped meanwhile): nothing more to do for it
             self._answer(fx, item, step, result)
 
     def _answer(self, fx: Effects, item: WorkItem, step: Step, result: Any) -> None:
@@ -134,20 +141,21 @@ class Chat:
             return
         step.respond(fx, result)
 
-    def _recover_and_rerun(self, fx: Effects, item: WorkItem, steps: list[Step]) -> None:
-        """Redis forgot a live connection: register it again, say so, go on one by one."""
+    def _recover_and_rerun(self, fx: Effects, item: WorkItem, met: Call, steps: list[Step]) -> None:
+        """Redis forgot a live connection (the call `met`, of steps[0], found it gone): register it
+        again, then run the rest of the event.
+
+        The registration records itself for the line of `met` (one script, `Store.recover`), so that
+        line's result comes back `Recovered`, which says so to the sender: on this run and on any
+        replay of the event alike."""
         cid = getattr(item, "cid", "")
-        nick = self.store.run_one(self.store.connect(cid, gateway_of(cid), ""))
+        nick = self.store.run_one(self.store.recover(cid, gateway_of(cid), met))
         if nick is None:
             fx.error(cid, GATEWAY_GONE, R.GATEWAY_GONE)
             fx.close(cid, GATEWAY_LOST_REASON, departed=True)  # refused: never registered again
             return
-        fx.info(cid, SESSION_LOST.format(nick=nick), R.SESSION_LOST, (nick,))
-        for step in steps:
-            result = self.store.run([step.call])[0] if step.call else None
-            if isinstance(result, Gone):
-                return  # gone again (reaped meanwhile): nothing more to do for it
-            self._answer(fx, item, step, result)
+        results = iter(self.store.run([step.call for step in steps if step.call]))
+        self._respond(fx, item, steps, results, recovered=True)
 
     # --- planning ----------------------------------------------------------------------
 

@@ -18,10 +18,8 @@ HISTORY_KEEP = 100  # at least; the stream is trimmed approximately
 # gateway was lost, or it left already) or {'refused', why} (Valkey full: its first write refused). Each is
 # idempotent on its own: a connection registered already gets its nick again and nothing changes.
 CONNECT_FIELDS = 2  # ARGV a connection takes
-_CONNECT_SRC = """
-local p, gw = ARGV[1], ARGV[2]
-local dead = redis.call('EXISTS', p..'gwdead:'..gw) == 1
-local function connect(cid, addr)
+_CONNECT_FN = """
+local function connect(p, gw, dead, cid, addr)
   local ck = p..'conn:'..cid
   local nick = redis.call('HGET', ck, 'nick')
   if nick then return nick end
@@ -38,10 +36,44 @@ local function connect(cid, addr)
   end
   return false
 end
+"""
+_CONNECT_SRC = """
+local p, gw = ARGV[1], ARGV[2]
+local dead = redis.call('EXISTS', p..'gwdead:'..gw) == 1
+""" + _CONNECT_FN + """
 local out = {}
-for i = 3, #ARGV, CONNECT_FIELDS do out[#out + 1] = connect(ARGV[i], ARGV[i + 1]) end
+for i = 3, #ARGV, CONNECT_FIELDS do out[#out + 1] = connect(p, gw, dead, ARGV[i], ARGV[i + 1]) end
 return out
 """.replace("CONNECT_FIELDS", str(CONNECT_FIELDS))
+
+# A session recovery, recorded. A line that met its connection gone (Redis forgot it: it came back empty)
+# registers it again (ARGV: p, cid, gateway, event, line), as a connect would (-> its guest nick, false or
+# {'refused', why}), and in the same script records under `p res:<cid>`, field = that line's number, the
+# mark {lost = nick}. The line's script, run then, finds the mark, runs, and records {lost = nick, result =
+# its result}; on this run and on any replay it returns {LOST, nick, its result}, so the replay says what
+# the first run said ("you are now guest-N") at the same place, whatever the grouping of the lines and
+# wherever the first run died. Run again for a line marked already, it returns the nick of the mark.
+LOST = "!lost"  # never a nick nor a status word
+_RECOVER_SRC = """
+local p, cid, gw, event, line = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local rk = p..'res:'..cid
+local current = redis.call('HGET', rk, 'event') == event
+local hit = current and redis.call('HGET', rk, line)
+if hit then
+  local rec = cjson.decode(hit)
+  if type(rec) == 'table' and rec.lost then return rec.lost end
+end
+""" + _CONNECT_FN + """
+local nick = connect(p, gw, redis.call('EXISTS', p..'gwdead:'..gw) == 1, cid, '')
+if type(nick) ~= 'string' or hit then return nick end
+if not current then
+  redis.call('DEL', rk)
+  redis.call('HSET', rk, 'event', event)
+end
+redis.call('HSET', rk, line, cjson.encode({lost = nick}))
+redis.call('EXPIRE', rk, RESULT_TTL)
+return nick
+"""
 
 _NICK_SRC = """
 local p, cid, new = ARGV[1], ARGV[2], ARGV[3]
@@ -252,9 +284,15 @@ _REPLAYABLE = """
 local rk = p..'res:'..cid
 local event, line = ARGV[#ARGV - 1], ARGV[#ARGV]
 local current = redis.call('HGET', rk, 'event') == event
+local lost = false  -- a recovery (RECOVER) registered the connection again as this nick, for this line
 if current then
   local hit = redis.call('HGET', rk, line)
-  if hit then return cjson.decode(hit) end
+  if hit then
+    local rec = cjson.decode(hit)
+    if type(rec) ~= 'table' or not rec.lost then return rec end
+    if rec.result ~= nil then return {LOST, rec.lost, rec.result} end
+    lost = rec.lost
+  end
 end
 GUARD
 if not current then
@@ -264,8 +302,9 @@ end
 local result = op()
 if type(result) ~= 'table' or result[1] ~= 'gone' then
   redis.call('EXPIRE', rk, RESULT_TTL)
-  redis.call('HSET', rk, line, cjson.encode(result))
+  redis.call('HSET', rk, line, cjson.encode(lost and {lost = lost, result = result} or result))
 end
+if lost then return {LOST, lost, result} end
 return result
 """
 _GROWS = "redis.call('HSET', rk, 'event', event)"
@@ -290,19 +329,29 @@ def replayable(script: str, ttl: int = RESULT_TTL, grows: bool = True) -> str:
     """
     first, _, body = script.strip().partition("\n")
     wrapper = _REPLAYABLE.replace("GUARD", _GROWS if grows else _SERVED_WHEN_FULL)
-    return f"{first}\nlocal function op()\n{body}\nend\n" + wrapper.replace("RESULT_TTL", str(ttl))
+    wrapper = wrapper.replace("RESULT_TTL", str(ttl)).replace("LOST", repr(LOST))
+    return f"{first}\nlocal function op()\n{body}\nend\n" + wrapper
 
 
 # The start of a group script (SAY, PRIVATE): after `p, cid, event` are bound, each line's number (its
 # first ARGV, from FIRST on, FIELDS apart) and what was recorded for it in this event: `out[n]` holds the
 # recorded results, `todo` the lines still to run; a group all recorded returns at once (a replay).
+# `lost[n]`: the line is marked by a recovery (RECOVER) and still to run: it records and returns its
+# result with the nick, as `replayable` does.
 _GROUP_RECORDED = """local rk = p..'res:'..cid
-local lines, out, todo = {}, {}, {}
+local lines, out, todo, lost = {}, {}, {}, {}
 for i = FIRST, #ARGV, FIELDS do lines[#lines + 1] = ARGV[i] end
 local current = redis.call('HGET', rk, 'event') == event
 if current then
   local hits = redis.call('HMGET', rk, unpack(lines))
-  for n = 1, #lines do if hits[n] then out[n] = cjson.decode(hits[n]) end end
+  for n = 1, #lines do
+    if hits[n] then
+      local rec = cjson.decode(hits[n])
+      if not rec.lost then out[n] = rec
+      elseif rec.result then out[n] = {LOST, rec.lost, rec.result}
+      else lost[n] = rec.lost end
+    end
+  end
 end
 for n = 1, #lines do if not out[n] then todo[#todo + 1] = n end end
 if #todo == 0 then return out end
@@ -311,7 +360,7 @@ if #todo == 0 then return out end
 
 def _group_recorded(first: int, fields: int) -> str:
     """`_GROUP_RECORDED` for lines whose numbers are ARGV[first], ARGV[first + fields], ..."""
-    return _GROUP_RECORDED.replace("FIRST", str(first)).replace("FIELDS", str(fields))
+    return _GROUP_RECORDED.replace("FIRST", str(first)).replace("FIELDS", str(fields)).replace("LOST", repr(LOST))
 
 
 # Room messages (plain text, /me, /msg #room): the consecutive ones of one event run as one call, in
@@ -336,7 +385,7 @@ if not current then
 end
 local nick, here = unpack(redis.call('HMGET', p..'conn:'..cid, 'nick', 'room'))
 if not nick then
-  for _, n in ipairs(todo) do out[n] = {'gone'} end
+  for _, n in ipairs(todo) do out[n] = lost[n] and {LOST, lost[n], {'gone'}} or {'gone'} end
   return out
 end
 local rooms, record = {}, {}
@@ -365,14 +414,14 @@ for _, n in ipairs(todo) do
       res = {'notin', room}
     end
   end
-  out[n] = res
+  out[n] = lost[n] and {LOST, lost[n], res} or res
   record[#record + 1] = lines[n]
-  record[#record + 1] = cjson.encode(res)
+  record[#record + 1] = cjson.encode(lost[n] and {lost = lost[n], result = res} or res)
 end
 redis.call('EXPIRE', rk, RESULT_TTL)
 redis.call('HSET', rk, unpack(record))
 return out
-""".replace("SAY_FIELDS", str(SAY_FIELDS)).replace("RESULT_TTL", str(RESULT_TTL))
+""".replace("SAY_FIELDS", str(SAY_FIELDS)).replace("RESULT_TTL", str(RESULT_TTL)).replace("LOST", repr(LOST))
 
 
 # Private messages (/msg NICK text): the consecutive ones of one event run as one call, in order (ARGV: p,
@@ -392,7 +441,7 @@ if not current then
 end
 local nick = redis.call('HGET', p..'conn:'..cid, 'nick')
 if not nick then
-  for _, n in ipairs(todo) do out[n] = {'gone'} end
+  for _, n in ipairs(todo) do out[n] = lost[n] and {LOST, lost[n], {'gone'}} or {'gone'} end
   return out
 end
 local found, record = {}, {}
@@ -411,14 +460,14 @@ for _, n in ipairs(todo) do
   end
   local res = {'nonick'}
   if to then res = {'ok', nick, to[1], to[2], ts} end
-  out[n] = res
+  out[n] = lost[n] and {LOST, lost[n], res} or res
   record[#record + 1] = lines[n]
-  record[#record + 1] = cjson.encode(res)
+  record[#record + 1] = cjson.encode(lost[n] and {lost = lost[n], result = res} or res)
 end
 redis.call('EXPIRE', rk, RESULT_TTL)
 redis.call('HSET', rk, unpack(record))
 return out
-""".replace("PRIVATE_FIELDS", str(PRIVATE_FIELDS)).replace("RESULT_TTL", str(RESULT_TTL))
+""".replace("PRIVATE_FIELDS", str(PRIVATE_FIELDS)).replace("RESULT_TTL", str(RESULT_TTL)).replace("LOST", repr(LOST))
 
 
 # The broker pair's fence (broker.lease): every script takes the epoch of the
@@ -452,3 +501,4 @@ HISTORY = fenced(replayable(_HISTORY_SRC, grows=False))
 HISTORY_AFTER = fenced(replayable(_HISTORY_AFTER_SRC, grows=False))
 TOPIC = fenced(replayable(_TOPIC_SRC))  # a set adds state (a show too is refused when Valkey is full)
 CONNECT = fenced(_CONNECT_SRC)
+RECOVER = fenced(_RECOVER_SRC.replace("RESULT_TTL", str(RESULT_TTL)))

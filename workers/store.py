@@ -19,7 +19,9 @@ configurable prefix `p`:
     p gwdead:<gateway>       set when a gateway was lost: it may not connect clients again
     p left:<cid>             for 2 minutes after a connection left: a late line cannot bring it back
     p res:<cid>              the results of the connection's current event (see `scripts.replayable`),
-                             10 minutes after its last event, 2 minutes after it left
+                             10 minutes after its last event, 2 minutes after it left; a line that
+                             met the connection gone and registered it again records its result
+                             with the new nick (`scripts.RECOVER`)
 
 Rooms arrive canonical (lower case); nicks are ASCII, so Lua's
 string.lower folds them as Python does.
@@ -48,13 +50,30 @@ BATCH_MAX = 64  # calls run as one script at most (bounds its ARGV and what it u
 Op = tuple[int, int]  # (the event's seq, the line's seq): what makes a call replayable
 
 
-class Gone(Exception):
+class SessionLost:
+    """What a line's result may say of its connection's session instead of the line: `Gone`, or
+    `Recovered` (one class to test results against, as cheap as testing one of them)."""
+
+    __slots__ = ()
+
+
+class Gone(SessionLost, Exception):
     """The connection is unknown to Redis: reaped, or Redis lost its data."""
 
 
 class EpochFenced(redis.RedisError):
     """A script refused the dispatch's broker epoch: that broker was deposed. Nothing
     it ran after the refusal changed anything; what ran before is replayable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered(SessionLost):
+    """A line that met its connection gone, after the connection was registered again as `nick`
+    (`Store.recover`): `result` is the line's own result (a `Gone` if it is gone again). Its first
+    run and every replay of it give the same."""
+
+    nick: str
+    result: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +117,27 @@ def _failed_or(res: list[Any], ok: Callable[[list[Any]], Any]) -> Any:
     if res[0] == "gone":
         raise Gone()
     if res[0] != "ok":
+        if res[0] == scripts.LOST:
+            return _recovered(res, lambda inner: _failed_or(inner, ok))
         return Failed(res[0], res[1] if len(res) > 1 else "")
     return ok(res)
+
+
+def _recovered(res: list[Any], parse: Callable[[Any], Any]) -> Recovered:
+    """`{LOST, nick, result}` (`scripts.RECOVER`) -> Recovered(nick, the result parsed, or its Gone)."""
+    try:
+        result = parse(res[2])
+    except Gone as gone:
+        result = gone
+    return Recovered(res[1], result)
+
+
+def _op_of(call: Call) -> Op:
+    """The (event, line) of a call to a replayable script: its last two args; for a group script
+    (SAY, PRIVATE), its shared args end with the event and its own args start with the line."""
+    if call.shared:
+        return int(call.args[call.shared - 1]), int(call.args[call.shared])
+    return int(call.args[-2]), int(call.args[-1])
 
 
 def _nick_or_none(nick: Any) -> str | None:
@@ -107,10 +145,20 @@ def _nick_or_none(nick: Any) -> str | None:
     return nick or None
 
 
+def _recover_reply(reply: Any) -> str | None:
+    """A recovery's result (`Store.recover`): as a connect's, Valkey full an error."""
+    refused = _refusal(reply)
+    if isinstance(refused, Exception):
+        raise refused
+    return _nick_or_none(reply)
+
+
 def _said(res: list[Any]) -> Any:
     """A room message's result (`Store.say`)."""
     if res[0] == "ok":
         return (res[1], res[2], res[3], float(res[4]), res[5])
+    if res[0] == scripts.LOST:
+        return _recovered(res, _said)
     return _failed_or(res, lambda r: r)
 
 
@@ -118,6 +166,8 @@ def _private(res: list[Any]) -> Any:
     """A private message's result (`Store.private`)."""
     if res[0] == "ok":
         return (res[1], res[2], res[3], float(res[4]))
+    if res[0] == scripts.LOST:
+        return _recovered(res, _private)
     return _failed_or(res, lambda r: r)
 
 
@@ -332,6 +382,12 @@ class Store:
         """Register a connection under a fresh guest nick (idempotent) -> the nick, or None. The connects
         of one gateway next to each other run as one script."""
         return Call(scripts.CONNECT, (gateway, cid, addr), _nick_or_none, durable=True, shared=1)
+
+    def recover(self, cid: str, gateway: str, met: Call) -> Call:
+        """Register again a connection that the call `met` found gone (Redis forgot it), recording
+        that for the line of `met` in the same script -> the new nick, or None (refused, as a
+        connect is). Run then (and on any replay), that line's call gives a `Recovered`."""
+        return Call(scripts.RECOVER, (cid, gateway, *_op_of(met)), _recover_reply, durable=True)
 
     def set_nick(self, op: Op, cid: str, nick: str) -> Call:
         """-> (old nick, cids sharing a room) or Failed('taken')."""

@@ -11,9 +11,9 @@ import redis
 from broker.lease import Lease, LeaseConfig
 from protocol import codec
 from protocol.messages import Connected, Heartbeat, Lines
+from workers.handler import Breaker, Handler
 from workers.logic import Chat
 from workers.store import EpochFenced, Store
-from workers.worker import Breaker, Handler
 
 
 def _lease(url: str, prefix: str, ttl: float = 0.3) -> Lease:

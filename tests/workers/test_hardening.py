@@ -28,10 +28,10 @@ from protocol.messages import (
 )
 from protocol.render import is_own_echo, render_text
 from tests.workers.test_logic import GW_A, GW_B, connected, events_to, lines_to
+from workers.handler import Breaker, Handler
 from workers.logic import INTERNAL_ERROR, TOO_MANY_ROOMS, UNAVAILABLE, At, Chat, ChatLimits, Step
 from workers.redis_client import open_redis
 from workers.store import Call, Store
-from workers.worker import Breaker, Handler
 
 INFO, ERROR = EventType.INFO, EventType.ERROR
 

@@ -12,10 +12,11 @@ import zmq
 
 from protocol import codec
 from protocol.messages import Batch, Connected, Done, Heartbeat, Lines, Mark, Ready, WorkItem
+from workers.handler import Breaker, Handler
 from workers.logic import Chat
 from workers.metrics import WorkerMetrics
 from workers.store import Store
-from workers.worker import JOIN_MAX, Breaker, BrokerLink, Handler, WorkerConfig, join_waiting
+from workers.worker import JOIN_MAX, BrokerLink, WorkerConfig, join_waiting
 
 GW = "gwJ.abc123"
 HB = codec.encode(Heartbeat("broker.x"))

@@ -20,6 +20,7 @@ from protocol.hops import WORKER_HOPS
 from protocol.messages import Connected, Disconnected, GatewayLost, Heartbeat, Lines, WorkItem
 from tests.e2e.load import wait_until
 from tests.workers.test_logic import GW_A, GW_B, connected
+from workers.handler import Breaker, Handler
 from workers.logic import Chat, ChatLimits
 from workers.metrics import (
     FLUSH_MAX,
@@ -35,7 +36,7 @@ from workers.metrics import (
 from workers.pool import BACKOFF_MIN, METRICS_DIR_PREFIX, MULTIPROC_ENV, Pool, multiprocess_dir
 from workers.redis_client import open_redis
 from workers.store import Store
-from workers.worker import Breaker, Handler, WorkerConfig
+from workers.worker import WorkerConfig
 
 
 def _frames(*events: WorkItem) -> list[bytes]:
