@@ -1,6 +1,6 @@
 """The broker's poll loop: four sockets, one thread.
 
-    frontend  ROUTER  <- gateways' DEALERs: [gateway, key, event]  and [gateway, Heartbeat]
+    frontend  ROUTER  <- gateways' DEALERs: [gateway, key, event, key, event, ...]  and [gateway, Heartbeat]
     backend   ROUTER  <- workers' DEALERs:  [worker, Ready | Heartbeat]
                                             [worker, Done, topic, batch, topic, batch, ...]
                       -> [worker, Heartbeat, key, event, key, event, ...] | [worker, Heartbeat]
@@ -10,6 +10,13 @@
 The broker routes on the small frames (an event's key, a Done's topics) and
 passes event bodies and batches through unread (protocol.codec): a gateway's
 event is checked against it by its key, and by the worker against its body.
+
+A gateway's message carries one event ([gateway, key, event], the common case)
+or up to MAX_EVENTS (stack.frames) that waited in its outbox together: any odd
+count of frames from 3 to 1 + 2 * MAX_EVENTS. Each event is checked on its own
+(its key, its connection ID's gateway, a fenced sender, a standby broker): a bad
+one costs that event only. An even count beyond [gateway, Heartbeat], or more
+events than the bound, is refused whole (`wrong_frame_count`): no gateway sends it.
 
 broker.sockets binds the four sockets; broker.publisher runs pub-out (which
 subscriptions count, the `seq` numbering after the broker's epoch, full pipes).
@@ -70,12 +77,13 @@ from protocol.messages import (
     gateway_of,
     topic_of,
 )
-from stack.frames import recv_frames, send_frames
+from stack.frames import MAX_EVENTS, recv_frames, send_frames
 from stack.process import Stopping
 
 log = logging.getLogger("chat.broker")
 
-BURST = 1000  # messages read from one socket before looking at the others
+BURST = 1000  # messages read from one socket before looking at the others (events, on the frontend)
+_MAX_EVENT_FRAMES = 1 + 2 * MAX_EVENTS  # [gateway, key, event, ...] at most
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
@@ -140,7 +148,7 @@ class Broker:
         while not stopping.requested:
             wait = min(self.config.heartbeat / 2, max(0.0, self.keeper.next_take - time.monotonic()))
             for sock, _ in poller.poll(int(wait * 1000)):
-                self._drain(sock, handlers[sock])
+                self._drain(sock, handlers[sock], sock is self.frontend)
             self._dispatch()
             now = time.monotonic()
             if now >= next_beat:
@@ -149,21 +157,25 @@ class Broker:
             elif now >= self.keeper.next_take:  # the holder's lease ends now: try at once, not at our next beat
                 self.keeper.keep(self, now)
 
-    def _drain(self, sock: zmq.Socket[bytes], handle) -> None:  # type: ignore[no-untyped-def]
-        """Handle what `sock` holds, up to BURST messages. After the first, one look at the socket's
-        events says whether more wait: a message alone, the common case under light load, then costs
-        no failed read (pyzmq raises zmq.Again for it: a few microseconds more than the look)."""
+    def _drain(self, sock: zmq.Socket[bytes], handle, by_event: bool = False) -> None:  # type: ignore[no-untyped-def]
+        """Handle what `sock` holds, up to BURST messages (`by_event`: up to BURST events, a message of
+        several counting as that many, so the others wait no longer than before). After the first,
+        one look at the socket's events says whether more wait: a message alone, the common case under
+        light load, then costs no failed read (pyzmq raises zmq.Again for it: a few microseconds more
+        than the look)."""
         frames = recv_frames(sock)
         if frames is None:
             return
         handle(frames)
         if not int(sock.getsockopt(_EVENTS)) & _POLLIN:
             return
-        for _ in range(BURST - 1):
+        budget = BURST - (max(1, len(frames) >> 1) if by_event else 1)
+        while budget > 0:
             frames = recv_frames(sock)
             if frames is None:
                 return
             handle(frames)
+            budget -= max(1, len(frames) >> 1) if by_event else 1
 
     # --- gateways ---------------------------------------------------------------
 
@@ -188,8 +200,12 @@ class Broker:
             return None
 
     def _on_frontend(self, frames: list[bytes]) -> None:
-        if len(frames) == 3:
+        count = len(frames)
+        if count == 3:
             self._on_event(frames[0], frames[1], frames[2])
+            return
+        if count & 1 and 3 < count <= _MAX_EVENT_FRAMES:
+            self._on_events(frames)
             return
         decoded = self._decode(frames, "frontend")
         if decoded is None:
@@ -203,6 +219,12 @@ class Broker:
             self._on_fenced(gateway, False, now)
             return
         self._heard(self.gateways, gateway, now)
+
+    def _on_events(self, frames: list[bytes]) -> None:
+        """[gateway, key, event, key, event, ...]: each event as if it came alone, in order."""
+        gateway, on_event = frames[0], self._on_event
+        for i in range(1, len(frames), 2):
+            on_event(gateway, frames[i], frames[i + 1])
 
     def _on_event(self, gateway: bytes, key: bytes, body: bytes) -> None:
         """A gateway's event: queued by its key, its body unread (a worker checks they agree)."""

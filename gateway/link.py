@@ -1,6 +1,8 @@
 """The gateway's link to the broker: a part of `gateway.server.Gateway` (a mixin).
 
     session events --> DEALER pump (one per broker, one identity) --> broker frontend
+                       [key, event, key, event, ...]: the events waiting together, up to
+                       MAX_EVENTS (stack.frames) in one message; [Heartbeat] always alone
     Heartbeat <-> every broker's frontend; Fenced <-- the active broker
     pub-out --> SUB pump --> `_on_batch` (gateway.deliver), `_flush` after each burst
 
@@ -47,6 +49,7 @@ from protocol.errors import DecodeError
 from protocol.hops import MAX_TRACKED, Hop, Sampler
 from protocol.messages import GATEWAY_GONE, Fenced, Heartbeat, topic_of
 from protocol.rooms import RoomTable
+from stack.frames import MAX_EVENTS, MAX_JOINED_BYTES
 from stack.process import set_log_instance
 
 if TYPE_CHECKING:
@@ -117,7 +120,8 @@ class BrokerLink:
             dealer.connect(endpoint)
         for endpoint in config.pub_out.split(","):
             self.sub.connect(endpoint.strip())
-        self.to_brokers = [ZmqPump(dealer, partial(self._on_broker, i)) for i, dealer in enumerate(self.dealers)]
+        self.to_brokers = [ZmqPump(dealer, partial(self._on_broker, i), join_at_most=MAX_EVENTS,
+                                   join_bytes=MAX_JOINED_BYTES) for i, dealer in enumerate(self.dealers)]
         self.from_broker = ZmqPump(self.sub, self._on_batch, after_burst=self._flush)
         self.sampler = Sampler(config.hop_sample)
         self._read_at: dict[str, float] = {}  # connection -> when the lines of its next sampled event came

@@ -18,11 +18,19 @@ run queue (adaptive batching, no timer), and under a steady stream, where
 every pass of the run queue or every message handled brings one more,
 none waits for BURST messages.
 
-The outbox is bounded (`capacity` messages): while the peer is gone or
+The outbox is bounded (`capacity` entries): while the peer is gone or
 slow, a frame that finds it full is dropped and counted, never waited
 for. That loses nothing the gateway needs: events are resent until
 answered (`--resend-after`), and a heartbeat stuck behind a queue says
 nothing anyway.
+
+Joining (`join_at_most` > 1): entries of two frames (an event's [key, body])
+that wait in the outbox one after another go out as one ZeroMQ message,
+[key, body, key, body, ...], up to `join_at_most` of them while their frames
+stay under `join_bytes` (an entry larger than that goes alone). One message
+wakes the peer's I/O thread and its loop once for all of them. Any other entry
+(a heartbeat's one frame) always goes alone, and one waiting alone is sent as
+it is: a lone event looks on the wire as it always did.
 
 Chosen over a thread bridge and over zmq-anyio: no thread hand-off per
 message and no extra dependency, and on the Trio run loop itself.
@@ -36,11 +44,12 @@ import os
 import select
 from collections import deque
 from collections.abc import Callable, Iterator
+from itertools import islice
 
 import trio
 import zmq
 
-from stack.frames import send_frames
+from stack.frames import recv_frames, send_frames
 
 log = logging.getLogger("chat.gateway")
 
@@ -58,12 +67,16 @@ class ZmqPump:
         capacity: int = 10_000,
         after_burst: Callable[[], None] | None = None,
         flush_within: float = FLUSH_WITHIN,
+        join_at_most: int = 1,
+        join_bytes: int = 0,
     ) -> None:
         self.sock = sock
         self.on_message = on_message
         self.after_burst = after_burst
         self.capacity = capacity
         self.dropped = 0  # frames refused by a full outbox
+        self.join_at_most = join_at_most  # two-frame entries sent as one message, at most
+        self.join_bytes = join_bytes  # ... while their frames stay under this many bytes
         self._outbox: deque[list[bytes]] = deque()
         self._poke: int | None = None  # an eventfd that wakes the pump, while it sleeps on its socket
         self._asleep = False  # waiting for the socket or a poke: put_nowait pokes it
@@ -128,9 +141,8 @@ class ZmqPump:
 
     def _receive_burst(self) -> bool:
         for _ in range(BURST - self._unflushed):  # at most BURST between two after_bursts, as ever
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            frames = recv_frames(self.sock)
+            if frames is None:
                 break
             if not self._unflushed:
                 self._unflushed_since = trio.current_time()
@@ -153,15 +165,36 @@ class ZmqPump:
         self._unflushed = 0
 
     def _send_burst(self) -> bool:
-        sent = 0
-        while self._outbox and sent < BURST:
+        sent = 0  # entries, as many messages or fewer
+        outbox = self._outbox
+        while outbox and sent < BURST:
+            frames, entries = self._next_message() if len(outbox) > 1 else (outbox[0], 1)
             try:
-                send_frames(self.sock, self._outbox[0])
-            except zmq.Again:
+                send_frames(self.sock, frames)
+            except zmq.Again:  # nothing of it went: all of it stays queued, in order
                 break
-            self._outbox.popleft()
-            sent += 1
+            for _ in range(entries):
+                outbox.popleft()
+            sent += entries
         return sent > 0
+
+    def _next_message(self) -> tuple[list[bytes], int]:
+        """The frames of the next message and the outbox entries they carry: the first entry,
+        joined by the two-frame entries behind it if it is one (within the bounds)."""
+        first = self._outbox[0]
+        if self.join_at_most <= 1 or len(first) != 2:
+            return first, 1
+        frames = list(first)
+        size, entries = len(first[0]) + len(first[1]), 1
+        for entry in islice(self._outbox, 1, self.join_at_most):
+            if len(entry) != 2:
+                break
+            size += len(entry[0]) + len(entry[1])
+            if size > self.join_bytes:
+                break
+            frames += entry
+            entries += 1
+        return frames, entries
 
 
 @contextlib.contextmanager
