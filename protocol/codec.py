@@ -3,7 +3,8 @@
 The broker routes without reading bodies: what it routes on travels in
 frames of its own, and bodies pass through it untouched.
 
-    gateway -> broker (DEALER frames):  [key, event]    Connected, Lines, Disconnected
+    gateway -> broker (DEALER frames):  [key, event, key, event, ...]  Connected, Lines, Disconnected:
+                                                        1 to 64 events (stack.frames.MAX_EVENTS)
                                         [control]       Heartbeat
     broker -> worker:                   [control]       Heartbeat, Unknown
                                         [Heartbeat, key, event, key, event, ...]  a dispatch
