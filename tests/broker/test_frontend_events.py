@@ -14,29 +14,20 @@ import pytest
 import zmq
 
 from broker.metrics import Drop
-from broker.server import Broker, BrokerConfig
+from broker.server import Broker
 from protocol import codec
 from protocol.hops import Hop
 from protocol.messages import Connected, Heartbeat, Lines, Ready
 from stack.frames import MAX_EVENTS
+from tests.broker.running import drops, running_broker
 
-ANY = "tcp://127.0.0.1:*"
 GW = b"gw1.a"
 
 
 @pytest.fixture
 def broker() -> Iterator[Broker]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    b = Broker(BrokerConfig(ANY, ANY, ANY, ANY), ctx)
-    try:
+    with running_broker() as b:
         yield b
-    finally:
-        b.close()
-        ctx.term()
-
-
-def _drops(broker: Broker) -> dict[Drop, int]:
-    return {cause: n for cause, n in broker.metrics.drops.items() if n}
 
 
 def _events(count: int, gateway: str = "gw1.a", first: int = 1) -> list[bytes]:
@@ -55,14 +46,14 @@ def _dispatched(broker: Broker, credit: int = 1000) -> list[bytes]:
 def test_every_event_of_a_message_is_queued_in_order(broker: Broker) -> None:
     frames = _events(5)
     broker._on_frontend([GW, *frames])
-    assert _drops(broker) == {} and broker.metrics.received == 5
+    assert drops(broker) == {} and broker.metrics.received == 5
     assert _dispatched(broker) == frames
 
 
 def test_a_message_at_the_bound_is_taken_whole(broker: Broker) -> None:
     frames = _events(MAX_EVENTS)
     broker._on_frontend([GW, *frames])
-    assert _drops(broker) == {} and broker.metrics.received == MAX_EVENTS
+    assert drops(broker) == {} and broker.metrics.received == MAX_EVENTS
     assert _dispatched(broker) == frames
 
 
@@ -70,7 +61,7 @@ def test_a_bad_event_costs_that_event_only(broker: Broker) -> None:
     good = _events(4)
     foreign = codec.event_frames(Connected("gw9.z:1", 0, "127.0.0.1:9"))  # another gateway's connection
     broker._on_frontend([GW, *good[:2], b"short", b"body", *foreign, *good[2:4], *good[:2], *good[4:]])
-    assert _drops(broker) == {Drop.MALFORMED: 1, Drop.FOREIGN_CONNECTION_ID: 1, Drop.DUPLICATE_EVENT: 1}
+    assert drops(broker) == {Drop.MALFORMED: 1, Drop.FOREIGN_CONNECTION_ID: 1, Drop.DUPLICATE_EVENT: 1}
     assert broker.metrics.received == 4
     assert _dispatched(broker) == good
 
@@ -82,7 +73,7 @@ def test_an_even_count_or_too_many_events_is_refused_whole(broker: Broker) -> No
     broker._on_frontend([GW, *([b""] * 10_000)])  # thousands of empty frames
     broker._on_frontend([GW, *([b""] * 9_999)])  # ... an odd count of them
     broker._on_frontend([GW, b"", b"", b"", b""])  # an even count of empty frames
-    assert _drops(broker) == {Drop.WRONG_FRAME_COUNT: 4, Drop.MALFORMED: 2}
+    assert drops(broker) == {Drop.WRONG_FRAME_COUNT: 4, Drop.MALFORMED: 2}
     assert broker.metrics.received == 0 and broker.scheduler.queued == 0
 
 
@@ -93,14 +84,14 @@ def test_empty_and_huge_frames_cost_their_events_only(broker: Broker) -> None:
     huge = b"\xc1" * (1 << 20)
     good = _events(1, first=2)
     broker._on_frontend([GW, b"", b"body", key, huge, key, b"", *good])
-    assert _drops(broker) == {Drop.MALFORMED: 1, Drop.DUPLICATE_EVENT: 1}
+    assert drops(broker) == {Drop.MALFORMED: 1, Drop.DUPLICATE_EVENT: 1}
     assert _dispatched(broker) == [key, huge, *good]
 
 
 def test_a_fenced_gateway_s_events_are_each_counted_and_it_is_told_once(broker: Broker) -> None:
     broker._lose_gateway(GW, "a test")
     broker._on_frontend([GW, *_events(3)])
-    assert _drops(broker)[Drop.FENCED_GATEWAY] == 3
+    assert drops(broker)[Drop.FENCED_GATEWAY] == 3
     assert broker.metrics.received == 0
 
 
@@ -113,14 +104,14 @@ def test_a_standby_takes_none_of_them(broker: Broker) -> None:
 
     broker.role = Standby()  # type: ignore[assignment]
     broker._on_frontend([GW, *_events(3)])
-    assert _drops(broker) == {Drop.NOT_ACTIVE: 3} and broker.metrics.received == 0
+    assert drops(broker) == {Drop.NOT_ACTIVE: 3} and broker.metrics.received == 0
 
 
 def test_a_heartbeat_and_a_lone_event_are_as_before(broker: Broker) -> None:
     broker._on_frontend([GW, codec.encode(Heartbeat("gw1.a"))])
     broker._on_frontend([GW, *codec.event_frames(Lines("gw1.a:1", 1, ("hi",)))])
     broker._on_frontend([GW, codec.encode(Heartbeat("gw1.a")), *_events(1)])  # a heartbeat is never joined
-    assert _drops(broker) == {Drop.WRONG_FRAME_COUNT: 1} and broker.metrics.received == 1
+    assert drops(broker) == {Drop.WRONG_FRAME_COUNT: 1} and broker.metrics.received == 1
 
 
 def test_each_sampled_event_of_a_message_starts_its_own_clock(broker: Broker) -> None:

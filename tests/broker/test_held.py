@@ -14,19 +14,13 @@ from broker.config import BrokerConfig
 from broker.metrics import Drop
 from broker.server import Broker
 from protocol.messages import topic_of
-
-ANY = "tcp://127.0.0.1:*"
+from tests.broker.running import ANY, running_broker
 
 
 @pytest.fixture
 def broker() -> Iterator[Broker]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    b = Broker(BrokerConfig(ANY, ANY, ANY, ANY, heartbeat=0.05, liveness=4), ctx)
-    try:
+    with running_broker(BrokerConfig(ANY, ANY, ANY, ANY, heartbeat=0.05, liveness=4)) as b:
         yield b
-    finally:
-        b.close()
-        ctx.term()
 
 
 def subscribe(broker: Broker, topic: bytes) -> zmq.Socket[bytes]:

@@ -10,15 +10,13 @@ import re
 from collections.abc import Iterator
 
 import pytest
-import zmq
 from prometheus_client import generate_latest
 
 from broker.metrics import BrokerMetrics, Drop
-from broker.server import Broker, BrokerConfig
+from broker.server import Broker
 from protocol import codec
 from protocol.messages import Connected, Done, Heartbeat, Lines, Ready, topic_of
-
-ANY = "tcp://127.0.0.1:*"
+from tests.broker.running import drops, running_broker
 
 
 def _scrape(metrics: BrokerMetrics) -> str:
@@ -67,17 +65,8 @@ def test_a_registry_is_the_brokers_own() -> None:
 
 @pytest.fixture
 def broker() -> Iterator[Broker]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    b = Broker(BrokerConfig(ANY, ANY, ANY, ANY), ctx)
-    try:
+    with running_broker() as b:
         yield b
-    finally:
-        b.close()
-        ctx.term()
-
-
-def _drops(broker: Broker) -> dict[Drop, int]:
-    return {cause: n for cause, n in broker.metrics.drops.items() if n}
 
 
 def test_frontend_causes(broker: Broker) -> None:
@@ -91,7 +80,7 @@ def test_frontend_causes(broker: Broker) -> None:
     broker._on_frontend([b"gw1.a", *connected])
     broker._on_frontend([b"gw1.a", *connected])  # a resend while it is queued
     broker._on_frontend([b"gw1.a", codec.encode(Heartbeat("gw1.a"))])
-    assert _drops(broker) == {Drop.MALFORMED: 2, Drop.WRONG_FRAME_COUNT: 1, Drop.FOREIGN_CONNECTION_ID: 1,
+    assert drops(broker) == {Drop.MALFORMED: 2, Drop.WRONG_FRAME_COUNT: 1, Drop.FOREIGN_CONNECTION_ID: 1,
                               Drop.UNEXPECTED_MESSAGE: 2, Drop.DUPLICATE_EVENT: 1}
     assert broker.metrics.received == 1
 
@@ -101,13 +90,13 @@ def test_the_broker_routes_on_keys_and_passes_bodies_through_unread(broker: Brok
     key = codec.encode_key("gw1.a:1", 7)
     broker._on_backend([b"w1", codec.encode(Ready(4))])
     broker._on_frontend([b"gw1.a", key, b"\xc1 opaque to the broker"])
-    assert _drops(broker) == {} and broker.metrics.received == 1
+    assert drops(broker) == {} and broker.metrics.received == 1
     [(worker, frames)] = broker.scheduler.dispatch()
     assert (worker, frames) == (b"w1", [key, b"\xc1 opaque to the broker"])
     done = codec.done_frames(Done((("gw1.a:1", 7),), (("gw1.a", b"\xc1 a batch"),)))
     broker._on_subscription([b"\x01gw1.a:"])
     broker._on_backend([b"w1", *done])
-    assert _drops(broker) == {} and broker.metrics.done == 1 and broker.metrics.published == 1
+    assert drops(broker) == {} and broker.metrics.done == 1 and broker.metrics.published == 1
     assert broker.scheduler.connections == 0  # the event is finished
 
 
@@ -121,7 +110,7 @@ def test_backend_causes(broker: Broker) -> None:
     broker._on_backend([b"w1", done[0], b"gw1.a", b"batch"])  # not a topic
     broker.pub.expect_gateways(0.0)  # past the window in which a new broker holds batches for gateways not heard yet
     broker._on_backend([b"w1", *done])  # nobody subscribed to gw1.a:
-    assert _drops(broker) == {Drop.UNKNOWN_WORKER: 1, Drop.MALFORMED: 3, Drop.UNEXPECTED_MESSAGE: 1,
+    assert drops(broker) == {Drop.UNKNOWN_WORKER: 1, Drop.MALFORMED: 3, Drop.UNEXPECTED_MESSAGE: 1,
                               Drop.NO_SUBSCRIBER: 1}
     assert broker.metrics.done == 1
 
@@ -135,7 +124,7 @@ def test_pub_out_and_pub_in_causes(broker: Broker) -> None:
     broker._lose_gateway(b"gw1.a", "a test")
     broker._on_pub_in([topic_of("gw1.a"), b"batch"])
     broker._on_frontend([b"gw1.a", *codec.event_frames(Connected("gw1.a:2", 1, "127.0.0.1:9"))])
-    assert _drops(broker) == {Drop.NOT_A_SUBSCRIPTION: 1, Drop.REFUSED_SUBSCRIPTION: 1,
+    assert drops(broker) == {Drop.NOT_A_SUBSCRIPTION: 1, Drop.REFUSED_SUBSCRIPTION: 1,
                               Drop.WRONG_FRAME_COUNT: 1, Drop.TO_FENCED_GATEWAY: 1, Drop.FENCED_GATEWAY: 1}
     assert broker.metrics.published == 1
     assert broker.metrics.gateways_lost == 1
@@ -146,7 +135,7 @@ def test_the_snapshot_holds_the_queue_and_peers(broker: Broker) -> None:
     for n in (1, 2):
         broker._on_frontend([b"gw1.a", *codec.event_frames(Connected(f"gw1.a:{n}", 1, "127.0.0.1:9"))])
     broker._dispatch()  # the connection refused to be routed to w1 (not connected): w1 lost
-    assert _drops(broker) == {Drop.BACKEND_UNROUTABLE: 1}
+    assert drops(broker) == {Drop.BACKEND_UNROUTABLE: 1}
     assert broker.metrics.workers_lost == 1
     broker._on_backend([b"w2", codec.encode(Ready(3))])
     broker._snapshot()
