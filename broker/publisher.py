@@ -141,9 +141,12 @@ class PubOut:
         finally:
             self.sock.setsockopt(zmq.XPUB_NODROP, 1)
 
-    def on_subscription(self, frames: list[bytes]) -> None:
+    def on_subscription(self, frames: list[bytes], active: bool = True) -> None:
         """Accept a subscription to one gateway topic only: an empty or odd prefix
-        would match others' topics, and its full pipe would fail their sends."""
+        would match others' topics, and its full pipe would fail their sends. What was held for
+        the topic goes out now if we are `active`; a broker that is not any more (it woke from a
+        freeze to find its lease gone) drops it, counted: a gateway that got it after the new
+        active broker's messages would take it for a deposed broker's and re-instance."""
         if len(frames) != 1 or not frames[0] or frames[0][0] not in (0, 1):
             self._drop(Drop.NOT_A_SUBSCRIPTION, "pub-out: not a subscription")
             return
@@ -160,4 +163,8 @@ class PubOut:
             del self._subscribers[topic]
         self.pub_in.send_multipart(frames)
         if subscribe and topic in self._held:
-            self._release(topic)
+            if active:
+                self._release(topic)
+            else:
+                for _ in self._held.pop(topic):
+                    self.metrics.drop(Drop.NOT_ACTIVE)

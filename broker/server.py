@@ -307,7 +307,7 @@ class Broker:
         self.pub.send(frames[0], frames[1], "pub-out: high-water mark (pub-in)")
 
     def _on_subscription(self, frames: list[bytes]) -> None:
-        self.pub.on_subscription(frames)
+        self.pub.on_subscription(frames, self.role.active(time.monotonic()))
 
     # --- liveness ---------------------------------------------------------------------
 

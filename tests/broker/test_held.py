@@ -12,6 +12,7 @@ import zmq
 
 from broker.config import BrokerConfig
 from broker.metrics import Drop
+from broker.role import Role
 from broker.server import Broker
 from protocol.messages import topic_of
 from tests.broker.running import ANY, running_broker
@@ -58,3 +59,18 @@ def test_once_gateways_had_their_window_an_unheard_ones_batches_are_dropped(brok
     broker.pub.send(topic, b"late", "test")
     assert broker.metrics.drops.get(Drop.NO_SUBSCRIBER, 0) == 2  # not held any more: dropped at once
 
+
+
+def test_a_broker_that_is_not_active_any_more_sends_nothing_it_held(broker: Broker) -> None:
+    """A broker of a pair frozen past its lease wakes up and reads a subscription before it
+    looks at its lease: what it held must not go out under its old epoch (the gateway would
+    take it for a deposed broker's after the new active one's, and re-instance)."""
+    topic = topic_of("gw-late.abc")
+    broker.pub.send(topic, b"held while active", "test")
+    broker.role = Role(ttl=1.0)  # the lease is gone: epoch 0, a standby
+    sub = subscribe(broker, topic)
+    try:
+        assert not sub.poll(300), "a batch held while active went out after the lease was lost"
+        assert broker.metrics.drops.get(Drop.NOT_ACTIVE, 0) == 1
+    finally:
+        sub.close()
