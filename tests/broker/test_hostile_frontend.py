@@ -7,7 +7,6 @@ and up, and the clients keep chatting through it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,18 +20,12 @@ from stack.children import Child, python_module, start, stop
 from stack.frames import MAX_EVENTS, send_frames
 from stack.valkey import start_valkey
 from tests.e2e.chatclient import ChatClient
-from tests.e2e.cluster import FAST, GATEWAY_ARGS, start_gateway, start_workers
+from tests.e2e.cluster import FAST, GATEWAY_ARGS, ready_field, start_gateway, start_workers
 from tests.e2e.load import wait_until
 from tests.e2e.scrape import Scrape
 
 ANY = "tcp://127.0.0.1:*"
 DROPS = 'chat_broker_drops_total{{cause="{}"}}'
-
-
-def _field(line: str, name: str) -> str:
-    match = re.search(rf"{name}=(\S+)", line)
-    assert match, f"no {name}= in {line!r}"
-    return match.group(1)
 
 
 @pytest.fixture
@@ -46,11 +39,11 @@ def parts(tmp_path: Path) -> Iterator[tuple[dict[str, str], Scrape, int, int]]:
             "broker.cli", "--frontend", ANY, "--backend", ANY, "--pub-in", ANY, "--pub-out", ANY,
             "--metrics-listen", "127.0.0.1:0", *FAST), "chat-broker ready")
         children.append(broker)
-        eps = {name: _field(broker.ready_line, name) for name in ("frontend", "backend", "pub-in", "pub-out")}
+        eps = {name: ready_field(broker.ready_line, name) for name in ("frontend", "backend", "pub-in", "pub-out")}
         children.append(start_workers(1, eps["backend"], redis_url, *FAST))
         gateway, port = start_gateway(eps, "gw1", *GATEWAY_ARGS, *FAST)
         children.append(gateway)
-        yield eps, Scrape(_field(broker.ready_line, "metrics")), port, broker.pid
+        yield eps, Scrape(ready_field(broker.ready_line, "metrics")), port, broker.pid
     finally:
         for child in reversed(children):
             stop(child)

@@ -15,7 +15,8 @@ from stack.children import Child, python_module, start, stop
 from stack.valkey import start_valkey
 
 
-def _field(line: str, name: str) -> str:
+def ready_field(line: str, name: str) -> str:
+    """The value of `name=` in a part's ready line."""
     match = re.search(rf"{name}=(\S+)", line)
     assert match, f"no {name}= in {line!r}"
     return match.group(1)
@@ -25,7 +26,7 @@ def start_broker(*args: str) -> tuple[Child, dict[str, str]]:
     child = start("broker", python_module(
         "broker.cli", "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*",
         "--pub-in", "tcp://127.0.0.1:*", "--pub-out", "tcp://127.0.0.1:*", *args), "chat-broker ready")
-    eps = {name: _field(child.ready_line, name) for name in ("frontend", "backend", "pub-in", "pub-out")}
+    eps = {name: ready_field(child.ready_line, name) for name in ("frontend", "backend", "pub-in", "pub-out")}
     return child, eps
 
 

@@ -9,7 +9,6 @@ log line the broker wrote parses as JSON.
 from __future__ import annotations
 
 import json
-import re
 import socket
 import subprocess
 import sys
@@ -22,17 +21,11 @@ import zmq
 from stack.children import Child, python_module, start, stop
 from stack.valkey import start_valkey
 from tests.e2e.chatclient import ChatClient
-from tests.e2e.cluster import FAST, GATEWAY_ARGS, start_gateway, start_workers
+from tests.e2e.cluster import FAST, GATEWAY_ARGS, ready_field, start_gateway, start_workers
 from tests.e2e.load import wait_until
 from tests.e2e.scrape import Scrape
 
 ANY = "tcp://127.0.0.1:*"
-
-
-def _field(line: str, name: str) -> str:
-    match = re.search(rf"{name}=(\S+)", line)
-    assert match, f"no {name}= in {line!r}"
-    return match.group(1)
 
 
 @pytest.fixture
@@ -48,8 +41,8 @@ def parts(tmp_path: Path) -> Iterator[tuple[dict[str, str], Scrape, int, Path]]:
                 "--metrics-listen", "127.0.0.1:0", "--log-format", "json", *FAST),
                 "chat-broker ready", stderr=log_file.fileno())
         children.append(broker)
-        eps = {name: _field(broker.ready_line, name) for name in ("frontend", "backend", "pub-in", "pub-out")}
-        scrape = Scrape(_field(broker.ready_line, "metrics"))
+        eps = {name: ready_field(broker.ready_line, name) for name in ("frontend", "backend", "pub-in", "pub-out")}
+        scrape = Scrape(ready_field(broker.ready_line, "metrics"))
         children.append(start_workers(2, eps["backend"], redis_url, *FAST))
         gateway, port = start_gateway(eps, "gw1", *GATEWAY_ARGS, *FAST)
         children.append(gateway)

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -23,7 +23,7 @@ from gateway.client import ClientLimits
 from gateway.server import Gateway, GatewayConfig, IrcDoorConfig
 from gateway.tls import TlsConfig
 from tests.e2e.chatclient import ChatClient
-from tests.e2e.cluster import Cluster, start_cluster
+from tests.e2e.cluster import Cluster
 from tests.e2e.test_tls import make_cert, tls_client
 
 T = TypeVar("T")
@@ -105,15 +105,6 @@ def wait_until(test: Callable[[], bool], what: str, timeout: float = WAIT) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting until {what}")
         time.sleep(0.01)  # polling a condition, with a deadline
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = start_cluster(tmp_path_factory.mktemp("idle"), workers=1, gateways=0)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="module")

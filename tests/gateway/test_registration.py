@@ -7,26 +7,15 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 
-import pytest
 import trio
 
 from gateway import accept
 from gateway.idle import IdleWatcher
-from tests.e2e.cluster import Cluster, start_cluster
+from tests.e2e.cluster import Cluster
 from tests.gateway.test_idle import GatewayThread, SpawnCounter, all_parked, config_for, named, wait_until
 
 BURST = 40  # connects waiting in the backlog when the acceptor first looks
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = start_cluster(tmp_path_factory.mktemp("registration"), workers=1, gateways=0)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 class StepCounter(trio.abc.Instrument):
