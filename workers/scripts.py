@@ -59,7 +59,7 @@ local p, cid, gw, event, line = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local rk = p..'res:'..cid
 local current = redis.call('HGET', rk, 'event') == event
 local hit = current and redis.call('HGET', rk, line)
-if hit then
+if hit and string.byte(hit) ~= RECORD_REF then  -- not the record of a line that ran (`shared`)
   local rec = cjson.decode(hit)
   if type(rec) == 'table' and rec.lost then return rec.lost end
 end
@@ -338,15 +338,31 @@ def replayable(script: str, ttl: int = RESULT_TTL, grows: bool = True) -> str:
 # recorded results, `todo` the lines still to run; a group all recorded returns at once (a replay).
 # `lost[n]`: the line is marked by a recovery (RECOVER) and still to run: it records and returns its
 # result with the nick, as `replayable` does.
+# A line's 'ok' result is a string, '<ts>' then what the lines of a room (SAY) or a target (PRIVATE)
+# share, each part after a newline (`joined`): a string is the cheapest reply there is. It is recorded in
+# two parts, so that what the lines share is written once: `shared(rest)` keeps the rest under field
+# 'r<h>' (h: the start of its SHA1, so that the records are the same however the lines were grouped) and
+# each line keeps 'r<h>|<its ts>'. The other results are cjson, as `replayable` records.
 _GROUP_RECORDED = """local rk = p..'res:'..cid
 local lines, out, todo, lost = {}, {}, {}, {}
 for i = FIRST, #ARGV, FIELDS do lines[#lines + 1] = ARGV[i] end
 local current = redis.call('HGET', rk, 'event') == event
 if current then
-  local hits = redis.call('HMGET', rk, unpack(lines))
+  local hits, refs, shared = redis.call('HMGET', rk, unpack(lines)), {}, {}
   for n = 1, #lines do
-    if hits[n] then
-      local rec = cjson.decode(hits[n])
+    local ref = hits[n] and string.match(hits[n], '^(r[^|]*)|')
+    if ref and not shared[ref] then shared[ref] = true; refs[#refs + 1] = ref end
+  end
+  if #refs > 0 then
+    for i, rest in ipairs(redis.call('HMGET', rk, unpack(refs))) do shared[refs[i]] = rest end
+  end
+  for n = 1, #lines do
+    local hit, ref, ts = hits[n], nil, nil
+    if hit then ref, ts = string.match(hit, '^(r[^|]*)|(.*)$') end
+    if ref then
+      out[n] = ts..shared[ref]
+    elseif hit then
+      local rec = cjson.decode(hit)
       if not rec.lost then out[n] = rec
       elseif rec.result then out[n] = {LOST, rec.lost, rec.result}
       else lost[n] = rec.lost end
@@ -355,12 +371,48 @@ if current then
 end
 for n = 1, #lines do if not out[n] then todo[#todo + 1] = n end end
 if #todo == 0 then return out end
+local record = {}
+-- `parts` each after a newline, or nil if one holds a newline (a gateway may name itself anything)
+local function joined(parts)
+  for _, part in ipairs(parts) do if string.find(part, '\\n', 1, true) then return nil end end
+  if #parts == 0 then return '' end
+  return '\\n'..table.concat(parts, '\\n')
+end
+-- keep `rest` (what a line's 'ok' result holds after its ts) for the lines that share it -> what each of
+-- them keeps, before its ts
+local function shared(rest)
+  local ref = 'r'..string.sub(redis.sha1hex(rest), 1, 16)
+  record[#record + 1] = ref
+  record[#record + 1] = rest
+  return ref..'|'
+end
+-- line n's result `res`; `rec` its record ('r<n>|<ts>', or nil: cjson of `res`)
+local function result(n, res, rec)
+  if lost[n] then
+    res = {LOST, lost[n], res}
+    rec = cjson.encode({lost = lost[n], result = res[3]})
+  end
+  out[n] = res
+  record[#record + 1] = lines[n]
+  record[#record + 1] = rec or cjson.encode(res)
+end
+-- keep the records, the event's first with the event number (the results of an earlier event gone)
+local function keep_records()
+  if not current then
+    redis.call('DEL', rk)
+    record[#record + 1] = 'event'
+    record[#record + 1] = event
+  end
+  redis.call('HSET', rk, unpack(record))
+  redis.call('EXPIRE', rk, RESULT_TTL)
+end
 """
 
 
 def _group_recorded(first: int, fields: int) -> str:
     """`_GROUP_RECORDED` for lines whose numbers are ARGV[first], ARGV[first + fields], ..."""
-    return _GROUP_RECORDED.replace("FIRST", str(first)).replace("FIELDS", str(fields)).replace("LOST", repr(LOST))
+    return (_GROUP_RECORDED.replace("FIRST", str(first)).replace("FIELDS", str(fields)).replace("LOST", repr(LOST))
+            .replace("RESULT_TTL", str(RESULT_TTL)))
 
 
 # Room messages (plain text, /me, /msg #room): the consecutive ones of one event run as one call, in
@@ -370,7 +422,8 @@ def _group_recorded(first: int, fields: int) -> str:
 # groups the lines otherwise (or one by one) returns each line's first result and writes nothing again.
 # One connection lookup, one membership check, member gateways and seq read per room, one XADD per line.
 # The first write is the `grows` guard; a full Valkey refuses it, and with it each line not yet recorded
-# ({'refused', why}), while the recorded ones are still replayed.
+# ({'refused', why}), while the recorded ones are still replayed. What the lines of a room share (nick,
+# room, gateways, seq) is recorded once (`shared`).
 SAY_FIELDS = 6  # ARGV a line takes
 _SAY_SRC = """
 local p, cid, keep, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -379,49 +432,57 @@ if type(full) == 'table' and full.err then
   for _, n in ipairs(todo) do out[n] = {'refused', full.err} end
   return out
 end
-if not current then
-  redis.call('DEL', rk)
-  redis.call('HSET', rk, 'event', event)
-end
 local nick, here = unpack(redis.call('HMGET', p..'conn:'..cid, 'nick', 'room'))
 if not nick then
+  if not current then redis.call('DEL', rk) end
   for _, n in ipairs(todo) do out[n] = lost[n] and {LOST, lost[n], {'gone'}} or {'gone'} end
   return out
 end
-local rooms, record = {}, {}
-for _, n in ipairs(todo) do
-  local i = 5 + (n - 1) * SAY_FIELDS
-  local room, text, id, ts, kind = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-  if room == '' then room = here end
-  local res
-  if room == '' then
-    res = {'noroom'}
-  else
-    local r = rooms[room]
-    if not r then
-      local rp = p..'room:'..room
-      r = {member = redis.call('SISMEMBER', rp..':members', cid) == 1}
-      if r.member then
-        r.gws, r.seq = redis.call('HKEYS', rp..':gws'), tonumber(redis.call('GET', rp..':seq') or '0')
-      end
-      rooms[room] = r
-    end
-    if r.member then
-      redis.call('XADD', p..'room:'..room..':history', 'MAXLEN', '~', keep, '*',
-                 'id', id, 'from', nick, 'text', text, 'ts', ts, 'kind', kind)
-      res = {'ok', nick, room, r.gws, ts, r.seq}
-    else
-      res = {'notin', room}
-    end
+-- a room's part of its lines' results (its history key, what an 'ok' result holds after the ts, and its
+-- record), or the refusal of its lines
+local call, argv = redis.call, ARGV
+local rooms, written = {['']= {refused = {'noroom'}}}, {}
+local function room_of(room)
+  local rp = p..'room:'..room
+  if call('SISMEMBER', rp..':members', cid) == 0 then return {refused = {'notin', room}} end
+  local gws, seq = call('HKEYS', rp..':gws'), call('GET', rp..':seq') or '0'
+  written[#written + 1] = rp..':history'
+  local rest = joined({nick, room}) and joined(gws)
+  if rest then
+    rest = '\\n'..seq..'\\n'..nick..'\\n'..room..rest
+    return {history = rp..':history', rest = rest, ref = shared(rest)}
   end
-  out[n] = lost[n] and {LOST, lost[n], res} or res
-  record[#record + 1] = lines[n]
-  record[#record + 1] = cjson.encode(lost[n] and {lost = lost[n], result = res} or res)
+  return {history = rp..':history', res = {'ok', nick, room, gws, 'TS', tonumber(seq)}}
 end
-redis.call('EXPIRE', rk, RESULT_TTL)
-redis.call('HSET', rk, unpack(record))
+for _, n in ipairs(todo) do
+  local i = SAY_FIELDS * n - 1
+  local room = argv[i + 1]
+  if room == '' then room = here end
+  local r = rooms[room]
+  if not r then r = room_of(room); rooms[room] = r end
+  local history, rest = r.history, r.rest
+  if history then
+    local ts = argv[i + 4]
+    call('XADD', history, '*', 'id', argv[i + 3], 'from', nick, 'text', argv[i + 2], 'ts', ts, 'kind', argv[i + 5])
+    if rest and not lost[n] then  -- the common case, inline
+      out[n] = ts..rest
+      record[#record + 1] = lines[n]
+      record[#record + 1] = r.ref..ts
+    elseif rest then
+      result(n, ts..rest, r.ref..ts)
+    else
+      local res = {unpack(r.res)}
+      res[5] = ts
+      result(n, res)
+    end
+  else
+    result(n, r.refused)
+  end
+end
+for _, history in ipairs(written) do call('XTRIM', history, 'MAXLEN', '~', keep) end
+keep_records()
 return out
-""".replace("SAY_FIELDS", str(SAY_FIELDS)).replace("RESULT_TTL", str(RESULT_TTL)).replace("LOST", repr(LOST))
+""".replace("SAY_FIELDS", str(SAY_FIELDS)).replace("LOST", repr(LOST))
 
 
 # Private messages (/msg NICK text): the consecutive ones of one event run as one call, in order (ARGV: p,
@@ -429,43 +490,43 @@ return out
 # to nick as spelled, ts}, {'nonick'} or {'gone'}). Replayable per line as SAY is: each line's result is
 # kept under `p res:<cid>`, field = its number, as `replayable` keeps a single line's, so however a replay
 # groups the lines each gets its first result. Nothing is stored but the results: it is served when Valkey
-# is full (its first write is the EXPIRE of `replayable(grows=False)`). One lookup of the sender, one of
-# each target nick.
+# is full (its first write is the EXPIRE of `replayable(grows=False)`, or the DEL of an earlier event's
+# results, neither refused). One lookup of the sender, one of each target nick, recorded once (`shared`).
 PRIVATE_FIELDS = 3  # ARGV a line takes
 _PRIVATE_SRC = """
 local p, cid, event = ARGV[1], ARGV[2], ARGV[3]
-""" + _group_recorded(4, PRIVATE_FIELDS) + """redis.call('EXPIRE', rk, RESULT_TTL)
-if not current then
-  redis.call('DEL', rk)
-  redis.call('HSET', rk, 'event', event)
-end
+""" + _group_recorded(4, PRIVATE_FIELDS) + """if current then redis.call('EXPIRE', rk, RESULT_TTL) end
 local nick = redis.call('HGET', p..'conn:'..cid, 'nick')
 if not nick then
   for _, n in ipairs(todo) do out[n] = lost[n] and {LOST, lost[n], {'gone'}} or {'gone'} end
   return out
 end
-local found, record = {}, {}
-for _, n in ipairs(todo) do
-  local i = 4 + (n - 1) * PRIVATE_FIELDS
-  local target, ts = string.lower(ARGV[i + 1]), ARGV[i + 2]
-  local to = found[target]
-  if to == nil then
-    to = false
-    local holder = redis.call('GET', p..'nick:'..target)
-    if holder then
-      local to_nick = redis.call('HGET', p..'conn:'..holder, 'nick')
-      if to_nick then to = {holder, to_nick} end
-    end
-    found[target] = to
-  end
-  local res = {'nonick'}
-  if to then res = {'ok', nick, to[1], to[2], ts} end
-  out[n] = lost[n] and {LOST, lost[n], res} or res
-  record[#record + 1] = lines[n]
-  record[#record + 1] = cjson.encode(lost[n] and {lost = lost[n], result = res} or res)
+local found = {}
+-- the target nick's part of its lines' results (what an 'ok' result holds after the ts, and its record),
+-- or their refusal
+local function target_of(target)
+  local holder = redis.call('GET', p..'nick:'..target)
+  local to_nick = holder and redis.call('HGET', p..'conn:'..holder, 'nick')
+  if not to_nick then return {refused = {'nonick'}} end
+  local rest = joined({nick, holder, to_nick})
+  if rest then return {rest = rest, ref = shared(rest)} end
+  return {res = {'ok', nick, holder, to_nick}}
 end
-redis.call('EXPIRE', rk, RESULT_TTL)
-redis.call('HSET', rk, unpack(record))
+for _, n in ipairs(todo) do
+  local i = 1 + PRIVATE_FIELDS * n
+  local target = string.lower(ARGV[i + 1])
+  local to = found[target]
+  if not to then to = target_of(target); found[target] = to end
+  if to.refused then
+    result(n, to.refused)
+  elseif to.rest then
+    local ts = ARGV[i + 2]
+    result(n, ts..to.rest, to.ref..ts)
+  else
+    result(n, {to.res[1], to.res[2], to.res[3], to.res[4], ARGV[i + 2]})
+  end
+end
+keep_records()
 return out
 """.replace("PRIVATE_FIELDS", str(PRIVATE_FIELDS)).replace("RESULT_TTL", str(RESULT_TTL)).replace("LOST", repr(LOST))
 
@@ -501,4 +562,4 @@ HISTORY = fenced(replayable(_HISTORY_SRC, grows=False))
 HISTORY_AFTER = fenced(replayable(_HISTORY_AFTER_SRC, grows=False))
 TOPIC = fenced(replayable(_TOPIC_SRC))  # a set adds state (a show too is refused when Valkey is full)
 CONNECT = fenced(_CONNECT_SRC)
-RECOVER = fenced(_RECOVER_SRC.replace("RESULT_TTL", str(RESULT_TTL)))
+RECOVER = fenced(_RECOVER_SRC.replace("RESULT_TTL", str(RESULT_TTL)).replace("RECORD_REF", str(ord("r"))))

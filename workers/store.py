@@ -153,8 +153,11 @@ def _recover_reply(reply: Any) -> str | None:
     return _nick_or_none(reply)
 
 
-def _said(res: list[Any]) -> Any:
-    """A room message's result (`Store.say`)."""
+def _said(res: list[Any] | str) -> Any:
+    """A room message's result (`Store.say`): 'ok' as the string '<ts>\n<seq>\n<nick>\n<room>[\n<gateway>...]'."""
+    if isinstance(res, str):
+        ts, seq, nick, room, *gateways = res.split("\n")
+        return (nick, room, gateways, float(ts), int(seq))
     if res[0] == "ok":
         return (res[1], res[2], res[3], float(res[4]), res[5])
     if res[0] == scripts.LOST:
@@ -162,8 +165,11 @@ def _said(res: list[Any]) -> Any:
     return _failed_or(res, lambda r: r)
 
 
-def _private(res: list[Any]) -> Any:
-    """A private message's result (`Store.private`)."""
+def _private(res: list[Any] | str) -> Any:
+    """A private message's result (`Store.private`): 'ok' as the string '<ts>\n<nick>\n<to cid>\n<to nick>'."""
+    if isinstance(res, str):
+        ts, nick, to, to_nick = res.split("\n")
+        return (nick, to, to_nick, float(ts))
     if res[0] == "ok":
         return (res[1], res[2], res[3], float(res[4]))
     if res[0] == scripts.LOST:
