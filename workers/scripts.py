@@ -100,25 +100,28 @@ return {'ok', old, out}
 _JOIN_SRC = """
 local p, cid, room, max_rooms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local ck = p..'conn:'..cid
-local nick = redis.call('HGET', ck, 'nick')
+local nick, gw = unpack(redis.call('HMGET', ck, 'nick', 'gw'))
 if not nick then return {'gone'} end
-local mk = p..'room:'..room..':members'
+local rp = p..'room:'..room
+local mk = rp..':members'
 if redis.call('SISMEMBER', mk, cid) == 0 and redis.call('SCARD', ck..':rooms') >= max_rooms then
   return {'toomany', room}
 end
 local added = redis.call('SADD', mk, cid)
 redis.call('SADD', ck..':rooms', room)
 redis.call('HSET', ck, 'room', room)
-redis.call('ZADD', p..'rooms:by-size', redis.call('SCARD', mk), room)
-redis.call('PERSIST', p..'room:'..room..':history')
-redis.call('PERSIST', p..'room:'..room..':topic')
-redis.call('PERSIST', p..'room:'..room..':seq')
-local gk, seq = p..'room:'..room..':gws', 0
-if added == 1 then
-  redis.call('HINCRBY', gk, redis.call('HGET', ck, 'gw'), 1)
-  seq = redis.call('INCR', p..'room:'..room..':seq')
-end
 local members = redis.call('SMEMBERS', mk)
+redis.call('ZADD', p..'rooms:by-size', #members, room)
+if #members == 1 then  -- the room was empty: its history, topic and seq were set to expire (`resized`)
+  redis.call('PERSIST', rp..':history')
+  redis.call('PERSIST', rp..':topic')
+  redis.call('PERSIST', rp..':seq')
+end
+local gk, seq = rp..':gws', 0
+if added == 1 then
+  redis.call('HINCRBY', gk, gw, 1)
+  seq = redis.call('INCR', rp..':seq')
+end
 local nicks = {}
 for i, m in ipairs(members) do nicks[i] = redis.call('HGET', p..'conn:'..m, 'nick') or '?' end
 return {'ok', nick, added, members, nicks, redis.call('HGET', p..'room:'..room..':topic', 'text') or '',
@@ -276,39 +279,38 @@ return out
 # is over maxmemory, but once a script has written anything (even a DEL or an
 # EXPIRE) it lets the rest through, so that a script never stops half-way.
 # GUARD is therefore the first write: `HSET` for the operations that grow the
-# state (refused whole when Valkey is full: the sender is told), an `EXPIRE`
-# for the reads and the departures (served when full: they only keep their
-# result, which expires, or they free memory). A replay of a recorded
-# result returns before it, so it is always served.
+# state (refused whole when Valkey is full: the sender is told), a `DEL` of an
+# earlier event's results or an `EXPIRE` for the reads and the departures
+# (served when full: they only keep their result, which expires, or they free
+# memory). A replay of a recorded result returns before it, so it is always
+# served.
 _REPLAYABLE = """
 local rk = p..'res:'..cid
 local event, line = ARGV[#ARGV - 1], ARGV[#ARGV]
-local current = redis.call('HGET', rk, 'event') == event
+local seen = redis.call('HMGET', rk, 'event', line)
+local current = seen[1] == event
 local lost = false  -- a recovery (RECOVER) registered the connection again as this nick, for this line
-if current then
-  local hit = redis.call('HGET', rk, line)
-  if hit then
-    local rec = cjson.decode(hit)
-    if type(rec) ~= 'table' or not rec.lost then return rec end
-    if rec.result ~= nil then return {LOST, rec.lost, rec.result} end
-    lost = rec.lost
-  end
+if current and seen[2] then
+  local rec = cjson.decode(seen[2])
+  if type(rec) ~= 'table' or not rec.lost then return rec end
+  if rec.result ~= nil then return {LOST, rec.lost, rec.result} end
+  lost = rec.lost
 end
 GUARD
-if not current then
-  redis.call('DEL', rk)
-  redis.call('HSET', rk, 'event', event)
-end
 local result = op()
 if type(result) ~= 'table' or result[1] ~= 'gone' then
-  redis.call('EXPIRE', rk, RESULT_TTL)
-  redis.call('HSET', rk, line, cjson.encode(lost and {lost = lost, result = result} or result))
+  local rec = cjson.encode(lost and {lost = lost, result = result} or result)
+KEEP
 end
 if lost then return {LOST, lost, result} end
 return result
 """
-_GROWS = "redis.call('HSET', rk, 'event', event)"
-_SERVED_WHEN_FULL = "redis.call('EXPIRE', rk, RESULT_TTL)"
+# GUARD, then after the op what keeps its result (an earlier event's results were deleted after the guard)
+_GROWS = ("redis.call('HSET', rk, 'event', event)\nif not current then redis.call('DEL', rk) end",
+          """  redis.call('HSET', rk, line, rec, 'event', event)
+  if not current then redis.call('EXPIRE', rk, RESULT_TTL) end""")
+_SERVED_WHEN_FULL = ("if current then redis.call('EXPIRE', rk, RESULT_TTL) else redis.call('DEL', rk) end",
+                     _GROWS[1])
 
 
 def replayable(script: str, ttl: int = RESULT_TTL, grows: bool = True) -> str:
@@ -321,14 +323,15 @@ def replayable(script: str, ttl: int = RESULT_TTL, grows: bool = True) -> str:
     the same line, as when the broker gives a dead worker's event to
     another, the script returns the first result and changes nothing: the
     replay publishes exactly what the first run would have. The results
-    expire `ttl` seconds after the last change: a replay comes within seconds.
+    expire `ttl` seconds after the event's first: a replay comes within seconds.
 
     `grows`: the script adds state, so a full Valkey (maxmemory, noeviction)
     refuses it whole with an OOM error; otherwise (reads, departures) it is
     served also when Valkey is full.
     """
     first, _, body = script.strip().partition("\n")
-    wrapper = _REPLAYABLE.replace("GUARD", _GROWS if grows else _SERVED_WHEN_FULL)
+    guard, keep = _GROWS if grows else _SERVED_WHEN_FULL
+    wrapper = _REPLAYABLE.replace("GUARD", guard).replace("KEEP", keep)
     wrapper = wrapper.replace("RESULT_TTL", str(ttl)).replace("LOST", repr(LOST))
     return f"{first}\nlocal function op()\n{body}\nend\n" + wrapper
 
