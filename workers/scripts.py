@@ -419,18 +419,19 @@ def _group_recorded(first: int, fields: int) -> str:
 
 
 # Room messages (plain text, /me, /msg #room): the consecutive ones of one event run as one call, in
-# order (ARGV: p, cid, history keep, event, then per line: its number, room ('' for the current one), text,
-# id, ts, kind) -> one result per line. Replayable as `replayable` makes a script, per line: each line's
-# result is kept under `p res:<cid>`, field = its number, as a single line's would be, so a replay that
-# groups the lines otherwise (or one by one) returns each line's first result and writes nothing again.
-# One connection lookup, one membership check, member gateways and seq read per room, one XADD per line.
-# The first write is the `grows` guard; a full Valkey refuses it, and with it each line not yet recorded
-# ({'refused', why}), while the recorded ones are still replayed. What the lines of a room share (nick,
-# room, gateways, seq) is recorded once (`shared`).
-SAY_FIELDS = 6  # ARGV a line takes
+# order (ARGV: p, cid, history keep, ts, event, then per line: its number, where, text; where: '<kind>
+# <room>' (room '' for the current one), then '\n<id>' unless its id is '<cid>/<number>') -> one result per
+# line. Replayable as `replayable` makes a script, per line: each line's result is kept under `p res:<cid>`,
+# field = its number, as a single line's would be, so a replay that groups the lines otherwise (or one by
+# one) returns each line's first result and writes nothing again. One connection lookup, one membership
+# check, member gateways and seq read per room, one XADD per line, one XTRIM per room. The first write is
+# the `grows` guard; a full Valkey refuses it, and with it each line not yet recorded ({'refused', why}),
+# while the recorded ones are still replayed. What the lines of a room share (nick, room, gateways, seq) is
+# recorded once (`shared`).
+SAY_FIELDS = 3  # ARGV a line takes
 _SAY_SRC = """
-local p, cid, keep, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-""" + _group_recorded(5, SAY_FIELDS) + """local full = redis.pcall('HSET', rk, 'event', event)
+local p, cid, keep, ts, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+""" + _group_recorded(6, SAY_FIELDS) + """local full = redis.pcall('HSET', rk, 'event', event)
 if type(full) == 'table' and full.err then
   for _, n in ipairs(todo) do out[n] = {'refused', full.err} end
   return out
@@ -441,9 +442,9 @@ if not nick then
   for _, n in ipairs(todo) do out[n] = lost[n] and {LOST, lost[n], {'gone'}} or {'gone'} end
   return out
 end
--- a room's part of its lines' results (its history key, what an 'ok' result holds after the ts, and its
--- record), or the refusal of its lines
 local call, argv = redis.call, ARGV
+-- a room's part of its lines' results (its history key, their 'ok' result and its record: the ts is the
+-- call's), or the refusal of its lines
 local rooms, written = {['']= {refused = {'noroom'}}}, {}
 local function room_of(room)
   local rp = p..'room:'..room
@@ -453,30 +454,35 @@ local function room_of(room)
   local rest = joined({nick, room}) and joined(gws)
   if rest then
     rest = '\\n'..seq..'\\n'..nick..'\\n'..room..rest
-    return {history = rp..':history', rest = rest, ref = shared(rest)}
+    return {history = rp..':history', res = ts..rest, rec = shared(rest)..ts}
   end
-  return {history = rp..':history', res = {'ok', nick, room, gws, 'TS', tonumber(seq)}}
+  return {history = rp..':history', res = {'ok', nick, room, gws, ts, tonumber(seq)}}
+end
+-- a line's where: its kind, its room (nil: the current one) and its id ('': '<cid>/<number>')
+local places = {}
+local function place_of(where)
+  local kind, room, id = string.match(where, '^([^ ]*) ([^\\n]*)\\n?(.*)$')
+  return {kind = kind or '', room = room ~= '' and room or nil, id = id or ''}
 end
 for _, n in ipairs(todo) do
-  local i = SAY_FIELDS * n - 1
-  local room = argv[i + 1]
-  if room == '' then room = here end
+  local i = SAY_FIELDS * n + 3
+  local where = argv[i + 1]
+  local place = places[where]
+  if not place then place = place_of(where); places[where] = place end
+  local room = place.room or here
   local r = rooms[room]
   if not r then r = room_of(room); rooms[room] = r end
-  local history, rest = r.history, r.rest
+  local history = r.history
   if history then
-    local ts = argv[i + 4]
-    call('XADD', history, '*', 'id', argv[i + 3], 'from', nick, 'text', argv[i + 2], 'ts', ts, 'kind', argv[i + 5])
-    if rest and not lost[n] then  -- the common case, inline
-      out[n] = ts..rest
+    local id = place.id
+    if id == '' then id = cid..'/'..lines[n] end
+    call('XADD', history, '*', 'id', id, 'from', nick, 'text', argv[i + 2], 'ts', ts, 'kind', place.kind)
+    if r.rec and not lost[n] then  -- the common case, inline
+      out[n] = r.res
       record[#record + 1] = lines[n]
-      record[#record + 1] = r.ref..ts
-    elseif rest then
-      result(n, ts..rest, r.ref..ts)
+      record[#record + 1] = r.rec
     else
-      local res = {unpack(r.res)}
-      res[5] = ts
-      result(n, res)
+      result(n, r.res, r.rec)
     end
   else
     result(n, r.refused)

@@ -414,8 +414,10 @@ class Store:
         """Append to the room's history -> (nick, room, gateways with members, ts as first stored,
         the room's seq). The room messages of one event next to each other run as one script."""
         event, line = op
-        return Call(scripts.SAY, (cid, HISTORY_KEEP, event, line, room or "", text, msg_id, repr(ts), kind), _said,
-                    shared=3)
+        where = f"{kind} {room or ''}"  # `scripts.SAY`: the id only if it is not the line's own
+        if msg_id != f"{cid}/{line}":
+            where += "\n" + msg_id
+        return Call(scripts.SAY, (cid, HISTORY_KEEP, repr(ts), event, line, where, text), _said, shared=4)
 
     # Reads are replayable too: a replay must see what the first run saw, not
     # what the event's later lines have written since.

@@ -43,7 +43,7 @@ def test_a_room_message_and_a_private_message_reply_one_string(client: redis.Red
     a = connected(Chat(store), f"{GW_A}:1", "alice", "#r")
     connected(Chat(store), f"{GW_B}:1", "bob", "#r")
     sha = client.script_load(scripts.SAY)
-    said: Any = client.evalsha(sha, 0, prefix, a.cid, 100, 40, 40, "", "hi", f"{a.cid}/40", "5.0", "message", 0)
+    said: Any = client.evalsha(sha, 0, prefix, a.cid, 100, "5.0", 40, 40, "message ", "hi", 0)
     ts, seq, nick, room, *gateways = said[0].split("\n")
     assert (ts, nick, room, sorted(gateways)) == ("5.0", "alice", "#r", [GW_A, GW_B])
     assert int(seq) > 0
@@ -136,3 +136,17 @@ def test_a_nick_refused_when_full_changes_nothing_and_is_refused_again(full_url:
         assert isinstance(store.run_one(store.history((a.seq + 2, a.seq + 2), a.cid, None, 5)), Failed)
     finally:
         client.close()
+
+
+def test_a_room_message_of_its_own_id_kind_and_room_is_stored_as_given(client: redis.Redis, prefix: str) -> None:
+    """SAY takes a line's kind, room and id in one argument, its id only when it is not the line's own."""
+    store = Store(client, prefix=prefix)
+    a = connected(Chat(store), f"{GW_A}:1", "alice", "#r", "#s")
+    odd_id = "an id\nwith a newline"
+    said = store.run([store.say((50, 50), a.cid, "#r", "one", odd_id, 5.0, "action"),
+                      store.say((50, 51), a.cid, None, "two", f"{a.cid}/51", 5.0, "message")])
+    assert [(s[1], s[3]) for s in said] == [("#r", 5.0), ("#s", 5.0)]
+    history = {room: [f for _, f in client.xrange(f"{prefix}room:{room}:history")]  # type: ignore[union-attr]
+               for room in ("#r", "#s")}
+    assert history == {"#r": [{"id": odd_id, "from": "alice", "text": "one", "ts": "5.0", "kind": "action"}],
+                       "#s": [{"id": f"{a.cid}/51", "from": "alice", "text": "two", "ts": "5.0", "kind": "message"}]}
