@@ -495,45 +495,38 @@ return out
 
 
 # Private messages (/msg NICK text): the consecutive ones of one event run as one call, in order (ARGV: p,
-# cid, event, then per line: its number, target nick, ts) -> one result per line ({'ok', nick, to cid,
-# to nick as spelled, ts}, {'nonick'} or {'gone'}). Replayable per line as SAY is: each line's result is
-# kept under `p res:<cid>`, field = its number, as `replayable` keeps a single line's, so however a replay
-# groups the lines each gets its first result. Nothing is stored but the results: it is served when Valkey
-# is full (its first write is the EXPIRE of `replayable(grows=False)`, or the DEL of an earlier event's
-# results, neither refused). One lookup of the sender, one of each target nick, recorded once (`shared`).
-PRIVATE_FIELDS = 3  # ARGV a line takes
+# cid, ts, event, then per line: its number, target nick) -> one result per line ('ok' as the string
+# '<ts>\n<nick>\n<to cid>\n<to nick as spelled>' (`joined`), {'nonick'} or {'gone'}). Replayable per line
+# as SAY is: each line's result is kept under `p res:<cid>`, field = its number, as `replayable` keeps a
+# single line's, so however a replay groups the lines each gets its first result. Nothing is stored but
+# the results: it is served when Valkey is full (its first write is the EXPIRE of
+# `replayable(grows=False)`, or the DEL of an earlier event's results, neither refused). One lookup of the
+# sender, one of each target nick, recorded once (`shared`).
+PRIVATE_FIELDS = 2  # ARGV a line takes
 _PRIVATE_SRC = """
-local p, cid, event = ARGV[1], ARGV[2], ARGV[3]
-""" + _group_recorded(4, PRIVATE_FIELDS) + """if current then redis.call('EXPIRE', rk, RESULT_TTL) end
+local p, cid, ts, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+""" + _group_recorded(5, PRIVATE_FIELDS) + """if current then redis.call('EXPIRE', rk, RESULT_TTL) end
 local nick = redis.call('HGET', p..'conn:'..cid, 'nick')
 if not nick then
   for _, n in ipairs(todo) do out[n] = lost[n] and {LOST, lost[n], {'gone'}} or {'gone'} end
   return out
 end
 local found = {}
--- the target nick's part of its lines' results (what an 'ok' result holds after the ts, and its record),
+-- the target nick's part of its lines' results (their 'ok' result and its record: the ts is the call's),
 -- or their refusal
 local function target_of(target)
   local holder = redis.call('GET', p..'nick:'..target)
   local to_nick = holder and redis.call('HGET', p..'conn:'..holder, 'nick')
-  if not to_nick then return {refused = {'nonick'}} end
+  if not to_nick then return {res = {'nonick'}} end
   local rest = joined({nick, holder, to_nick})
-  if rest then return {rest = rest, ref = shared(rest)} end
-  return {res = {'ok', nick, holder, to_nick}}
+  if rest then return {res = ts..rest, rec = shared(rest)..ts} end
+  return {res = {'ok', nick, holder, to_nick, ts}}
 end
 for _, n in ipairs(todo) do
-  local i = 1 + PRIVATE_FIELDS * n
-  local target = string.lower(ARGV[i + 1])
+  local target = string.lower(ARGV[PRIVATE_FIELDS * n + 4])
   local to = found[target]
   if not to then to = target_of(target); found[target] = to end
-  if to.refused then
-    result(n, to.refused)
-  elseif to.rest then
-    local ts = ARGV[i + 2]
-    result(n, ts..to.rest, to.ref..ts)
-  else
-    result(n, {to.res[1], to.res[2], to.res[3], to.res[4], ARGV[i + 2]})
-  end
+  result(n, to.res, to.rec)
 end
 keep_records()
 return out

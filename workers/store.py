@@ -426,7 +426,7 @@ class Store:
         """-> (sender nick, target cid, target nick as spelled, ts as first seen). The private messages
         of one event next to each other run as one script."""
         event, line = op
-        return Call(scripts.PRIVATE, (cid, event, line, target, repr(ts)), _private, shared=2)
+        return Call(scripts.PRIVATE, (cid, repr(ts), event, line, target), _private, shared=3)
 
     def who(self, op: Op, cid: str, room: str | None) -> Call:
         """-> (room, member nicks)."""

@@ -48,7 +48,7 @@ def test_a_room_message_and_a_private_message_reply_one_string(client: redis.Red
     assert (ts, nick, room, sorted(gateways)) == ("5.0", "alice", "#r", [GW_A, GW_B])
     assert int(seq) > 0
     sha = client.script_load(scripts.PRIVATE)
-    private: Any = client.evalsha(sha, 0, prefix, a.cid, 41, 41, "BOB", "6.0", 0)
+    private: Any = client.evalsha(sha, 0, prefix, a.cid, "6.0", 41, 41, "BOB", 0)
     assert private == [f"6.0\nalice\n{GW_B}:1\nbob"]
 
 
