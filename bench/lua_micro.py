@@ -7,7 +7,7 @@ Drives the scripts of `workers.scripts` through `workers.store.Store` against a 
 
 - say: W1's, 10 rooms of 50 members over 2 gateways, 5 senders a room, events of 14 room
   messages (W1's mean is ~13.7), one script call an event;
-- churn: W5's cycle, a connect, a /nick, a /join of one of 4 rooms, a /quit, each its own call;
+- churn: W5's cycle, a connect, an event of a /nick and a /join of one of 4 rooms, a /quit;
 - private: W4's, pairs on two gateways, events of 4 private messages.
 
 For each it prints Valkey's CPU (user + sys, `INFO cpu`) and the EVALSHA time of
@@ -163,8 +163,9 @@ def churn_bench(store: Store, client: redis.Redis, cycles: int, counter: Callgri
             gateway = GATEWAYS[n % 2]
             conn = Conn(f"{gateway}:x{n}")
             store.run_one(store.connect(conn.cid, gateway, "127.0.0.1"))
-            store.run_one(store.set_nick((conn.next_event(), conn.next_line()), conn.cid, f"x{n}"))
-            store.run_one(store.join((conn.next_event(), conn.next_line()), conn.cid, f"#churn{n % CHURN_ROOMS}"))
+            event = conn.next_event()  # /nick and /join in one event, as W5 sends them
+            store.run([store.set_nick((event, conn.next_line()), conn.cid, f"x{n}"),
+                       store.join((event, conn.next_line()), conn.cid, f"#churn{n % CHURN_ROOMS}")])
             store.run_one(store.leave((conn.next_event(), conn.next_line()), conn.cid))
 
     return measured(client, cycles, work, counter)
@@ -185,10 +186,11 @@ def private_bench(store: Store, client: redis.Redis, events: int, counter: Callg
     return measured(client, events * PRIVATE_LINES, work, counter)
 
 
-BENCHES: dict[str, tuple[Callable[[Store, redis.Redis, int, Callgrind | None], Cost], str, int]] = {
-    "say": (say_bench, "room message", 1),
-    "churn": (churn_bench, "W5 cycle", 4),
-    "private": (private_bench, "private message", 1),
+# name -> (the bench, its unit, events per unit of --events, units an event)
+BENCHES: dict[str, tuple[Callable[[Store, redis.Redis, int, Callgrind | None], Cost], str, int, int]] = {
+    "say": (say_bench, "room message", 1, LINES),
+    "churn": (churn_bench, "W5 cycle", 4, 1),
+    "private": (private_bench, "private message", 1, PRIVATE_LINES),
 }
 
 
@@ -209,7 +211,7 @@ def run(events: int, repeat: int, only: list[str], stats: bool, callgrind: bool)
         try:
             client = redis.Redis.from_url(url, decode_responses=True)
             for name in only:
-                bench, unit, divisor = BENCHES[name]
+                bench, unit, divisor, per_event = BENCHES[name]
                 units = max(1, events // divisor)
                 costs = []
                 for n in range(repeat):
@@ -224,7 +226,7 @@ def run(events: int, repeat: int, only: list[str], stats: bool, callgrind: bool)
                       f"({best.calls:.3f} calls) per {unit}; all CPU: "
                       + " ".join(f"{c.cpu_us:.2f}" for c in costs))
                 if stats:  # the last run's, its setup included
-                    _print_commandstats(client, units * (LINES if name == "say" else 1), unit)
+                    _print_commandstats(client, units * per_event, unit)
             client.close()
         finally:
             stop(child)

@@ -347,8 +347,8 @@ def replayable(script: str, ttl: int = RESULT_TTL, grows: bool = True) -> str:
 # 'r<h>' (h: the start of its SHA1, so that the records are the same however the lines were grouped) and
 # each line keeps 'r<h>|<its ts>'. The other results are cjson, as `replayable` records.
 _GROUP_RECORDED = """local rk = p..'res:'..cid
-local lines, out, todo, lost = {}, {}, {}, {}
-for i = FIRST, #ARGV, FIELDS do lines[#lines + 1] = ARGV[i] end
+local lines, out, todo, lost, count = {}, {}, {}, {}, 0
+for i = FIRST, #ARGV, FIELDS do count = count + 1; lines[count] = ARGV[i] end
 local current = redis.call('HGET', rk, 'event') == event
 if current then
   local hits, refs, shared = redis.call('HMGET', rk, unpack(lines)), {}, {}
@@ -372,9 +372,10 @@ if current then
     end
   end
 end
-for n = 1, #lines do if not out[n] then todo[#todo + 1] = n end end
-if #todo == 0 then return out end
-local record = {}
+local left = 0
+for n = 1, count do if not out[n] then left = left + 1; todo[left] = n end end
+if left == 0 then return out end
+local record, recorded = {}, 0  -- field, value, ... for HSET
 -- `parts` each after a newline, or nil if one holds a newline (a gateway may name itself anything)
 local function joined(parts)
   for _, part in ipairs(parts) do if string.find(part, '\\n', 1, true) then return nil end end
@@ -385,8 +386,7 @@ end
 -- them keeps, before its ts
 local function shared(rest)
   local ref = 'r'..string.sub(redis.sha1hex(rest), 1, 16)
-  record[#record + 1] = ref
-  record[#record + 1] = rest
+  record[recorded + 1], record[recorded + 2], recorded = ref, rest, recorded + 2
   return ref..'|'
 end
 -- line n's result `res`; `rec` its record ('r<n>|<ts>', or nil: cjson of `res`)
@@ -396,15 +396,13 @@ local function result(n, res, rec)
     rec = cjson.encode({lost = lost[n], result = res[3]})
   end
   out[n] = res
-  record[#record + 1] = lines[n]
-  record[#record + 1] = rec or cjson.encode(res)
+  record[recorded + 1], record[recorded + 2], recorded = lines[n], rec or cjson.encode(res), recorded + 2
 end
 -- keep the records, the event's first with the event number (the results of an earlier event gone)
 local function keep_records()
   if not current then
     redis.call('DEL', rk)
-    record[#record + 1] = 'event'
-    record[#record + 1] = event
+    record[recorded + 1], record[recorded + 2], recorded = 'event', event, recorded + 2
   end
   redis.call('HSET', rk, unpack(record))
   redis.call('EXPIRE', rk, RESULT_TTL)
@@ -479,8 +477,7 @@ for _, n in ipairs(todo) do
     call('XADD', history, '*', 'id', id, 'from', nick, 'text', argv[i + 2], 'ts', ts, 'kind', place.kind)
     if r.rec and not lost[n] then  -- the common case, inline
       out[n] = r.res
-      record[#record + 1] = lines[n]
-      record[#record + 1] = r.rec
+      record[recorded + 1], record[recorded + 2], recorded = lines[n], r.rec, recorded + 2
     else
       result(n, r.res, r.rec)
     end
