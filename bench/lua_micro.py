@@ -81,6 +81,7 @@ def start_callgrind_valkey(data_dir: Path) -> tuple[Child, str, Callgrind]:
     sock = data_dir / "valkey.sock"
     argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={data_dir}/cg.out",
             valkey_binary(), "--port", "0", "--unixsocket", str(sock), "--dir", str(data_dir), "--save", "",
+            "--appendonly", "yes",  # as `stack.valkey` runs it: the AOF is part of every write
             "--logfile", str(data_dir / "valkey.log")]
     child = Child("valkey", subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                              stderr=subprocess.DEVNULL, start_new_session=True))
