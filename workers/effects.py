@@ -27,12 +27,13 @@ from protocol.messages import (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ToGateways:
-    """A room event and the gateways it goes to."""
+    """Room events, in order, and the gateways they go to (each gateway gets all of them). Not frozen:
+    a run of room messages to the same gateways is added to one (`Effects.rooms`)."""
 
     gateways: tuple[str, ...]
-    item: RoomEvent
+    items: list[RoomEvent]
 
 
 class Effects:
@@ -53,7 +54,13 @@ class Effects:
 
     def room(self, gateways: Iterable[str], item: RoomEvent) -> None:
         """`item` for the members of its room on each of `gateways` (once each, in this order)."""
-        self.items.append(ToGateways(tuple(dict.fromkeys(gateways)), item))
+        self.items.append(ToGateways(tuple(dict.fromkeys(gateways)), [item]))
+
+    def rooms(self, gateways: tuple[str, ...]) -> list[RoomEvent]:
+        """Room events for each of `gateways` (distinct; in this order): the list to add them to, in order."""
+        items: list[RoomEvent] = []
+        self.items.append(ToGateways(gateways, items))
+        return items
 
     def info(self, cid: str, text: str, code: str = "", args: tuple[str, ...] = ()) -> None:
         self.items.append(Deliver((cid,), ChatEvent(EventType.INFO, text, code=code, args=args)))
@@ -74,28 +81,28 @@ class Effects:
         mark: Mark | None = None
         marked: set[str] = set()  # gateways that got the current mark
 
-        def to(gateway: str, item: BatchItem) -> None:
-            items = out.setdefault(gateway, [])
+        def to(gateway: str) -> list[BatchItem]:
+            items = out.get(gateway)
+            if items is None:
+                items = out[gateway] = []
             if mark is not None and gateway not in marked:
                 items.append(mark)
                 marked.add(gateway)
-            items.append(item)
+            return items
 
         for item in self.items:
-            if isinstance(item, Mark):
+            if type(item) is Mark:
                 mark, marked = item, set()
-                origin = gateway_of(item.cid)
                 if not item.cid.startswith("!"):  # a gateway's loss has no one to acknowledge
-                    out.setdefault(origin, []).append(item)
-                    marked.add(origin)
-            elif isinstance(item, Deliver):
-                for gateway, delivery in _by_gateway(item):
-                    to(gateway, delivery)
-            elif isinstance(item, ToGateways):
+                    to(gateway_of(item.cid))
+            elif type(item) is ToGateways:
                 for gateway in item.gateways:
-                    to(gateway, item.item)
-            elif isinstance(item, (SetMode, Close)):
-                to(gateway_of(item.cid), item)
+                    to(gateway).extend(item.items)
+            elif type(item) is Deliver:
+                for gateway, delivery in _by_gateway(item):
+                    to(gateway).append(delivery)
+            elif type(item) is SetMode or type(item) is Close:
+                to(gateway_of(item.cid)).append(item)
             else:  # a room event is added with its gateways (`room`)
                 raise TypeError(f"a room event without its gateways: {item!r}")
         return out
@@ -111,7 +118,7 @@ def _by_gateway(item: Deliver) -> list[tuple[str, Deliver]]:
     if not item.cids:
         return []
     first = gateway_of(item.cids[0])
-    if all(gateway_of(cid) == first for cid in item.cids[1:]):
+    if len(item.cids) == 1 or all(gateway_of(cid) == first for cid in item.cids[1:]):
         return [(first, item)]
     groups: dict[str, list[str]] = {}
     for cid in item.cids:
