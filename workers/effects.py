@@ -77,49 +77,76 @@ class Effects:
         self.items.append(Close(cid, reason, departed))
 
     def by_gateway(self) -> dict[str, list[BatchItem]]:
-        out: dict[str, list[BatchItem]] = {}
-        mark: Mark | None = None
-        marked: set[str] = set()  # gateways that got the current mark
-
-        def to(gateway: str) -> list[BatchItem]:
-            items = out.get(gateway)
-            if items is None:
-                items = out[gateway] = []
-            if mark is not None and gateway not in marked:
-                items.append(mark)
-                marked.add(gateway)
-            return items
-
+        routes = _Routes()
+        to = routes.to
         for item in self.items:
             if type(item) is Mark:
-                mark, marked = item, set()
-                if not item.cid.startswith("!"):  # a gateway's loss has no one to acknowledge
-                    to(gateway_of(item.cid))
+                routes.mark_with(item)
             elif type(item) is ToGateways:
                 for gateway in item.gateways:
                     to(gateway).extend(item.items)
             elif type(item) is Deliver:
-                for gateway, delivery in _by_gateway(item):
-                    to(gateway).append(delivery)
+                if item.cids:
+                    one = _one_gateway(item.cids)
+                    if one is not None:  # the usual case: the item itself, as a reply to its sender
+                        to(one).append(item)
+                    else:
+                        for gateway, delivery in _by_gateway(item):
+                            to(gateway).append(delivery)
             elif type(item) is SetMode or type(item) is Close:
                 to(gateway_of(item.cid)).append(item)
             else:  # a room event is added with its gateways (`room`)
                 raise TypeError(f"a room event without its gateways: {item!r}")
-        return out
+        return routes.out
 
     def encoded(self) -> tuple[tuple[str, bytes], ...]:
         """(gateway, Batch bytes) pairs, ready for a `Done`."""
         return codec.encode_batches(self.by_gateway().items())
 
 
+class _Routes:
+    """Items by gateway, in order, each gateway's first item of an event after the event's Mark."""
+
+    __slots__ = ("last", "last_items", "mark", "marked", "out")
+
+    def __init__(self) -> None:
+        self.out: dict[str, list[BatchItem]] = {}
+        self.mark: Mark | None = None
+        self.marked: set[str] = set()  # gateways that got the current mark
+        self.last: str | None = None  # the gateway of the item before, and its items
+        self.last_items: list[BatchItem] = []
+
+    def mark_with(self, mark: Mark) -> None:
+        """What follows is the effect of `mark`'s event; the gateway that sent it always gets it."""
+        self.mark, self.marked, self.last = mark, set(), None
+        if not mark.cid.startswith("!"):  # a gateway's loss has no one to acknowledge
+            self.to(gateway_of(mark.cid))
+
+    def to(self, gateway: str) -> list[BatchItem]:
+        """The items of `gateway`, its mark added if it did not have it yet."""
+        if gateway == self.last:
+            return self.last_items
+        items = self.out.get(gateway)
+        if items is None:
+            items = self.out[gateway] = []
+        if self.mark is not None and gateway not in self.marked:
+            items.append(self.mark)
+            self.marked.add(gateway)
+        self.last, self.last_items = gateway, items
+        return items
+
+
+def _one_gateway(cids: tuple[str, ...]) -> str | None:
+    """The gateway of all of (non-empty) `cids`, or None if they are on several."""
+    first = gateway_of(cids[0])
+    for cid in cids[1:]:
+        if gateway_of(cid) != first:
+            return None
+    return first
+
+
 def _by_gateway(item: Deliver) -> list[tuple[str, Deliver]]:
-    """A delivery -> one per gateway of its connections (the item itself when they share one, as a
-    reply to its sender does)."""
-    if not item.cids:
-        return []
-    first = gateway_of(item.cids[0])
-    if len(item.cids) == 1 or all(gateway_of(cid) == first for cid in item.cids[1:]):
-        return [(first, item)]
+    """A delivery to connections of several gateways -> one per gateway."""
     groups: dict[str, list[str]] = {}
     for cid in item.cids:
         groups.setdefault(gateway_of(cid), []).append(cid)

@@ -185,12 +185,17 @@ class Chat:
 
     def _plan_lines(self, cid: str, event: int, lines: tuple[str, ...], now: float) -> list[Step | Run]:
         plan = EventPlan(self._commands, cid, event, now)
-        limit, plans = self.limits.max_event_lines, self._plans
+        limit, plans, short = self.limits.max_event_lines, self._plans, self.limits.max_line // 4
         for offset, line in enumerate(lines):
             if offset == limit:  # a gateway never sends so many: refuse the rest
                 self.metrics.refused(RefusedCause.TOO_MANY_LINES, len(lines) - offset)
                 plan.add(reply("error", cid, TOO_MANY_LINES.format(max=limit), R.TOO_MANY_LINES, (str(limit),)))
                 break
+            if len(line) <= short and not line.startswith("/"):  # plain text, as `c.parse_line` reads it
+                text = c.clean_text(line)
+                if text:
+                    plan.say(event + offset, text)
+                continue
             if self._too_long(line):
                 self.metrics.refused(RefusedCause.TOO_LONG)
                 plan.add(reply("error", cid, LineError(LineProblem.TOO_LONG, self.limits.max_line).message(),

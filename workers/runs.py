@@ -127,6 +127,13 @@ class EventPlan:
         self._close()
         self.steps.append(step)
 
+    def say(self, seq: int, text: str) -> None:
+        """Line `seq`: plain `text` to the current room (`c.Say`)."""
+        run = self.run
+        if type(run) is not RoomRun or len(run.lines) == BATCH_MAX:
+            run = self._room()
+        run.add(seq, None, text, _MESSAGE)
+
     def joins(self, seq: int, cmd: c.Command) -> bool:
         """Line `seq`'s command added to a run -> whether it is one that runs take."""
         if type(cmd) is c.Say:
