@@ -49,7 +49,7 @@ from protocol.replies import ReplyCode as R
 from workers.effects import Effects
 from workers.metrics import RefusedCause, WorkerMetrics, redis_cause
 from workers.plans import HISTORY_GAP, NO_ROOM, TOO_MANY_ROOMS, CommandPlans
-from workers.runs import EventPlan
+from workers.runs import EventPlan, Stamp, stamp_of
 from workers.steps import At, ChatLimits, Run, Step, reply
 from workers.store import Call, Gone, Grouped, Recovered, SessionLost, Store
 
@@ -74,6 +74,7 @@ class Chat:
         self.metrics = WorkerMetrics() if metrics is None else metrics
         self._commands = CommandPlans(store, limits)
         self._plans: dict[type, Callable[[At, Any], Step]] = self._commands.table()
+        self._stamped = stamp_of(0.0)
 
     # --- driving -------------------------------------------------------------------
 
@@ -184,7 +185,7 @@ class Chat:
         raise TypeError(f"cannot plan {item!r}")
 
     def _plan_lines(self, cid: str, event: int, lines: tuple[str, ...], now: float) -> list[Step | Run]:
-        plan = EventPlan(self._commands, cid, event, now)
+        plan = EventPlan(self._commands, cid, event, self._stamp(now))
         limit, plans, short = self.limits.max_event_lines, self._plans, self.limits.max_line // 4
         for offset, line in enumerate(lines):
             if offset == limit:  # a gateway never sends so many: refuse the rest
@@ -192,7 +193,7 @@ class Chat:
                 plan.add(reply("error", cid, TOO_MANY_LINES.format(max=limit), R.TOO_MANY_LINES, (str(limit),)))
                 break
             if len(line) <= short and not line.startswith("/"):  # plain text, as `c.parse_line` reads it
-                text = c.clean_text(line)
+                text = line.strip() if line.isprintable() else c.clean_text(line)  # `clean_text`, its usual case inline
                 if text:
                     plan.say(event + offset, text)
                 continue
@@ -213,6 +214,12 @@ class Chat:
             if step.last:
                 break  # lines after /quit are not for anyone
         return plan.done()
+
+    def _stamp(self, now: float) -> Stamp:
+        """`now` as the runs take it, made once a dispatch (its events share the same `now`)."""
+        if now is not self._stamped.now:
+            self._stamped = stamp_of(now)
+        return self._stamped
 
     def _too_long(self, line: str) -> bool:
         """Longer than max_line bytes of UTF-8 (a character is 1 to 4 of them)."""

@@ -18,7 +18,7 @@ line as they always have: the effects are the same either way.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from protocol import commands as c
 from protocol.messages import ChatEvent, Deliver, EventType, RoomEvent, maker
@@ -33,20 +33,30 @@ _new_deliver = maker(Deliver)
 _MESSAGE, _ACTION, _PRIVATE = EventType.MESSAGE, EventType.ACTION, EventType.PRIVATE
 
 
+class Stamp(NamedTuple):
+    """The time of a dispatch as its runs use it: as given (for the lines' own steps), as the store
+    sends it (`repr`, as `Store.say` makes it) and as a reply's ts of that text reads (`float`)."""
+
+    now: float
+    text: str
+    ts: float
+
+
+def stamp_of(now: float) -> Stamp:
+    text = repr(now)
+    return Stamp(now, text, float(text))
+
+
 class RoomRun:
     """Room messages of one event, in order: each line (its number, room or '' for the current one,
     text, message ID, ts as sent, kind), as `Store.say_run` takes them."""
 
     __slots__ = ("cid", "event", "lines", "now", "plans", "stamp", "ts")
 
-    def __init__(self, plans: CommandPlans, cid: str, event: int, now: float) -> None:
+    def __init__(self, plans: CommandPlans, cid: str, event: int, stamp: Stamp) -> None:
         self.plans, self.cid, self.event = plans, cid, event
-        self.stamp = repr(now)  # as `Store.say` sends it
-        self.now, self.ts = now, float(self.stamp)  # ts: what the reply's ts reads as when it is the stamp
+        self.now, self.stamp, self.ts = stamp
         self.lines: list[tuple[int, str, str, str, str, EventType]] = []
-
-    def add(self, seq: int, room: str | None, text: str, kind: EventType) -> None:
-        self.lines.append((seq, room or "", text, f"{self.cid}/{seq}", self.stamp, kind))
 
     def step(self) -> Run:
         return Run(self.plans.store.say_run(self.cid, self.event, self.lines), self.respond, self.expand)
@@ -78,10 +88,9 @@ class PrivateRun:
 
     __slots__ = ("cid", "event", "lines", "now", "plans", "stamp", "texts", "ts")
 
-    def __init__(self, plans: CommandPlans, cid: str, event: int, now: float) -> None:
+    def __init__(self, plans: CommandPlans, cid: str, event: int, stamp: Stamp) -> None:
         self.plans, self.cid, self.event = plans, cid, event
-        self.stamp = repr(now)  # as `Store.private` sends it
-        self.now, self.ts = now, float(self.stamp)
+        self.now, self.stamp, self.ts = stamp
         self.lines: list[tuple[int, str, str]] = []
         self.texts: list[str] = []
 
@@ -115,10 +124,10 @@ class EventPlan:
     """The steps of one event's lines, in order, its like lines next to each other in runs (at most
     BATCH_MAX lines each, as the store joins calls)."""
 
-    __slots__ = ("cid", "event", "now", "plans", "run", "steps")
+    __slots__ = ("cid", "event", "plans", "run", "stamp", "steps")
 
-    def __init__(self, plans: CommandPlans, cid: str, event: int, now: float) -> None:
-        self.plans, self.cid, self.event, self.now = plans, cid, event, now
+    def __init__(self, plans: CommandPlans, cid: str, event: int, stamp: Stamp) -> None:
+        self.plans, self.cid, self.event, self.stamp = plans, cid, event, stamp
         self.steps: list[Step | Run] = []
         self.run: RoomRun | PrivateRun | None = None
 
@@ -127,24 +136,24 @@ class EventPlan:
         self._close()
         self.steps.append(step)
 
-    def say(self, seq: int, text: str) -> None:
-        """Line `seq`: plain `text` to the current room (`c.Say`)."""
+    def say(self, seq: int, text: str, room: str | None = None, kind: EventType = _MESSAGE) -> None:
+        """Line `seq`: a room message, `text` to `room` (None: the current one)."""
         run = self.run
         if type(run) is not RoomRun or len(run.lines) == BATCH_MAX:
             run = self._room()
-        run.add(seq, None, text, _MESSAGE)
+        run.lines.append((seq, room or "", text, f"{self.cid}/{seq}", run.stamp, kind))
 
     def joins(self, seq: int, cmd: c.Command) -> bool:
         """Line `seq`'s command added to a run -> whether it is one that runs take."""
         if type(cmd) is c.Say:
-            self._room().add(seq, None, cmd.text, _MESSAGE)
+            self.say(seq, cmd.text)
         elif type(cmd) is c.Msg:
             if cmd.target.startswith("#"):
-                self._room().add(seq, cmd.target, cmd.text, _MESSAGE)
+                self.say(seq, cmd.text, cmd.target)
             else:
                 self._private().add(seq, cmd.target, cmd.text)
         elif type(cmd) is c.Me:
-            self._room().add(seq, cmd.room, cmd.text, _ACTION)
+            self.say(seq, cmd.text, cmd.room, _ACTION)
         else:
             return False
         return True
@@ -154,17 +163,15 @@ class EventPlan:
         return self.steps
 
     def _room(self) -> RoomRun:
-        run = self.run
-        if type(run) is not RoomRun or len(run.lines) == BATCH_MAX:
-            self._close()
-            run = self.run = RoomRun(self.plans, self.cid, self.event, self.now)
+        self._close()
+        run = self.run = RoomRun(self.plans, self.cid, self.event, self.stamp)
         return run
 
     def _private(self) -> PrivateRun:
         run = self.run
         if type(run) is not PrivateRun or len(run.lines) == BATCH_MAX:
             self._close()
-            run = self.run = PrivateRun(self.plans, self.cid, self.event, self.now)
+            run = self.run = PrivateRun(self.plans, self.cid, self.event, self.stamp)
         return run
 
     def _close(self) -> None:
