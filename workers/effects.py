@@ -83,7 +83,7 @@ class Effects:
             if type(item) is Mark:
                 routes.mark_with(item)
             elif type(item) is ToGateways:
-                for gateway in item.gateways:
+                for gateway in item.gateways if item.items else ():  # no events: nothing, not even a mark
                     to(gateway).extend(item.items)
             elif type(item) is Deliver:
                 if item.cids:
