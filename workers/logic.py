@@ -3,9 +3,12 @@
 `Chat.handle_batch(items, now)` is the whole behaviour of the protocol (README) for
 a dispatch of events. Every line becomes a `Step` (`workers.steps`): at most one
 store call (`workers.store.Call`) and a function that turns the call's result
-into effects; each command's step comes from its plan (`workers.plans`). All
-the calls of a dispatch go to Redis in one round trip, in order, then the steps
-respond in order. `now` (server time) comes in as a value.
+into effects; each command's step comes from its plan (`workers.plans`). Room
+messages and private messages next to each other in an event are planned as a
+`Run` instead (`workers.runs`): one call and one answer for all of them, the same
+effects as their steps would make. All the calls of a dispatch go to Redis in
+one round trip, in order, then the steps respond in order. `now` (server time)
+comes in as a value.
 
 Message IDs are derived from the line's ID, `<cid>/<seq>`: the gateway
 numbers every line of a connection and connection IDs are unique across
