@@ -10,8 +10,9 @@ broker sends them: `--events` events of `--lines` lines each (a W1 event
 carries about 14: a connection's lines waiting behind its event in flight).
 
 Reports the CPU time of this thread (Valkey's is not counted) per line, best
-of `--repeat` runs. It runs against the tree it is started from, so the same
-file run with an older checkout first on PYTHONPATH gives the before figures.
+of `--repeat` runs (the machine may be shared: alternate old and new runs). It
+runs against the tree it is started from, so the same file run with an older
+checkout first on PYTHONPATH gives the before figures.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import redis
 from protocol import codec
 from protocol.messages import Connected, Heartbeat, Lines
 from stack.children import stop
+from stack.process import tune_gc
 from stack.valkey import start_valkey
 from workers.handler import Breaker, Handler
 from workers.logic import Chat
@@ -135,7 +137,9 @@ def main() -> None:
         try:
             handler = Handler(Chat(Store(client, prefix="b:")), Breaker(1.0))
             for name, shape in (("W1 room message", w1), ("W4 private message", w4)):
-                per_line = timed(handler, shape(handler), args)
+                senders = shape(handler)
+                tune_gc()  # as a worker does once it is set up
+                per_line = timed(handler, senders, args)
                 print(f"{name:<24} {per_line * 1e6:8.2f} us CPU per line "
                       f"({args.events} events x {args.lines} lines a dispatch)")
         finally:
