@@ -22,7 +22,7 @@ import itertools
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -47,7 +47,7 @@ class Conn:
     cid: str
     prefix: str = ""
     seq: int = 1
-    sent: int = field(default=0)
+    sent: int = 0
 
     def event(self, lines: int) -> Lines:
         texts = tuple(f"{self.prefix}{TEXT} {self.sent + n}" for n in range(lines))
@@ -59,14 +59,12 @@ class Conn:
 
 def _setup(handler: Handler, conns: list[Conn], commands: dict[str, list[str]]) -> None:
     """Connect `conns`, then send each its setup lines, one event each."""
-    ids = itertools.count(1)
     for conn in conns:
         handler.frames(_frames([Connected(conn.cid, 0, "127.0.0.1:1")]), time.time(), time.monotonic(), 1)
     for conn in conns:
         for line in commands.get(conn.cid, []):
             handler.frames(_frames([Lines(conn.cid, conn.seq, (line,))]), time.time(), time.monotonic(), 1)
             conn.seq += 1
-            next(ids)
 
 
 _HEARTBEAT = codec.encode(Heartbeat("broker-bench"))
