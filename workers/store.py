@@ -403,7 +403,6 @@ class Store:
         for script in {c.script for c in calls if c.script is not None}:
             self._shas[script] = self._client.script_load(script)
 
-
     # --- the operations ----------------------------------------------------------------
 
     def connect(self, cid: str, gateway: str, addr: str) -> Call:
