@@ -94,10 +94,6 @@ class PrivateRun:
         self.lines: list[tuple[int, str, str]] = []
         self.texts: list[str] = []
 
-    def add(self, seq: int, target: str, text: str) -> None:
-        self.lines.append((seq, target, self.stamp))
-        self.texts.append(text)
-
     def step(self) -> Run:
         return Run(self.plans.store.private_run(self.cid, self.event, self.lines), self.respond, self.expand)
 
@@ -143,17 +139,25 @@ class EventPlan:
             run = self._room()
         run.lines.append((seq, room or "", text, f"{self.cid}/{seq}", run.stamp, kind))
 
+    def private(self, seq: int, target: str, text: str) -> None:
+        """Line `seq`: a private message, `text` to the nick `target`."""
+        run = self.run
+        if type(run) is not PrivateRun or len(run.lines) == BATCH_MAX:
+            run = self._private()
+        run.lines.append((seq, target, run.stamp))
+        run.texts.append(text)
+
     def joins(self, seq: int, cmd: c.Command) -> bool:
         """Line `seq`'s command added to a run -> whether it is one that runs take."""
-        if type(cmd) is c.Say:
-            self.say(seq, cmd.text)
-        elif type(cmd) is c.Msg:
+        if type(cmd) is c.Msg:
             if cmd.target.startswith("#"):
                 self.say(seq, cmd.text, cmd.target)
             else:
-                self._private().add(seq, cmd.target, cmd.text)
+                self.private(seq, cmd.target, cmd.text)
         elif type(cmd) is c.Me:
             self.say(seq, cmd.text, cmd.room, _ACTION)
+        elif type(cmd) is c.Say:  # plain text the chat did not take as such at once (long, or //)
+            self.say(seq, cmd.text)
         else:
             return False
         return True
@@ -168,10 +172,8 @@ class EventPlan:
         return run
 
     def _private(self) -> PrivateRun:
-        run = self.run
-        if type(run) is not PrivateRun or len(run.lines) == BATCH_MAX:
-            self._close()
-            run = self.run = PrivateRun(self.plans, self.cid, self.event, self.stamp)
+        self._close()
+        run = self.run = PrivateRun(self.plans, self.cid, self.event, self.stamp)
         return run
 
     def _close(self) -> None:
