@@ -694,9 +694,13 @@ def test_a_recovering_event_that_died_mid_way_replays_as_one_run(
     between the recovery and the lines run again, or after those; another worker's run of the event
     then publishes what one clean run does, and leaves Redis as it would."""
     twin = new_prefix()
-    ta, _ = _recovering_scene(client, twin, Store(client, prefix=twin))
+    counting = CrashingStore(client, twin, calls=10**9, after=False)  # counts the calls, never crashes
+    ta, _ = _recovering_scene(client, twin, counting)
+    counting.left = 10**9
     clean = ta.send(*RECOVERING, now=5.0)
     assert lines_to(clean, ta.cid)[0][1].startswith("the service lost your session")
+    if calls > 10**9 - counting.left:  # runs of like lines make one call each (workers.runs)
+        pytest.skip(f"the event makes {10**9 - counting.left} calls")
     prefix = new_prefix()
     crashing = CrashingStore(client, prefix, calls=10**9, after=after)
     a, _ = _recovering_scene(client, prefix, crashing)
