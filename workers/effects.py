@@ -27,12 +27,13 @@ from protocol.messages import (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ToGateways:
-    """A room event and the gateways it goes to."""
+    """Room events, in order, and the gateways they go to (each gateway gets all of them). Not frozen:
+    a run of room messages to the same gateways is added to one (`Effects.rooms`)."""
 
     gateways: tuple[str, ...]
-    item: RoomEvent
+    items: list[RoomEvent]
 
 
 class Effects:
@@ -53,7 +54,13 @@ class Effects:
 
     def room(self, gateways: Iterable[str], item: RoomEvent) -> None:
         """`item` for the members of its room on each of `gateways` (once each, in this order)."""
-        self.items.append(ToGateways(tuple(dict.fromkeys(gateways)), item))
+        self.items.append(ToGateways(tuple(dict.fromkeys(gateways)), [item]))
+
+    def rooms(self, gateways: tuple[str, ...]) -> list[RoomEvent]:
+        """Room events for each of `gateways` (distinct; in this order): the list to add them to, in order."""
+        items: list[RoomEvent] = []
+        self.items.append(ToGateways(gateways, items))
+        return items
 
     def info(self, cid: str, text: str, code: str = "", args: tuple[str, ...] = ()) -> None:
         self.items.append(Deliver((cid,), ChatEvent(EventType.INFO, text, code=code, args=args)))
@@ -70,49 +77,76 @@ class Effects:
         self.items.append(Close(cid, reason, departed))
 
     def by_gateway(self) -> dict[str, list[BatchItem]]:
-        out: dict[str, list[BatchItem]] = {}
-        mark: Mark | None = None
-        marked: set[str] = set()  # gateways that got the current mark
-
-        def to(gateway: str, item: BatchItem) -> None:
-            items = out.setdefault(gateway, [])
-            if mark is not None and gateway not in marked:
-                items.append(mark)
-                marked.add(gateway)
-            items.append(item)
-
+        routes = _Routes()
+        to = routes.to
         for item in self.items:
-            if isinstance(item, Mark):
-                mark, marked = item, set()
-                origin = gateway_of(item.cid)
-                if not item.cid.startswith("!"):  # a gateway's loss has no one to acknowledge
-                    out.setdefault(origin, []).append(item)
-                    marked.add(origin)
-            elif isinstance(item, Deliver):
-                for gateway, delivery in _by_gateway(item):
-                    to(gateway, delivery)
-            elif isinstance(item, ToGateways):
-                for gateway in item.gateways:
-                    to(gateway, item.item)
-            elif isinstance(item, (SetMode, Close)):
-                to(gateway_of(item.cid), item)
+            if type(item) is Mark:
+                routes.mark_with(item)
+            elif type(item) is ToGateways:
+                for gateway in item.gateways if item.items else ():  # no events: nothing, not even a mark
+                    to(gateway).extend(item.items)
+            elif type(item) is Deliver:
+                if item.cids:
+                    one = _one_gateway(item.cids)
+                    if one is not None:  # the usual case: the item itself, as a reply to its sender
+                        to(one).append(item)
+                    else:
+                        for gateway, delivery in _by_gateway(item):
+                            to(gateway).append(delivery)
+            elif type(item) is SetMode or type(item) is Close:
+                to(gateway_of(item.cid)).append(item)
             else:  # a room event is added with its gateways (`room`)
                 raise TypeError(f"a room event without its gateways: {item!r}")
-        return out
+        return routes.out
 
     def encoded(self) -> tuple[tuple[str, bytes], ...]:
         """(gateway, Batch bytes) pairs, ready for a `Done`."""
         return codec.encode_batches(self.by_gateway().items())
 
 
+class _Routes:
+    """Items by gateway, in order, each gateway's first item of an event after the event's Mark."""
+
+    __slots__ = ("last", "last_items", "mark", "marked", "out")
+
+    def __init__(self) -> None:
+        self.out: dict[str, list[BatchItem]] = {}
+        self.mark: Mark | None = None
+        self.marked: set[str] = set()  # gateways that got the current mark
+        self.last: str | None = None  # the gateway of the item before, and its items
+        self.last_items: list[BatchItem] = []
+
+    def mark_with(self, mark: Mark) -> None:
+        """What follows is the effect of `mark`'s event; the gateway that sent it always gets it."""
+        self.mark, self.marked, self.last = mark, set(), None
+        if not mark.cid.startswith("!"):  # a gateway's loss has no one to acknowledge
+            self.to(gateway_of(mark.cid))
+
+    def to(self, gateway: str) -> list[BatchItem]:
+        """The items of `gateway`, its mark added if it did not have it yet."""
+        if gateway == self.last:
+            return self.last_items
+        items = self.out.get(gateway)
+        if items is None:
+            items = self.out[gateway] = []
+        if self.mark is not None and gateway not in self.marked:
+            items.append(self.mark)
+            self.marked.add(gateway)
+        self.last, self.last_items = gateway, items
+        return items
+
+
+def _one_gateway(cids: tuple[str, ...]) -> str | None:
+    """The gateway of all of (non-empty) `cids`, or None if they are on several."""
+    first = gateway_of(cids[0])
+    for cid in cids[1:]:
+        if gateway_of(cid) != first:
+            return None
+    return first
+
+
 def _by_gateway(item: Deliver) -> list[tuple[str, Deliver]]:
-    """A delivery -> one per gateway of its connections (the item itself when they share one, as a
-    reply to its sender does)."""
-    if not item.cids:
-        return []
-    first = gateway_of(item.cids[0])
-    if all(gateway_of(cid) == first for cid in item.cids[1:]):
-        return [(first, item)]
+    """A delivery to connections of several gateways -> one per gateway."""
     groups: dict[str, list[str]] = {}
     for cid in item.cids:
         groups.setdefault(gateway_of(cid), []).append(cid)

@@ -3,9 +3,12 @@
 `Chat.handle_batch(items, now)` is the whole behaviour of the protocol (README) for
 a dispatch of events. Every line becomes a `Step` (`workers.steps`): at most one
 store call (`workers.store.Call`) and a function that turns the call's result
-into effects; each command's step comes from its plan (`workers.plans`). All
-the calls of a dispatch go to Redis in one round trip, in order, then the steps
-respond in order. `now` (server time) comes in as a value.
+into effects; each command's step comes from its plan (`workers.plans`). Room
+messages and private messages next to each other in an event are planned as a
+`Run` instead (`workers.runs`): one call and one answer for all of them, the same
+effects as their steps would make. All the calls of a dispatch go to Redis in
+one round trip, in order, then the steps respond in order. `now` (server time)
+comes in as a value.
 
 Message IDs are derived from the line's ID, `<cid>/<seq>`: the gateway
 numbers every line of a connection and connection IDs are unique across
@@ -25,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from functools import partial
+from itertools import chain
 from typing import Any
 
 import redis
@@ -48,8 +52,9 @@ from protocol.replies import ReplyCode as R
 from workers.effects import Effects
 from workers.metrics import RefusedCause, WorkerMetrics, redis_cause
 from workers.plans import HISTORY_GAP, NO_ROOM, TOO_MANY_ROOMS, CommandPlans
-from workers.steps import At, ChatLimits, Step, reply
-from workers.store import Call, Gone, Recovered, SessionLost, Store
+from workers.runs import EventPlan, Stamp, stamp_of
+from workers.steps import At, ChatLimits, Run, Step, reply
+from workers.store import Call, Gone, Grouped, Recovered, SessionLost, Store
 
 __all__ = [
     "HISTORY_GAP", "INTERNAL_ERROR", "NO_ROOM", "SESSION_LOST", "TOO_MANY_LINES", "TOO_MANY_ROOMS",
@@ -72,6 +77,7 @@ class Chat:
         self.metrics = WorkerMetrics() if metrics is None else metrics
         self._commands = CommandPlans(store, limits)
         self._plans: dict[type, Callable[[At, Any], Step]] = self._commands.table()
+        self._stamped = stamp_of(0.0)
 
     # --- driving -------------------------------------------------------------------
 
@@ -112,10 +118,19 @@ class Chat:
         """The command types this chat has a plan for: all of `protocol.commands.Command`."""
         return frozenset(self._plans)
 
-    def _respond(self, fx: Effects, item: WorkItem, steps: list[Step], results: Iterator[Any],
+    def _respond(self, fx: Effects, item: WorkItem, steps: list[Step | Run], results: Iterator[Any],
                  recovered: bool = False) -> None:
         for i, step in enumerate(steps):
             result = next(results) if step.call else None
+            if isinstance(step, Run):
+                if type(result) is list:  # every line of the run went through: all answered at once
+                    step.respond(fx, result)
+                    continue
+                # otherwise each line as alone, with its own result
+                alone = step.expand()
+                each = result.each if type(result) is Grouped else [result] * len(alone)
+                self._respond(fx, item, [*alone, *steps[i + 1:]], chain(each, results), recovered)
+                return
             if isinstance(result, SessionLost):
                 if isinstance(result, Recovered):  # the line that met the session gone: say so, first
                     nick = result.nick
@@ -141,7 +156,7 @@ class Chat:
             return
         step.respond(fx, result)
 
-    def _recover_and_rerun(self, fx: Effects, item: WorkItem, met: Call, steps: list[Step]) -> None:
+    def _recover_and_rerun(self, fx: Effects, item: WorkItem, met: Call, steps: list[Step | Run]) -> None:
         """Redis forgot a live connection (the call `met`, of steps[0], found it gone): register it
         again, then run the rest of the event.
 
@@ -159,7 +174,7 @@ class Chat:
 
     # --- planning ----------------------------------------------------------------------
 
-    def plan(self, item: WorkItem, now: float) -> list[Step]:
+    def plan(self, item: WorkItem, now: float) -> list[Step | Run]:
         match item:
             case Lines(cid, seq, lines):
                 return self._plan_lines(cid, seq, lines, now)
@@ -172,31 +187,42 @@ class Chat:
                 return [Step(self.store.reap(gateway), self._reaped)]
         raise TypeError(f"cannot plan {item!r}")
 
-    def _plan_lines(self, cid: str, event: int, lines: tuple[str, ...], now: float) -> list[Step]:
-        steps: list[Step] = []
-        limit, plans = self.limits.max_event_lines, self._plans
+    def _plan_lines(self, cid: str, event: int, lines: tuple[str, ...], now: float) -> list[Step | Run]:
+        plan = EventPlan(self._commands, cid, event, self._stamp(now))
+        limit, plans, short = self.limits.max_event_lines, self._plans, self.limits.max_line // 4
         for offset, line in enumerate(lines):
             if offset == limit:  # a gateway never sends so many: refuse the rest
                 self.metrics.refused(RefusedCause.TOO_MANY_LINES, len(lines) - offset)
-                steps.append(reply("error", cid, TOO_MANY_LINES.format(max=limit), R.TOO_MANY_LINES, (str(limit),)))
+                plan.add(reply("error", cid, TOO_MANY_LINES.format(max=limit), R.TOO_MANY_LINES, (str(limit),)))
                 break
+            if len(line) <= short and not line.startswith("/"):  # plain text, as `c.parse_line` reads it
+                text = line.strip() if line.isprintable() else c.clean_text(line)  # `clean_text`, its usual case inline
+                if text:
+                    plan.say(event + offset, text)
+                continue
             if self._too_long(line):
                 self.metrics.refused(RefusedCause.TOO_LONG)
-                steps.append(reply("error", cid, LineError(LineProblem.TOO_LONG, self.limits.max_line).message(),
-                                    R.LINE_TOO_LONG, (str(self.limits.max_line),)))
+                plan.add(reply("error", cid, LineError(LineProblem.TOO_LONG, self.limits.max_line).message(),
+                               R.LINE_TOO_LONG, (str(self.limits.max_line),)))
                 continue
             try:
                 cmd = c.parse_line(line)
             except CommandError as exc:
-                steps.append(reply("error", cid, str(exc), exc.code, exc.details))
+                plan.add(reply("error", cid, str(exc), exc.code, exc.details))
                 continue
-            if cmd is None:
+            if cmd is None or plan.joins(event + offset, cmd):  # nothing to do, or a line of a run
                 continue
             step = plans[type(cmd)](At(cid, event, event + offset, now), cmd)
-            steps.append(step)
+            plan.add(step)
             if step.last:
                 break  # lines after /quit are not for anyone
-        return steps
+        return plan.done()
+
+    def _stamp(self, now: float) -> Stamp:
+        """`now` as the runs take it, made once a dispatch (its events share the same `now`)."""
+        if now is not self._stamped.now:
+            self._stamped = stamp_of(now)
+        return self._stamped
 
     def _too_long(self, line: str) -> bool:
         """Longer than max_line bytes of UTF-8 (a character is 1 to 4 of them)."""

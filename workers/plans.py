@@ -127,7 +127,8 @@ class CommandPlans:
 
         return Step(self.store.part(at.op, at.cid, cmd.room), respond)
 
-    def _to_room(self, at: At, room: str | None, text: str, kind: EventType) -> Step:
+    def to_room(self, at: At, room: str | None, text: str, kind: EventType) -> Step:
+        """A room message (plain text, /me, /msg #room): to the current room if `room` is None or ''."""
         mid = at.mid
 
         def respond(fx: Effects, res: Failed | tuple[str, str, list[str], float, int]) -> None:
@@ -141,27 +142,29 @@ class CommandPlans:
         return Step(self.store.say(at.op, at.cid, room, text, mid, at.now, kind.value), respond)
 
     def _say(self, at: At, cmd: c.Say) -> Step:
-        return self._to_room(at, None, cmd.text, EventType.MESSAGE)
+        return self.to_room(at, None, cmd.text, EventType.MESSAGE)
 
     def _me(self, at: At, cmd: c.Me) -> Step:
-        return self._to_room(at, cmd.room, cmd.text, EventType.ACTION)
+        return self.to_room(at, cmd.room, cmd.text, EventType.ACTION)
 
     def _msg(self, at: At, cmd: c.Msg) -> Step:
         if cmd.target.startswith("#"):
-            return self._to_room(at, cmd.target, cmd.text, EventType.MESSAGE)
+            return self.to_room(at, cmd.target, cmd.text, EventType.MESSAGE)
+        return self.private(at, cmd.target, cmd.text)
 
+    def private(self, at: At, target: str, text: str) -> Step:
+        """A private message (/msg NICK text)."""
         def respond(fx: Effects, res: Failed | tuple[str, str, str, float]) -> None:
             if isinstance(res, Failed):
-                fx.error(at.cid, f"no such nick: {cmd.target}", R.NO_SUCH_NICK, (cmd.target,))
+                fx.error(at.cid, f"no such nick: {target}", R.NO_SUCH_NICK, (target,))
                 return
             nick, to_cid, to_nick, ts = res
             # to yourself: no origin, so text mode shows it once (`*nick* text`), as JSON mode does
             origin = "" if to_cid == at.cid else at.cid
-            event = ChatEvent(EventType.PRIVATE, cmd.text, sender=nick, to=to_nick, id=at.mid, ts=ts,
-                              origin=origin)
+            event = ChatEvent(EventType.PRIVATE, text, sender=nick, to=to_nick, id=at.mid, ts=ts, origin=origin)
             fx.deliver(dict.fromkeys((to_cid, at.cid)), event)
 
-        return Step(self.store.private(at.op, at.cid, cmd.target, at.now), respond)
+        return Step(self.store.private(at.op, at.cid, target, at.now), respond)
 
     def _who(self, at: At, cmd: c.Who) -> Step:
         def respond(fx: Effects, res: Failed | tuple[str, list[str]]) -> None:

@@ -56,6 +56,20 @@ class Step(NamedTuple):
     last: bool = False  # the connection is gone after this step (/quit)
 
 
+class Run(NamedTuple):
+    """A run of like lines of one event (`workers.runs`): one store call for all of them.
+
+    `call`'s result is, when every line went through as planned, the script's reply, for
+    `respond` to turn into all the lines' effects at once; otherwise (a line refused, a lost
+    session, an error) the run is `expand`ed into the steps its lines would have been alone,
+    which take each line's own result in turn (`workers.store.Grouped`)."""
+
+    call: Call
+    respond: Respond
+    expand: Callable[[], list[Step]]
+    last: bool = False  # a run never ends its connection
+
+
 def reply(kind: str, cid: str, text: str, code: str = "", args: tuple[str, ...] = ()) -> Step:
     """A step with no store call: an info or error line for the sender."""
     if kind == "error":

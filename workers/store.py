@@ -32,8 +32,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from itertools import chain
 from typing import Any, NamedTuple
 
 import hiredis
@@ -219,10 +221,44 @@ def _split(batch: list[Call], reply: Any) -> list[Any]:
     """A batch's reply -> each call's result; an error of the whole batch is each call's."""
     if isinstance(reply, Exception):
         return [reply] * len(batch)
-    if not isinstance(reply, list) or len(reply) != len(batch):
-        wrong = redis.ResponseError(f"a batch of {len(batch)} calls got the reply {reply!r:.200}")
-        return [wrong] * len(batch)
-    return [Store._parse(call, _refusal(each)) for call, each in zip(batch, reply, strict=True)]
+    return _each([call.parse for call in batch], reply)
+
+
+def _each(parses: list[Callable[[Any], Any]], reply: Any) -> list[Any]:
+    """The reply of a group script (one result per call) -> each call's result, parsed by its own."""
+    if not isinstance(reply, list) or len(reply) != len(parses):
+        wrong = redis.ResponseError(f"a batch of {len(parses)} calls got the reply {reply!r:.200}")
+        return [wrong] * len(parses)
+    return [_parsed(parse, _refusal(each)) for parse, each in zip(parses, reply, strict=True)]
+
+
+class Grouped(NamedTuple):
+    """The result of a run's call (`Store.say_run`, `Store.private_run`) when not every line of it
+    went through as planned: each line's result, as the line's own call would have given it."""
+
+    each: list[Any]
+
+
+def _group(parse: Callable[[Any], Any], size: int, reply: Any) -> Any:
+    """A run's reply -> the reply as it is when every line's result is 'ok' (the run's respond reads
+    them all at once), else `Grouped`: each line's result parsed by `parse`, as alone."""
+    if type(reply) is list and len(reply) == size:
+        for each in reply:
+            if type(each) is not list or not each or each[0] != "ok":
+                break
+        else:
+            return reply
+    return Grouped(_each([parse] * size, reply))
+
+
+def _parsed(parse: Callable[[Any], Any], reply: Any) -> Any:
+    """`parse(reply)`; a Gone or a reply that does not parse as a value (for that call's event only)."""
+    if isinstance(reply, Exception):
+        return reply
+    try:
+        return parse(reply)
+    except Exception as exc:  # Gone, or a reply we did not expect
+        return exc
 
 
 def _refusal(result: Any) -> Any:
@@ -283,7 +319,7 @@ class Store:
             raise EpochFenced(f"broker epoch {self.epoch} is no longer the current one")
         results: list[Any] = []
         for batch, reply in zip(batches, replies, strict=True):
-            results += _split(batch, reply) if batch[0].shared else [self._parse(batch[0], reply)]
+            results += _split(batch, reply) if batch[0].shared else [_parsed(batch[0].parse, reply)]
         return results
 
     def run_one(self, call: Call) -> Any:
@@ -373,15 +409,6 @@ class Store:
         for script in {c.script for c in calls if c.script is not None}:
             self._shas[script] = self._client.script_load(script)
 
-    @staticmethod
-    def _parse(call: Call, reply: Any) -> Any:
-        if isinstance(reply, Exception):
-            return reply
-        try:
-            return call.parse(reply)
-        except Exception as exc:  # Gone, or a reply we did not expect: a value, for that call's event only
-            return exc
-
     # --- the operations ----------------------------------------------------------------
 
     def connect(self, cid: str, gateway: str, addr: str) -> Call:
@@ -419,6 +446,14 @@ class Store:
             where += "\n" + msg_id
         return Call(scripts.SAY, (cid, HISTORY_KEEP, repr(ts), event, line, where, text), _said, shared=4)
 
+    def say_run(self, cid: str, event: int, lines: Sequence[tuple[int, str, str, str, str, str]]) -> Call:
+        """The room messages of a run of one event's lines as one call, the same the `say` calls of the
+        lines would make joined; each line (its number, room or '', text, message ID, ts as a str, kind).
+        -> the script's reply when every line is ok, each `['ok', nick, room, gateways, ts as stored,
+        room seq]`, else `Grouped` results as `say`'s."""
+        return Call(scripts.SAY, (cid, HISTORY_KEEP, event, *chain.from_iterable(lines)),
+                    partial(_group, _said, len(lines)))
+
     # Reads are replayable too: a replay must see what the first run saw, not
     # what the event's later lines have written since.
 
@@ -427,6 +462,13 @@ class Store:
         of one event next to each other run as one script."""
         event, line = op
         return Call(scripts.PRIVATE, (cid, repr(ts), event, line, target), _private, shared=3)
+
+    def private_run(self, cid: str, event: int, lines: Sequence[tuple[int, str, str]]) -> Call:
+        """The private messages of a run of one event's lines as one call, the same the `private` calls
+        of the lines would make joined; each line (its number, target, ts as a str). -> the script's reply
+        when every line is ok, each `['ok', nick, to cid, to nick, ts as first seen]`, else `Grouped`
+        results as `private`'s."""
+        return Call(scripts.PRIVATE, (cid, event, *chain.from_iterable(lines)), partial(_group, _private, len(lines)))
 
     def who(self, op: Op, cid: str, room: str | None) -> Call:
         """-> (room, member nicks)."""

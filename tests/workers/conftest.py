@@ -62,7 +62,7 @@ class GatewaysChat(Chat):
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
         self.tables: dict[str, RoomTable] = {}
-        self.shown: dict[ToGateways, list[Deliver]] = {}  # a replay shows what the first run showed
+        self.shown: dict[tuple[tuple[str, ...], RoomEvent], list[Deliver]] = {}  # a replay shows what the first run showed
 
     def _table(self, gateway: str) -> RoomTable:
         if gateway not in self.tables:
@@ -80,14 +80,18 @@ class GatewaysChat(Chat):
     def _expand(self, item, now: float) -> list:  # type: ignore[no-untyped-def]
         if not isinstance(item, ToGateways):
             return [item]
-        if item in self.shown:  # a gateway drops a replayed event: the first run's deliveries stand
-            return self.shown[item]
+        return [delivery for each in item.items for delivery in self._expand_one(item.gateways, each, now)]
+
+    def _expand_one(self, gateways: tuple[str, ...], event: RoomEvent, now: float) -> list[Deliver]:
+        key = (gateways, event)
+        if key in self.shown:  # a gateway drops a replayed event: the first run's deliveries stand
+            return self.shown[key]
         out: list[Deliver] = []
-        for gateway in item.gateways:
+        for gateway in gateways:
             table = self._table(gateway)
-            out += [Deliver(*delivery) for delivery in table.apply(item.item, now)]
-        self.shown[item] = _merged(out, item.item)
-        return self.shown[item]
+            out += [Deliver(*delivery) for delivery in table.apply(event, now)]
+        self.shown[key] = _merged(out, event)
+        return self.shown[key]
 
 
 def _merged(delivers: list[Deliver], room_event: RoomEvent) -> list[Deliver]:

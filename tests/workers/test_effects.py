@@ -14,10 +14,11 @@ from protocol.messages import (
     Deliver,
     EventType,
     Mark,
+    RoomEvent,
     SetMode,
     gateway_of,
 )
-from workers.effects import Effects
+from workers.effects import Effects, ToGateways
 
 A1, A2, B1, C1 = "gwA.x1:1", "gwA.x1:2", "gwB.y2:1", "gwC.z3:1"
 HELLO = ChatEvent(EventType.MESSAGE, "hello", room="#r", sender="ann", id=f"{A1}/3", ts=1.5, origin=A1)
@@ -148,6 +149,7 @@ marks = st.one_of(
 )
 effects_ops = st.one_of(
     st.tuples(st.just("deliver"), st.lists(cids, max_size=4, unique=True), events),
+    st.tuples(st.just("rooms"), st.lists(gateways, min_size=1, max_size=3, unique=True), st.lists(events, max_size=3)),
     st.tuples(st.just("json"), cids),
     st.tuples(st.just("close"), cids, st.text(max_size=5)),
 )
@@ -162,6 +164,8 @@ def _run(program: list) -> Effects:  # type: ignore[type-arg]
         for op in ops:
             if op[0] == "deliver":
                 fx.deliver(op[1], op[2])
+            elif op[0] == "rooms":  # a run's room events, to every one of the gateways
+                fx.rooms(tuple(op[1])).extend(RoomEvent("#r", n, event) for n, event in enumerate(op[2]))
             elif op[0] == "json":
                 fx.set_json(op[1])
             else:
@@ -189,7 +193,8 @@ def test_by_gateway_properties(program: list) -> None:  # type: ignore[type-arg]
                 current = item
                 continue
             assert current is not None, "an item before its event's Mark"
-            assert _gateways_of(item) == {gateway}
+            if not isinstance(item, RoomEvent):  # a room event goes to the gateways named with it
+                assert _gateways_of(item) == {gateway}
     # per event: the origin's acknowledgement, and the event's items where they belong
     expected: dict[str, list[BatchItem]] = {}
     for (tag, cid, seq), ops in program:
@@ -204,6 +209,10 @@ def test_by_gateway_properties(program: list) -> None:  # type: ignore[type-arg]
                     groups.setdefault(gateway_of(c), []).append(c)
                 for gw, members in groups.items():
                     wanted.setdefault(gw, [mark]).append(Deliver(tuple(members), item.event))
+            elif isinstance(item, ToGateways):
+                for gw in item.gateways:
+                    if item.items:
+                        wanted.setdefault(gw, [mark]).extend(item.items)
             else:
                 wanted.setdefault(gateway_of(item.cid), [mark]).append(item)
         for gw, items in wanted.items():

@@ -686,17 +686,23 @@ def test_replay_of_a_recovering_event_grouped_otherwise(
     assert again.items == first.items
 
 
+RECOVERING_CALLS = 12  # the store calls the recovering event makes (runs of like lines make one each)
+
+
 @pytest.mark.parametrize("after", [False, True], ids=["before", "after"])
-@pytest.mark.parametrize("calls", range(1, 16))
+@pytest.mark.parametrize("calls", range(1, RECOVERING_CALLS + 1))
 def test_a_recovering_event_that_died_mid_way_replays_as_one_run(
         client: redis.Redis, calls: int, after: bool) -> None:
     """The first run dies at its `calls`-th call (before or after it ran): in the first round trip,
     between the recovery and the lines run again, or after those; another worker's run of the event
     then publishes what one clean run does, and leaves Redis as it would."""
     twin = new_prefix()
-    ta, _ = _recovering_scene(client, twin, Store(client, prefix=twin))
+    counting = CrashingStore(client, twin, calls=10**9, after=False)  # counts the calls, never crashes
+    ta, _ = _recovering_scene(client, twin, counting)
+    counting.left = 10**9
     clean = ta.send(*RECOVERING, now=5.0)
     assert lines_to(clean, ta.cid)[0][1].startswith("the service lost your session")
+    assert 10**9 - counting.left == RECOVERING_CALLS  # so the crash points are every call it makes
     prefix = new_prefix()
     crashing = CrashingStore(client, prefix, calls=10**9, after=after)
     a, _ = _recovering_scene(client, prefix, crashing)
