@@ -59,7 +59,7 @@ local p, cid, gw, event, line = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local rk = p..'res:'..cid
 local current = redis.call('HGET', rk, 'event') == event
 local hit = current and redis.call('HGET', rk, line)
-if hit then
+if hit and string.byte(hit) ~= RECORD_REF then  -- not the record of a line that ran (`shared`)
   local rec = cjson.decode(hit)
   if type(rec) == 'table' and rec.lost then return rec.lost end
 end
@@ -100,25 +100,28 @@ return {'ok', old, out}
 _JOIN_SRC = """
 local p, cid, room, max_rooms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local ck = p..'conn:'..cid
-local nick = redis.call('HGET', ck, 'nick')
+local nick, gw = unpack(redis.call('HMGET', ck, 'nick', 'gw'))
 if not nick then return {'gone'} end
-local mk = p..'room:'..room..':members'
+local rp = p..'room:'..room
+local mk = rp..':members'
 if redis.call('SISMEMBER', mk, cid) == 0 and redis.call('SCARD', ck..':rooms') >= max_rooms then
   return {'toomany', room}
 end
 local added = redis.call('SADD', mk, cid)
 redis.call('SADD', ck..':rooms', room)
 redis.call('HSET', ck, 'room', room)
-redis.call('ZADD', p..'rooms:by-size', redis.call('SCARD', mk), room)
-redis.call('PERSIST', p..'room:'..room..':history')
-redis.call('PERSIST', p..'room:'..room..':topic')
-redis.call('PERSIST', p..'room:'..room..':seq')
-local gk, seq = p..'room:'..room..':gws', 0
-if added == 1 then
-  redis.call('HINCRBY', gk, redis.call('HGET', ck, 'gw'), 1)
-  seq = redis.call('INCR', p..'room:'..room..':seq')
-end
 local members = redis.call('SMEMBERS', mk)
+redis.call('ZADD', p..'rooms:by-size', #members, room)
+if #members == 1 then  -- the room was empty: its history, topic and seq were set to expire (`resized`)
+  redis.call('PERSIST', rp..':history')
+  redis.call('PERSIST', rp..':topic')
+  redis.call('PERSIST', rp..':seq')
+end
+local gk, seq = rp..':gws', 0
+if added == 1 then
+  redis.call('HINCRBY', gk, gw, 1)
+  seq = redis.call('INCR', rp..':seq')
+end
 local nicks = {}
 for i, m in ipairs(members) do nicks[i] = redis.call('HGET', p..'conn:'..m, 'nick') or '?' end
 return {'ok', nick, added, members, nicks, redis.call('HGET', p..'room:'..room..':topic', 'text') or '',
@@ -276,39 +279,38 @@ return out
 # is over maxmemory, but once a script has written anything (even a DEL or an
 # EXPIRE) it lets the rest through, so that a script never stops half-way.
 # GUARD is therefore the first write: `HSET` for the operations that grow the
-# state (refused whole when Valkey is full: the sender is told), an `EXPIRE`
-# for the reads and the departures (served when full: they only keep their
-# result, which expires, or they free memory). A replay of a recorded
-# result returns before it, so it is always served.
+# state (refused whole when Valkey is full: the sender is told), a `DEL` of an
+# earlier event's results or an `EXPIRE` for the reads and the departures
+# (served when full: they only keep their result, which expires, or they free
+# memory). A replay of a recorded result returns before it, so it is always
+# served.
 _REPLAYABLE = """
 local rk = p..'res:'..cid
 local event, line = ARGV[#ARGV - 1], ARGV[#ARGV]
-local current = redis.call('HGET', rk, 'event') == event
+local seen = redis.call('HMGET', rk, 'event', line)
+local current = seen[1] == event
 local lost = false  -- a recovery (RECOVER) registered the connection again as this nick, for this line
-if current then
-  local hit = redis.call('HGET', rk, line)
-  if hit then
-    local rec = cjson.decode(hit)
-    if type(rec) ~= 'table' or not rec.lost then return rec end
-    if rec.result ~= nil then return {LOST, rec.lost, rec.result} end
-    lost = rec.lost
-  end
+if current and seen[2] then
+  local rec = cjson.decode(seen[2])
+  if type(rec) ~= 'table' or not rec.lost then return rec end
+  if rec.result ~= nil then return {LOST, rec.lost, rec.result} end
+  lost = rec.lost
 end
 GUARD
-if not current then
-  redis.call('DEL', rk)
-  redis.call('HSET', rk, 'event', event)
-end
 local result = op()
 if type(result) ~= 'table' or result[1] ~= 'gone' then
-  redis.call('EXPIRE', rk, RESULT_TTL)
-  redis.call('HSET', rk, line, cjson.encode(lost and {lost = lost, result = result} or result))
+  local rec = cjson.encode(lost and {lost = lost, result = result} or result)
+KEEP
 end
 if lost then return {LOST, lost, result} end
 return result
 """
-_GROWS = "redis.call('HSET', rk, 'event', event)"
-_SERVED_WHEN_FULL = "redis.call('EXPIRE', rk, RESULT_TTL)"
+# GUARD, then after the op what keeps its result (an earlier event's results were deleted after the guard)
+_GROWS = ("redis.call('HSET', rk, 'event', event)\nif not current then redis.call('DEL', rk) end",
+          """  redis.call('HSET', rk, line, rec, 'event', event)
+  if not current then redis.call('EXPIRE', rk, RESULT_TTL) end""")
+_SERVED_WHEN_FULL = ("if current then redis.call('EXPIRE', rk, RESULT_TTL) else redis.call('DEL', rk) end",
+                     _GROWS[1])
 
 
 def replayable(script: str, ttl: int = RESULT_TTL, grows: bool = True) -> str:
@@ -321,14 +323,15 @@ def replayable(script: str, ttl: int = RESULT_TTL, grows: bool = True) -> str:
     the same line, as when the broker gives a dead worker's event to
     another, the script returns the first result and changes nothing: the
     replay publishes exactly what the first run would have. The results
-    expire `ttl` seconds after the last change: a replay comes within seconds.
+    expire `ttl` seconds after the event's first: a replay comes within seconds.
 
     `grows`: the script adds state, so a full Valkey (maxmemory, noeviction)
     refuses it whole with an OOM error; otherwise (reads, departures) it is
     served also when Valkey is full.
     """
     first, _, body = script.strip().partition("\n")
-    wrapper = _REPLAYABLE.replace("GUARD", _GROWS if grows else _SERVED_WHEN_FULL)
+    guard, keep = _GROWS if grows else _SERVED_WHEN_FULL
+    wrapper = _REPLAYABLE.replace("GUARD", guard).replace("KEEP", keep)
     wrapper = wrapper.replace("RESULT_TTL", str(ttl)).replace("LOST", repr(LOST))
     return f"{first}\nlocal function op()\n{body}\nend\n" + wrapper
 
@@ -338,134 +341,191 @@ def replayable(script: str, ttl: int = RESULT_TTL, grows: bool = True) -> str:
 # recorded results, `todo` the lines still to run; a group all recorded returns at once (a replay).
 # `lost[n]`: the line is marked by a recovery (RECOVER) and still to run: it records and returns its
 # result with the nick, as `replayable` does.
+# A line's 'ok' result is a string, '<ts>' then what the lines of a room (SAY) or a target (PRIVATE)
+# share, each part after a newline (`joined`): a string is the cheapest reply there is. It is recorded in
+# two parts, so that what the lines share is written once: `shared(rest)` keeps the rest under field
+# 'r<h>' (h: the start of its SHA1, so that the records are the same however the lines were grouped) and
+# each line keeps 'r<h>|<its ts>'. The other results are cjson, as `replayable` records.
 _GROUP_RECORDED = """local rk = p..'res:'..cid
-local lines, out, todo, lost = {}, {}, {}, {}
-for i = FIRST, #ARGV, FIELDS do lines[#lines + 1] = ARGV[i] end
+local lines, out, todo, lost, count = {}, {}, {}, {}, 0
+for i = FIRST, #ARGV, FIELDS do count = count + 1; lines[count] = ARGV[i] end
 local current = redis.call('HGET', rk, 'event') == event
 if current then
-  local hits = redis.call('HMGET', rk, unpack(lines))
+  local hits, refs, shared = redis.call('HMGET', rk, unpack(lines)), {}, {}
   for n = 1, #lines do
-    if hits[n] then
-      local rec = cjson.decode(hits[n])
+    local ref = hits[n] and string.match(hits[n], '^(r[^|]*)|')
+    if ref and not shared[ref] then shared[ref] = true; refs[#refs + 1] = ref end
+  end
+  if #refs > 0 then
+    for i, rest in ipairs(redis.call('HMGET', rk, unpack(refs))) do shared[refs[i]] = rest end
+  end
+  for n = 1, #lines do
+    local hit, ref, ts = hits[n], nil, nil
+    if hit then ref, ts = string.match(hit, '^(r[^|]*)|(.*)$') end
+    if ref then
+      out[n] = ts..shared[ref]
+    elseif hit then
+      local rec = cjson.decode(hit)
       if not rec.lost then out[n] = rec
       elseif rec.result then out[n] = {LOST, rec.lost, rec.result}
       else lost[n] = rec.lost end
     end
   end
 end
-for n = 1, #lines do if not out[n] then todo[#todo + 1] = n end end
-if #todo == 0 then return out end
+local left = 0
+for n = 1, count do if not out[n] then left = left + 1; todo[left] = n end end
+if left == 0 then return out end
+local record, recorded = {}, 0  -- field, value, ... for HSET
+-- `parts` each after a newline, or nil if one holds a newline (a gateway may name itself anything)
+local function joined(parts)
+  for _, part in ipairs(parts) do if string.find(part, '\\n', 1, true) then return nil end end
+  if #parts == 0 then return '' end
+  return '\\n'..table.concat(parts, '\\n')
+end
+-- keep `rest` (what a line's 'ok' result holds after its ts) for the lines that share it -> what each of
+-- them keeps, before its ts
+local function shared(rest)
+  local ref = 'r'..string.sub(redis.sha1hex(rest), 1, 16)
+  record[recorded + 1], record[recorded + 2], recorded = ref, rest, recorded + 2
+  return ref..'|'
+end
+-- line n's result `res`; `rec` its record ('r<n>|<ts>', or nil: cjson of `res`)
+local function result(n, res, rec)
+  if lost[n] then
+    res = {LOST, lost[n], res}
+    rec = cjson.encode({lost = lost[n], result = res[3]})
+  end
+  out[n] = res
+  record[recorded + 1], record[recorded + 2], recorded = lines[n], rec or cjson.encode(res), recorded + 2
+end
+-- keep the records, the event's first with the event number (the results of an earlier event gone)
+local function keep_records()
+  if not current then
+    redis.call('DEL', rk)
+    record[recorded + 1], record[recorded + 2], recorded = 'event', event, recorded + 2
+  end
+  redis.call('HSET', rk, unpack(record))
+  redis.call('EXPIRE', rk, RESULT_TTL)
+end
 """
 
 
 def _group_recorded(first: int, fields: int) -> str:
     """`_GROUP_RECORDED` for lines whose numbers are ARGV[first], ARGV[first + fields], ..."""
-    return _GROUP_RECORDED.replace("FIRST", str(first)).replace("FIELDS", str(fields)).replace("LOST", repr(LOST))
+    return (_GROUP_RECORDED.replace("FIRST", str(first)).replace("FIELDS", str(fields)).replace("LOST", repr(LOST))
+            .replace("RESULT_TTL", str(RESULT_TTL)))
 
 
 # Room messages (plain text, /me, /msg #room): the consecutive ones of one event run as one call, in
-# order (ARGV: p, cid, history keep, event, then per line: its number, room ('' for the current one), text,
-# id, ts, kind) -> one result per line. Replayable as `replayable` makes a script, per line: each line's
-# result is kept under `p res:<cid>`, field = its number, as a single line's would be, so a replay that
-# groups the lines otherwise (or one by one) returns each line's first result and writes nothing again.
-# One connection lookup, one membership check, member gateways and seq read per room, one XADD per line.
-# The first write is the `grows` guard; a full Valkey refuses it, and with it each line not yet recorded
-# ({'refused', why}), while the recorded ones are still replayed.
-SAY_FIELDS = 6  # ARGV a line takes
+# order (ARGV: p, cid, history keep, ts, event, then per line: its number, where, text; where: '<kind>
+# <room>' (room '' for the current one), then '\n<id>' unless its id is '<cid>/<number>') -> one result per
+# line. Replayable as `replayable` makes a script, per line: each line's result is kept under `p res:<cid>`,
+# field = its number, as a single line's would be, so a replay that groups the lines otherwise (or one by
+# one) returns each line's first result and writes nothing again. One connection lookup, one membership
+# check, member gateways and seq read per room, one XADD per line, one XTRIM per room. The first write is
+# the `grows` guard; a full Valkey refuses it, and with it each line not yet recorded ({'refused', why}),
+# while the recorded ones are still replayed. What the lines of a room share (nick, room, gateways, seq) is
+# recorded once (`shared`).
+SAY_FIELDS = 3  # ARGV a line takes
 _SAY_SRC = """
-local p, cid, keep, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-""" + _group_recorded(5, SAY_FIELDS) + """local full = redis.pcall('HSET', rk, 'event', event)
+local p, cid, keep, ts, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+""" + _group_recorded(6, SAY_FIELDS) + """local full = redis.pcall('HSET', rk, 'event', event)
 if type(full) == 'table' and full.err then
   for _, n in ipairs(todo) do out[n] = {'refused', full.err} end
   return out
 end
-if not current then
-  redis.call('DEL', rk)
-  redis.call('HSET', rk, 'event', event)
-end
 local nick, here = unpack(redis.call('HMGET', p..'conn:'..cid, 'nick', 'room'))
 if not nick then
+  if not current then redis.call('DEL', rk) end
   for _, n in ipairs(todo) do out[n] = lost[n] and {LOST, lost[n], {'gone'}} or {'gone'} end
   return out
 end
-local rooms, record = {}, {}
-for _, n in ipairs(todo) do
-  local i = 5 + (n - 1) * SAY_FIELDS
-  local room, text, id, ts, kind = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-  if room == '' then room = here end
-  local res
-  if room == '' then
-    res = {'noroom'}
-  else
-    local r = rooms[room]
-    if not r then
-      local rp = p..'room:'..room
-      r = {member = redis.call('SISMEMBER', rp..':members', cid) == 1}
-      if r.member then
-        r.gws, r.seq = redis.call('HKEYS', rp..':gws'), tonumber(redis.call('GET', rp..':seq') or '0')
-      end
-      rooms[room] = r
-    end
-    if r.member then
-      redis.call('XADD', p..'room:'..room..':history', 'MAXLEN', '~', keep, '*',
-                 'id', id, 'from', nick, 'text', text, 'ts', ts, 'kind', kind)
-      res = {'ok', nick, room, r.gws, ts, r.seq}
-    else
-      res = {'notin', room}
-    end
+local call, argv = redis.call, ARGV
+-- a room's part of its lines' results (its history key, their 'ok' result and its record: the ts is the
+-- call's), or the refusal of its lines
+local rooms, written = {['']= {refused = {'noroom'}}}, {}
+local function room_of(room)
+  local rp = p..'room:'..room
+  if call('SISMEMBER', rp..':members', cid) == 0 then return {refused = {'notin', room}} end
+  local gws, seq = call('HKEYS', rp..':gws'), call('GET', rp..':seq') or '0'
+  written[#written + 1] = rp..':history'
+  local rest = joined({nick, room}) and joined(gws)
+  if rest then
+    rest = '\\n'..seq..'\\n'..nick..'\\n'..room..rest
+    return {history = rp..':history', res = ts..rest, rec = shared(rest)..ts}
   end
-  out[n] = lost[n] and {LOST, lost[n], res} or res
-  record[#record + 1] = lines[n]
-  record[#record + 1] = cjson.encode(lost[n] and {lost = lost[n], result = res} or res)
+  return {history = rp..':history', res = {'ok', nick, room, gws, ts, tonumber(seq)}}
 end
-redis.call('EXPIRE', rk, RESULT_TTL)
-redis.call('HSET', rk, unpack(record))
+-- a line's where: its kind, its room (nil: the current one) and its id ('': '<cid>/<number>')
+local places = {}
+local function place_of(where)
+  local kind, room, id = string.match(where, '^([^ ]*) ([^\\n]*)\\n?(.*)$')
+  return {kind = kind or '', room = room ~= '' and room or nil, id = id or ''}
+end
+for _, n in ipairs(todo) do
+  local i = SAY_FIELDS * n + 3
+  local where = argv[i + 1]
+  local place = places[where]
+  if not place then place = place_of(where); places[where] = place end
+  local room = place.room or here
+  local r = rooms[room]
+  if not r then r = room_of(room); rooms[room] = r end
+  local history = r.history
+  if history then
+    local id = place.id
+    if id == '' then id = cid..'/'..lines[n] end
+    call('XADD', history, '*', 'id', id, 'from', nick, 'text', argv[i + 2], 'ts', ts, 'kind', place.kind)
+    if r.rec and not lost[n] then  -- the common case, inline
+      out[n] = r.res
+      record[recorded + 1], record[recorded + 2], recorded = lines[n], r.rec, recorded + 2
+    else
+      result(n, r.res, r.rec)
+    end
+  else
+    result(n, r.refused)
+  end
+end
+for _, history in ipairs(written) do call('XTRIM', history, 'MAXLEN', '~', keep) end
+keep_records()
 return out
-""".replace("SAY_FIELDS", str(SAY_FIELDS)).replace("RESULT_TTL", str(RESULT_TTL)).replace("LOST", repr(LOST))
+""".replace("SAY_FIELDS", str(SAY_FIELDS)).replace("LOST", repr(LOST))
 
 
 # Private messages (/msg NICK text): the consecutive ones of one event run as one call, in order (ARGV: p,
-# cid, event, then per line: its number, target nick, ts) -> one result per line ({'ok', nick, to cid,
-# to nick as spelled, ts}, {'nonick'} or {'gone'}). Replayable per line as SAY is: each line's result is
-# kept under `p res:<cid>`, field = its number, as `replayable` keeps a single line's, so however a replay
-# groups the lines each gets its first result. Nothing is stored but the results: it is served when Valkey
-# is full (its first write is the EXPIRE of `replayable(grows=False)`). One lookup of the sender, one of
-# each target nick.
-PRIVATE_FIELDS = 3  # ARGV a line takes
+# cid, ts, event, then per line: its number, target nick) -> one result per line ('ok' as the string
+# '<ts>\n<nick>\n<to cid>\n<to nick as spelled>' (`joined`), {'nonick'} or {'gone'}). Replayable per line
+# as SAY is: each line's result is kept under `p res:<cid>`, field = its number, as `replayable` keeps a
+# single line's, so however a replay groups the lines each gets its first result. Nothing is stored but
+# the results: it is served when Valkey is full (its first write is the EXPIRE of
+# `replayable(grows=False)`, or the DEL of an earlier event's results, neither refused). One lookup of the
+# sender, one of each target nick, recorded once (`shared`).
+PRIVATE_FIELDS = 2  # ARGV a line takes
 _PRIVATE_SRC = """
-local p, cid, event = ARGV[1], ARGV[2], ARGV[3]
-""" + _group_recorded(4, PRIVATE_FIELDS) + """redis.call('EXPIRE', rk, RESULT_TTL)
-if not current then
-  redis.call('DEL', rk)
-  redis.call('HSET', rk, 'event', event)
-end
+local p, cid, ts, event = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+""" + _group_recorded(5, PRIVATE_FIELDS) + """if current then redis.call('EXPIRE', rk, RESULT_TTL) end
 local nick = redis.call('HGET', p..'conn:'..cid, 'nick')
 if not nick then
   for _, n in ipairs(todo) do out[n] = lost[n] and {LOST, lost[n], {'gone'}} or {'gone'} end
   return out
 end
-local found, record = {}, {}
-for _, n in ipairs(todo) do
-  local i = 4 + (n - 1) * PRIVATE_FIELDS
-  local target, ts = string.lower(ARGV[i + 1]), ARGV[i + 2]
-  local to = found[target]
-  if to == nil then
-    to = false
-    local holder = redis.call('GET', p..'nick:'..target)
-    if holder then
-      local to_nick = redis.call('HGET', p..'conn:'..holder, 'nick')
-      if to_nick then to = {holder, to_nick} end
-    end
-    found[target] = to
-  end
-  local res = {'nonick'}
-  if to then res = {'ok', nick, to[1], to[2], ts} end
-  out[n] = lost[n] and {LOST, lost[n], res} or res
-  record[#record + 1] = lines[n]
-  record[#record + 1] = cjson.encode(lost[n] and {lost = lost[n], result = res} or res)
+local found = {}
+-- the target nick's part of its lines' results (their 'ok' result and its record: the ts is the call's),
+-- or their refusal
+local function target_of(target)
+  local holder = redis.call('GET', p..'nick:'..target)
+  local to_nick = holder and redis.call('HGET', p..'conn:'..holder, 'nick')
+  if not to_nick then return {res = {'nonick'}} end
+  local rest = joined({nick, holder, to_nick})
+  if rest then return {res = ts..rest, rec = shared(rest)..ts} end
+  return {res = {'ok', nick, holder, to_nick, ts}}
 end
-redis.call('EXPIRE', rk, RESULT_TTL)
-redis.call('HSET', rk, unpack(record))
+for _, n in ipairs(todo) do
+  local target = string.lower(ARGV[PRIVATE_FIELDS * n + 4])
+  local to = found[target]
+  if not to then to = target_of(target); found[target] = to end
+  result(n, to.res, to.rec)
+end
+keep_records()
 return out
 """.replace("PRIVATE_FIELDS", str(PRIVATE_FIELDS)).replace("RESULT_TTL", str(RESULT_TTL)).replace("LOST", repr(LOST))
 
@@ -501,4 +561,4 @@ HISTORY = fenced(replayable(_HISTORY_SRC, grows=False))
 HISTORY_AFTER = fenced(replayable(_HISTORY_AFTER_SRC, grows=False))
 TOPIC = fenced(replayable(_TOPIC_SRC))  # a set adds state (a show too is refused when Valkey is full)
 CONNECT = fenced(_CONNECT_SRC)
-RECOVER = fenced(_RECOVER_SRC.replace("RESULT_TTL", str(RESULT_TTL)))
+RECOVER = fenced(_RECOVER_SRC.replace("RESULT_TTL", str(RESULT_TTL)).replace("RECORD_REF", str(ord("r"))))

@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from itertools import chain
 from typing import Any, NamedTuple
 
 import hiredis
@@ -155,8 +154,11 @@ def _recover_reply(reply: Any) -> str | None:
     return _nick_or_none(reply)
 
 
-def _said(res: list[Any]) -> Any:
-    """A room message's result (`Store.say`)."""
+def _said(res: list[Any] | str) -> Any:
+    """A room message's result (`Store.say`): 'ok' as the string '<ts>\n<seq>\n<nick>\n<room>[\n<gateway>...]'."""
+    if isinstance(res, str):
+        ts, seq, nick, room, *gateways = res.split("\n")
+        return (nick, room, gateways, float(ts), int(seq))
     if res[0] == "ok":
         return (res[1], res[2], res[3], float(res[4]), res[5])
     if res[0] == scripts.LOST:
@@ -164,8 +166,11 @@ def _said(res: list[Any]) -> Any:
     return _failed_or(res, lambda r: r)
 
 
-def _private(res: list[Any]) -> Any:
-    """A private message's result (`Store.private`)."""
+def _private(res: list[Any] | str) -> Any:
+    """A private message's result (`Store.private`): 'ok' as the string '<ts>\n<nick>\n<to cid>\n<to nick>'."""
+    if isinstance(res, str):
+        ts, nick, to, to_nick = res.split("\n")
+        return (nick, to, to_nick, float(ts))
     if res[0] == "ok":
         return (res[1], res[2], res[3], float(res[4]))
     if res[0] == scripts.LOST:
@@ -233,16 +238,38 @@ class Grouped(NamedTuple):
     each: list[Any]
 
 
-def _group(parse: Callable[[Any], Any], size: int, reply: Any) -> Any:
-    """A run's reply -> the reply as it is when every line's result is 'ok' (the run's respond reads
-    them all at once), else `Grouped`: each line's result parsed by `parse`, as alone."""
+def _group(parse: Callable[[Any], Any], ok: Callable[[str], list[Any]], size: int, reply: Any) -> Any:
+    """A run's reply -> when every line's result is 'ok', each as a list (the run's respond reads them
+    all at once; `ok` makes one of an 'ok' string, once for the lines that share it), else `Grouped`:
+    each line's result parsed by `parse`, as alone."""
     if type(reply) is list and len(reply) == size:
+        out: list[Any] = []
+        made: dict[str, list[Any]] = {}
         for each in reply:
-            if type(each) is not list or not each or each[0] != "ok":
+            if type(each) is str:
+                got = made.get(each)
+                if got is None:
+                    got = made[each] = ok(each)
+                out.append(got)
+            elif type(each) is list and each and each[0] == "ok":
+                out.append(each)
+            else:
                 break
         else:
-            return reply
+            return out
     return Grouped(_each([parse] * size, reply))
+
+
+def _said_ok(res: str) -> list[Any]:
+    """A room message's 'ok' string (`_said`) -> ['ok', nick, room, gateways, ts, room seq]."""
+    ts, seq, nick, room, *gateways = res.split("\n")
+    return ["ok", nick, room, gateways, ts, int(seq)]
+
+
+def _private_ok(res: str) -> list[Any]:
+    """A private message's 'ok' string (`_private`) -> ['ok', nick, to cid, to nick, ts]."""
+    ts, nick, to, to_nick = res.split("\n")
+    return ["ok", nick, to, to_nick, ts]
 
 
 def _parsed(parse: Callable[[Any], Any], reply: Any) -> Any:
@@ -435,16 +462,23 @@ class Store:
         """Append to the room's history -> (nick, room, gateways with members, ts as first stored,
         the room's seq). The room messages of one event next to each other run as one script."""
         event, line = op
-        return Call(scripts.SAY, (cid, HISTORY_KEEP, event, line, room or "", text, msg_id, repr(ts), kind), _said,
-                    shared=3)
+        where = f"{kind} {room or ''}"  # `scripts.SAY`: the id only if it is not the line's own
+        if msg_id != f"{cid}/{line}":
+            where += "\n" + msg_id
+        return Call(scripts.SAY, (cid, HISTORY_KEEP, repr(ts), event, line, where, text), _said, shared=4)
 
     def say_run(self, cid: str, event: int, lines: Sequence[tuple[int, str, str, str, str, str]]) -> Call:
         """The room messages of a run of one event's lines as one call, the same the `say` calls of the
-        lines would make joined; each line (its number, room or '', text, message ID, ts as a str, kind).
-        -> the script's reply when every line is ok, each `['ok', nick, room, gateways, ts as stored,
-        room seq]`, else `Grouped` results as `say`'s."""
-        return Call(scripts.SAY, (cid, HISTORY_KEEP, event, *chain.from_iterable(lines)),
-                    partial(_group, _said, len(lines)))
+        lines would make joined; each line (its number, room or '', text, message ID, ts as a str, kind),
+        the ts the same for all (the run's). -> when every line is ok, each `['ok', nick, room, gateways,
+        ts as stored, room seq]`, else `Grouped` results as `say`'s."""
+        args: list[Any] = [cid, HISTORY_KEEP, lines[0][4] if lines else "0", event]
+        for seq, room, text, msg_id, _, kind in lines:
+            where = f"{kind} {room}"  # as `say` makes it
+            if msg_id != f"{cid}/{seq}":
+                where += "\n" + msg_id
+            args += (seq, where, text)
+        return Call(scripts.SAY, tuple(args), partial(_group, _said, _said_ok, len(lines)))
 
     # Reads are replayable too: a replay must see what the first run saw, not
     # what the event's later lines have written since.
@@ -453,14 +487,17 @@ class Store:
         """-> (sender nick, target cid, target nick as spelled, ts as first seen). The private messages
         of one event next to each other run as one script."""
         event, line = op
-        return Call(scripts.PRIVATE, (cid, event, line, target, repr(ts)), _private, shared=2)
+        return Call(scripts.PRIVATE, (cid, repr(ts), event, line, target), _private, shared=3)
 
     def private_run(self, cid: str, event: int, lines: Sequence[tuple[int, str, str]]) -> Call:
         """The private messages of a run of one event's lines as one call, the same the `private` calls
         of the lines would make joined; each line (its number, target, ts as a str). -> the script's reply
         when every line is ok, each `['ok', nick, to cid, to nick, ts as first seen]`, else `Grouped`
         results as `private`'s."""
-        return Call(scripts.PRIVATE, (cid, event, *chain.from_iterable(lines)), partial(_group, _private, len(lines)))
+        args: list[Any] = [cid, lines[0][2] if lines else "0", event]  # the ts the same for all (the run's)
+        for seq, target, _ in lines:
+            args += (seq, target)
+        return Call(scripts.PRIVATE, tuple(args), partial(_group, _private, _private_ok, len(lines)))
 
     def who(self, op: Op, cid: str, room: str | None) -> Call:
         """-> (room, member nicks)."""
