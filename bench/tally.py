@@ -13,11 +13,14 @@ the set of numbers skipped below it: a number that fills a gap is a
 reordering, a number seen before is a duplicate. What never arrived is
 counted at the end, as expected deliveries minus distinct ones. A number
 that is none of ours (more than MAX_GAP past the highest) makes
-its line another line, not a set of a billion gaps.
+its line another line, not a set of a billion gaps; so does a send time
+that is no 64-bit number (which the array of latencies cannot hold).
 
 The loop over a read's lines is the load generator's hottest code (once per
 delivery), so what can be done once a read is: the counters, the
-acknowledgements (`on_ack`, once per sender heard from), the lookups.
+acknowledgements (`on_ack`, once per sender heard from), the lookups; and
+the sender's word finds its track in one lookup, parsed once per receiver
+(`int(word.lstrip(b":"))`, the same number as for every line before).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ MAX_ERRORS = 5  # error lines kept for the report
 # a sender's sequence numbers jump by at most this much at one receiver (a run sends ~10^5 a sender): more is
 # no number of ours, and its gap would be a set too large to keep
 MAX_GAP = 1 << 20
+MAX_WORDS = 4096  # the sid words a receiver remembers the track of (its senders': a few)
 
 
 @dataclass(slots=True)
@@ -54,7 +58,7 @@ Track = list  # [highest seq seen, set of the seqs skipped below it]
 class Tally:
     """One receiver's checks; `feed(conn, lines, now)` (a `bench.loadgen` handler) takes the lines of one read."""
 
-    __slots__ = ("acks", "lat", "on_ack", "reply", "stats", "tracks")
+    __slots__ = ("acks", "by_word", "lat", "on_ack", "reply", "stats", "tracks")
 
     def __init__(self, stats: Stats, quickack: bool, reply: Callable[[bytes], None],
                  acks: Collection[int] = (), on_ack: Callable[[int, int], None] | None = None) -> None:
@@ -66,36 +70,45 @@ class Tally:
         self.acks = tuple(acks)
         self.on_ack = on_ack
         self.tracks: dict[int, Track] = {}  # sid -> its track
+        self.by_word: dict[bytes, Track] = {}  # the sid's word as it arrives (b"3", b":3") -> its track
 
     def feed(self, conn: object, lines: list[bytes], now: int) -> None:
         """`conn` (unused: `reply` answers) makes this method the connection's handler itself: no call more a read."""
-        tracks, append = self.tracks, self.lat.append
-        get = tracks.get
+        append, track_of = self.lat.append, self.by_word.get
         others = 0
         for line in lines:
             try:
                 _, sid_w, seq_w, stamp_w = line.rsplit(b" ", 3)
-                stamp, seq, sid = int(stamp_w), int(seq_w), int(sid_w.lstrip(b":"))
-            except ValueError:  # fewer than four words, or one of the last three no number
+                seq = int(seq_w)
+                track = track_of(sid_w) or self._track(sid_w)
+                append(now - int(stamp_w))
+            except (ValueError, OverflowError):  # fewer than 4 words, one of the last 3 no number, a time past 2^63
                 others += 1
                 self._other(line)
                 continue
-            track = get(sid)
-            if track is None:
-                track = tracks[sid] = [-1, set()]
             if seq == track[0] + 1:
                 track[0] = seq
             elif not out_of_line(self.stats, track, seq):
+                self.lat.pop()
                 others += 1
                 self._other(line)
-                continue
-            append(now - stamp)
         self.stats.received += len(lines) - others
         if self.on_ack is not None:
             for sid in self.acks:
-                track = get(sid)
-                if track is not None:
-                    self.on_ack(sid, track[0] + 1)
+                heard = self.tracks.get(sid)
+                if heard is not None:
+                    self.on_ack(sid, heard[0] + 1)
+
+    def _track(self, sid_w: bytes) -> Track:
+        """The track of the sender a word names (ValueError: no number); remembered for the word, up to
+        MAX_WORDS words (garbage names many)."""
+        sid = int(sid_w.lstrip(b":"))
+        track = self.tracks.get(sid)
+        if track is None:
+            track = self.tracks[sid] = [-1, set()]
+        if len(self.by_word) < MAX_WORDS:
+            self.by_word[sid_w] = track
+        return track
 
     def _other(self, line: bytes) -> None:
         stats = self.stats
