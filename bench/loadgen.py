@@ -18,8 +18,9 @@ write) and a progress callback about once a second.
 What a read costs is paid per delivery, so the read path stays short: the
 selector is an epoll object used directly (fd -> Conn, no `selectors`
 layer), the clock is read once a round, and a read takes at most
-RECV_SIZE bytes, below glibc's mmap threshold (128 KiB): a larger buffer
-is mapped, remapped and unmapped again on every read.
+RECV_SIZE bytes, below glibc's initial mmap threshold (128 KiB): until
+malloc has raised its threshold, a larger buffer is mapped, remapped and
+unmapped again on every read.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from bench.wsframe import WsClient
 Addr = tuple[str, int]
 Handler = Callable[["Conn", list[bytes], int], None]
 
-RECV_SIZE = 64 * 1024  # a heap allocation: 256 KiB cost an mmap, an mremap and a munmap each read
+RECV_SIZE = 64 * 1024  # always a heap allocation (256 KiB can be an mmap, an mremap and a munmap a read)
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux: pick the port at connect
 _READ = select.EPOLLIN
 _WRITE = select.EPOLLOUT
