@@ -1,7 +1,8 @@
 """Message flows: senders that stamp every message, receivers that check them.
 
-A message's text is `<sid> <seq> <t_ns>`: the sender's number, its own
-sequence number (0, 1, 2 ...) and the send time from `time.perf_counter_ns`.
+A message's text is `<sid> <seq> <t>` (`bench.tally.body`: fixed-width
+hex): the sender's number, its own sequence number (0, 1, 2 ...) and the
+send time in microseconds since the flow's `epoch` (`time.perf_counter_ns`).
 Senders and receivers live in this one process, so the receiver reads
 the same clock. A room message arrives as `#room <nick> <sid> <seq> <t>`,
 a private one as `*nick* <sid> <seq> <t>`, an IRC one as
@@ -28,7 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.loadgen import Conn, Loop
-from bench.tally import Stats, Tally
+from bench.tally import BODY, MAX_SID, Stats, Tally
+
+LINE = b"%s" + BODY + b"%s"  # prefix, body, end
 
 
 @dataclass(slots=True)
@@ -41,11 +44,12 @@ class Sender:
     acked: int = 0  # messages seen by the acknowledging receiver
     end: bytes = b"\n"  # IRC: CRLF
 
-    def send(self, count: int, stamp: int) -> None:
+    def send(self, count: int, stamp_us: int) -> None:
         """One write a message, as separate clients' lines arrive: batching them is the server's job."""
-        seq, head, end, write = self.seq, b"%s%d " % (self.prefix, self.sid), self.end, self.conn.send
+        seq, line, write = self.seq, LINE, self.conn.send
+        prefix, sid, end = self.prefix, self.sid, self.end
         for s in range(seq, seq + count):
-            write(b"%s%d %d%s" % (head, s, stamp, end))
+            write(line % (prefix, sid, s, stamp_us, end))
         self.seq = seq + count
 
 
@@ -53,10 +57,13 @@ class Flow:
     def __init__(self, loop: Loop, senders: Sequence[Sender], receivers: Sequence[Conn],
                  ackers: dict[int, Conn], label: str) -> None:
         """`ackers[sid]` is the receiver whose arrivals count as acknowledgements for `sid`."""
+        if len(senders) > MAX_SID + 1:
+            raise ValueError(f"at most {MAX_SID + 1} senders: a sid has 4 hex digits")
         self.loop = loop
         self.senders = list(senders)
         self.label = label
         self.stats = Stats()
+        self.epoch = time.perf_counter_ns()  # send times count microseconds from here (32 bits: 71 minutes)
         self._wake: set[int] = set()
         self._acks_by_conn: dict[int, set[int]] = {}
         for sid, conn in ackers.items():
@@ -85,8 +92,12 @@ class Flow:
                 wake.add(sid)
 
         acks = self._acks_by_conn.get(id(conn), set())
-        conn.handler = Tally(self.stats, conn.quickack, conn.send, acks, on_ack if acks else None).feed
+        conn.handler = Tally(self.stats, conn.quickack, conn.send, self.epoch, acks, on_ack if acks else None).feed
         conn.on_close = self._on_close
+
+    def stamp(self) -> int:
+        """Now, as a send time: microseconds since the epoch."""
+        return (time.perf_counter_ns() - self.epoch) // 1000
 
     def _on_close(self, conn: Conn) -> None:
         self.stats.closed.append(conn.closed or "?")
@@ -103,7 +114,7 @@ class Flow:
                 sender = senders[sid]
                 room = window - (sender.seq - sender.acked)
                 if room > 0:
-                    sender.send(room, time.perf_counter_ns())
+                    sender.send(room, self.stamp())
             wake.clear()
             return None
 
@@ -130,7 +141,7 @@ class Flow:
             while k < due:
                 sender = senders[k % len(senders)]
                 if sender.seq - sender.acked < max_in_flight:
-                    sender.send(1, time.perf_counter_ns())
+                    sender.send(1, self.stamp())
                 else:
                     state["skipped"] += 1
                 k += 1

@@ -6,7 +6,8 @@ shared by them. Here a feeder process (not measured) accepts `--conns`
 connections of the generator's own `Loop`/`Conn` on 127.0.0.1 and writes to
 each, `--rate` times a second, `--burst` benchmark lines of `--senders`
 senders (`#room nick <sid> <seq> <t_ns>`, text mode), so every run reads the
-same lines in reads of the same size. The generator checks them with its
+same lines in reads of the same size (in the message format of the generator
+it measures). The generator checks them with its
 real receivers (`Flow`, half of them re-arming TCP_QUICKACK as in W2), and
 the figure is its own CPU (getrusage) per line received and per read.
 
@@ -45,6 +46,7 @@ def feed(pipe: Connection, conns: int, burst: int, rate: float, seconds: float, 
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         socks.append(sock)
     listener.close()
+    epoch = pipe.recv()  # the reader's flow's (None: an older generator, with absolute decimal ns times)
     seqs = [0] * senders
     interval, start, sent = 1.0 / rate, time.monotonic(), 0
     deadline = start + seconds
@@ -52,7 +54,11 @@ def feed(pipe: Connection, conns: int, burst: int, rate: float, seconds: float, 
         lines = []
         for k in range(burst):
             sid = k % senders
-            lines.append(b"#genmicro gm%d %d %d %d\n" % (sid, sid, seqs[sid], time.perf_counter_ns()))
+            if epoch is None:
+                lines.append(b"#genmicro gm%d %d %d %d\n" % (sid, sid, seqs[sid], time.perf_counter_ns()))
+            else:
+                stamp = (time.perf_counter_ns() - epoch) // 1000
+                lines.append(b"#genmicro gm%d %04x %08x %08x\n" % (sid, sid, seqs[sid], stamp))
             seqs[sid] += 1
         data = b"".join(lines)
         for sock in socks:
@@ -85,6 +91,7 @@ def measure(conns: int, burst: int, rate: float, seconds: float, senders: int) -
         for i, conn in enumerate(clients):
             conn.quickack = i % 2 == 1
         flow = Flow(loop, [], clients, {}, "gen-micro")
+        ours.send(getattr(flow, "epoch", None))
         began, cpu0 = time.monotonic(), cpu_s()
         loop.run(ours.poll, began + seconds + READY_TIMEOUT)
         total = ours.recv() if ours.poll() else -1

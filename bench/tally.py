@@ -1,33 +1,45 @@
 """What one receiver checks of every line it reads, without I/O.
 
-A benchmark line ends in `<sid> <seq> <t_ns>` (the last three words; IRC
-puts a colon before the sid): the sender's number, its sequence number and
-the send time (`time.perf_counter_ns`, the same clock in this one process).
-Per line a `Tally` puts the latency `now - t_ns` into its array and checks
-the sequence number against the sender's `Track`; any other line (joins,
-quits, errors, an IRC server's PING) counts as another line, is answered if
-it is a PING and kept if it is one of the first few errors.
+A benchmark message's text is `<sid> <seq> <t>` in fixed-width lowercase
+hex (`body`: 4, 8 and 8 digits, 22 bytes in all, as long as the decimal
+`<sid> <seq> <t_ns>` it replaces): the sender's number, its sequence number
+and the send time in microseconds since the flow's `epoch` (a
+`time.perf_counter_ns` reading, the same clock in this one process). A line
+that carries one ends in that text (IRC puts a colon before the sid).
+Per line a `Tally` puts the latency into its array (ns: now - epoch - t us,
+less half a microsecond, the middle of the microsecond it was sent in) and
+checks the sequence number against the sender's `Track`; any other line
+(joins, quits, errors, an IRC server's PING) counts as another line, is
+answered if it is a PING and kept if it is one of the first few errors.
 
 Per (receiver, sender) a track keeps the highest sequence number seen and
 the set of numbers skipped below it: a number that fills a gap is a
 reordering, a number seen before is a duplicate. What never arrived is
 counted at the end, as expected deliveries minus distinct ones. A number
-that is none of ours (more than MAX_GAP past the highest) makes
-its line another line, not a set of a billion gaps; so does a send time
-that is no 64-bit number (which the array of latencies cannot hold).
+that is none of ours (more than MAX_GAP past the highest) makes its line
+another line, not a set of a billion gaps; so does a send time that makes
+no 64-bit latency.
 
-The loop over a read's lines is the load generator's hottest code (once per
-delivery), so what can be done once a read is: the counters, the
-acknowledgements (`on_ack`, once per sender heard from), the lookups; and
-the sender's word finds its track in one lookup, parsed once per receiver
-(`int(word.lstrip(b":"))`, the same number as for every line before).
+Reading the lines is the load generator's hottest code (once per
+delivery). Its meaning is the per-line parser's (`_lines`): the last three
+space-separated words, `int(word, 16)` each (the sid's without its leading
+colons). A read of BULK_MIN lines or more whose every line ends in the
+fixed-width text exactly (`_bulk`: one check of the whole read, else the
+per-line parser takes it) has its numbers read in C: the texts are cut
+out and joined, turned into bytes by `bytes.fromhex` and into numbers by
+an `array`; only the sequence check stays a loop. The counters, the
+acknowledgements (`on_ack`, once per sender heard from) and the lookups are
+done once a read.
 """
 
 from __future__ import annotations
 
+import sys
 from array import array
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from itertools import count, repeat
+from operator import itemgetter, mul, sub
 
 from bench.dialect import is_error, pong
 
@@ -36,6 +48,24 @@ MAX_ERRORS = 5  # error lines kept for the report
 # no number of ours, and its gap would be a set too large to keep
 MAX_GAP = 1 << 20
 MAX_WORDS = 4096  # the sid words a receiver remembers the track of (its senders': a few)
+BODY = b"%04x %08x %08x"  # sid, seq, send time (us since the epoch)
+BODY_LEN = 22
+MAX_SID, MAX_FIELD = 0xFFFF, 0xFFFFFFFF  # what the widths hold
+BULK_MIN = 8  # lines in a read from which the whole-read path pays
+HALF_US = 500  # ns: a send time in whole microseconds is on average this much earlier than it was
+_PAD = b"0000"  # before each body: 24 hex digits, three 32-bit numbers a line
+_STRIDE = len(_PAD) + BODY_LEN
+_SPACE_AT = tuple(len(_PAD) + at for at, byte in enumerate(BODY % (0, 0, 0)) if byte == 32)  # in the joined text
+_BODY_OF = (itemgetter(slice(-BODY_LEN, None)), itemgetter(slice(-BODY_LEN - 1, -1)))  # [ends in CR]
+_SEP_OF = (itemgetter(-BODY_LEN - 1), itemgetter(-BODY_LEN - 2))  # the byte before the body
+_PRE_OF = (itemgetter(-BODY_LEN - 2), itemgetter(-BODY_LEN - 3))  # and the one before it
+_LAST = itemgetter(-1)
+_SWAP = sys.byteorder == "little"  # fromhex gives big-endian numbers
+
+
+def body(sid: int, seq: int, stamp_us: int) -> bytes:
+    """A benchmark message's text (the senders write it with their prefix, see `bench.flows.Sender`)."""
+    return BODY % (sid, seq, stamp_us)
 
 
 @dataclass(slots=True)
@@ -58,31 +88,45 @@ Track = list  # [highest seq seen, set of the seqs skipped below it]
 class Tally:
     """One receiver's checks; `feed(conn, lines, now)` (a `bench.loadgen` handler) takes the lines of one read."""
 
-    __slots__ = ("acks", "by_word", "lat", "on_ack", "reply", "stats", "tracks")
+    __slots__ = ("acks", "by_word", "epoch", "lat", "on_ack", "reply", "stats", "tracks")
 
-    def __init__(self, stats: Stats, quickack: bool, reply: Callable[[bytes], None],
+    def __init__(self, stats: Stats, quickack: bool, reply: Callable[[bytes], None], epoch: int,
                  acks: Collection[int] = (), on_ack: Callable[[int, int], None] | None = None) -> None:
-        """`reply` writes to the server (a PONG); `on_ack(sid, count)`: this receiver has seen `count` messages
-        of sender `sid` in order, for each sid in `acks` it heard from."""
+        """`reply` writes to the server (a PONG); `epoch`: the flow's, in perf_counter ns; `on_ack(sid, count)`:
+        this receiver has seen `count` messages of sender `sid` in order, for each sid in `acks` it heard from."""
         self.stats = stats
         self.lat = stats.latencies_quickack if quickack else stats.latencies
         self.reply = reply
+        self.epoch = epoch
         self.acks = tuple(acks)
         self.on_ack = on_ack
         self.tracks: dict[int, Track] = {}  # sid -> its track
-        self.by_word: dict[bytes, Track] = {}  # the sid's word as it arrives (b"3", b":3") -> its track
+        self.by_word: dict[bytes, Track] = {}  # the sid's word as it arrives (b"0003", b":0003") -> its track
 
     def feed(self, conn: object, lines: list[bytes], now: int) -> None:
         """`conn` (unused: `reply` answers) makes this method the connection's handler itself: no call more a read."""
+        base = now - self.epoch - HALF_US  # a latency is base - t * 1000
+        others = self._bulk(lines, base) if len(lines) >= BULK_MIN else None
+        if others is None:
+            others = self._lines(lines, base)
+        self.stats.received += len(lines) - others
+        if self.on_ack is not None:
+            for sid in self.acks:
+                heard = self.tracks.get(sid)
+                if heard is not None:
+                    self.on_ack(sid, heard[0] + 1)
+
+    def _lines(self, lines: list[bytes], base: int) -> int:
+        """Line by line (what defines the meaning) -> the other lines among them."""
         append, track_of = self.lat.append, self.by_word.get
         others = 0
         for line in lines:
             try:
                 _, sid_w, seq_w, stamp_w = line.rsplit(b" ", 3)
-                seq = int(seq_w)
+                seq = int(seq_w, 16)
                 track = track_of(sid_w) or self._track(sid_w)
-                append(now - int(stamp_w))
-            except (ValueError, OverflowError):  # fewer than 4 words, one of the last 3 no number, a time past 2^63
+                append(base - int(stamp_w, 16) * 1000)
+            except (ValueError, OverflowError):  # fewer than 4 words, one of the last 3 no number, no 64-bit latency
                 others += 1
                 self._other(line)
                 continue
@@ -92,17 +136,39 @@ class Tally:
                 self.lat.pop()
                 others += 1
                 self._other(line)
-        self.stats.received += len(lines) - others
-        if self.on_ack is not None:
-            for sid in self.acks:
-                heard = self.tracks.get(sid)
-                if heard is not None:
-                    self.on_ack(sid, heard[0] + 1)
+        return others
+
+    def _bulk(self, lines: list[bytes], base: int) -> int | None:
+        """The whole read at once, if every line ends in a body exactly -> the other lines; None: it does not."""
+        numbers = _numbers(lines)
+        if numbers is None:
+            return None
+        tracks, stats = self.tracks, self.stats
+        get = tracks.get
+        rejected: list[int] = []
+        for i, sid, seq in zip(count(), numbers[0::3], numbers[1::3]):
+            track = get(sid)
+            if track is None:
+                track = tracks[sid] = [-1, set()]
+            if seq == track[0] + 1:
+                track[0] = seq
+            elif not out_of_line(stats, track, seq):
+                rejected.append(i)
+        latencies = map(sub, repeat(base), map(mul, numbers[2::3], repeat(1000)))
+        if not rejected:
+            self.lat.extend(latencies)
+            return 0
+        kept = list(latencies)
+        for i in reversed(rejected):
+            del kept[i]
+            self._other(lines[i])
+        self.lat.extend(kept)
+        return len(rejected)
 
     def _track(self, sid_w: bytes) -> Track:
         """The track of the sender a word names (ValueError: no number); remembered for the word, up to
         MAX_WORDS words (garbage names many)."""
-        sid = int(sid_w.lstrip(b":"))
+        sid = int(sid_w.lstrip(b":"), 16)
         track = self.tracks.get(sid)
         if track is None:
             track = self.tracks[sid] = [-1, set()]
@@ -135,3 +201,32 @@ def out_of_line(stats: Stats, track: Track, seq: int) -> bool:
     else:
         stats.duplicated += 1
     return True
+
+
+def _numbers(lines: list[bytes]) -> array | None:
+    """sid, seq, t of every line, in one array, if every line ends in ` BODY` or ` :BODY` (all alike, and all
+    with a CR before the LF or none): what `Tally._lines` would read of them; None if any line does not."""
+    n = len(lines)
+    cr = 1 if lines[0][-1:] == b"\r" else 0
+    if min(map(len, lines)) < BODY_LEN + 1 + cr:
+        return None
+    if cr and bytes(map(_LAST, lines)) != b"\r" * n:
+        return None
+    joined = _PAD + _PAD.join(map(_BODY_OF[cr], lines))
+    spaces = b" " * n
+    if any(joined[at::_STRIDE] != spaces for at in _SPACE_AT):
+        return None
+    seps = bytes(map(_SEP_OF[cr], lines))
+    if seps != spaces and (seps != b":" * n or min(map(len, lines)) < BODY_LEN + 2 + cr
+                           or bytes(map(_PRE_OF[cr], lines)) != spaces):
+        return None
+    try:  # any other byte (whitespace too, which fromhex skips) leaves fewer digits than 24 a line, or none
+        raw = bytes.fromhex(joined.decode("ascii"))
+    except ValueError:
+        return None
+    if len(raw) != 12 * n:
+        return None
+    numbers = array("I", raw)
+    if _SWAP:
+        numbers.byteswap()
+    return numbers
