@@ -104,7 +104,7 @@ def measure(conns: int, burst: int, rate: float, seconds: float, senders: int) -
                 "lost_or_dup": total - received, "reordered": stats.reordered, "duplicated": stats.duplicated,
                 "cpu_s": round(cpu, 3), "wall_s": round(wall, 3), "cpu_share": round(cpu / wall, 3),
                 "us_per_line": round(cpu / max(received, 1) * 1e6, 3),
-                "p50_ms": median_ms(stats.latencies + stats.latencies_quickack)}
+                "p50_ms": median_ms(stats.latencies + stats.latencies_quickack, getattr(flow, "epoch", None))}
     finally:
         loop.close()
         feeder.join(timeout=READY_TIMEOUT)
@@ -113,8 +113,10 @@ def measure(conns: int, burst: int, rate: float, seconds: float, senders: int) -
             feeder.join()
 
 
-def median_ms(latencies_ns: array) -> float:
-    return round(sorted(latencies_ns)[len(latencies_ns) // 2] / 1e6, 3) if latencies_ns else -1.0
+def median_ms(latencies: array, epoch: int | None) -> float:
+    """The median in ms of latencies in us (ns from a generator without a flow epoch)."""
+    unit = 1e3 if epoch is not None else 1e6
+    return round(sorted(latencies)[len(latencies) // 2] / unit, 3) if latencies else -1.0
 
 
 @click.command()

@@ -6,11 +6,13 @@ hex (`body`: 4, 8 and 8 digits, 22 bytes in all, as long as the decimal
 and the send time in microseconds since the flow's `epoch` (a
 `time.perf_counter_ns` reading, the same clock in this one process). A line
 that carries one ends in that text (IRC puts a colon before the sid).
-Per line a `Tally` puts the latency into its array (ns: now - epoch - t us,
-less half a microsecond, the middle of the microsecond it was sent in) and
-checks the sequence number against the sender's `Track`; any other line
-(joins, quits, errors, an IRC server's PING) counts as another line, is
-answered if it is a PING and kept if it is one of the first few errors.
+Per line a `Tally` puts the latency into its array, in microseconds (the
+whole microseconds from the epoch to now, less t: within a microsecond, on
+average right; `Stats.in_ns` gives them in ns once measured, for the
+report, which shows microseconds) and checks the sequence number against
+the sender's `Track`; any other line (joins, quits, errors, an IRC
+server's PING) counts as another line, is answered if it is a PING and
+kept if it is one of the first few errors.
 
 Per (receiver, sender) a track keeps the highest sequence number seen and
 the set of numbers skipped below it: a number that fills a gap is a
@@ -39,7 +41,7 @@ from array import array
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from itertools import count, repeat
-from operator import itemgetter, mul, sub
+from operator import itemgetter, sub
 
 from bench.dialect import is_error, pong
 
@@ -52,7 +54,6 @@ BODY = b"%04x %08x %08x"  # sid, seq, send time (us since the epoch)
 BODY_LEN = 22
 MAX_SID, MAX_FIELD = 0xFFFF, 0xFFFFFFFF  # what the widths hold
 BULK_MIN = 8  # lines in a read from which the whole-read path pays
-HALF_US = 500  # ns: a send time in whole microseconds is on average this much earlier than it was
 _PAD = b"0000"  # before each body: 24 hex digits, three 32-bit numbers a line
 _STRIDE = len(_PAD) + BODY_LEN
 _SPACE_AT = tuple(len(_PAD) + at for at, byte in enumerate(BODY % (0, 0, 0)) if byte == 32)  # in the joined text
@@ -72,14 +73,19 @@ def body(sid: int, seq: int, stamp_us: int) -> bytes:
 class Stats:
     """What all receivers saw."""
 
-    latencies: array = field(default_factory=lambda: array("q"))  # ns, at receivers with delayed ACKs
-    latencies_quickack: array = field(default_factory=lambda: array("q"))  # ns, at TCP_QUICKACK receivers
+    latencies: array = field(default_factory=lambda: array("q"))  # us, at receivers with delayed ACKs
+    latencies_quickack: array = field(default_factory=lambda: array("q"))  # us, at TCP_QUICKACK receivers
     received: int = 0  # benchmark messages, counting duplicates
     duplicated: int = 0
     reordered: int = 0
     other_lines: int = 0  # anything else: joins, quits, errors
     errors: list[str] = field(default_factory=list)  # the first few error lines
     closed: list[str] = field(default_factory=list)  # why receivers were closed
+
+    @staticmethod
+    def in_ns(latencies_us: array) -> array:
+        """Latencies in ns (what `bench.measure.add_latency` takes), after the measurement."""
+        return array("q", map((1000).__mul__, latencies_us))
 
 
 Track = list  # [highest seq seen, set of the seqs skipped below it]
@@ -105,7 +111,7 @@ class Tally:
 
     def feed(self, conn: object, lines: list[bytes], now: int) -> None:
         """`conn` (unused: `reply` answers) makes this method the connection's handler itself: no call more a read."""
-        base = now - self.epoch - HALF_US  # a latency is base - t * 1000
+        base = (now - self.epoch) // 1000  # a latency is base - t, in us
         others = self._bulk(lines, base) if len(lines) >= BULK_MIN else None
         if others is None:
             others = self._lines(lines, base)
@@ -125,7 +131,7 @@ class Tally:
                 _, sid_w, seq_w, stamp_w = line.rsplit(b" ", 3)
                 seq = int(seq_w, 16)
                 track = track_of(sid_w) or self._track(sid_w)
-                append(base - int(stamp_w, 16) * 1000)
+                append(base - int(stamp_w, 16))
             except (ValueError, OverflowError):  # fewer than 4 words, one of the last 3 no number, no 64-bit latency
                 others += 1
                 self._other(line)
@@ -154,7 +160,7 @@ class Tally:
                 track[0] = seq
             elif not out_of_line(stats, track, seq):
                 rejected.append(i)
-        latencies = map(sub, repeat(base), map(mul, numbers[2::3], repeat(1000)))
+        latencies = map(sub, repeat(base), numbers[2::3])
         if not rejected:
             self.lat.extend(latencies)
             return 0
