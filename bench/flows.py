@@ -83,21 +83,9 @@ class Flow:
         return sum(s.seq * s.fanout for s in self.senders)
 
     def _attach(self, conn: Conn) -> None:
-        senders, wake = self.senders, self._wake
-
-        def on_ack(sid: int, count: int) -> None:
-            sender = senders[sid]
-            if sender.acked != count:
-                sender.acked = count
-                wake.add(sid)
-
-        acks = self._acks_by_conn.get(id(conn), set())
-        conn.handler = Tally(self.stats, conn.quickack, conn.send, self.epoch, acks, on_ack if acks else None).feed
+        acks = {sid: self.senders[sid] for sid in self._acks_by_conn.get(id(conn), ())}
+        conn.handler = Tally(self.stats, conn.quickack, conn.send, self.epoch, acks, self._wake).feed
         conn.on_close = self._on_close
-
-    def stamp(self) -> int:
-        """Now, as a send time: microseconds since the epoch."""
-        return (time.perf_counter_ns() - self.epoch) // 1000
 
     def _on_close(self, conn: Conn) -> None:
         self.stats.closed.append(conn.closed or "?")
@@ -109,12 +97,12 @@ class Flow:
         self._wake.update(range(len(self.senders)))
 
         def tick(now: int) -> float | None:
-            wake, senders = self._wake, self.senders
+            wake, senders, epoch = self._wake, self.senders, self.epoch
             for sid in wake:
                 sender = senders[sid]
                 room = window - (sender.seq - sender.acked)
                 if room > 0:
-                    sender.send(room, self.stamp())
+                    sender.send(room, (time.perf_counter_ns() - epoch) // 1000)  # us since the epoch
             wake.clear()
             return None
 
@@ -141,7 +129,7 @@ class Flow:
             while k < due:
                 sender = senders[k % len(senders)]
                 if sender.seq - sender.acked < max_in_flight:
-                    sender.send(1, self.stamp())
+                    sender.send(1, (time.perf_counter_ns() - self.epoch) // 1000)  # us since the epoch
                 else:
                     state["skipped"] += 1
                 k += 1

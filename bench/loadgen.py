@@ -68,8 +68,8 @@ def ignore_close(conn: Conn) -> None:
 class Conn:
     """One client socket. `closed` holds the reason once it is closed."""
 
-    __slots__ = ("addr", "closed", "connected", "fd", "handler", "heard", "inbuf", "lines_in", "loop", "on_close",
-                 "out", "quickack", "sock", "tag", "tls", "wants", "ws")
+    __slots__ = ("addr", "born", "closed", "connected", "fd", "handler", "heard", "inbuf", "lines_in", "loop",
+                 "on_close", "out", "quickack", "sock", "tag", "tls", "wants", "ws")
 
     def __init__(self, loop: Loop, addr: Addr, tag: object = None, source: str | None = None) -> None:
         self.loop = loop
@@ -87,6 +87,7 @@ class Conn:
         self.tls = loop.tls is not None  # True until the TLS handshake is done, then False
         self.ws: WsClient | None = None
         self.wants = _READ | _WRITE  # the events it is registered for
+        self.born = loop.rounds  # the loop's round it was made in
         if loop.ws:
             self.ws = WsClient(f"{addr[0]}:{addr[1]}")
             self.out = self.ws.request()  # written once connected, before any frame
@@ -224,6 +225,7 @@ class Loop:
         """`tls`: every connection of this loop speaks TLS with this client context; `ws`: WebSocket."""
         self.poller = select.epoll()
         self.by_fd: dict[int, Conn] = {}  # what the poller watches
+        self.rounds = 0  # epoll_waits so far
         self.conns: set[Conn] = set()
         self.tls = tls
         self.ws = ws
@@ -263,10 +265,12 @@ class Loop:
     def _select(self, timeout: float) -> None:
         events = self.poller.poll(timeout, MAX_EVENTS) if self.by_fd else _sleep(timeout)
         now = time.perf_counter_ns()
+        self.rounds = rounds = self.rounds + 1
         by_fd = self.by_fd
-        # who the events are for, before any handler runs: one that connects anew may get a closed one's fd
-        for conn, mask in [(by_fd.get(fd), mask) for fd, mask in events]:
-            if conn is None or conn.closed is not None:  # closed by an earlier handler of this round
+        for fd, mask in events:
+            conn = by_fd.get(fd)
+            # closed by an earlier handler of this round, or made by one (with a closed one's fd: not its event)
+            if conn is None or conn.closed is not None or conn.born == rounds:
                 continue
             if mask & (_WRITE | _BROKEN) and conn.wants & _WRITE:
                 conn.on_writable()

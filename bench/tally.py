@@ -30,18 +30,19 @@ fixed-width text exactly (`_bulk`: one check of the whole read, else the
 per-line parser takes it) has its numbers read in C: the texts are cut
 out and joined, turned into bytes by `bytes.fromhex` and into numbers by
 an `array`; only the sequence check stays a loop. The counters, the
-acknowledgements (`on_ack`, once per sender heard from) and the lookups are
-done once a read.
+acknowledgements (an acknowledging receiver's senders' `acked`, once per
+sender heard from) and the lookups are done once a read.
 """
 
 from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import count, repeat
 from operator import itemgetter, sub
+from typing import Protocol
 
 from bench.dialect import is_error, pong
 
@@ -91,21 +92,26 @@ class Stats:
 Track = list  # [highest seq seen, set of the seqs skipped below it]
 
 
+class Acked(Protocol):
+    acked: int  # messages of this sender its acknowledging receiver has seen in order
+
+
 class Tally:
     """One receiver's checks; `feed(conn, lines, now)` (a `bench.loadgen` handler) takes the lines of one read."""
 
-    __slots__ = ("acks", "by_word", "epoch", "lat", "on_ack", "reply", "stats", "tracks")
+    __slots__ = ("acks", "by_word", "epoch", "lat", "reply", "stats", "tracks", "wake")
 
     def __init__(self, stats: Stats, quickack: bool, reply: Callable[[bytes], None], epoch: int,
-                 acks: Collection[int] = (), on_ack: Callable[[int, int], None] | None = None) -> None:
-        """`reply` writes to the server (a PONG); `epoch`: the flow's, in perf_counter ns; `on_ack(sid, count)`:
-        this receiver has seen `count` messages of sender `sid` in order, for each sid in `acks` it heard from."""
+                 acks: Mapping[int, Acked] | None = None, wake: set[int] | None = None) -> None:
+        """`reply` writes to the server (a PONG); `epoch`: the flow's, in perf_counter ns; `acks`: the senders this
+        receiver acknowledges, by sid: their `acked` follows what it has seen in order, and their sid goes into
+        `wake` when it grows."""
         self.stats = stats
         self.lat = stats.latencies_quickack if quickack else stats.latencies
         self.reply = reply
         self.epoch = epoch
-        self.acks = tuple(acks)
-        self.on_ack = on_ack
+        self.acks = tuple((acks or {}).items())
+        self.wake = wake if wake is not None else set()
         self.tracks: dict[int, Track] = {}  # sid -> its track
         self.by_word: dict[bytes, Track] = {}  # the sid's word as it arrives (b"0003", b":0003") -> its track
 
@@ -116,11 +122,11 @@ class Tally:
         if others is None:
             others = self._lines(lines, base)
         self.stats.received += len(lines) - others
-        if self.on_ack is not None:
-            for sid in self.acks:
-                heard = self.tracks.get(sid)
-                if heard is not None:
-                    self.on_ack(sid, heard[0] + 1)
+        for sid, sender in self.acks:
+            heard = self.tracks.get(sid)
+            if heard is not None and sender.acked != heard[0] + 1:
+                sender.acked = heard[0] + 1
+                self.wake.add(sid)
 
     def _lines(self, lines: list[bytes], base: int) -> int:
         """Line by line (what defines the meaning) -> the other lines among them."""

@@ -8,6 +8,7 @@ import random
 import socket
 import time
 from array import array
+from dataclasses import dataclass
 
 import pytest
 
@@ -243,15 +244,22 @@ def test_garbage_loses_nothing_and_crashes_nothing() -> None:
     assert stats.other_lines > 0
 
 
+@dataclass
+class Acks:
+    acked: int = 0
+
+
 def test_acknowledgements_once_a_read_for_the_senders_heard() -> None:
-    acked: list[tuple[int, int]] = []
-    tally = Tally(Stats(), False, lambda _: None, EPOCH, acks={0, 1}, on_ack=lambda sid, n: acked.append((sid, n)))
+    senders, wake = {0: Acks(), 1: Acks()}, set()
+    tally = Tally(Stats(), False, lambda _: None, EPOCH, senders, wake)
     tally.feed(None, [msg(0, 0), msg(0, 1), msg(2, 0)], NOW)
-    assert acked == [(0, 2)]
+    assert (senders[0].acked, senders[1].acked, wake) == (2, 0, {0})
+    wake.clear()
     tally.feed(None, [msg(1, 0), msg(0, 3)], NOW)
-    assert sorted(acked[1:]) == [(0, 4), (1, 1)]  # 0 skipped 2: acked up to its highest, as before
-    tally.feed(None, [msg(1, seq) for seq in range(1, 1 + BULK_MIN)], NOW)
-    assert sorted(acked[3:]) == [(0, 4), (1, 1 + BULK_MIN)]
+    assert (senders[0].acked, senders[1].acked, wake) == (4, 1, {0, 1})  # 0 skipped 2: up to its highest, as before
+    wake.clear()
+    tally.feed(None, [msg(1, seq) for seq in range(1, 1 + BULK_MIN)] + [msg(0, 3)], NOW)
+    assert (senders[0].acked, senders[1].acked, wake) == (4, 1 + BULK_MIN, {1})  # 0's duplicate: no wake
 
 
 def test_errors_and_pings_among_the_lines() -> None:
