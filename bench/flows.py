@@ -1,17 +1,17 @@
 """Message flows: senders that stamp every message, receivers that check them.
 
-A message's text is `<sid> <seq> <t_ns>`: the sender's number, its own
-sequence number (0, 1, 2 ...) and the send time from `time.perf_counter_ns`.
+A message's text is `<sid> <seq> <t>` (`bench.tally.body`: fixed-width
+hex): the sender's number, its own sequence number (0, 1, 2 ...) and the
+send time in microseconds since the flow's `epoch` (`time.perf_counter_ns`).
 Senders and receivers live in this one process, so the receiver reads
 the same clock. A room message arrives as `#room <nick> <sid> <seq> <t>`,
 a private one as `*nick* <sid> <seq> <t>`, an IRC one as
 `:nick!u@h PRIVMSG target :<sid> <seq> <t>`: the last three words are ours.
 Latencies are kept apart for receivers with TCP_QUICKACK (`Conn.quickack`).
 
-Per (receiver, sender) a `Track` keeps the highest sequence number seen
-and the set of numbers skipped below it: a number that fills a gap is a
-reordering, a number seen before is a duplicate. What never arrived is
-counted at the end, as expected deliveries minus distinct ones.
+Each receiver checks what it reads with a `bench.tally.Tally`: per
+(receiver, sender) the sequence numbers (lost, reordered, duplicated), per
+line the latency.
 
 A `Flow` drives the senders, either closed-loop (`run_window`: each
 sender keeps at most `window` messages in flight, counted at its one
@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import sys
 import time
-from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from bench.dialect import is_error, pong
 from bench.loadgen import Conn, Loop
+from bench.tally import BODY, MAX_SID, Stats, Tally
+
+LINE = b"%s" + BODY + b"%s"  # prefix, body, end
 
 
 @dataclass(slots=True)
@@ -43,36 +44,26 @@ class Sender:
     acked: int = 0  # messages seen by the acknowledging receiver
     end: bytes = b"\n"  # IRC: CRLF
 
-    def send(self, count: int, stamp: int) -> None:
+    def send(self, count: int, stamp_us: int) -> None:
         """One write a message, as separate clients' lines arrive: batching them is the server's job."""
-        seq, prefix, sid, conn, end = self.seq, self.prefix, self.sid, self.conn, self.end
+        seq, line, write = self.seq, LINE, self.conn.send
+        prefix, sid, end = self.prefix, self.sid, self.end
         for s in range(seq, seq + count):
-            conn.send(b"%s%d %d %d%s" % (prefix, sid, s, stamp, end))
+            write(line % (prefix, sid, s, stamp_us, end))
         self.seq = seq + count
-
-
-@dataclass(slots=True)
-class Stats:
-    """What all receivers saw."""
-
-    latencies: array = field(default_factory=lambda: array("q"))  # ns, at receivers with delayed ACKs
-    latencies_quickack: array = field(default_factory=lambda: array("q"))  # ns, at TCP_QUICKACK receivers
-    received: int = 0  # benchmark messages, counting duplicates
-    duplicated: int = 0
-    reordered: int = 0
-    other_lines: int = 0  # anything else: joins, quits, errors
-    errors: list[str] = field(default_factory=list)  # the first few error lines
-    closed: list[str] = field(default_factory=list)  # why receivers were closed
 
 
 class Flow:
     def __init__(self, loop: Loop, senders: Sequence[Sender], receivers: Sequence[Conn],
                  ackers: dict[int, Conn], label: str) -> None:
         """`ackers[sid]` is the receiver whose arrivals count as acknowledgements for `sid`."""
+        if len(senders) > MAX_SID + 1:
+            raise ValueError(f"at most {MAX_SID + 1} senders: a sid has 4 hex digits")
         self.loop = loop
         self.senders = list(senders)
         self.label = label
         self.stats = Stats()
+        self.epoch = time.perf_counter_ns()  # send times count microseconds from here (32 bits: 71 minutes)
         self._wake: set[int] = set()
         self._acks_by_conn: dict[int, set[int]] = {}
         for sid, conn in ackers.items():
@@ -92,33 +83,8 @@ class Flow:
         return sum(s.seq * s.fanout for s in self.senders)
 
     def _attach(self, conn: Conn) -> None:
-        tracks: dict[int, list] = {}  # sid -> [highest seq, set of skipped seqs]
-        acks = self._acks_by_conn.get(id(conn), set())
-        stats, senders, wake = self.stats, self.senders, self._wake
-        lat = stats.latencies_quickack if conn.quickack else stats.latencies
-
-        def handler(conn: Conn, lines: list[bytes], now: int) -> None:
-            for line in lines:
-                words = line.rsplit(b" ", 3)
-                try:
-                    sid, seq, stamp = int(words[1].lstrip(b":")), int(words[2]), int(words[3])  # IRC: ":<sid>"
-                except (IndexError, ValueError):
-                    _other(stats, conn, line)
-                    continue
-                lat.append(now - stamp)
-                stats.received += 1
-                track = tracks.get(sid)
-                if track is None:
-                    track = tracks[sid] = [-1, set()]
-                if seq == track[0] + 1:
-                    track[0] = seq
-                else:
-                    _out_of_line(stats, track, seq)
-                if sid in acks:
-                    senders[sid].acked = track[0] + 1
-                    wake.add(sid)
-
-        conn.handler = handler
+        acks = {sid: self.senders[sid] for sid in self._acks_by_conn.get(id(conn), ())}
+        conn.handler = Tally(self.stats, conn.quickack, conn.send, self.epoch, acks, self._wake).feed
         conn.on_close = self._on_close
 
     def _on_close(self, conn: Conn) -> None:
@@ -131,12 +97,12 @@ class Flow:
         self._wake.update(range(len(self.senders)))
 
         def tick(now: int) -> float | None:
-            wake, senders = self._wake, self.senders
+            wake, senders, epoch = self._wake, self.senders, self.epoch
             for sid in wake:
                 sender = senders[sid]
                 room = window - (sender.seq - sender.acked)
                 if room > 0:
-                    sender.send(room, time.perf_counter_ns())
+                    sender.send(room, (time.perf_counter_ns() - epoch) // 1000)  # us since the epoch
             wake.clear()
             return None
 
@@ -163,7 +129,7 @@ class Flow:
             while k < due:
                 sender = senders[k % len(senders)]
                 if sender.seq - sender.acked < max_in_flight:
-                    sender.send(1, time.perf_counter_ns())
+                    sender.send(1, (time.perf_counter_ns() - self.epoch) // 1000)  # us since the epoch
                 else:
                     state["skipped"] += 1
                 k += 1
@@ -207,24 +173,3 @@ class Flow:
                 "lost": max(0, self.expected - distinct), "reordered": stats.reordered,
                 "duplicated": stats.duplicated, "other_lines": stats.other_lines,
                 "receivers_closed": len(stats.closed)}
-
-
-def _out_of_line(stats: Stats, track: list, seq: int) -> None:
-    highest, skipped = track
-    if seq > highest:
-        skipped.update(range(highest + 1, seq))
-        track[0] = seq
-    elif seq in skipped:
-        skipped.discard(seq)
-        stats.reordered += 1
-    else:
-        stats.duplicated += 1
-
-
-def _other(stats: Stats, conn: Conn, line: bytes) -> None:
-    stats.other_lines += 1
-    answer = pong(line)
-    if answer is not None:  # an IRC server checking we are alive
-        conn.send(answer)
-    elif (line.startswith(b"! ") or is_error(line)) and len(stats.errors) < 5:
-        stats.errors.append(line.decode(errors="replace"))

@@ -14,6 +14,13 @@ complete line one read produced, and an `on_close(conn)`.
 `Loop.run` turns the selector until a condition holds or a deadline
 passes, calling a `tick(now_ns)` after each round of I/O (where senders
 write) and a progress callback about once a second.
+
+What a read costs is paid per delivery, so the read path stays short: the
+selector is an epoll object used directly (fd -> Conn, no `selectors`
+layer), the clock is read once a round, and a read takes at most
+RECV_SIZE bytes, below glibc's initial mmap threshold (128 KiB): until
+malloc has raised its threshold, a larger buffer is mapped, remapped and
+unmapped again on every read.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import resource
-import selectors
+import select
 import socket
 import ssl
 import time
@@ -32,10 +39,12 @@ from bench.wsframe import WsClient
 Addr = tuple[str, int]
 Handler = Callable[["Conn", list[bytes], int], None]
 
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024  # always a heap allocation (256 KiB can be an mmap, an mremap and a munmap a read)
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux: pick the port at connect
-_READ = selectors.EVENT_READ
-_WRITE = selectors.EVENT_WRITE
+_READ = select.EPOLLIN
+_WRITE = select.EPOLLOUT
+_BROKEN = select.EPOLLERR | select.EPOLLHUP  # both handlers see it, as `selectors` reports it
+MAX_EVENTS = 1024  # events taken from one epoll_wait
 
 
 def raise_file_limit(wanted: int) -> int:
@@ -59,8 +68,8 @@ def ignore_close(conn: Conn) -> None:
 class Conn:
     """One client socket. `closed` holds the reason once it is closed."""
 
-    __slots__ = ("addr", "closed", "connected", "handler", "heard", "inbuf", "lines_in", "loop", "on_close", "out",
-                 "quickack", "sock", "tag", "tls", "ws")
+    __slots__ = ("addr", "born", "closed", "connected", "fd", "handler", "heard", "inbuf", "lines_in", "loop",
+                 "on_close", "out", "quickack", "sock", "tag", "tls", "wants", "ws")
 
     def __init__(self, loop: Loop, addr: Addr, tag: object = None, source: str | None = None) -> None:
         self.loop = loop
@@ -77,6 +86,8 @@ class Conn:
         self.quickack = False  # re-arm TCP_QUICKACK after every read: no delayed ACK towards the server
         self.tls = loop.tls is not None  # True until the TLS handshake is done, then False
         self.ws: WsClient | None = None
+        self.wants = _READ | _WRITE  # the events it is registered for
+        self.born = loop.rounds  # the loop's round it was made in
         if loop.ws:
             self.ws = WsClient(f"{addr[0]}:{addr[1]}")
             self.out = self.ws.request()  # written once connected, before any frame
@@ -92,7 +103,8 @@ class Conn:
                 raise OSError(code, f"connect to {addr[0]}:{addr[1]}: {errno.errorcode.get(code, code)}")
             if loop.tls is not None:
                 self.sock = loop.tls.wrap_socket(self.sock, do_handshake_on_connect=False)
-            loop.sel.register(self.sock, _READ | _WRITE, self)
+            self.fd = self.sock.fileno()
+            loop.watch(self)
         except BaseException:
             self.sock.close()
             raise
@@ -118,7 +130,11 @@ class Conn:
             return
         if sent < len(data):
             self.out = data[sent:]
-            self.loop.sel.modify(self.sock, _READ | _WRITE, self)
+            self._want(_READ | _WRITE)
+
+    def _want(self, events: int) -> None:
+        self.wants = events
+        self.loop.poller.modify(self.fd, events)
 
     def _handshake(self) -> None:
         """Drive the TLS handshake one step; `connected` once it is done."""
@@ -153,7 +169,7 @@ class Conn:
                 return
             self.out = self.out[sent:]
         if not self.out:
-            self.loop.sel.modify(self.sock, _READ, self)
+            self._want(_READ)
 
     def on_readable(self, now: int) -> None:
         if self.tls:
@@ -178,10 +194,7 @@ class Conn:
         if self.ws is not None:
             self._on_frames(data, now)
             return
-        if self.inbuf:
-            data = self.inbuf + data
-        lines = data.split(b"\n")
-        self.inbuf = lines.pop()
+        lines, self.inbuf = cut_lines(self.inbuf, data)
         if lines:
             self.handler(self, lines, now)
 
@@ -199,8 +212,7 @@ class Conn:
         if self.closed is not None:
             return
         self.closed = reason
-        with contextlib.suppress(KeyError, ValueError):  # not registered (any more)
-            self.loop.sel.unregister(self.sock)
+        self.loop.forget(self)
         self.sock.close()
         self.loop.conns.discard(self)
         self.on_close(self)
@@ -211,7 +223,9 @@ class Loop:
 
     def __init__(self, tls: ssl.SSLContext | None = None, ws: bool = False) -> None:
         """`tls`: every connection of this loop speaks TLS with this client context; `ws`: WebSocket."""
-        self.sel = selectors.DefaultSelector()
+        self.poller = select.epoll()
+        self.by_fd: dict[int, Conn] = {}  # what the poller watches
+        self.rounds = 0  # epoll_waits so far
         self.conns: set[Conn] = set()
         self.tls = tls
         self.ws = ws
@@ -238,14 +252,29 @@ class Loop:
             wait = tick(time.perf_counter_ns()) if tick is not None else None
         return True
 
+    def watch(self, conn: Conn) -> None:
+        self.poller.register(conn.fd, conn.wants)
+        self.by_fd[conn.fd] = conn
+
+    def forget(self, conn: Conn) -> None:
+        if self.by_fd.get(conn.fd) is conn:
+            del self.by_fd[conn.fd]
+            with contextlib.suppress(OSError):  # closed already: epoll dropped it
+                self.poller.unregister(conn.fd)
+
     def _select(self, timeout: float) -> None:
-        events = self.sel.select(timeout) if self.sel.get_map() else _sleep(timeout)
+        events = self.poller.poll(timeout, MAX_EVENTS) if self.by_fd else _sleep(timeout)
         now = time.perf_counter_ns()
-        for key, mask in events:
-            conn: Conn = key.data
-            if mask & _WRITE:
+        self.rounds = rounds = self.rounds + 1
+        by_fd = self.by_fd
+        for fd, mask in events:
+            conn = by_fd.get(fd)
+            # closed by an earlier handler of this round, or made by one (with a closed one's fd: not its event)
+            if conn is None or conn.closed is not None or conn.born == rounds:
+                continue
+            if mask & (_WRITE | _BROKEN) and conn.wants & _WRITE:
                 conn.on_writable()
-            if mask & _READ and conn.closed is None:
+            if mask & (_READ | _BROKEN) and conn.closed is None:
                 conn.on_readable(now)
 
     def close_all(self) -> None:
@@ -255,7 +284,7 @@ class Loop:
 
     def close(self) -> None:
         self.close_all()
-        self.sel.close()
+        self.poller.close()
 
 
 def client_tls() -> ssl.SSLContext:
@@ -266,6 +295,12 @@ def client_tls() -> ssl.SSLContext:
     return context
 
 
-def _sleep(timeout: float) -> list[tuple[selectors.SelectorKey, int]]:
+def cut_lines(held: bytes, data: bytes) -> tuple[list[bytes], bytes]:
+    """What was held back and what one read brought -> (the complete lines, without LF; the rest to hold)."""
+    lines = (held + data if held else data).split(b"\n")
+    return lines, lines.pop()
+
+
+def _sleep(timeout: float) -> list[tuple[int, int]]:
     time.sleep(timeout)
     return []

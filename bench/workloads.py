@@ -119,11 +119,11 @@ def fill_flow(result: Result, flow: Flow, seconds: float, during_send: int) -> N
         result.extra["server_errors"] = flow.stats.errors
     if flow.stats.closed:
         result.extra["closed_because"] = sorted(set(flow.stats.closed))[:3]
-    add_latency(result, flow.stats.latencies)
+    add_latency(result, flow.stats.in_ns(flow.stats.latencies))
     quick = flow.stats.latencies_quickack
     if quick:
         probe = Result(result.workload, result.server)
-        add_latency(probe, quick)
+        add_latency(probe, flow.stats.in_ns(quick))
         result.extra.update(quickack_p50_ms=probe.p50_ms, quickack_p99_ms=probe.p99_ms,
                             quickack_max_ms=probe.max_ms, quickack_deliveries=len(quick))
 
