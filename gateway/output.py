@@ -98,15 +98,16 @@ class Output:
         """Queue bytes (`lines` deliveries) for the client; False if its queue is full. `flush` sends them."""
         if self.closing is not None:
             return True  # what comes after a close is not for this client
-        limits = self.limits
-        if self._lines + lines > limits.max_queue_lines or self._bytes + len(data) > limits.max_queue_bytes:
+        limits = self._hooks.limits  # the hot path: no property
+        queued, size = self._lines + lines, self._bytes + len(data)
+        if queued > limits.max_queue_lines or size > limits.max_queue_bytes:
             return False
-        if self._pending is None:
+        pending = self._pending
+        if pending is None:
             self._pending = [data]
         else:
-            self._pending.append(data)
-        self._lines += lines
-        self._bytes += len(data)
+            pending.append(data)
+        self._lines, self._bytes = queued, size
         return True
 
     def flush(self) -> None:

@@ -5,7 +5,10 @@ the socket's state *may* have changed, and `ZMQ_EVENTS` says what is true
 now. So the pump always asks `EVENTS` before it sleeps on the FD, and
 sleeps only when there is nothing to read and nothing it may send. Other
 tasks never touch the socket: they `put_nowait` frames into the pump's
-outbox, and the pump hands what it receives to a callback, and calls
+outbox, and the pump hands what it receives to a callback, calls
+`after_messages` at the end of every pass of receiving (the messages of a
+pass are handed over back to back, no other task runs between them: the
+gateway's runs of deliveries span them, and end there), and calls
 `after_burst` once what it received is handed over: when nothing more is
 there to read after it let the other tasks run once, or after BURST
 messages, or once the oldest message not handed over has waited long
@@ -69,9 +72,11 @@ class ZmqPump:
         flush_within: float = FLUSH_WITHIN,
         join_at_most: int = 1,
         join_bytes: int = 0,
+        after_messages: Callable[[], None] | None = None,
     ) -> None:
         self.sock = sock
         self.on_message = on_message
+        self.after_messages = after_messages  # after each pass that handed messages over, before a checkpoint
         self.after_burst = after_burst
         self.capacity = capacity
         self.dropped = 0  # frames refused by a full outbox
@@ -150,6 +155,8 @@ class ZmqPump:
             self.on_message(frames)
             if self._overdue():
                 break
+        if self.after_messages is not None:
+            self.after_messages()
         return True
 
     def _overdue(self) -> bool:

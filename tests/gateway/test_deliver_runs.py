@@ -117,8 +117,9 @@ def test_a_senders_messages_in_one_batch_reach_every_member_in_order_in_one_push
         alice, bob, carol = room.join("alice"), room.join("bob"), room.join("carol")
         pushed: list[int] = []
         clients = room.gateway.clients
-        flush = room.gateway._flush
-        room.gateway._flush = lambda: (pushed.extend(len(c._pending or ()) for c in clients.values()), flush())[1]
+        flush, settle = room.gateway._flush, room.gateway._settle
+        room.gateway._flush = lambda: (settle(), pushed.extend(len(c._pending or ()) for c in clients.values()),
+                                       flush())[2]
         room.batch(Mark("elsewhere:1", 1), *room.said(alice, "one", "two", "three"), *room.said(bob, "four"))
         assert pushed == [1, 1, 1]  # per client, one push for the batch's four messages
         assert room.received(carol) == b"#r <alice> one\n#r <alice> two\n#r <alice> three\n#r <bob> four\n"
