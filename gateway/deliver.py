@@ -106,6 +106,7 @@ class Delivery:
         answered: list[Session] = []
         now = trio.current_time()
         rooms, items, runs = self.rooms, batch.items, self._runs
+        add = runs.add
         for index, item in enumerate(items):
             if isinstance(item, Mark):
                 skipping = not self._on_mark(item, answered, now)
@@ -113,9 +114,9 @@ class Delivery:
                 continue
             elif isinstance(item, RoomEvent):
                 for cids, event in rooms.apply(item, now, items, index):
-                    runs.add(cids, event)
+                    add(cids, event)
             elif isinstance(item, Deliver):
-                runs.add(item.cids, item.event)
+                add(item.cids, item.event)
             elif isinstance(item, SetMode):
                 runs.settle()  # what came before the change is shown the way it was asked for then
                 if (client := self.clients.get(item.cid)) is not None:  # else a connection that is gone
