@@ -60,6 +60,8 @@ BURST = 256  # messages moved one way before looking the other way
 FLUSH_WITHIN = 0.002  # seconds a received message may wait for an after_burst while more keep coming
 FLUSH_COST_RATIO = 4  # ... or this many times what the last after_burst took
 DROP_LOG_EVERY = 1000  # log the first drop, then one line per this many
+# plain ints: an int & an IntFlag member runs the enum's Python-level __rand__, once per look at the socket
+_EVENTS, _POLLIN, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT)
 
 
 class ZmqPump:
@@ -122,11 +124,11 @@ class ZmqPump:
 
     async def _pump(self, fd: int, either: int, poke: int) -> None:
         while True:
-            events = int(self.sock.getsockopt(zmq.EVENTS))
+            events = int(self.sock.getsockopt(_EVENTS))
             moved = False
-            if events & zmq.POLLIN:
+            if events & _POLLIN:
                 moved = self._receive_burst()
-            if self._outbox and events & zmq.POLLOUT:
+            if self._outbox and events & _POLLOUT:
                 moved = self._send_burst() or moved
             if moved:
                 if self._unflushed >= BURST or self._overdue():
