@@ -187,7 +187,14 @@ class Delivery:
             if client.door.view is text_view:
                 if text is None:
                     text, senders = shown.text_for_all(), shown.senders
-                data, lines = shown.text_for(cid) if cid in senders else (text, count)
+                if cid not in senders:  # the usual case: the whole run, the same bytes as every such client
+                    if client.push(text, count):
+                        pushed += count
+                        dirty[cid] = client
+                    else:
+                        self._kick(client, QUEUE_FULL)
+                    continue
+                data, lines = shown.text_for(cid)
             else:
                 data, lines = shown.for_view(client.door, cid)
             if not lines:
