@@ -151,7 +151,6 @@ _new_event = maker(ChatEvent)  # the decoders' constructors: every field checked
 _new_room_event = maker(RoomEvent)
 _new_deliver = maker(Deliver)
 _new_mark = maker(Mark)
-_new_batch = maker(Batch)
 
 
 def _event_from_wire(raw: Any) -> ChatEvent:
@@ -193,31 +192,6 @@ def _room_event(fields: tuple[Any, ...]) -> RoomEvent:
     if _int(change) not in (-1, 0, 1) or (change != 0) != (member != ""):
         raise DecodeError("a room event's change is -1 or 1 with a member, 0 without")
     return RoomEvent(_str(room), _int(seq), _event_from_wire(event), _str(member), change)
-
-
-def _batch_from_wire(raw: Any) -> Batch:
-    """A batch's items: a gateway decodes hundreds of room messages a batch, so a room message whose
-    fields all have their usual types (its event's args empty, its ts a float) is checked and built
-    here, with no call but the constructors; any other item, and any that fails a check, goes through
-    `_item_from_wire`, which checks everything in order and says what is wrong."""
-    items: list[BatchItem] = []
-    append, event_types, new_event, new_room_event = items.append, _EVENT_TYPES, _new_event, _new_room_event
-    for item in _list(raw):
-        if type(item) is tuple and len(item) == 6 and type(item[0]) is int and item[0] == 4:
-            _, room, seq, member, change, event = item
-            if (type(event) is tuple and len(event) == 11 and type(room) is str and type(seq) is int
-                    and type(member) is str and type(change) is int
-                    and (change == 0 if member == "" else change in (-1, 1))):
-                t, text, in_room, sender, to, id_, ts, origin, of, code, args = event
-                kind = event_types.get(t) if type(t) is str else None
-                if (kind is not None and type(ts) is float and args == () and type(text) is str
-                        and type(in_room) is str and type(sender) is str and type(to) is str and type(id_) is str
-                        and type(origin) is str and type(of) is str and type(code) is str):
-                    append(new_room_event(room, seq, new_event(kind, text, in_room, sender, to, id_, ts, origin,
-                                                               of, code, args), member, change))
-                    continue
-        append(_item_from_wire(item))
-    return _new_batch(tuple(items))
 
 
 def _item_from_wire(raw: Any) -> BatchItem:
@@ -280,7 +254,7 @@ _DECODERS: dict[tuple[int, int], Callable[..., Message]] = {
     (6, 1): _done,
     (7, 1): lambda s: Heartbeat(_str(s)),
     (7, 3): lambda s, e, a: Heartbeat(_str(s), _epoch(e), _bool(a)),
-    (8, 1): _batch_from_wire,
+    (8, 1): lambda items: Batch(tuple(map(_item_from_wire, _list(items)))),
     (9, 1): lambda b: Unknown(_str(b)),
     (10, 1): lambda b: Fenced(_str(b)),
 }

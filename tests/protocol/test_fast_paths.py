@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import commands
-from protocol.codec import _item_from_wire, decode, encode, encode_batches
+from protocol.codec import decode, encode, encode_batches
 from protocol.commands import Me, Msg, Say, parse_line
 from protocol.errors import CommandError, DecodeError
 from protocol.messages import (
@@ -267,35 +267,3 @@ def _first_word_by_regex(text: str) -> tuple[str, str]:
 @given(st.text(alphabet=" \tab#\u00a0\u3000\n", max_size=12))
 def test_property_the_first_word_is_cut_as_before(text: str) -> None:
     assert commands._first_word(text) == _first_word_by_regex(text)
-
-
-# --- a batch's room messages, decoded in one loop ------------------------------------------
-
-_ODD = st.sampled_from(["", "x", "message", "join", 0, 1, -1, 2, 1.5, True, None, b"x", ["x"], [], [1], ["a", "b"]])
-
-
-@FAST
-@given(room=_ODD, seq=_ODD, member=st.sampled_from(["", "gw:1", 5]), change=_ODD,
-       event=st.lists(_ODD, min_size=10, max_size=12), fields=st.integers(0, 10), usual=st.booleans())
-def test_property_a_room_event_decodes_as_the_item_by_item_path_decodes_it(
-        room: Any, seq: Any, member: Any, change: Any, event: list[Any], fields: int, usual: bool) -> None:
-    """`_batch_from_wire` checks the usual room message inline: whatever the fields, the batch it
-    gives (or the error it raises) is the one decoding each item alone gives."""
-    wire = list(EVENT_WIRE) if usual else event
-    if usual:  # the usual shape with one field changed: the inline checks' edge
-        wire[fields] = event[0]
-    items = [[3, "gw:1", 1], [4, room, seq, member, change, wire], [4, "#r", 2, "", 0, EVENT_WIRE]]
-    frame = msgpack.packb([8, items], use_bin_type=True)
-    raw = msgpack.unpackb(frame, raw=False, use_list=False)[1]
-    try:
-        expected: object = Batch(tuple(_item_from_wire(item) for item in raw))
-    except DecodeError as exc:
-        expected = str(exc)
-    try:
-        got: object = decode(frame)
-    except DecodeError as exc:
-        got = str(exc)
-    assert got == expected
-    if isinstance(got, Batch):
-        assert [type(item) for item in got.items] == [Mark, RoomEvent, RoomEvent]
-        assert type(got.items[1].event) is ChatEvent  # type: ignore[union-attr]
