@@ -1,6 +1,7 @@
 """Pub-out batches to our clients: a part of `gateway.server.Gateway` (a mixin).
 
-    SUB pump --> _on_batch --> runs (protocol.fanout) --> _deliver (render, push) ... end of the burst --> _flush
+    SUB pump --> _on_batch --> runs (protocol.fanout) ... end of the pass --> _settle --> _deliver (render, push)
+             ... end of the burst --> _flush
 
 A pub-out message is three frames: our topic, the broker's numbering (its
 epoch and a sequence number, 8 bytes each, big-endian: gateway.link checks
@@ -10,9 +11,14 @@ client event the items after it answer (a replay is dropped up to the next
 who is shown what; `Deliver`, `SetMode` and `Close` act on our connections.
 The sessions answered advance after the whole batch.
 
-A batch's deliveries to the same audience (a room's members: the room
-table hands out one tuple while nobody joins or leaves) are grouped into
-runs (protocol.fanout), so the work per client is per run, not per message:
+Deliveries to the same audience (a room's members: the room table hands
+out one tuple while nobody joins or leaves) are grouped into runs
+(protocol.fanout), across the batches of one pass of the SUB pump: it hands
+them over back to back, no other task runs between them, and it calls
+`_settle` at the end of the pass (`_flush` settles first too). Anything
+that acts on a client otherwise (a mode change, a close, what a session's
+answer releases) settles the open runs before it. So the work per client is
+per run, not per message nor per batch:
 each event is rendered once per view that can share it (text, JSON,
 WebSocket; IRC: a room message once per set of capabilities that change its
 line, the rest per connection), the run's lines are joined once per view,
@@ -57,6 +63,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chat.gateway")
 
+QUEUE_FULL = "output queue full: you are not reading"  # why a client is cut whose output queue is full
+
 
 class Delivery:
     """The pub-out side of `Gateway`: apply each batch, render, push, flush."""
@@ -68,6 +76,7 @@ class Delivery:
     rooms: RoomTable
     metrics: GatewayMetrics
     _dirty: dict[str, Client]
+    _runs: Runs  # open across the batches of one pass of the SUB pump (`_settle` ends them)
     _flush_clock: float | None = None  # when the first batch answering a sampled event came, until the flush
 
     if TYPE_CHECKING:  # the rest of the gateway (gateway.server, gateway.link)
@@ -96,8 +105,8 @@ class Delivery:
         skipping = False
         answered: list[Session] = []
         now = trio.current_time()
-        rooms, items = self.rooms, batch.items
-        runs = Runs(self._deliver)
+        rooms, items, runs = self.rooms, batch.items, self._runs
+        add = runs.add
         for index, item in enumerate(items):
             if isinstance(item, Mark):
                 skipping = not self._on_mark(item, answered, now)
@@ -105,9 +114,9 @@ class Delivery:
                 continue
             elif isinstance(item, RoomEvent):
                 for cids, event in rooms.apply(item, now, items, index):
-                    runs.add(cids, event)
+                    add(cids, event)
             elif isinstance(item, Deliver):
-                runs.add(item.cids, item.event)
+                add(item.cids, item.event)
             elif isinstance(item, SetMode):
                 runs.settle()  # what came before the change is shown the way it was asked for then
                 if (client := self.clients.get(item.cid)) is not None:  # else a connection that is gone
@@ -116,11 +125,15 @@ class Delivery:
                 runs.settle()
                 self._on_close(item)
         for session in answered:  # after the whole batch: a Close in it stops what was pending
-            for cids, event in rooms.release(session.cid):  # held while a re-join may have been coming
-                runs.add(cids, event)
-            runs.settle()
+            if released := rooms.release(session.cid):  # held while a re-join may have been coming
+                for cids, event in released:
+                    runs.add(cids, event)
+                runs.settle()
             self._advance(session)
-        runs.settle()
+
+    def _settle(self) -> None:
+        """The SUB pump's pass over what came ends (before any other task runs): hand on the open runs."""
+        self._runs.settle()
 
     def _on_mark(self, mark: Mark, answered: list[Session], now: float) -> bool:
         """-> False if this event was shown already (a replay)."""
@@ -162,17 +175,26 @@ class Delivery:
         shares renderings (IRC renders per connection), one push per client."""
         shown = _Shown(events)
         text: bytes | None = None
+        senders: dict[str, set[int]] = {}
+        count = len(events)
         clients, dirty, text_view = self.clients, self._dirty, View.TEXT  # locals: the hot loop
         pushed = 0
         for cid in cids:
             client = clients.get(cid)
             if client is None:
-                self.metrics.drop(Drop.DELIVERY_TO_CLOSED, len(events))
+                self.metrics.drop(Drop.DELIVERY_TO_CLOSED, count)
                 continue
             if client.door.view is text_view:
                 if text is None:
-                    text = shown.text_for_all()
-                data, lines = shown.text_for(cid) if cid in shown.senders else (text, len(events))
+                    text, senders = shown.text_for_all(), shown.senders
+                if cid not in senders:  # the usual case: the whole run, the same bytes as every such client
+                    if client.push(text, count):
+                        pushed += count
+                        dirty[cid] = client
+                    else:
+                        self._kick(client, QUEUE_FULL)
+                    continue
+                data, lines = shown.text_for(cid)
             else:
                 data, lines = shown.for_view(client.door, cid)
             if not lines:
@@ -181,11 +203,12 @@ class Delivery:
                 pushed += lines
                 dirty[cid] = client
             else:
-                self._kick(client, "output queue full: you are not reading")
+                self._kick(client, QUEUE_FULL)
         self.metrics.deliveries += pushed
 
     def _flush(self) -> None:
         """After a burst of replies: one send per client that got something."""
+        self._runs.settle()
         for client in self._dirty.values():
             client.flush()
         self._dirty.clear()

@@ -4,7 +4,7 @@
                        [key, event, key, event, ...]: the events waiting together, up to
                        MAX_EVENTS (stack.frames) in one message; [Heartbeat] always alone
     Heartbeat <-> every broker's frontend; Fenced <-- the active broker
-    pub-out --> SUB pump --> `_on_batch` (gateway.deliver), `_flush` after each burst
+    pub-out --> SUB pump --> `_on_batch` (gateway.deliver), `_settle` after each pass, `_flush` after each burst
 
 Every `heartbeat` seconds `_tick` beats every broker, sends again what the
 active one left unanswered for `resend_after`, copies the gauges for a scrape
@@ -88,6 +88,7 @@ class BrokerLink:
         def _is_member(self, cid: str) -> bool: ...
         def _is_busy(self, cid: str) -> bool: ...
         def _on_batch(self, frames: list[bytes]) -> None: ...
+        def _settle(self) -> None: ...
         def _flush(self) -> None: ...
 
     def _open_link(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
@@ -122,7 +123,7 @@ class BrokerLink:
             self.sub.connect(endpoint.strip())
         self.to_brokers = [ZmqPump(dealer, partial(self._on_broker, i), join_at_most=MAX_EVENTS,
                                    join_bytes=MAX_JOINED_BYTES) for i, dealer in enumerate(self.dealers)]
-        self.from_broker = ZmqPump(self.sub, self._on_batch, after_burst=self._flush)
+        self.from_broker = ZmqPump(self.sub, self._on_batch, after_burst=self._flush, after_messages=self._settle)
         self.sampler = Sampler(config.hop_sample)
         self._read_at: dict[str, float] = {}  # connection -> when the lines of its next sampled event came
 

@@ -98,15 +98,16 @@ class Output:
         """Queue bytes (`lines` deliveries) for the client; False if its queue is full. `flush` sends them."""
         if self.closing is not None:
             return True  # what comes after a close is not for this client
-        limits = self.limits
-        if self._lines + lines > limits.max_queue_lines or self._bytes + len(data) > limits.max_queue_bytes:
+        limits = self._hooks.limits  # the hot path: no property
+        queued, size = self._lines + lines, self._bytes + len(data)
+        if queued > limits.max_queue_lines or size > limits.max_queue_bytes:
             return False
-        if self._pending is None:
+        pending = self._pending
+        if pending is None:
             self._pending = [data]
         else:
-            self._pending.append(data)
-        self._lines += lines
-        self._bytes += len(data)
+            pending.append(data)
+        self._lines, self._bytes = queued, size
         return True
 
     def flush(self) -> None:
@@ -118,22 +119,24 @@ class Output:
             if self._backlog is not None:  # keep the order: the writer sends it after the rest
                 self._backlog.append(data)
             else:
-                self._send_now(data)
+                try:
+                    sent = self.sock.send(data)
+                except WOULD_BLOCK:  # a TLS write that blocked is retried with the same bytes first: the backlog
+                    sent = 0
+                except OSError:
+                    sent = -1
+                if sent == len(data):  # the usual case: the kernel took it all
+                    self._lines = self._bytes = 0
+                elif sent < 0:
+                    self.broken = True
+                    self._end()
+                else:
+                    self._keep_rest(data, sent)
         if self.closing is not None and self._backlog is None:
             self._end()  # everything is out: the connection can go
 
-    def _send_now(self, data: bytes) -> None:
-        try:
-            sent = self.sock.send(data)
-        except WOULD_BLOCK:  # a TLS write that blocked is retried with the same bytes first: the backlog
-            sent = 0
-        except OSError:
-            self.broken = True
-            self._end()
-            return
-        if sent == len(data):
-            self._lines = self._bytes = 0
-            return
+    def _keep_rest(self, data: bytes, sent: int) -> None:
+        """What the kernel did not take is the backlog; a writer sends it when the socket takes more."""
         rest = data[sent:]
         self._backlog = [rest]
         self._bytes = len(rest)

@@ -53,6 +53,7 @@ from gateway.metrics import Drop, GatewayMetrics, Refusal
 from gateway.session import SeenEvents, Session
 from gateway.web import load_static
 from protocol.doors import Door, IrcDoor, LineDoor, WebDoor
+from protocol.fanout import Runs
 from protocol.irc import IrcSettings
 from protocol.proxy import Network
 from protocol.rooms import RoomTable
@@ -120,6 +121,7 @@ class Gateway(BrokerLink, Delivery):
         self._numbers = itertools.count(1)
         self._open_link(ctx)
         self._dirty: dict[str, Client] = {}  # clients pushed to since the last flush
+        self._runs = Runs(self._deliver)  # deliveries grouped by audience (gateway.deliver)
         self._nursery: trio.Nursery
         self._hooks: ClientHooks
         self.idle: IdleWatcher | None = None  # the parked clients, while serving

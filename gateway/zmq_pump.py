@@ -5,7 +5,10 @@ the socket's state *may* have changed, and `ZMQ_EVENTS` says what is true
 now. So the pump always asks `EVENTS` before it sleeps on the FD, and
 sleeps only when there is nothing to read and nothing it may send. Other
 tasks never touch the socket: they `put_nowait` frames into the pump's
-outbox, and the pump hands what it receives to a callback, and calls
+outbox, and the pump hands what it receives to a callback, calls
+`after_messages` at the end of every pass of receiving (the messages of a
+pass are handed over back to back, no other task runs between them: the
+gateway's runs of deliveries span them, and end there), and calls
 `after_burst` once what it received is handed over: when nothing more is
 there to read after it let the other tasks run once, or after BURST
 messages, or once the oldest message not handed over has waited long
@@ -57,6 +60,8 @@ BURST = 256  # messages moved one way before looking the other way
 FLUSH_WITHIN = 0.002  # seconds a received message may wait for an after_burst while more keep coming
 FLUSH_COST_RATIO = 4  # ... or this many times what the last after_burst took
 DROP_LOG_EVERY = 1000  # log the first drop, then one line per this many
+# plain ints: an int & an IntFlag member runs the enum's Python-level __rand__, once per look at the socket
+_EVENTS, _POLLIN, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT)
 
 
 class ZmqPump:
@@ -69,9 +74,11 @@ class ZmqPump:
         flush_within: float = FLUSH_WITHIN,
         join_at_most: int = 1,
         join_bytes: int = 0,
+        after_messages: Callable[[], None] | None = None,
     ) -> None:
         self.sock = sock
         self.on_message = on_message
+        self.after_messages = after_messages  # after each pass that handed messages over, before a checkpoint
         self.after_burst = after_burst
         self.capacity = capacity
         self.dropped = 0  # frames refused by a full outbox
@@ -117,11 +124,11 @@ class ZmqPump:
 
     async def _pump(self, fd: int, either: int, poke: int) -> None:
         while True:
-            events = int(self.sock.getsockopt(zmq.EVENTS))
+            events = int(self.sock.getsockopt(_EVENTS))
             moved = False
-            if events & zmq.POLLIN:
+            if events & _POLLIN:
                 moved = self._receive_burst()
-            if self._outbox and events & zmq.POLLOUT:
+            if self._outbox and events & _POLLOUT:
                 moved = self._send_burst() or moved
             if moved:
                 if self._unflushed >= BURST or self._overdue():
@@ -150,6 +157,8 @@ class ZmqPump:
             self.on_message(frames)
             if self._overdue():
                 break
+        if self.after_messages is not None:
+            self.after_messages()
         return True
 
     def _overdue(self) -> bool:

@@ -123,6 +123,8 @@ class RoomTable:
         if room is None:
             room = self._rooms[item.room] = _Room()
         room.last = now
+        if not item.change and not item.member and not room.former and item.seq >= room.latest:
+            return self._message(room, item)
         out: list[Delivery] = []
         if item.change and self._is_local(item.member):
             if item.change > 0:
@@ -137,6 +139,21 @@ class RoomTable:
         if to:
             out.append((to, item.event))
         return out
+
+    def _message(self, room: _Room, item: RoomEvent) -> list[Delivery]:
+        """`apply` in the usual case, a message that every member joined before and no former member
+        is owed: the room's one tuple of members, and the ring (as `audience`, `_keep_in_ring` do)."""
+        to = room.everyone
+        if to is None:
+            to = room.everyone = tuple(room.members)
+        ring = room.ring
+        ring.append(item)
+        room.pushed += 1
+        if item.seq > room.top:
+            room.top = item.seq
+        if len(ring) > self._ring and (evicted := ring.popleft().seq) > room.evicted:
+            room.evicted = evicted
+        return [(to, item.event)] if to else []
 
     def _to_former(self, room: _Room, seq: int, member: str, event: ChatEvent, name: str) -> list[str]:
         """Parted members owed an event committed before they parted: now, or held while busy."""

@@ -117,8 +117,9 @@ def test_a_senders_messages_in_one_batch_reach_every_member_in_order_in_one_push
         alice, bob, carol = room.join("alice"), room.join("bob"), room.join("carol")
         pushed: list[int] = []
         clients = room.gateway.clients
-        flush = room.gateway._flush
-        room.gateway._flush = lambda: (pushed.extend(len(c._pending or ()) for c in clients.values()), flush())[1]
+        flush, settle = room.gateway._flush, room.gateway._settle
+        room.gateway._flush = lambda: (settle(), pushed.extend(len(c._pending or ()) for c in clients.values()),
+                                       flush())[2]
         room.batch(Mark("elsewhere:1", 1), *room.said(alice, "one", "two", "three"), *room.said(bob, "four"))
         assert pushed == [1, 1, 1]  # per client, one push for the batch's four messages
         assert room.received(carol) == b"#r <alice> one\n#r <alice> two\n#r <alice> three\n#r <bob> four\n"
@@ -244,5 +245,59 @@ def test_an_outside_publishers_tangle_of_audiences_keeps_every_clients_order(ctx
             assert room.received(cid) == b"".join(lines), cid
         assert room.gateway.metrics.drops[Drop.DELIVERY_TO_CLOSED] == sum(
             1 for n in range(400) if n % 3 and gone in audiences[n % len(audiences)])
+
+    in_room(ctx, test)
+
+
+def test_the_batches_of_one_pass_of_the_pump_reach_each_member_in_one_push_in_order(ctx) -> None:  # type: ignore[no-untyped-def]
+    """Batches the SUB pump hands over back to back (one pass, `_settle` at its end) share their runs:
+    one push per client for all of them, in the order they came; a join in the middle of the pass
+    starts a new audience: the newcomer gets what came from its join on, the others everything."""
+    async def test(room: Room) -> None:
+        alice, bob = room.join("alice"), room.join("bob")
+        gateway = room.gateway
+        batches = [(Mark("elsewhere:1", n), *room.said(alice if n % 2 else bob, f"b{n}.1", f"b{n}.2"))
+                   for n in range(1, 5)]
+        for items in batches:
+            room.numbered += 1
+            numbering = (0).to_bytes(8, "big") + room.numbered.to_bytes(8, "big")
+            gateway._on_batch([topic_of(gateway.instance), numbering, codec.encode(Batch(items))])
+        assert all(client._pending is None for client in gateway.clients.values())  # open runs: nothing yet
+        gateway._settle()
+        assert [len(client._pending or ()) for client in gateway.clients.values()] == [1, 1]
+        gateway._flush()
+        assert room.received(alice) == b"#r <bob> b2.1\n#r <bob> b2.2\n#r <bob> b4.1\n#r <bob> b4.2\n"
+        assert room.received(bob) == b"#r <alice> b1.1\n#r <alice> b1.2\n#r <alice> b3.1\n#r <alice> b3.2\n"
+        assert gateway.metrics.deliveries == 1 + 8  # bob's join to alice, then the pass
+
+    in_room(ctx, test)
+
+
+def test_a_join_inside_a_pass_splits_the_runs_and_keeps_every_clients_order(ctx) -> None:  # type: ignore[no-untyped-def]
+    async def test(room: Room) -> None:
+        alice, bob = room.join("alice"), room.join("bob")
+        gateway = room.gateway
+        carol = f"{gateway.instance}:carol"
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        room.theirs[carol] = theirs
+        hooks = ClientHooks(gateway.config.limits, room.nursery.start_soon, gateway._on_lines, None, None, None)
+        gateway.clients[carol] = Client(carol, ours, LineDoor(4096), "test", hooks)
+        elsewhere = f"{gateway.instance}:elsewhere"
+        before = room.said(elsewhere, "before")
+        room.seq += 1
+        join = RoomEvent(ROOM, room.seq, ChatEvent(EventType.JOIN, "carol joined", room=ROOM), carol, 1)
+        after = room.said(elsewhere, "after")
+        for items in ((Mark("elsewhere:1", 1), *before), (Mark("elsewhere:1", 2), join), (Mark("elsewhere:1", 3), *after)):
+            room.numbered += 1
+            numbering = (0).to_bytes(8, "big") + room.numbered.to_bytes(8, "big")
+            gateway._on_batch([topic_of(gateway.instance), numbering, codec.encode(Batch(items))])
+        gateway._settle()
+        gateway._flush()
+        both = b"#r <elsewhere> before\n* carol joined\n#r <elsewhere> after\n"
+        assert room.received(alice) == both
+        assert room.received(bob) == both
+        assert room.received(carol) == b"#r <elsewhere> after\n"
 
     in_room(ctx, test)

@@ -157,3 +157,42 @@ def test_a_costly_after_burst_is_called_less_often(pair) -> None:  # type: ignor
     writing takes at most about a fifth of the time."""
     counts = _slow_stream(pair, 0.005)
     assert len(counts) >= 2 and max(counts[1:-1] or [BURST]) >= 100, counts  # 20 ms of 0.1 ms messages
+
+
+def test_after_messages_ends_every_pass_before_any_other_task_runs(pair) -> None:  # type: ignore[no-untyped-def]
+    """Messages waiting together are handed over in one pass, then `after_messages`, with no other
+    task in between (the gateway's runs span the pass), then `after_burst`; a lone one likewise."""
+    sender, receiver = pair
+    seen: list[str] = []
+
+    async def main() -> None:
+        for n in range(10):
+            sender.send(b"%d" % n)
+        pump = ZmqPump(receiver, lambda frames: seen.append(frames[0].decode()),
+                       after_burst=lambda: seen.append("burst"), after_messages=lambda: seen.append("pass"))
+
+        async def other() -> None:
+            while True:
+                seen.append("other")
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump.run)
+            nursery.start_soon(other)
+            with trio.fail_after(5):
+                while "burst" not in seen:
+                    await trio.sleep(0.001)  # polling a condition, with a deadline
+                sender.send(b"lone")
+                while seen.count("burst") < 2:
+                    await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    messages = [*(str(n) for n in range(10)), "lone"]
+    assert [item for item in seen if item in messages] == messages
+    taken = False  # a message handed over, its pass not ended yet
+    for item in seen:
+        assert not (taken and item in ("other", "burst")), seen  # nothing runs inside a pass, no burst ends it
+        taken = item in messages or (taken and item != "pass")
+    assert not taken
+    assert seen.index("pass", seen.index("9")) < seen.index("burst", seen.index("9"))
