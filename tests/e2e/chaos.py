@@ -219,25 +219,43 @@ def wait_quiet(members: list[Member], quiet: float, limit: float) -> None:
         time.sleep(0.1)
 
 
+# one connection's side of the invariant, read at once: a departure (which frees both keys in one
+# script) or a /nick is then wholly before or wholly after the read -> {exists, nick, its holder}
+_CONN_SIDE = """
+local nick = redis.call('HGET', KEYS[1], 'nick')
+if not nick then return {redis.call('EXISTS', KEYS[1])} end
+return {1, nick, redis.call('GET', ARGV[1] .. string.lower(nick))}
+"""
+# one nick's side, read at once -> {} if released, else {cid, that connection's nick}
+_NICK_SIDE = """
+local cid = redis.call('GET', KEYS[1])
+if not cid then return {} end
+return {cid, redis.call('HGET', ARGV[1] .. cid, 'nick')}
+"""
+
+
 def nick_violations(db: redis.Redis, prefix: str) -> list[str]:
     """Every break of the nickname invariant: a connection whose nick does not point
     back to it, a nick held for a connection that does not have it (two holders
-    of one nick show as one of these)."""
+    of one nick show as one of these). Each key's check reads both sides in one
+    script, so a connection that leaves while the scan runs is no violation."""
     bad: list[str] = []
     conn, nick_key = f"{prefix}conn:", f"{prefix}nick:"
     for key in db.scan_iter(f"{conn}*", count=1000):
         if db.type(key) != "hash":
             continue  # conn:<cid>:rooms
-        cid, nick = key[len(conn):], db.hget(key, "nick")
-        if nick is None and not db.exists(key):
+        cid = key[len(conn):]
+        exists, *named = db.eval(_CONN_SIDE, 1, key, nick_key)
+        if not exists:
             continue  # left since the scan saw it
-        if not nick or db.get(nick_key + nick.lower()) != cid:
-            bad.append(f"{cid} has nick {nick!r}, which points to {db.get(nick_key + str(nick).lower())!r}")
+        nick, holder = named if named else (None, None)
+        if not nick or holder != cid:
+            bad.append(f"{cid} has nick {nick!r}, which points to {holder!r}")
     for key in db.scan_iter(f"{nick_key}*", count=1000):
-        cid = db.get(key)
-        if cid is None:
+        side = db.eval(_NICK_SIDE, 1, key, conn)
+        if not side:
             continue  # released since the scan saw it (a connection left meanwhile)
-        nick = db.hget(f"{conn}{cid}", "nick")
+        cid, nick = side[0], side[1] if len(side) > 1 else None
         if nick is None or nick.lower() != key[len(nick_key):]:
             bad.append(f"{key} points to {cid}, whose nick is {nick!r}")
     return bad
