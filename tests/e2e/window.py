@@ -13,13 +13,19 @@ the losses the tests fail on:
   lost for one member and shown to another of the same gateway is a bug, not the window);
 - and only when the test killed a broker, and at most `WINDOW_SHARE` of the deliveries due.
 
+Its other shape (`late_copies`): when the sender's gateway's pipe was backed up, the broker
+may have written another gateway's copy and not the sender's; the sender's event is sent
+again and replayed, so nothing is lost, but the sender's gateway shows the message late,
+after later ones, to every receiver it has. Only that order difference is set apart: one
+order per gateway, and the messages out of place each later at their sender's own gateway.
+
 Pure: receivers are named by any hashable value, gateways by any value (a port, say).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
 WINDOW_SHARE = 0.01  # of the deliveries due: more than this is not the window, whatever the shape
 
@@ -58,3 +64,80 @@ def window_shaped(missing: Mapping[Hashable, set[Hashable]], got: Mapping[Hashab
                 continue  # never shown at the sender's gateway: not published at all
             count += 1
     return count
+
+
+def late_copies(orders: Mapping[Hashable, Sequence[Hashable]], gateway: Mapping[Hashable, object],
+                origin: Mapping[Hashable, object]) -> int | None:
+    """The window's other shape: how many copies came late, or None if the receivers' different
+    orders of one room are not that.
+
+    When the sender's gateway's pipe was backed up, the killed broker may have written another
+    gateway's copy of a batch and not the sender's: the sender's event is sent again and
+    replayed, and reaches its own gateway late, after later messages. So: every receiver of a
+    gateway saw one order (a batch is per gateway); two gateways' orders differ only by
+    messages that come later at the gateway of their sender than at the other one.
+    `orders[receiver]`: the message keys in the order it got them; `gateway`, `origin` as in
+    `window_losses`. -> the late copies (one per receiver of the late gateway that got it)."""
+    by_gateway: dict[object, list[Sequence[Hashable]]] = defaultdict(list)
+    for receiver, order in orders.items():
+        by_gateway[gateway[receiver]].append(order)
+    for seen in by_gateway.values():
+        if any(not _agree(seen[0], other) for other in seen[1:]):
+            return None  # two members of one gateway saw different orders: not a per-gateway batch
+    views = {g: max(seen, key=len) for g, seen in by_gateway.items()}
+    late: set[tuple[object, Hashable]] = set()  # (the gateway it came late at, the message)
+    names = list(views)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            moved = _moved(views[a], views[b], a, b, origin)
+            if moved is None:
+                return None
+            late |= moved
+    return sum(sum(1 for order in by_gateway[g] if key in order) for g, key in late)
+
+
+def _agree(one: Sequence[Hashable], other: Sequence[Hashable]) -> bool:
+    common = set(one) & set(other)
+    return [k for k in one if k in common] == [k for k in other if k in common]
+
+
+def _moved(a: Sequence[Hashable], b: Sequence[Hashable], ga: object, gb: object,
+           origin: Mapping[Hashable, object]) -> set[tuple[object, Hashable]] | None:
+    """The messages outside the longest order `a` and `b` share, each later at its sender's
+    gateway than at the other -> {(that gateway, message)}; None if one of them is not."""
+    common = set(a) & set(b)
+    xs, ys = [k for k in a if k in common], [k for k in b if k in common]
+    if xs == ys:
+        return set()
+    kept = _longest_common(xs, ys)
+    moved: set[tuple[object, Hashable]] = set()
+    for key in common - kept:
+        home = origin[key]
+        before_a = sum(1 for k in xs[:xs.index(key)] if k in kept)
+        before_b = sum(1 for k in ys[:ys.index(key)] if k in kept)
+        if home == ga and before_a > before_b:
+            moved.add((ga, key))
+        elif home == gb and before_b > before_a:
+            moved.add((gb, key))
+        else:
+            return None  # out of place where its sender is not, or not later: not this shape
+    return moved
+
+
+def _longest_common(xs: Sequence[Hashable], ys: Sequence[Hashable]) -> set[Hashable]:
+    """The keys of a longest common subsequence of two orders of the same keys."""
+    rows = [[0] * (len(ys) + 1) for _ in range(len(xs) + 1)]
+    for i in range(len(xs) - 1, -1, -1):
+        for j in range(len(ys) - 1, -1, -1):
+            rows[i][j] = rows[i + 1][j + 1] + 1 if xs[i] == ys[j] else max(rows[i + 1][j], rows[i][j + 1])
+    kept: set[Hashable] = set()
+    i = j = 0
+    while i < len(xs) and j < len(ys):
+        if xs[i] == ys[j]:
+            kept.add(xs[i])
+            i, j = i + 1, j + 1
+        elif rows[i + 1][j] >= rows[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    return kept
