@@ -49,17 +49,17 @@ def stamp_of(now: float) -> Stamp:
 
 class RoomRun:
     """Room messages of one event, in order: each line (its number, room or '' for the current one,
-    text, message ID, ts as sent, kind), as `Store.say_run` takes them."""
+    text, kind), as `Store.say_run` takes them; a line's message ID is its own (`<cid>/<number>`)."""
 
     __slots__ = ("cid", "event", "lines", "now", "plans", "stamp", "ts")
 
     def __init__(self, plans: CommandPlans, cid: str, event: int, stamp: Stamp) -> None:
         self.plans, self.cid, self.event = plans, cid, event
         self.now, self.stamp, self.ts = stamp
-        self.lines: list[tuple[int, str, str, str, str, EventType]] = []
+        self.lines: list[tuple[int, str, str, EventType]] = []
 
     def step(self) -> Run:
-        return Run(self.plans.store.say_run(self.cid, self.event, self.lines), self.respond, self.expand)
+        return Run(self.plans.store.say_run(self.cid, self.event, self.stamp, self.lines), self.respond, self.expand)
 
     def respond(self, fx: Effects, replies: list[list[Any]]) -> None:
         """Every line went through: each `['ok', nick, room, gateways, ts, room seq]` -> its room event,
@@ -67,23 +67,24 @@ class RoomRun:
         cid, now, stamp = self.cid, self.ts, self.stamp
         gateways: list[str] | None = None
         events: list[RoomEvent] = []
-        for (_, _, text, mid, _, kind), res in zip(self.lines, replies, strict=True):
+        for (seq, _, text, kind), res in zip(self.lines, replies, strict=True):
             room, ts = res[2], res[4]
             if res[3] != gateways:
                 gateways = res[3]
                 events = fx.rooms(tuple(dict.fromkeys(res[3])))
-            event = _new_event(kind, text, room, res[1], "", mid, now if ts == stamp else float(ts), cid, "", "", ())
+            event = _new_event(kind, text, room, res[1], "", f"{cid}/{seq}", now if ts == stamp else float(ts), cid,
+                               "", "", ())
             events.append(_new_room_event(room, res[5], event, "", 0))
 
     def expand(self) -> list[Step]:
         """The steps of the lines alone (`CommandPlans.to_room`)."""
         cid, event, now = self.cid, self.event, self.now
         return [self.plans.to_room(At(cid, event, seq, now), room or None, text, kind)
-                for seq, room, text, _, _, kind in self.lines]
+                for seq, room, text, kind in self.lines]
 
 
 class PrivateRun:
-    """Private messages of one event, in order: each line (its number, target nick, ts as sent), as
+    """Private messages of one event, in order: each line (its number, target nick), as
     `Store.private_run` takes them, and its text."""
 
     __slots__ = ("cid", "event", "lines", "now", "plans", "stamp", "texts", "ts")
@@ -91,17 +92,18 @@ class PrivateRun:
     def __init__(self, plans: CommandPlans, cid: str, event: int, stamp: Stamp) -> None:
         self.plans, self.cid, self.event = plans, cid, event
         self.now, self.stamp, self.ts = stamp
-        self.lines: list[tuple[int, str, str]] = []
+        self.lines: list[tuple[int, str]] = []
         self.texts: list[str] = []
 
     def step(self) -> Run:
-        return Run(self.plans.store.private_run(self.cid, self.event, self.lines), self.respond, self.expand)
+        return Run(self.plans.store.private_run(self.cid, self.event, self.stamp, self.lines), self.respond,
+                   self.expand)
 
     def respond(self, fx: Effects, replies: list[list[Any]]) -> None:
         """Every line went through: each `['ok', nick, to cid, to nick, ts]` -> its delivery, as
         `CommandPlans.private` makes it."""
         cid, now, stamp, out = self.cid, self.ts, self.stamp, fx.items
-        for (seq, _, _), text, res in zip(self.lines, self.texts, replies, strict=True):
+        for (seq, _), text, res in zip(self.lines, self.texts, replies, strict=True):
             to_cid, ts = res[2], res[4]
             # to yourself: no origin, so text mode shows it once (`*nick* text`), as JSON mode does
             origin = "" if to_cid == cid else cid
@@ -113,7 +115,7 @@ class PrivateRun:
         """The steps of the lines alone (`CommandPlans.private`)."""
         cid, event, now = self.cid, self.event, self.now
         return [self.plans.private(At(cid, event, seq, now), target, text)
-                for (seq, target, _), text in zip(self.lines, self.texts, strict=True)]
+                for (seq, target), text in zip(self.lines, self.texts, strict=True)]
 
 
 class EventPlan:
@@ -137,14 +139,14 @@ class EventPlan:
         run = self.run
         if type(run) is not RoomRun or len(run.lines) == BATCH_MAX:
             run = self._room()
-        run.lines.append((seq, room or "", text, f"{self.cid}/{seq}", run.stamp, kind))
+        run.lines.append((seq, room or "", text, kind))
 
     def private(self, seq: int, target: str, text: str) -> None:
         """Line `seq`: a private message, `text` to the nick `target`."""
         run = self.run
         if type(run) is not PrivateRun or len(run.lines) == BATCH_MAX:
             run = self._private()
-        run.lines.append((seq, target, run.stamp))
+        run.lines.append((seq, target))
         run.texts.append(text)
 
     def joins(self, seq: int, cmd: c.Command) -> bool:

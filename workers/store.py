@@ -157,8 +157,7 @@ def _recover_reply(reply: Any) -> str | None:
 def _said(res: list[Any] | str) -> Any:
     """A room message's result (`Store.say`): 'ok' as the string '<ts>\n<seq>\n<nick>\n<room>[\n<gateway>...]'."""
     if isinstance(res, str):
-        ts, seq, nick, room, *gateways = res.split("\n")
-        return (nick, room, gateways, float(ts), int(seq))
+        res = _said_ok(res)
     if res[0] == "ok":
         return (res[1], res[2], res[3], float(res[4]), res[5])
     if res[0] == scripts.LOST:
@@ -169,8 +168,7 @@ def _said(res: list[Any] | str) -> Any:
 def _private(res: list[Any] | str) -> Any:
     """A private message's result (`Store.private`): 'ok' as the string '<ts>\n<nick>\n<to cid>\n<to nick>'."""
     if isinstance(res, str):
-        ts, nick, to, to_nick = res.split("\n")
-        return (nick, to, to_nick, float(ts))
+        res = _private_ok(res)
     if res[0] == "ok":
         return (res[1], res[2], res[3], float(res[4]))
     if res[0] == scripts.LOST:
@@ -467,17 +465,14 @@ class Store:
             where += "\n" + msg_id
         return Call(scripts.SAY, (cid, HISTORY_KEEP, repr(ts), event, line, where, text), _said, shared=4)
 
-    def say_run(self, cid: str, event: int, lines: Sequence[tuple[int, str, str, str, str, str]]) -> Call:
+    def say_run(self, cid: str, event: int, ts: str, lines: Sequence[tuple[int, str, str, str]]) -> Call:
         """The room messages of a run of one event's lines as one call, the same the `say` calls of the
-        lines would make joined; each line (its number, room or '', text, message ID, ts as a str, kind),
-        the ts the same for all (the run's). -> when every line is ok, each `['ok', nick, room, gateways,
+        lines would make joined, all at `ts` (as a str) and each with its line's own message ID; each line
+        (its number, room or '', text, kind). -> when every line is ok, each `['ok', nick, room, gateways,
         ts as stored, room seq]`, else `Grouped` results as `say`'s."""
-        args: list[Any] = [cid, HISTORY_KEEP, lines[0][4] if lines else "0", event]
-        for seq, room, text, msg_id, _, kind in lines:
-            where = f"{kind} {room}"  # as `say` makes it
-            if msg_id != f"{cid}/{seq}":
-                where += "\n" + msg_id
-            args += (seq, where, text)
+        args: list[Any] = [cid, HISTORY_KEEP, ts, event]
+        for seq, room, text, kind in lines:
+            args += (seq, f"{kind} {room}", text)  # `where` as `say` makes it for the line's own ID
         return Call(scripts.SAY, tuple(args), partial(_group, _said, _said_ok, len(lines)))
 
     # Reads are replayable too: a replay must see what the first run saw, not
@@ -489,13 +484,13 @@ class Store:
         event, line = op
         return Call(scripts.PRIVATE, (cid, repr(ts), event, line, target), _private, shared=3)
 
-    def private_run(self, cid: str, event: int, lines: Sequence[tuple[int, str, str]]) -> Call:
+    def private_run(self, cid: str, event: int, ts: str, lines: Sequence[tuple[int, str]]) -> Call:
         """The private messages of a run of one event's lines as one call, the same the `private` calls
-        of the lines would make joined; each line (its number, target, ts as a str). -> the script's reply
-        when every line is ok, each `['ok', nick, to cid, to nick, ts as first seen]`, else `Grouped`
-        results as `private`'s."""
-        args: list[Any] = [cid, lines[0][2] if lines else "0", event]  # the ts the same for all (the run's)
-        for seq, target, _ in lines:
+        of the lines would make joined, all at `ts` (as a str); each line (its number, target). -> the
+        script's reply when every line is ok, each `['ok', nick, to cid, to nick, ts as first seen]`, else
+        `Grouped` results as `private`'s."""
+        args: list[Any] = [cid, ts, event]
+        for seq, target in lines:
             args += (seq, target)
         return Call(scripts.PRIVATE, tuple(args), partial(_group, _private, _private_ok, len(lines)))
 
