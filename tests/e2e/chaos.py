@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import redis
 
 from tests.e2e.chatclient import ChatClient
-from tests.e2e.window import late_copies, window_shaped, within_share
+from tests.e2e.window import late_copies, set_apart, window_shaped
 
 
 class Collector(threading.Thread):
@@ -160,10 +160,9 @@ def judge(fault: str, streams: list[Stream], rooms: dict[str, list[Member]],
         else:
             late, held = late + copies, held + mismatches
     if broker_killed:
-        due = v.delivered + v.lost
-        lost = within_share(shaped, due)
-        if late and not within_share(lost + late, due):
-            v.order_mismatches, late = v.order_mismatches + held, 0  # too many to be the window
+        lost, late = set_apart(shaped, late, v.delivered + v.lost)
+        if not late:
+            v.order_mismatches += held  # not the window: too many copies, or none came late
         v.window = lost + late
         v.lost -= lost
     live = {id(m): m for m in [*(m for ms in rooms.values() for m in ms), *partners.values()] if m.alive}

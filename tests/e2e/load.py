@@ -2,7 +2,9 @@
 and the check of the protocol's guarantees (README, "The protocol in brief") over what every receiver got.
 
 Senders pace their messages (a load generator's rate, not synchronisation)
-so that faults land in the middle of the stream.
+so that faults land in the middle of the stream. `judge` is the verdict, pure: after a
+broker's kill -9 it sets apart the window's two shapes as the chaos suite does
+(tests.e2e.window.set_apart), and counts every other loss, duplicate or order difference.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tests.e2e.chatclient import ChatClient
-from tests.e2e.window import window_losses
+from tests.e2e.window import late_copies, set_apart, window_shaped
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
@@ -40,25 +44,93 @@ class Verdict:
     reordered: int = 0
     order_mismatches: int = 0  # receivers whose order differs from the first one's
     window: int = 0  # copies lost in a broker's kill -9 window (tests.e2e.window), not in `lost`
+    late: int = 0  # copies late in the window's other shape; their order mismatches not counted
     notes: list[str] = field(default_factory=list)
 
     def ok(self) -> bool:
         return not (self.lost or self.duplicated or self.reordered or self.order_mismatches)
 
     def complete(self) -> bool:
-        """Every delivery due arrived, but for the copies set apart as the kill -9 window's."""
+        """Every delivery due arrived, but for the copies set apart as lost in the kill -9 window."""
         return self.delivered + self.window == self.expected
 
     def line(self, label: str) -> str:
         return (f"{label}: sent {self.sent}, delivered {self.delivered}/{self.expected}, lost {self.lost}, "
                 f"duplicated {self.duplicated}, reordered {self.reordered}, "
-                f"order mismatches {self.order_mismatches}, kill -9 window {self.window}")
+                f"order mismatches {self.order_mismatches}, kill -9 window: lost {self.window}, late {self.late}")
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One receiver whose connection stayed open: the room's messages it got, in order
+    (JSON objects: id, from, text `<sender number> <n>`), and the gateway it is on."""
+
+    got: Sequence[Mapping[str, Any]]
+    gateway: object
+
+
+def judge(seen: Sequence[Seen], homes: Mapping[str, object], count: int, broker_killed: bool = False) -> Verdict:
+    """The verdict on what the receivers `seen` got of `count` numbered messages from each sender
+    (`homes`: a sender's nick -> its gateway). `broker_killed`: the test killed a broker (kill -9),
+    so the window's two shapes are set apart (tests.e2e.window.set_apart), and only they."""
+    total = len(homes) * count
+    v = Verdict(sent=total, expected=total * len(seen))
+    for s in seen:
+        _tally(v, s.got, homes)
+    v.order_mismatches = sum(1 for s in seen[1:] if _ids(seen[0], s) != _ids(s, seen[0]))
+    if broker_killed:
+        _set_apart(v, seen, homes, count)
+    return v
+
+
+def _tally(v: Verdict, got: Sequence[Mapping[str, Any]], homes: Mapping[str, object]) -> None:
+    ids = [m["id"] for m in got]
+    v.delivered += len(ids)
+    v.duplicated += len(ids) - len(set(ids))
+    v.lost += v.sent - len(set(ids))
+    for nick in homes:
+        numbers = [_key(m)[1] for m in got if m["from"] == nick]
+        v.reordered += sum(1 for a, b in zip(numbers, numbers[1:]) if b <= a)
+
+
+def _key(message: Mapping[str, Any]) -> tuple[str, int]:
+    return message["from"], int(message["text"].split()[1])
+
+
+def _ids(one: Seen, other: Seen) -> list[str]:
+    """`one`'s order restricted to the ids that `other` has too (receivers may join or leave)."""
+    keep = {m["id"] for m in other.got}
+    return [m["id"] for m in one.got if m["id"] in keep]
+
+
+def _set_apart(v: Verdict, seen: Sequence[Seen], homes: Mapping[str, object], count: int) -> None:
+    late = _late_copies(seen, homes) if v.order_mismatches else 0
+    lost, v.late = set_apart(_window_shaped(seen, homes, count), late, v.expected)
+    v.window, v.lost = lost, v.lost - lost
+    if v.late:
+        v.order_mismatches = 0  # all of them the window's late copies (tests.e2e.window.late_copies)
+
+
+def _window_shaped(seen: Sequence[Seen], homes: Mapping[str, object], count: int) -> int:
+    every = {(nick, n) for nick in homes for n in range(count)}
+    got = {i: {_key(m) for m in s.got} for i, s in enumerate(seen)}
+    gateway = {i: s.gateway for i, s in enumerate(seen)}
+    origin = {(nick, n): home for nick, home in homes.items() for n in range(count)}
+    return window_shaped({i: every - keys for i, keys in got.items()}, got, gateway, origin)
+
+
+def _late_copies(seen: Sequence[Seen], homes: Mapping[str, object]) -> int:
+    orders = {i: [m["id"] for m in s.got] for i, s in enumerate(seen)}
+    gateway = {i: s.gateway for i, s in enumerate(seen)}
+    origin = {m["id"]: homes.get(m["from"]) for s in seen for m in s.got}
+    return late_copies(orders, gateway, origin) or 0
 
 
 class Receiver(threading.Thread):
     def __init__(self, client: ChatClient, room: str, want: int, deadline: float) -> None:
         super().__init__(daemon=True)
         self.client, self.room, self.want, self.deadline = client, room, want, deadline
+        self.gateway: int = client.sock.getpeername()[1]
         self.got: list[dict] = []
 
     def run(self) -> None:
@@ -82,6 +154,7 @@ class RoomLoad:
         self.tag, self.count, self.interval = tag, count, interval
         self.receivers: list[Receiver] = []
         self.writers: list[threading.Thread] = []
+        self.homes: dict[str, object] = {}  # a sender's nick -> its gateway (the port it is on)
         self.send_failures = 0
 
     def nick(self, i: int) -> str:
@@ -96,6 +169,7 @@ class RoomLoad:
     def start(self, deadline: float) -> None:
         want = len(self.senders) * self.count
         self.receivers = [Receiver(c, self.room, want, deadline) for c in self.senders + self.listeners]
+        self.homes = {self.nick(i): r.gateway for i, r in enumerate(self.receivers[:len(self.senders)])}
         self.writers = [threading.Thread(target=self._send, args=(i, c), daemon=True)
                         for i, c in enumerate(self.senders)]
         for t in self.receivers + self.writers:
@@ -114,47 +188,10 @@ class RoomLoad:
         return sum(len(r.got) for r in self.receivers)
 
     def finish(self, timeout: float, broker_killed: bool = False) -> Verdict:
-        """Wait for the writers and receivers -> the verdict; `broker_killed`: the test killed a
-        broker (kill -9), so losses of the window's shape are set apart (tests.e2e.window)."""
+        """Wait for the writers and receivers -> the verdict (`judge`) on the receivers whose
+        connection stayed open; `broker_killed`: the test killed a broker (kill -9)."""
         end = time.monotonic() + timeout
         for t in self.writers + self.receivers:
             t.join(max(0.0, end - time.monotonic()))
-        verdict = self.verdict()
-        if broker_killed:
-            verdict.window = self._window(verdict.expected)
-            verdict.lost -= verdict.window
-        return verdict
-
-    def _window(self, due: int) -> int:
-        alive = [r for r in self.receivers if not r.client.closed]
-        every = {(self.nick(s), n) for s in range(len(self.senders)) for n in range(self.count)}
-        got = {r: {(m["from"], int(m["text"].split()[1])) for m in r.got} for r in alive}
-        gateway = {r: r.client.sock.getpeername()[1] for r in alive}
-        origin = {(self.nick(s), n): c.sock.getpeername()[1]
-                  for s, c in enumerate(self.senders) for n in range(self.count)}
-        return window_losses({r: every - got[r] for r in alive}, got, gateway, origin, due)
-
-    def verdict(self) -> Verdict:
-        alive = [r for r in self.receivers if not r.client.closed]
-        total = len(self.senders) * self.count
-        v = Verdict(sent=total, expected=total * len(alive))
-        reference: list[str] | None = None
-        for r in alive:
-            ids = [m["id"] for m in r.got]
-            v.delivered += len(ids)
-            v.duplicated += len(ids) - len(set(ids))
-            v.lost += total - len(set(ids))
-            for s in range(len(self.senders)):
-                numbers = [int(m["text"].split()[1]) for m in r.got if m["from"] == self.nick(s)]
-                v.reordered += sum(1 for a, b in zip(numbers, numbers[1:]) if b <= a)
-            if reference is None:
-                reference = ids
-            elif _common_order(reference, ids) != _common_order(ids, reference):
-                v.order_mismatches += 1
-        return v
-
-
-def _common_order(a: list[str], b: list[str]) -> list[str]:
-    """`a` restricted to the ids that `b` has too (receivers may join or leave)."""
-    keep = set(b)
-    return [x for x in a if x in keep]
+        seen = [Seen(list(r.got), r.gateway) for r in self.receivers if not r.client.closed]
+        return judge(seen, self.homes, self.count, broker_killed)

@@ -67,6 +67,8 @@ def test_kill_9_of_the_active_broker_under_load_loses_nothing(pair: Cluster, r: 
     assert took < 8 * HEARTBEAT, f"took over after {took:.2f}s"  # about 3-4 heartbeats, slack for a busy CPU
     before = load.delivered()
     wait_until(lambda: load.delivered() > before + 300, 20, "the stream to go on through the standby")
+    # only the killed broker's documented window is set apart, a batch lost for a whole other
+    # gateway or a copy late at its sender's whole gateway, at most 1% (tests.e2e.load.judge)
     verdict = load.finish(60, broker_killed=True)
     assert verdict.ok() and verdict.complete(), verdict.line("broker kill")
     assert not any(c.closed for c in clients), "a gateway was fenced"
@@ -89,7 +91,7 @@ def test_a_frozen_active_broker_steps_down_when_it_wakes(pair: Cluster, r: redis
         os.kill(frozen, signal.SIGCONT)
     before = load.delivered()
     wait_until(lambda: load.delivered() > before + 300, 20, "the stream to go on after the wake-up")
-    verdict = load.finish(60)
+    verdict = load.finish(60)  # no kill -9: nothing is set apart
     assert verdict.ok() and verdict.delivered == verdict.expected, verdict.line("broker frozen")
     # it woke past its lease: it served nothing (a gateway that took a deposed broker's
     # message would have been fenced and closed its clients) and did not take the lease back

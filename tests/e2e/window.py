@@ -19,6 +19,9 @@ again and replayed, so nothing is lost, but the sender's gateway shows the messa
 after later ones, to every receiver it has. Only that order difference is set apart: one
 order per gateway, and the messages out of place each later at their sender's own gateway.
 
+`set_apart` bounds both shapes together by the share: every verdict on a broker kill (the
+chaos suite's and the load's of the failure tests) sets apart through it, and only there.
+
 Pure: receivers are named by any hashable value, gateways by any value (a port, say).
 """
 
@@ -26,18 +29,24 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Hashable, Mapping, Sequence
+from typing import TypeVar
+
+R = TypeVar("R", bound=Hashable)  # a receiver
+K = TypeVar("K", bound=Hashable)  # a message
 
 WINDOW_SHARE = 0.01  # of the deliveries due: more than this is not the window, whatever the shape
 
 
-def window_losses(missing: Mapping[Hashable, set[Hashable]], got: Mapping[Hashable, set[Hashable]],
-                  gateway: Mapping[Hashable, object], origin: Mapping[Hashable, object], due: int) -> int:
-    """How many of the missing copies (`missing[receiver]`: message keys) have the window's shape.
+def set_apart(shaped: int, late: int, due: int) -> tuple[int, int]:
+    """What a verdict on a broker kill sets apart as the window -> (missing copies, late copies).
 
-    `got[receiver]`: the keys it got; `gateway[receiver]`: the gateway it is on;
-    `origin[key]`: the gateway of the message's sender; `due`: the deliveries due in all.
-    -> the count to set apart, 0 if more than `WINDOW_SHARE` of `due` would be."""
-    return within_share(window_shaped(missing, got, gateway, origin), due)
+    `shaped`: the missing copies of the window's shape (`window_shaped`); `late`: the late copies
+    that explain the receivers' different orders (`late_copies`, over the rooms whose orders
+    differ only so); `due`: the deliveries due in all. The missing copies are set apart if they
+    are at most `WINDOW_SHARE` of `due`, the late ones if, with them, all are. A late count of 0
+    returned: the order differences are not the window's, and count as mismatches."""
+    lost = within_share(shaped, due)
+    return lost, late if late and within_share(lost + late, due) else 0
 
 
 def within_share(count: int, due: int) -> int:
@@ -45,10 +54,14 @@ def within_share(count: int, due: int) -> int:
     return count if count <= WINDOW_SHARE * due else 0
 
 
-def window_shaped(missing: Mapping[Hashable, set[Hashable]], got: Mapping[Hashable, set[Hashable]],
-                  gateway: Mapping[Hashable, object], origin: Mapping[Hashable, object]) -> int:
-    """The missing copies of the window's shape, however many (see `window_losses`)."""
-    on_gateway: dict[object, list[Hashable]] = defaultdict(list)
+def window_shaped(missing: Mapping[R, set[K]], got: Mapping[R, set[K]],
+                  gateway: Mapping[R, object], origin: Mapping[K, object]) -> int:
+    """How many of the missing copies (`missing[receiver]`: message keys) have the window's
+    shape, however many (`set_apart` bounds them).
+
+    `got[receiver]`: the keys it got; `gateway[receiver]`: the gateway it is on;
+    `origin[key]`: the gateway of the message's sender."""
+    on_gateway: dict[object, list[R]] = defaultdict(list)
     for receiver in gateway:
         on_gateway[gateway[receiver]].append(receiver)
     count = 0
@@ -66,8 +79,8 @@ def window_shaped(missing: Mapping[Hashable, set[Hashable]], got: Mapping[Hashab
     return count
 
 
-def late_copies(orders: Mapping[Hashable, Sequence[Hashable]], gateway: Mapping[Hashable, object],
-                origin: Mapping[Hashable, object]) -> int | None:
+def late_copies(orders: Mapping[R, Sequence[K]], gateway: Mapping[R, object],
+                origin: Mapping[K, object]) -> int | None:
     """The window's other shape: how many copies came late, or None if the receivers' different
     orders of one room are not that.
 
@@ -77,15 +90,15 @@ def late_copies(orders: Mapping[Hashable, Sequence[Hashable]], gateway: Mapping[
     gateway saw one order (a batch is per gateway); two gateways' orders differ only by
     messages that come later at the gateway of their sender than at the other one.
     `orders[receiver]`: the message keys in the order it got them; `gateway`, `origin` as in
-    `window_losses`. -> the late copies (one per receiver of the late gateway that got it)."""
-    by_gateway: dict[object, list[Sequence[Hashable]]] = defaultdict(list)
+    `window_shaped`. -> the late copies (one per receiver of the late gateway that got it)."""
+    by_gateway: dict[object, list[Sequence[K]]] = defaultdict(list)
     for receiver, order in orders.items():
         by_gateway[gateway[receiver]].append(order)
     for seen in by_gateway.values():
         if any(not _agree(seen[0], other) for other in seen[1:]):
             return None  # two members of one gateway saw different orders: not a per-gateway batch
     views = {g: max(seen, key=len) for g, seen in by_gateway.items()}
-    late: set[tuple[object, Hashable]] = set()  # (the gateway it came late at, the message)
+    late: set[tuple[object, K]] = set()  # (the gateway it came late at, the message)
     names = list(views)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -96,13 +109,13 @@ def late_copies(orders: Mapping[Hashable, Sequence[Hashable]], gateway: Mapping[
     return sum(sum(1 for order in by_gateway[g] if key in order) for g, key in late)
 
 
-def _agree(one: Sequence[Hashable], other: Sequence[Hashable]) -> bool:
+def _agree(one: Sequence[K], other: Sequence[K]) -> bool:
     common = set(one) & set(other)
     return [k for k in one if k in common] == [k for k in other if k in common]
 
 
-def _moved(a: Sequence[Hashable], b: Sequence[Hashable], ga: object, gb: object,
-           origin: Mapping[Hashable, object]) -> set[tuple[object, Hashable]] | None:
+def _moved(a: Sequence[K], b: Sequence[K], ga: object, gb: object,
+           origin: Mapping[K, object]) -> set[tuple[object, K]] | None:
     """The messages outside the longest order `a` and `b` share, each later at its sender's
     gateway than at the other -> {(that gateway, message)}; None if one of them is not."""
     common = set(a) & set(b)
@@ -110,7 +123,7 @@ def _moved(a: Sequence[Hashable], b: Sequence[Hashable], ga: object, gb: object,
     if xs == ys:
         return set()
     kept = _longest_common(xs, ys)
-    moved: set[tuple[object, Hashable]] = set()
+    moved: set[tuple[object, K]] = set()
     for key in common - kept:
         home = origin[key]
         before_a = sum(1 for k in xs[:xs.index(key)] if k in kept)
@@ -124,13 +137,13 @@ def _moved(a: Sequence[Hashable], b: Sequence[Hashable], ga: object, gb: object,
     return moved
 
 
-def _longest_common(xs: Sequence[Hashable], ys: Sequence[Hashable]) -> set[Hashable]:
+def _longest_common(xs: Sequence[K], ys: Sequence[K]) -> set[K]:
     """The keys of a longest common subsequence of two orders of the same keys."""
     rows = [[0] * (len(ys) + 1) for _ in range(len(xs) + 1)]
     for i in range(len(xs) - 1, -1, -1):
         for j in range(len(ys) - 1, -1, -1):
             rows[i][j] = rows[i + 1][j + 1] + 1 if xs[i] == ys[j] else max(rows[i + 1][j], rows[i][j + 1])
-    kept: set[Hashable] = set()
+    kept: set[K] = set()
     i = j = 0
     while i < len(xs) and j < len(ys):
         if xs[i] == ys[j]:
