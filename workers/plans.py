@@ -97,14 +97,14 @@ class CommandPlans:
         return Step(self.store.set_nick(at.op, at.cid, cmd.nick), respond)
 
     def _join(self, at: At, cmd: c.Join) -> Step:
-        def respond(fx: Effects, res: Failed | tuple[str, bool, list[str], list[str], str, int, list[str]]) -> None:
+        def respond(fx: Effects, res: Failed | tuple[str, bool, int, list[str], str, int, list[str]]) -> None:
             if isinstance(res, Failed):
                 limit = self.store.max_rooms
                 fx.error(at.cid, TOO_MANY_ROOMS.format(max=limit), R.TOO_MANY_ROOMS, (str(limit), cmd.room))
                 return
             nick, added, members, nicks, topic, seq, gateways = res
             names = sorted(nicks, key=str.lower)
-            fx.info(at.cid, f"you joined {cmd.room} ({len(members)} here: {', '.join(names)})",
+            fx.info(at.cid, f"you joined {cmd.room} ({members} here: {', '.join(names)})",
                     R.JOINED, (cmd.room, topic, *names))
             if topic:
                 fx.info(at.cid, f"topic of {cmd.room}: {topic}", R.JOIN_TOPIC, (cmd.room, topic))

@@ -75,57 +75,61 @@ redis.call('EXPIRE', rk, RESULT_TTL)
 return nick
 """
 
-_NICK_SRC = """
-local p, cid, new = ARGV[1], ARGV[2], ARGV[3]
-local ck = p..'conn:'..cid
-local old = redis.call('HGET', ck, 'nick')
-if not old then return {'gone'} end
-local key = p..'nick:'..string.lower(new)
-local holder = redis.call('GET', key)
-if holder and holder ~= cid then return {'taken'} end
-local old_key = p..'nick:'..string.lower(old)
-if old_key ~= key and redis.call('GET', old_key) == cid then redis.call('DEL', old_key) end
-redis.call('SET', key, cid)
-redis.call('HSET', ck, 'nick', new)
-local seen, out = {}, {}
-for _, room in ipairs(redis.call('SMEMBERS', ck..':rooms')) do
-  for _, m in ipairs(redis.call('SMEMBERS', p..'room:'..room..':members')) do
-    if m ~= cid and not seen[m] then seen[m] = true; out[#out + 1] = m end
+# /nick and /join: functions of the connection (p, cid) and the line's argument, for the NICK_JOIN group
+_NICK_FN = """
+local function nick(p, cid, new)
+  local ck = p..'conn:'..cid
+  local old, current = unpack(redis.call('HMGET', ck, 'nick', 'room'))
+  if not old then return {'gone'} end
+  local key = p..'nick:'..string.lower(new)
+  local holder = redis.call('GET', key)
+  if holder and holder ~= cid then return {'taken'} end
+  local old_key = p..'nick:'..string.lower(old)
+  if old_key ~= key and redis.call('GET', old_key) == cid then redis.call('DEL', old_key) end
+  redis.call('SET', key, cid)
+  redis.call('HSET', ck, 'nick', new)
+  local seen, out = {}, {}
+  -- no current room: in no room at all (a part makes another of its rooms current)
+  for _, room in ipairs(current ~= '' and redis.call('SMEMBERS', ck..':rooms') or {}) do
+    for _, m in ipairs(redis.call('SMEMBERS', p..'room:'..room..':members')) do
+      if m ~= cid and not seen[m] then seen[m] = true; out[#out + 1] = m end
+    end
   end
+  return {'ok', old, out}
 end
-return {'ok', old, out}
 """
 
 # p rooms:by-size: a sorted set of the rooms that have members, scored by their member count
-_JOIN_SRC = """
-local p, cid, room, max_rooms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local ck = p..'conn:'..cid
-local nick, gw = unpack(redis.call('HMGET', ck, 'nick', 'gw'))
-if not nick then return {'gone'} end
-local rp = p..'room:'..room
-local mk = rp..':members'
-if redis.call('SISMEMBER', mk, cid) == 0 and redis.call('SCARD', ck..':rooms') >= max_rooms then
-  return {'toomany', room}
+_JOIN_FN = """
+local function join(p, cid, room, max_rooms)
+  local ck = p..'conn:'..cid
+  local nick, gw = unpack(redis.call('HMGET', ck, 'nick', 'gw'))
+  if not nick then return {'gone'} end
+  local rp = p..'room:'..room
+  local mk = rp..':members'
+  if redis.call('SCARD', ck..':rooms') >= max_rooms and redis.call('SISMEMBER', mk, cid) == 0 then
+    return {'toomany', room}
+  end
+  local added = redis.call('SADD', mk, cid)
+  redis.call('SADD', ck..':rooms', room)
+  redis.call('HSET', ck, 'room', room)
+  local members = redis.call('SMEMBERS', mk)
+  redis.call('ZADD', p..'rooms:by-size', #members, room)
+  if #members == 1 then  -- the room was empty: its history, topic and seq were set to expire (`resized`)
+    redis.call('PERSIST', rp..':history')
+    redis.call('PERSIST', rp..':topic')
+    redis.call('PERSIST', rp..':seq')
+  end
+  local gk, seq = rp..':gws', 0
+  if added == 1 then
+    redis.call('HINCRBY', gk, gw, 1)
+    seq = redis.call('INCR', rp..':seq')
+  end
+  local nicks = {}
+  for i, m in ipairs(members) do nicks[i] = redis.call('HGET', p..'conn:'..m, 'nick') or '?' end
+  return {'ok', nick, added, #members, nicks, redis.call('HGET', p..'room:'..room..':topic', 'text') or '',
+          seq, redis.call('HKEYS', gk)}
 end
-local added = redis.call('SADD', mk, cid)
-redis.call('SADD', ck..':rooms', room)
-redis.call('HSET', ck, 'room', room)
-local members = redis.call('SMEMBERS', mk)
-redis.call('ZADD', p..'rooms:by-size', #members, room)
-if #members == 1 then  -- the room was empty: its history, topic and seq were set to expire (`resized`)
-  redis.call('PERSIST', rp..':history')
-  redis.call('PERSIST', rp..':topic')
-  redis.call('PERSIST', rp..':seq')
-end
-local gk, seq = rp..':gws', 0
-if added == 1 then
-  redis.call('HINCRBY', gk, gw, 1)
-  seq = redis.call('INCR', rp..':seq')
-end
-local nicks = {}
-for i, m in ipairs(members) do nicks[i] = redis.call('HGET', p..'conn:'..m, 'nick') or '?' end
-return {'ok', nick, added, members, nicks, redis.call('HGET', p..'room:'..room..':topic', 'text') or '',
-        seq, redis.call('HKEYS', gk)}
 """
 
 # the connection, its nick and current room, and the room meant (ARGV room, or the current one)
@@ -530,6 +534,37 @@ return out
 """.replace("PRIVATE_FIELDS", str(PRIVATE_FIELDS)).replace("RESULT_TTL", str(RESULT_TTL)).replace("LOST", repr(LOST))
 
 
+# /nick and /join lines: the consecutive ones of one event run as one call, in order (ARGV: p, cid, max rooms,
+# event, then per line: its number, 'nick' or 'join', the nick or the room) -> one result per line, each as the
+# line's own script would give it (W5's registration, a /nick and a /join in one event, is one call). Replayable
+# per line as `replayable` makes a script: each line's result is kept under `p res:<cid>`, field = its number
+# (a 'gone' is not kept), so a replay that groups the lines otherwise (or one by one) returns each line's first
+# result and changes nothing. Both grow the state: the first write is the `grows` guard, which a full Valkey
+# refuses, and with it each line not yet recorded ({'refused', why}), while the recorded ones are replayed.
+NICK_JOIN_FIELDS = 3  # ARGV a line takes
+_NICK_JOIN_SRC = """
+local p, cid, max_rooms, event = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+""" + _group_recorded(5, NICK_JOIN_FIELDS) + """local full = redis.pcall('HSET', rk, 'event', event)
+if type(full) == 'table' and full.err then
+  for _, n in ipairs(todo) do out[n] = {'refused', full.err} end
+  return out
+end
+""" + _NICK_FN + _JOIN_FN + """
+for _, n in ipairs(todo) do
+  local i = NICK_JOIN_FIELDS * n + 2
+  local arg, res = ARGV[i + 2], nil
+  if ARGV[i + 1] == 'nick' then res = nick(p, cid, arg) else res = join(p, cid, arg, max_rooms) end
+  if res[1] == 'gone' then  -- kept nowhere, as `replayable` keeps nothing of a 'gone'
+    out[n] = lost[n] and {LOST, lost[n], res} or res
+  else
+    result(n, res)
+  end
+end
+if recorded > 0 then keep_records() elseif not current then redis.call('DEL', rk) end
+return out
+""".replace("NICK_JOIN_FIELDS", str(NICK_JOIN_FIELDS)).replace("LOST", repr(LOST))
+
+
 # The broker pair's fence (broker.lease): every script takes the epoch of the
 # dispatch it serves as its last ARGV, and takes it off before anything else
 # reads ARGV. Under an epoch that is no longer `p broker:epoch` it changes
@@ -548,8 +583,7 @@ def fenced(script: str) -> str:
     return _FENCE + script
 
 
-NICK = fenced(replayable(_NICK_SRC))
-JOIN = fenced(replayable(_JOIN_SRC))
+NICK_JOIN = fenced(_NICK_JOIN_SRC)  # replayable per line, as above
 PART = fenced(replayable(_PART_SRC, grows=False))  # it frees memory
 SAY = fenced(_SAY_SRC)  # replayable per line, as above
 LEAVE = fenced(replayable(_LEAVE_SRC, GONE_TTL, grows=False))

@@ -154,6 +154,17 @@ def _recover_reply(reply: Any) -> str | None:
     return _nick_or_none(reply)
 
 
+def _nick_set(res: list[Any]) -> Any:
+    """A /nick's result (`Store.set_nick`)."""
+    return _failed_or(res, lambda r: (r[1], r[2]))
+
+
+def _joined_room(res: list[Any]) -> Any:
+    """A /join's result (`Store.join`); its members as their count (a result recorded before holds them all)."""
+    return _failed_or(res, lambda r: (r[1], bool(r[2]), r[3] if type(r[3]) is int else len(r[3]), r[4], r[5],
+                                      r[6], r[7]))
+
+
 def _said(res: list[Any] | str) -> Any:
     """A room message's result (`Store.say`): 'ok' as the string '<ts>\n<seq>\n<nick>\n<room>[\n<gateway>...]'."""
     if isinstance(res, str):
@@ -442,14 +453,17 @@ class Store:
         return Call(scripts.RECOVER, (cid, gateway, *_op_of(met)), _recover_reply, durable=True)
 
     def set_nick(self, op: Op, cid: str, nick: str) -> Call:
-        """-> (old nick, cids sharing a room) or Failed('taken')."""
-        return Call(scripts.NICK, (cid, nick, *op), lambda r: _failed_or(r, lambda r: (r[1], r[2])), durable=True)
+        """-> (old nick, cids sharing a room) or Failed('taken'). The /nick and /join lines of one event
+        next to each other run as one script."""
+        event, line = op
+        return Call(scripts.NICK_JOIN, (cid, self.max_rooms, event, line, "nick", nick), _nick_set,
+                    durable=True, shared=3)
 
     def join(self, op: Op, cid: str, room: str) -> Call:
-        """-> (nick, newly joined, member cids, member nicks, topic, the join's room seq (0 if it was
-        a member already), gateways with members) or Failed('toomany')."""
-        return Call(scripts.JOIN, (cid, room, self.max_rooms, *op),
-                    lambda r: _failed_or(r, lambda r: (r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7])))
+        """-> (nick, newly joined, how many members, member nicks, topic, the join's room seq (0 if it
+        was a member already), gateways with members) or Failed('toomany'). Grouped as `set_nick`."""
+        event, line = op
+        return Call(scripts.NICK_JOIN, (cid, self.max_rooms, event, line, "join", room), _joined_room, shared=3)
 
     def part(self, op: Op, cid: str, room: str | None) -> Call:
         """-> (nick, room left, new current room, the part's room seq, gateways with members left)."""

@@ -32,7 +32,7 @@ def test_a_single_redis_never_waits(client: redis.Redis, store: Store) -> None:
 def test_claims_wait_for_a_replica_and_an_unreplicated_one_is_logged_and_answered(
         client: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
     store = Store(client, prefix=prefix, durability=Durability(replicas=1, timeout_ms=20))
-    for script in (scripts.CONNECT, scripts.NICK, scripts.WHO):
+    for script in (scripts.CONNECT, scripts.NICK_JOIN, scripts.WHO):
         client.script_load(script)  # no NOSCRIPT round trip (which would WAIT again)
     before = _waits(client)
     with caplog.at_level(logging.WARNING, logger="chat.store"):
