@@ -7,6 +7,8 @@ Drives the scripts of `workers.scripts` through `workers.store.Store` against a 
 
 - say: W1's, 10 rooms of 50 members over 2 gateways, 5 senders a room, events of 14 room
   messages (W1's mean is ~13.7), one script call an event;
+- dispatch: say's rooms as a worker's dispatch brings them: 5 events of 7 room messages (what W1
+  sends through the whole stack), each event's run (`Store.say_run`), in one round trip;
 - churn: W5's cycle, a connect, an event of a /nick and a /join of one of 4 rooms, a /quit;
 - private: W4's, pairs on two gateways, events of 4 private messages.
 
@@ -39,6 +41,7 @@ ROOMS, MEMBERS, SENDERS, LINES = 10, 50, 5, 14
 GATEWAYS = ("gw0.bench", "gw1.bench")
 CHURN_ROOMS = 4
 PRIVATE_LINES = 4
+DISPATCH, DISPATCH_LINES = 5, 7  # events a dispatch, room messages an event (W1 in the whole stack)
 TEXT = "the quick brown fox jumps over the lazy d"
 
 
@@ -136,13 +139,19 @@ def _connected(store: Store, cid: str, nick: str, rooms: list[str]) -> Conn:
     return conn
 
 
-def say_bench(store: Store, client: redis.Redis, events: int, counter: Callgrind | None) -> Cost:
+def _room_senders(store: Store) -> list[Conn]:
+    """W1's rooms, their members registered -> the senders."""
     senders: list[Conn] = []
     for r in range(ROOMS):
         for m in range(MEMBERS):
             conn = _connected(store, f"{GATEWAYS[m % 2]}:r{r}m{m}", f"u{r}m{m}", [f"#room{r}"])
             if m < SENDERS:
                 senders.append(conn)
+    return senders
+
+
+def say_bench(store: Store, client: redis.Redis, events: int, counter: Callgrind | None) -> Cost:
+    senders = _room_senders(store)
 
     def work() -> None:
         for n in range(events):
@@ -152,6 +161,24 @@ def say_bench(store: Store, client: redis.Redis, events: int, counter: Callgrind
                                  1.7e9 + n, "message") for _ in range(LINES)])
 
     return measured(client, events * LINES, work, counter)
+
+
+def dispatch_bench(store: Store, client: redis.Redis, events: int, counter: Callgrind | None) -> Cost:
+    """say's rooms, as a worker's dispatch brings them: DISPATCH events of DISPATCH_LINES room messages,
+    each of its own sender, each event's lines one run (`Store.say_run`), all in one round trip."""
+    senders = _room_senders(store)
+
+    def work() -> None:
+        for n in range(0, events, DISPATCH):
+            runs = []
+            for k in range(DISPATCH):
+                conn = senders[(n + k) % len(senders)]
+                event = conn.next_event()
+                lines = [(conn.next_line(), "", TEXT, "message") for _ in range(DISPATCH_LINES)]
+                runs.append(store.say_run(conn.cid, event, repr(1.7e9 + n), lines))
+            store.run(runs)
+
+    return measured(client, events * DISPATCH_LINES, work, counter)
 
 
 def churn_bench(store: Store, client: redis.Redis, cycles: int, counter: Callgrind | None) -> Cost:
@@ -190,6 +217,7 @@ def private_bench(store: Store, client: redis.Redis, events: int, counter: Callg
 # name -> (the bench, its unit, events per unit of --events, units an event)
 BENCHES: dict[str, tuple[Callable[[Store, redis.Redis, int, Callgrind | None], Cost], str, int, int]] = {
     "say": (say_bench, "room message", 1, LINES),
+    "dispatch": (dispatch_bench, "room message", 1, DISPATCH_LINES),
     "churn": (churn_bench, "W5 cycle", 4, 1),
     "private": (private_bench, "private message", 1, PRIVATE_LINES),
 }
@@ -237,7 +265,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", default="say,churn,private")
+    parser.add_argument("--only", default="say,dispatch,churn,private")
     parser.add_argument("--stats", action="store_true", help="print the last run's commandstats per unit")
     parser.add_argument("--callgrind", action="store_true", help="count Valkey's instructions (valgrind)")
     args = parser.parse_args()

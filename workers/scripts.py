@@ -12,6 +12,11 @@ from __future__ import annotations
 RESULT_TTL = 600  # seconds a connection's last results are kept for replays
 GONE_TTL = 120  # after it left: only its departure can still be replayed
 HISTORY_KEEP = 100  # at least; the stream is trimmed approximately
+# A room's history entry is one field, HISTORY_FIELD = '<id>\n<from>\n<ts>\n<kind>\n<text>' (text last: it
+# may hold anything), or, when an id, nick or kind holds a newline and in entries written before, the fields
+# id, from, text, ts, kind. Every reader reads both (`workers.store.history_entry`).
+HISTORY_FIELD = "m"
+HISTORY_PARTS = ("id", "from", "ts", "kind", "text")  # HISTORY_FIELD's parts, in order
 
 # Connects: the consecutive ones of one gateway run as one call (ARGV: p, gateway, then per connection:
 # its cid, its address) -> one result per connection, in order: its guest nick, false (refused: its
@@ -201,8 +206,8 @@ if room == '' then return {'noroom'} end
 return {'ok', room, redis.call('XREVRANGE', p..'room:'..room..':history', '+', '-', 'COUNT', count)}
 """
 
-# entries of the room's history after the one whose `id` field is `after`, newest first, at most
-# `count` of them (scanning at most `scan`); gap 1 when `after` is not kept or more came since
+# entries of the room's history after the one whose id is `after` (in either layout: HISTORY_FIELD), newest
+# first, at most `count` of them (scanning at most `scan`); gap 1 when `after` is not kept or more came since
 _HISTORY_AFTER_SRC = """
 local p, cid, room, after, count, scan = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 if room == '' then room = redis.call('HGET', p..'conn:'..cid, 'room') or '' end
@@ -210,7 +215,8 @@ if room == '' then return {'noroom'} end
 local out, newer, gap = {}, 0, 1
 for _, entry in ipairs(redis.call('XREVRANGE', p..'room:'..room..':history', '+', '-', 'COUNT', scan)) do
   local fields, id = entry[2], nil
-  for i = 1, #fields - 1, 2 do if fields[i] == 'id' then id = fields[i + 1]; break end end
+  if fields[1] == 'HISTORY_FIELD' then id = string.match(fields[2], '^[^\\n]*')
+  else for i = 1, #fields - 1, 2 do if fields[i] == 'id' then id = fields[i + 1]; break end end end
   if id == after then
     if newer <= count then gap = 0 end
     break
@@ -219,7 +225,7 @@ for _, entry in ipairs(redis.call('XREVRANGE', p..'room:'..room..':history', '+'
   if newer <= count then out[newer] = entry end
 end
 return {'ok', room, out, gap}
-"""
+""".replace("HISTORY_FIELD", HISTORY_FIELD)
 
 # show (set '0') or set (set '1', members only) a room's topic; the room's members get a set topic
 _TOPIC_SRC = """
@@ -461,10 +467,15 @@ local function room_of(room)
   return {history = rp..':history', res = {'ok', nick, room, gws, ts, tonumber(seq)}}
 end
 -- a line's where: its kind, its room (nil: the current one) and its id ('': '<cid>/<number>')
+-- `after`: what follows a line's id in its history entry, up to its text (nil: the entry is stored in the
+-- older layout, as a nick or kind that holds a newline must be)
 local places = {}
 local function place_of(where)
   local kind, room, id = string.match(where, '^([^ ]*) ([^\\n]*)\\n?(.*)$')
-  return {kind = kind or '', room = room ~= '' and room or nil, id = id or ''}
+  kind = kind or ''
+  local after = '\\n'..nick..'\\n'..ts..'\\n'..kind..'\\n'
+  if string.find(nick..kind, '\\n', 1, true) then after = nil end
+  return {kind = kind, room = room ~= '' and room or nil, id = id or '', after = after}
 end
 for _, n in ipairs(todo) do
   local i = SAY_FIELDS * n + 3
@@ -478,7 +489,12 @@ for _, n in ipairs(todo) do
   if history then
     local id = place.id
     if id == '' then id = cid..'/'..lines[n] end
-    call('XADD', history, '*', 'id', id, 'from', nick, 'text', argv[i + 2], 'ts', ts, 'kind', place.kind)
+    local after = place.after
+    if after and not string.find(id, '\\n', 1, true) then
+      call('XADD', history, '*', 'HISTORY_FIELD', id..after..argv[i + 2])
+    else
+      call('XADD', history, '*', 'id', id, 'from', nick, 'text', argv[i + 2], 'ts', ts, 'kind', place.kind)
+    end
     if r.rec and not lost[n] then  -- the common case, inline
       out[n] = r.res
       record[recorded + 1], record[recorded + 2], recorded = lines[n], r.rec, recorded + 2
@@ -492,7 +508,7 @@ end
 for _, history in ipairs(written) do call('XTRIM', history, 'MAXLEN', '~', keep) end
 keep_records()
 return out
-""".replace("SAY_FIELDS", str(SAY_FIELDS)).replace("LOST", repr(LOST))
+""".replace("SAY_FIELDS", str(SAY_FIELDS)).replace("LOST", repr(LOST)).replace("HISTORY_FIELD", HISTORY_FIELD)
 
 
 # Private messages (/msg NICK text): the consecutive ones of one event run as one call, in order (ARGV: p,

@@ -11,8 +11,10 @@ configurable prefix `p`:
     p room:<room>:gws        hash: gateway -> how many of the members are its connections
     p room:<room>:seq        counter: each join and part of the room takes the next number (the
                              order gateways keep membership in); expires and persists with the history
-    p room:<room>:history    stream, capped, fields id from text ts kind; once the room is
-                             empty it expires (history TTL), and a join makes it persist again
+    p room:<room>:history    stream, capped; an entry is one field m = '<id>\\n<from>\\n<ts>\\n<kind>\\n<text>'
+                             (or, written before or for an id with a newline, fields id from text ts
+                             kind: `history_entry` reads both); once the room is empty it expires
+                             (history TTL), and a join makes it persist again
     p room:<room>:topic      hash: text, by (nick), ts; expires and persists with the history
     p rooms:by-size          sorted set of the rooms that have members, scored by member count
     p gw:<gateway>:conns     set of cids on that gateway
@@ -32,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
@@ -200,8 +202,17 @@ def _float(text: str) -> float:
         return 0.0
 
 
+def history_entry(fields: Mapping[str, str]) -> dict[str, str]:
+    """A history entry's fields, in either layout (`scripts.HISTORY_FIELD`) -> its id, from, text, ts and
+    kind (those it has)."""
+    packed = fields.get(scripts.HISTORY_FIELD)
+    if packed is None:
+        return dict(fields)
+    return dict(zip(scripts.HISTORY_PARTS, packed.split("\n", len(scripts.HISTORY_PARTS) - 1), strict=False))
+
+
 def _fields(flat: list[str]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2], strict=False))
+    return history_entry(dict(zip(flat[::2], flat[1::2], strict=False)))
 
 
 def _batched(calls: list[Call]) -> list[list[Call]]:

@@ -19,6 +19,7 @@ import time
 import redis
 
 from tests.e2e.chatclient import ChatClient
+from workers.store import history_entry
 
 TALKERS = 4
 SAID = 15  # messages a talker says (the room's history keeps 100: all of a round fits)
@@ -90,7 +91,7 @@ def _round(connect, cluster, room: str, tag: str) -> None:
         _until_end(c, deadline)
 
     history = redis.Redis.from_url(cluster.redis_url, decode_responses=True).xrange(f"chat:room:{room}:history")
-    order = [fields["text"] for _, fields in history]
+    order = [history_entry(fields)["text"] for _, fields in history]
     assert len(order) == TALKERS * SAID + JOINERS + CHURNERS + 1, "the history kept every message of the round"
     got = {id(c): [m["text"] for m in _messages(c, room)] for c in members}
     for c in members:

@@ -15,7 +15,7 @@ from tests.workers.conftest import GatewaysChat
 from tests.workers.test_logic import GW_A, GW_B, connected, events_to, replay, snapshot
 from workers import scripts
 from workers.logic import Chat
-from workers.store import Failed, Store
+from workers.store import Failed, Store, history_entry
 
 GATEWAYS = [f"gw{n}.abc123" for n in range(20)]
 
@@ -148,5 +148,8 @@ def test_a_room_message_of_its_own_id_kind_and_room_is_stored_as_given(client: r
     assert [(s[1], s[3]) for s in said] == [("#r", 5.0), ("#s", 5.0)]
     history = {room: [f for _, f in client.xrange(f"{prefix}room:{room}:history")]  # type: ignore[union-attr]
                for room in ("#r", "#s")}
+    # an id with a newline keeps the fields apart; the line's own id goes in the one field
     assert history == {"#r": [{"id": odd_id, "from": "alice", "text": "one", "ts": "5.0", "kind": "action"}],
-                       "#s": [{"id": f"{a.cid}/51", "from": "alice", "text": "two", "ts": "5.0", "kind": "message"}]}
+                       "#s": [{"m": f"{a.cid}/51\nalice\n5.0\nmessage\ntwo"}]}
+    assert history_entry(history["#s"][0]) == {
+        "id": f"{a.cid}/51", "from": "alice", "text": "two", "ts": "5.0", "kind": "message"}

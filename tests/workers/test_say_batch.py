@@ -15,7 +15,7 @@ from tests.e2e.test_hostile_stack import _fill
 from tests.workers.conftest import GatewaysChat
 from tests.workers.test_logic import GW_A, GW_B, connected, events_to, lines_to, replay_event, snapshot
 from workers.logic import UNAVAILABLE, Chat
-from workers.store import BATCH_MAX, EpochFenced, Store
+from workers.store import BATCH_MAX, EpochFenced, Store, history_entry
 
 MSG, ACTION, ERROR = EventType.MESSAGE, EventType.ACTION, EventType.ERROR
 
@@ -72,7 +72,8 @@ def test_each_line_keeps_its_own_effects_in_order(chat: Chat, client: redis.Redi
     ]
     assert [t for t in lines_to(fx, a.cid) if t[0] == ERROR] == [(ERROR, "you are not in #t: /join #t first")]
     history = client.xrange(f"{prefix}room:#s:history")
-    assert [(f["from"], f["text"], f["kind"]) for _, f in history] == [  # type: ignore[union-attr]
+    entries = [history_entry(f) for _, f in history]  # type: ignore[union-attr]
+    assert [(e["from"], e["text"], e["kind"]) for e in entries] == [
         ("alice", "one", "message"), ("alice", "waves", "action"), ("alice", "back in s", "message"),
         ("ann", "two", "message")]
 
