@@ -3,7 +3,8 @@
 Everything runs in one thread of one process, so the generator's own cost
 is one figure (its CPU time) and it can be told when it is the bottleneck.
 A `Conn` is one client: a socket with TCP_NODELAY, an input buffer cut
-into lines at LF, and an output buffer that is flushed when the socket is
+into lines at LF (a line that grows past MAX_HELD bytes without one closes
+the connection, with that reason), and an output buffer that is flushed when the socket is
 writable again. On a loop made with `ws=True` every connection speaks
 WebSocket (`bench.wsframe`): it writes the upgrade request first, each
 `send` becomes one masked text frame, and what it reads is cut into
@@ -45,6 +46,7 @@ _READ = select.EPOLLIN
 _WRITE = select.EPOLLOUT
 _BROKEN = select.EPOLLERR | select.EPOLLHUP  # both handlers see it, as `selectors` reports it
 MAX_EVENTS = 1024  # events taken from one epoll_wait
+MAX_HELD = 1 << 20  # bytes of one line held back waiting for its LF: a server sending more is broken
 
 
 def raise_file_limit(wanted: int) -> int:
@@ -197,6 +199,8 @@ class Conn:
         lines, self.inbuf = cut_lines(self.inbuf, data)
         if lines:
             self.handler(self, lines, now)
+        if len(self.inbuf) > MAX_HELD:
+            self.close(f"a line of more than {MAX_HELD} bytes from the server")
 
     def _on_frames(self, data: bytes, now: int) -> None:
         assert self.ws is not None

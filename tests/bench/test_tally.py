@@ -4,6 +4,7 @@ takes the whole-read path or goes line by line; and its loop reads lines over re
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import time
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from bench.loadgen import Conn, Loop, cut_lines
+from bench.loadgen import MAX_HELD, Conn, Loop, cut_lines
 from bench.tally import BULK_MIN, MAX_GAP, Stats, Tally, _numbers, body
 
 EPOCH = 10**13
@@ -336,3 +337,32 @@ def test_a_refused_connection_closes_with_its_reason() -> None:
         assert closed[0].startswith("connect: ECONNREFUSED") and not loop.by_fd
     finally:
         loop.close()
+
+
+def test_a_server_that_never_ends_its_line_is_cut_not_held_without_bound() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    loop = Loop()
+    server: socket.socket | None = None
+    try:
+        got: list[bytes] = []
+        closed: list[str] = []
+        conn = Conn(loop, listener.getsockname()[:2])
+        conn.handler = lambda _conn, lines, _now: got.extend(lines)
+        conn.on_close = lambda c: closed.append(c.closed or "?")
+        server, _ = listener.accept()
+        server.setblocking(False)
+        assert loop.run(lambda: conn.connected, time.monotonic() + 10)
+        server.sendall(b"one line\n")
+        chunk, sent = b"x" * 65536, 0
+        deadline = time.monotonic() + 20
+        while not closed and sent <= 4 * MAX_HELD and time.monotonic() < deadline:
+            with contextlib.suppress(BlockingIOError):
+                sent += server.send(chunk)
+            loop.run(lambda: bool(closed), time.monotonic() + 0.01)
+        assert closed == [f"a line of more than {MAX_HELD} bytes from the server"], (closed, sent)
+        assert got == [b"one line"] and len(conn.inbuf) <= MAX_HELD + 65536
+    finally:
+        if server is not None:
+            server.close()
+        loop.close()
+        listener.close()
