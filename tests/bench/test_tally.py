@@ -9,6 +9,7 @@ import random
 import socket
 import time
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -292,7 +293,19 @@ def test_a_latency_is_within_a_microsecond_of_the_time_since_sending() -> None:
 # --- the loop, over real sockets ---------------------------------------------------------------------------
 
 
-def test_the_loop_reads_lines_cut_anywhere_and_sees_the_server_close() -> None:
+@dataclass
+class Served:
+    """A load-generator connection on its loop, the server's end of it, and what it saw."""
+    loop: Loop
+    conn: Conn
+    server: socket.socket
+    got: list[bytes]
+    closed: list[str]
+
+
+@contextlib.contextmanager
+def served() -> Iterator[Served]:
+    """A Conn connected to a listener of ours on loopback; everything closed after."""
     listener = socket.create_server(("127.0.0.1", 0))
     loop = Loop()
     server: socket.socket | None = None
@@ -302,26 +315,30 @@ def test_the_loop_reads_lines_cut_anywhere_and_sees_the_server_close() -> None:
         conn = Conn(loop, listener.getsockname()[:2])
         conn.handler = lambda _conn, lines, _now: got.extend(lines)
         conn.on_close = lambda c: closed.append(c.closed or "?")
-        conn.quickack = True
         server, _ = listener.accept()
         assert loop.run(lambda: conn.connected, time.monotonic() + 10)
-        payload = b"".join(b"#r n 0 %d 1\n" % i for i in range(3000))
-        for at in range(0, len(payload), 4093):
-            server.sendall(payload[at:at + 4093])
-        assert loop.run(lambda: len(got) == 3000, time.monotonic() + 10), len(got)
-        assert got == payload.split(b"\n")[:-1]
-        conn.send(b"hello\n")
-        server.settimeout(10)
-        assert server.recv(100) == b"hello\n"
-        server.close()
-        server = None
-        assert loop.run(lambda: bool(closed), time.monotonic() + 10)
-        assert closed == ["closed by the server"] and not loop.by_fd and not loop.conns
+        yield Served(loop, conn, server, got, closed)
     finally:
         if server is not None:
             server.close()
         loop.close()
         listener.close()
+
+
+def test_the_loop_reads_lines_cut_anywhere_and_sees_the_server_close() -> None:
+    with served() as s:
+        s.conn.quickack = True
+        payload = b"".join(b"#r n 0 %d 1\n" % i for i in range(3000))
+        for at in range(0, len(payload), 4093):
+            s.server.sendall(payload[at:at + 4093])
+        assert s.loop.run(lambda: len(s.got) == 3000, time.monotonic() + 10), len(s.got)
+        assert s.got == payload.split(b"\n")[:-1]
+        s.conn.send(b"hello\n")
+        s.server.settimeout(10)
+        assert s.server.recv(100) == b"hello\n"
+        s.server.close()
+        assert s.loop.run(lambda: bool(s.closed), time.monotonic() + 10)
+        assert s.closed == ["closed by the server"] and not s.loop.by_fd and not s.loop.conns
 
 
 def test_a_refused_connection_closes_with_its_reason() -> None:
@@ -340,29 +357,14 @@ def test_a_refused_connection_closes_with_its_reason() -> None:
 
 
 def test_a_server_that_never_ends_its_line_is_cut_not_held_without_bound() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    loop = Loop()
-    server: socket.socket | None = None
-    try:
-        got: list[bytes] = []
-        closed: list[str] = []
-        conn = Conn(loop, listener.getsockname()[:2])
-        conn.handler = lambda _conn, lines, _now: got.extend(lines)
-        conn.on_close = lambda c: closed.append(c.closed or "?")
-        server, _ = listener.accept()
-        server.setblocking(False)
-        assert loop.run(lambda: conn.connected, time.monotonic() + 10)
-        server.sendall(b"one line\n")
+    with served() as s:
+        s.server.setblocking(False)
+        s.server.sendall(b"one line\n")
         chunk, sent = b"x" * 65536, 0
         deadline = time.monotonic() + 20
-        while not closed and sent <= 4 * MAX_HELD and time.monotonic() < deadline:
+        while not s.closed and sent <= 4 * MAX_HELD and time.monotonic() < deadline:
             with contextlib.suppress(BlockingIOError):
-                sent += server.send(chunk)
-            loop.run(lambda: bool(closed), time.monotonic() + 0.01)
-        assert closed == [f"a line of more than {MAX_HELD} bytes from the server"], (closed, sent)
-        assert got == [b"one line"] and len(conn.inbuf) <= MAX_HELD + 65536
-    finally:
-        if server is not None:
-            server.close()
-        loop.close()
-        listener.close()
+                sent += s.server.send(chunk)
+            s.loop.run(lambda: bool(s.closed), time.monotonic() + 0.01)
+        assert s.closed == [f"a line of more than {MAX_HELD} bytes from the server"], (s.closed, sent)
+        assert s.got == [b"one line"] and len(s.conn.inbuf) <= MAX_HELD + 65536
