@@ -19,6 +19,8 @@ from typing import Any
 from tests.e2e.chatclient import ChatClient
 from tests.e2e.window import late_copies, set_apart, window_shaped
 
+STOP_WITHIN = 0.1  # seconds a receiver takes at most to see `stop()` (its longest single read)
+
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
     """Poll a condition until it holds; fail with `what` after `timeout`."""
@@ -127,17 +129,28 @@ def _late_copies(seen: Sequence[Seen], homes: Mapping[str, object]) -> int:
 
 
 class Receiver(threading.Thread):
+    """Reads the room's messages until it has `want` of them, the deadline passes, its connection
+    closes, or `stop()`: a receiver still waiting (for copies the kill -9 window lost) stops before
+    the test closes its socket, so no read runs on a closed socket."""
+
     def __init__(self, client: ChatClient, room: str, want: int, deadline: float) -> None:
         super().__init__(daemon=True)
         self.client, self.room, self.want, self.deadline = client, room, want, deadline
         self.gateway: int = client.sock.getpeername()[1]
         self.got: list[dict] = []
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(5)
 
     def run(self) -> None:
-        while len(self.got) < self.want:
-            line = self.client.read_line(self.deadline)
+        while len(self.got) < self.want and not self._stopping.is_set():
+            line = self.client.read_line(min(self.deadline, time.monotonic() + STOP_WITHIN))
             if line is None:
-                return
+                if self.client.closed or time.monotonic() >= self.deadline:
+                    return
+                continue
             if not line.startswith("{"):
                 continue
             obj = json.loads(line)
@@ -193,5 +206,7 @@ class RoomLoad:
         end = time.monotonic() + timeout
         for t in self.writers + self.receivers:
             t.join(max(0.0, end - time.monotonic()))
+        for r in self.receivers:
+            r.stop()
         seen = [Seen(list(r.got), r.gateway) for r in self.receivers if not r.client.closed]
         return judge(seen, self.homes, self.count, broker_killed)

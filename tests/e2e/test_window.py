@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import time
 from typing import Any
 
-from tests.e2e.load import Seen, Verdict, judge
+from tests.e2e.chatclient import ChatClient
+from tests.e2e.load import STOP_WITHIN, Receiver, Seen, Verdict, judge
 from tests.e2e.window import late_copies, set_apart, window_shaped
 
 GW = {"s": 1, "a": 1, "x": 2, "y": 2}  # the sender and a on gateway 1, x and y on gateway 2
@@ -164,3 +168,26 @@ def test_a_duplicate_or_a_senders_own_reorder_fails_after_a_broker_kill() -> Non
     swapped = [*order[:20], order[22], order[21], order[20], *order[23:]]  # s0's 10 after its 11
     v = _judge(swapped, swapped, listener_b=swapped, listener_a=swapped)
     assert not v.ok() and v.reordered, v.line("sender reorder")
+
+
+def test_a_receiver_still_waiting_stops_when_told_before_its_socket_closes() -> None:
+    """One receiver's missing copies (the window) keep it waiting: `stop()` ends its reads within
+    STOP_WITHIN, keeping what it got, and its connection stays open for the test to judge and close."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = ChatClient(listener.getsockname()[1], greet=False)
+    server, _ = listener.accept()
+    try:
+        receiver = Receiver(client, "#r", want=2, deadline=time.monotonic() + 60)
+        receiver.start()
+        server.sendall(json.dumps({"type": "message", "room": "#r", "id": "a"}).encode() + b"\n")
+        deadline = time.monotonic() + 10
+        while not receiver.got and time.monotonic() < deadline:
+            receiver.join(0.01)
+        began = time.monotonic()
+        receiver.stop()
+        assert not receiver.is_alive() and time.monotonic() - began < 5 * STOP_WITHIN + 1
+        assert [m["id"] for m in receiver.got] == ["a"] and not client.closed
+    finally:
+        client.close()
+        server.close()
+        listener.close()
