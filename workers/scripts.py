@@ -468,14 +468,14 @@ local function room_of(room)
 end
 -- a line's where: its kind, its room (nil: the current one) and its id ('': '<cid>/<number>')
 -- `after`: what follows a line's id in its history entry, up to its text (nil: the entry is stored in the
--- older layout, as a nick or kind that holds a newline must be)
+-- older layout, as one whose id, nick or kind holds a newline must be; an id of '' is '<cid>/<number>')
 local places = {}
 local function place_of(where)
   local kind, room, id = string.match(where, '^([^ ]*) ([^\\n]*)\\n?(.*)$')
-  kind = kind or ''
+  kind, id = kind or '', id or ''
   local after = '\\n'..nick..'\\n'..ts..'\\n'..kind..'\\n'
-  if string.find(nick..kind, '\\n', 1, true) then after = nil end
-  return {kind = kind, room = room ~= '' and room or nil, id = id or '', after = after}
+  if string.find(nick..kind..(id ~= '' and id or cid), '\\n', 1, true) then after = nil end
+  return {kind = kind, room = room ~= '' and room or nil, id = id, after = after}
 end
 for _, n in ipairs(todo) do
   local i = SAY_FIELDS * n + 3
@@ -490,7 +490,7 @@ for _, n in ipairs(todo) do
     local id = place.id
     if id == '' then id = cid..'/'..lines[n] end
     local after = place.after
-    if after and not string.find(id, '\\n', 1, true) then
+    if after then
       call('XADD', history, '*', 'HISTORY_FIELD', id..after..argv[i + 2])
     else
       call('XADD', history, '*', 'id', id, 'from', nick, 'text', argv[i + 2], 'ts', ts, 'kind', place.kind)
