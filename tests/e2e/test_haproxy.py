@@ -102,6 +102,12 @@ class HAProxy:
         """Server name -> the connections HAProxy counts on it now (what leastconn compares)."""
         return {row["svname"]: int(row["scur"] or 0) for row in self._rows()}
 
+    def connect_failures(self) -> dict[str, dict[str, str]]:
+        """Server name -> its failed connects, retries, redispatches and last check (what a
+        failure message needs to tell a refused connect from leastconn's choice)."""
+        return {row["svname"]: {k: row[k] for k in ("econ", "wretr", "wredis", "last_chk")}
+                for row in self._rows()}
+
     def answers(self) -> bool:
         assert self.proc.poll() is None, f"haproxy exited: {self.log.read_text()[-2000:]}"
         try:
