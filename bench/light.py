@@ -14,7 +14,8 @@ reordering are counted and make the exit status 1).
 Between the start and the end of the measured phase (drain included) it
 reads, per process of the stack (gateway, broker, each worker, Valkey, the
 pool and chat-stack themselves) and for the load generator itself, CPU
-time (utime+stime, /proc/PID/stat through psutil) and context switches
+time (the run time of all its threads in /proc/PID/task/*/schedstat, in ns;
+utime+stime where the kernel keeps no schedstats) and context switches
 (voluntary and involuntary, summed over /proc/PID/task/*/status: every
 thread, ZeroMQ's I/O threads included), and prints both per message sent,
 with the p50/p99/max latency from send to delivery and the per-hop times
@@ -133,12 +134,36 @@ def part_of(pid: int, part: str) -> str:
         return part
 
 
+def run_time_of(pid: int) -> float | None:
+    """CPU seconds all threads of `pid` have run so far, to the nanosecond (/proc/PID/task/*/schedstat; None
+    where the kernel keeps no schedstats): utime+stime count 10 ms ticks, too coarse for a few seconds."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        except (OSError, ValueError, IndexError):
+            return None
+    return total / 1e9
+
+
 def snapshot(tree: ProcessTree) -> dict[int, Usage]:
     """Every process of the stack, and this one (the load generator)."""
-    usage = {pid: Usage(part_of(pid, sample.part), sample.cpu, switches_of(pid))
+    usage = {pid: Usage(part_of(pid, sample.part), _cpu(pid, sample.cpu), switches_of(pid))
              for pid, sample in tree.snapshot().items()}
-    usage[os.getpid()] = Usage(LOADGEN, own_cpu(), switches_of(os.getpid()))
+    usage[os.getpid()] = Usage(LOADGEN, _cpu(os.getpid(), own_cpu()), switches_of(os.getpid()))
     return usage
+
+
+def _cpu(pid: int, ticks: float) -> float:
+    exact = run_time_of(pid)
+    return ticks if exact is None else exact
 
 
 def per_message(before: dict[int, Usage], after: dict[int, Usage], messages: int) -> list[Row]:
