@@ -50,7 +50,6 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
 
 import zmq
 
@@ -78,15 +77,14 @@ from protocol.messages import (
     gateway_of,
     topic_of,
 )
-from stack.frames import MAX_EVENTS, Readiness, has_message, recv_frames, send_frames
+from stack.frames import MAX_EVENTS, recv_frames, send_frames
 from stack.process import Stopping
 
 log = logging.getLogger("chat.broker")
 
 BURST = 1000  # messages read from one socket before looking at the others (events, on the frontend)
 _MAX_EVENT_FRAMES = 1 + 2 * MAX_EVENTS  # [gateway, key, event, ...] at most
-Socket = zmq.Socket[bytes]
-Handlers = dict[Socket, tuple[Callable[[list[bytes]], None], tuple[Socket, ...]]]  # and the sockets it sends on
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 class Broker:
@@ -137,62 +135,47 @@ class Broker:
     # --- the loop -------------------------------------------------------------
 
     def run(self, stopping: Stopping) -> None:
-        """Serve until stopped. One epoll over the sockets' ZMQ_FDs (stack.frames.Readiness) tells which hold
-        messages; each socket is told `touched` after whatever the loop did on it that a drain to the end does
-        not cover (each handler's sends, a dispatch, a heartbeat), so it is looked at again before sleeping."""
-        handlers: Handlers = {  # socket -> (its handler, the sockets that handler may send on)
-            self.frontend: (self._on_frontend, (self.frontend,)),
-            self.backend: (self._on_backend, (self.backend, self.pub_out)),
-            self.pub_in: (self._on_pub_in, (self.pub_out,)),
-            self.pub_out: (self._on_subscription, (self.pub_out, self.pub_in)),
+        poller = zmq.Poller()
+        handlers = {
+            self.frontend: self._on_frontend,
+            self.backend: self._on_backend,
+            self.pub_in: self._on_pub_in,
+            self.pub_out: self._on_subscription,
         }
-        readiness = Readiness(list(handlers))
-        try:
-            self._serve(stopping, readiness, handlers)
-        finally:
-            readiness.close()
-
-    def _serve(self, stopping: Stopping, readiness: Readiness, handlers: Handlers) -> None:
+        for sock in handlers:
+            poller.register(sock, zmq.POLLIN)
         next_beat = time.monotonic()
         while not stopping.requested:
             wait = min(self.config.heartbeat / 2, max(0.0, self.keeper.next_take - time.monotonic()))
-            for sock in readiness.wait(wait):
-                handle, sends_on = handlers[sock]
-                if not self._drain(sock, handle, sock is self.frontend):
-                    readiness.touched(sock)  # more may wait: look again before sleeping
-                readiness.touched(*sends_on)
-            if self._dispatch():
-                readiness.touched(self.backend)
+            for sock, _ in poller.poll(int(wait * 1000)):
+                self._drain(sock, handlers[sock], sock is self.frontend)
+            self._dispatch()
             now = time.monotonic()
             if now >= next_beat:
                 self._housekeeping(now)
                 next_beat = now + self.config.heartbeat
-                readiness.touched_all()  # heartbeats, an activation, Fenced: any socket may have been used
             elif now >= self.keeper.next_take:  # the holder's lease ends now: try at once, not at our next beat
                 self.keeper.keep(self, now)
-                readiness.touched_all()
 
-    def _drain(self, sock: zmq.Socket[bytes], handle, by_event: bool = False) -> bool:  # type: ignore[no-untyped-def]
+    def _drain(self, sock: zmq.Socket[bytes], handle, by_event: bool = False) -> None:  # type: ignore[no-untyped-def]
         """Handle what `sock` holds, up to BURST messages (`by_event`: up to BURST events, a message of
         several counting as that many, so the others wait no longer than before). After the first,
         one look at the socket's events says whether more wait: a message alone, the common case under
         light load, then costs no failed read (pyzmq raises zmq.Again for it: a few microseconds more
-        than the look). -> True if it ended on a read or a look that found nothing (the socket needs no
-        look before sleeping), False if the burst ended it."""
+        than the look)."""
         frames = recv_frames(sock)
         if frames is None:
-            return True
+            return
         handle(frames)
-        if not has_message(sock):
-            return True
+        if not int(sock.getsockopt(_EVENTS)) & _POLLIN:
+            return
         budget = BURST - (max(1, len(frames) >> 1) if by_event else 1)
         while budget > 0:
             frames = recv_frames(sock)
             if frames is None:
-                return True
+                return
             handle(frames)
             budget -= max(1, len(frames) >> 1) if by_event else 1
-        return False
 
     # --- gateways ---------------------------------------------------------------
 
@@ -297,13 +280,10 @@ class Broker:
         elif not isinstance(msg, Heartbeat):
             self._drop(Drop.UNEXPECTED_MESSAGE, f"backend: {type(msg).__name__}")
 
-    def _dispatch(self) -> bool:
-        """Send what the scheduler assigns -> whether anything was sent (or tried)."""
+    def _dispatch(self) -> None:
         if not self.role.active(time.monotonic()):
-            return False
-        sent = False
+            return
         for worker, frames in self.scheduler.dispatch():
-            sent = True
             self.hops.dispatched(frames)  # before the send: the worker may start at once
             try:  # our heartbeat first: the worker's scripts run under its epoch
                 send_frames(self.backend, [worker, self._heartbeat, *frames])
@@ -314,7 +294,6 @@ class Broker:
                 self.metrics.workers_lost += 1
                 continue
             self.metrics.dispatched += len(frames) // 2  # [key, event] each
-        return sent
 
     # --- pub-in forwarding ----------------------------------------------------------
 

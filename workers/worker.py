@@ -39,7 +39,7 @@ import zmq
 from protocol import codec
 from protocol.messages import Heartbeat, Ready
 from stack.curve import ClientKeys
-from stack.frames import Readiness, has_message, recv_frames, send_frames
+from stack.frames import recv_frames, send_frames
 from stack.process import Stopping, set_log_instance, tune_gc
 from workers.handler import Breaker, Handler
 from workers.logic import Chat, ChatLimits
@@ -58,6 +58,8 @@ MAX_MESSAGE_BYTES = 64 << 20
 # dispatches joined into one round trip at most (`join_waiting`); the broker sends no more than
 # the credit's worth of events anyway
 JOIN_MAX = 64
+
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
@@ -170,7 +172,7 @@ class BrokerLink:
 
     def _waiting(self) -> list[bytes] | None:
         """The next message if one is waiting already (never blocks)."""
-        if not has_message(self.sock):
+        if not int(self.sock.getsockopt(_EVENTS)) & _POLLIN:
             return None
         return recv_frames(self.sock)
 
@@ -202,36 +204,21 @@ class BrokerLink:
 
 
 def serve_brokers(links: list[BrokerLink], handler: Handler, config: WorkerConfig, stopping: Stopping) -> None:
-    """Serve the brokers' links until one falls silent (it is reopened) or we are stopped. One epoll over
-    the links' ZMQ_FDs (stack.frames.Readiness) says which hold messages; a link served or heartbeaten
-    is looked at again before sleeping."""
-    readiness = Readiness([link.sock for link in links])
-    try:
-        _serve_links(links, handler, config, stopping, readiness)
-    finally:
-        readiness.close()
-
-
-def _serve_links(links: list[BrokerLink], handler: Handler, config: WorkerConfig, stopping: Stopping,
-                 readiness: Readiness) -> None:
+    """Serve the brokers' links until one falls silent (it is reopened) or we are stopped."""
+    poller = zmq.Poller()
+    for link in links:
+        poller.register(link.sock, zmq.POLLIN)
     metrics, flushed = handler.metrics, time.monotonic()
     while not stopping.requested:
-        ready = readiness.wait(FLUSH_EVERY if metrics.pending else config.heartbeat)
+        ready = dict(poller.poll(int((FLUSH_EVERY if metrics.pending else config.heartbeat) * 1000)))
         for link in links:
             if link.sock in ready:
                 link.serve_one(handler)
-                readiness.touched(link.sock)  # its Done went out on it
         now = time.monotonic()
         if metrics.pending and (not ready or now - flushed >= FLUSH_EVERY):  # idle, or due
             metrics.flush()
             flushed = now
-        silent = []
-        for link in links:
-            sent = link.last_sent
-            if not link.keep_alive(now):
-                silent.append(link)
-            elif link.last_sent != sent:  # a heartbeat went out on it
-                readiness.touched(link.sock)
+        silent = [link for link in links if not link.keep_alive(now)]
         for link in silent:
             link.reopen()
         if silent:
