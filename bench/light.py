@@ -17,7 +17,8 @@ pool and chat-stack themselves) and for the load generator itself, CPU
 time (the run time of all its threads in /proc/PID/task/*/schedstat, in ns;
 utime+stime where the kernel keeps no schedstats) and context switches
 (voluntary and involuntary, summed over /proc/PID/task/*/status: every
-thread, ZeroMQ's I/O threads included), and prints both per message sent,
+thread, ZeroMQ's I/O threads included: what those threads cost is shown
+apart too), and prints them per message sent,
 with the p50/p99/max latency from send to delivery and the per-hop times
 of the events the gateway sampled (bench.hops). `--json` prints the same
 as one JSON object. The stack is stopped by PID when the run ends, also on
@@ -52,6 +53,7 @@ DRAIN_QUIET = 2.0  # ... or for this long without a delivery
 WARMUP_S = 0.5  # seconds of the same load before measuring: first calls (scripts loaded, caches) are not counted
 SETTLE_LIMIT = 5.0  # longest wait for the stack to go idle after the warm-up
 LOADGEN = "load-gen"
+SCHEDSTATS = os.path.exists("/proc/self/schedstat")  # the kernel keeps run times in ns (CONFIG_SCHED_INFO)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ class Usage:
     part: str
     cpu: float
     switches: int
+    zmq_io: float = 0.0  # of `cpu`, its ZeroMQ I/O threads'
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,7 @@ class Row:
     pid: int | None
     cpu_us: float
     switches: float
+    zmq_io_us: float = 0.0  # of cpu_us, ZeroMQ's I/O threads'
 
 
 @dataclass
@@ -108,20 +112,45 @@ class LightReport:
         return self.sent > 0 and not (self.lost or self.duplicated or self.reordered)
 
 
-def switches_of(pid: int) -> int:
-    """Context switches of all threads of `pid` so far, voluntary and not (0 if it is gone)."""
-    total = 0
+@dataclass(frozen=True, slots=True)
+class Threads:
+    """What the threads of one process have used so far."""
+
+    run: float | None  # CPU seconds to the ns (schedstat); None where the kernel keeps no schedstats
+    zmq_io: float  # of it, ZeroMQ's I/O threads' (named ZMQbg/IO/N)
+    switches: int  # context switches, voluntary and not
+
+
+def threads_of(pid: int) -> Threads:
+    """Sum over /proc/PID/task/* (a thread that ends meanwhile is left out; a gone process is zeros)."""
+    run = zmq_io = switches = 0
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0
+        return Threads(None, 0.0, 0)
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/status") as f:
-                total += sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
-        except (OSError, ValueError, IndexError):  # a thread that ended meanwhile
+                status = f.read()
+            ran = _schedstat_ns(f"/proc/{pid}/task/{tid}/schedstat") if SCHEDSTATS else 0
+        except (OSError, ValueError, IndexError):  # the thread ended meanwhile
             continue
-    return total
+        switches += sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line)
+        run += ran
+        if status.startswith("Name:\tZMQbg/IO"):
+            zmq_io += ran
+    return Threads(run / 1e9 if SCHEDSTATS else None, zmq_io / 1e9, switches)
+
+
+def _schedstat_ns(path: str) -> int:
+    """A thread's run time so far, in ns."""
+    with open(path) as f:
+        return int(f.read().split()[0])
+
+
+def switches_of(pid: int) -> int:
+    """Context switches of all threads of `pid` so far, voluntary and not (0 if it is gone)."""
+    return threads_of(pid).switches
 
 
 def part_of(pid: int, part: str) -> str:
@@ -134,36 +163,17 @@ def part_of(pid: int, part: str) -> str:
         return part
 
 
-def run_time_of(pid: int) -> float | None:
-    """CPU seconds all threads of `pid` have run so far, to the nanosecond (/proc/PID/task/*/schedstat; None
-    where the kernel keeps no schedstats): utime+stime count 10 ms ticks, too coarse for a few seconds."""
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except FileNotFoundError:  # a thread that ended meanwhile
-            continue
-        except (OSError, ValueError, IndexError):
-            return None
-    return total / 1e9
+def usage_of(pid: int, part: str, ticks: float) -> Usage:
+    """`ticks`: its utime+stime, for where the kernel keeps no schedstats."""
+    threads = threads_of(pid)
+    return Usage(part, ticks if threads.run is None else threads.run, threads.switches, threads.zmq_io)
 
 
 def snapshot(tree: ProcessTree) -> dict[int, Usage]:
     """Every process of the stack, and this one (the load generator)."""
-    usage = {pid: Usage(part_of(pid, sample.part), _cpu(pid, sample.cpu), switches_of(pid))
-             for pid, sample in tree.snapshot().items()}
-    usage[os.getpid()] = Usage(LOADGEN, _cpu(os.getpid(), own_cpu()), switches_of(os.getpid()))
+    usage = {pid: usage_of(pid, part_of(pid, sample.part), sample.cpu) for pid, sample in tree.snapshot().items()}
+    usage[os.getpid()] = usage_of(os.getpid(), LOADGEN, own_cpu())
     return usage
-
-
-def _cpu(pid: int, ticks: float) -> float:
-    exact = run_time_of(pid)
-    return ticks if exact is None else exact
 
 
 def per_message(before: dict[int, Usage], after: dict[int, Usage], messages: int) -> list[Row]:
@@ -173,18 +183,22 @@ def per_message(before: dict[int, Usage], after: dict[int, Usage], messages: int
     rows: list[Row] = []
     numbered: dict[str, int] = {}
     for pid in sorted(after, key=lambda p: (after[p].part == LOADGEN, after[p].part, p)):
-        now, then = after[pid], before.get(pid)
-        cpu = now.cpu - (then.cpu if then else 0.0)
-        switches = now.switches - (then.switches if then else 0)
+        now, then = after[pid], before.get(pid, Usage(after[pid].part, 0.0, 0))
         part = now.part
         if part == "worker":
             numbered[part] = numbered.get(part, 0) + 1
             part = f"worker-{numbered[part]}"
-        rows.append(Row(part, pid, round(max(cpu, 0.0) * 1e6 / n, 1), round(max(switches, 0) / n, 2)))
+        rows.append(Row(part, pid, _per(now.cpu - then.cpu, n), round(max(now.switches - then.switches, 0) / n, 2),
+                        _per(now.zmq_io - then.zmq_io, n)))
     stack = [row for row in rows if row.part != LOADGEN]
     rows.append(Row("stack total", None, round(sum(r.cpu_us for r in stack), 1),
-                    round(sum(r.switches for r in stack), 2)))
+                    round(sum(r.switches for r in stack), 2), round(sum(r.zmq_io_us for r in stack), 1)))
     return rows
+
+
+def _per(seconds: float, messages: int) -> float:
+    """CPU seconds -> microseconds a message."""
+    return round(max(seconds, 0.0) * 1e6 / messages, 1)
 
 
 def open_room(loop: Loop, server: Server, members: int, tag: str) -> list[Conn]:
@@ -255,10 +269,10 @@ def run(config: LightConfig) -> LightReport:
 
 def text(report: LightReport) -> str:
     """The report as a table: a row a process, then the flow's outcome and latency."""
-    lines = [f"{'part':<14} {'pid':>8} {'CPU us/msg':>11} {'switches/msg':>13}"]
+    lines = [f"{'part':<14} {'pid':>8} {'CPU us/msg':>11} {'of it ZMQ I/O':>14} {'switches/msg':>13}"]
     for row in report.rows:
         pid = str(row.pid) if row.pid is not None else ""
-        lines.append(f"{row.part:<14} {pid:>8} {row.cpu_us:>11.1f} {row.switches:>13.2f}")
+        lines.append(f"{row.part:<14} {pid:>8} {row.cpu_us:>11.1f} {row.zmq_io_us:>14.1f} {row.switches:>13.2f}")
     lines.append(f"sent {report.sent} in {report.seconds:.2f} s ({report.sent / max(report.seconds, 1e-9):,.0f}/s), "
                  f"expected {report.expected} deliveries, received {report.received}: lost {report.lost}, "
                  f"duplicated {report.duplicated}, reordered {report.reordered}, other lines {report.other_lines}")
