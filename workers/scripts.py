@@ -378,7 +378,8 @@ def replayable(script: str, ttl: int = RESULT_TTL, grows: bool = True) -> str:
 _GROUP_RECORDED = """local rk = p..'res:'..cid
 local lines, out, todo, lost, count = {}, {}, {}, {}, 0
 for i = FIRST, #ARGV, FIELDS do count = count + 1; lines[count] = ARGV[i] end
-local current = redis.call('HGET', rk, 'event') == event
+local kept = redis.call('HGET', rk, 'event')  -- the event whose results are kept (nil: none are)
+local current = kept == event
 if current then
   local hits, refs, shared = redis.call('HMGET', rk, unpack(lines)), {}, {}
   for n = 1, #lines do
@@ -427,10 +428,11 @@ local function result(n, res, rec)
   out[n] = res
   record[recorded + 1], record[recorded + 2], recorded = lines[n], rec or cjson.encode(res), recorded + 2
 end
--- keep the records, the event's first with the event number (the results of an earlier event gone)
+-- keep the records, the event's first with the event number (the results of an earlier event gone; none
+-- kept before: nothing to delete but the guard's own field, which the records write again)
 local function keep_records()
   if not current then
-    redis.call('DEL', rk)
+    if kept then redis.call('DEL', rk) end
     record[recorded + 1], record[recorded + 2], recorded = 'event', event, recorded + 2
   end
   redis.call('HSET', rk, unpack(record))
