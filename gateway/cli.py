@@ -20,7 +20,7 @@ from protocol.hops import MAX_HOP_SAMPLE
 from stack.curve import KeyFileError, client_curve
 from stack.metrics import parse_listen as parse_metrics_listen
 from stack.metrics import serve_metrics
-from stack.process import LOG_FORMATS, set_log_instance, setup_logging, tune_gc
+from stack.process import LOG_FORMATS, set_log_instance, setup_logging
 
 log = logging.getLogger("chat.gateway")
 
@@ -115,7 +115,6 @@ async def run(config: GatewayConfig, metrics_listen: tuple[str, int] | None = No
     try:
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(gateway.serve)
-            tune_gc()  # as the broker and the workers do: a client's objects are not scanned every 700 allocations
             ready = f"chat-gateway {gateway.instance} listening on " + listeners_shown(bound)
             if metrics_listen is not None:
                 metrics = serve_gateway_metrics(gateway, *metrics_listen)
