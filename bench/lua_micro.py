@@ -10,6 +10,8 @@ Drives the scripts of `workers.scripts` through `workers.store.Store` against a 
 - dispatch: say's rooms as a worker's dispatch brings them: 5 events of 7 room messages (what W1
   sends through the whole stack), each event's run (`Store.say_run`), in one round trip;
 - churn: W5's cycle, a connect, an event of a /nick and a /join of one of 4 rooms, a /quit;
+- register: W3's registration, a connect and an event of a /nick and a /join, rooms filled to 20
+  members one after the other (a joiner finds 9.5 members on average);
 - private: W4's, pairs on two gateways, events of 4 private messages.
 
 For each it prints Valkey's CPU (user + sys, `INFO cpu`) and the EVALSHA time of
@@ -41,6 +43,7 @@ ROOMS, MEMBERS, SENDERS, LINES = 10, 50, 5, 14
 GATEWAYS = ("gw0.bench", "gw1.bench")
 CHURN_ROOMS = 4
 PRIVATE_LINES = 4
+REGISTER_ROOM = 20  # W3's rooms
 DISPATCH, DISPATCH_LINES = 5, 7  # events a dispatch, room messages an event (W1 in the whole stack)
 TEXT = "the quick brown fox jumps over the lazy d"
 
@@ -199,6 +202,20 @@ def churn_bench(store: Store, client: redis.Redis, cycles: int, counter: Callgri
     return measured(client, cycles, work, counter)
 
 
+def register_bench(store: Store, client: redis.Redis, count: int, counter: Callgrind | None) -> Cost:
+    """W3's registrations: a connect, then /nick and /join in one event, into rooms of REGISTER_ROOM."""
+    def work() -> None:
+        for n in range(count):
+            gateway = GATEWAYS[n % 2]
+            conn = Conn(f"{gateway}:i{n}")
+            store.run_one(store.connect(conn.cid, gateway, "127.0.0.1"))
+            event = conn.next_event()
+            store.run([store.set_nick((event, conn.next_line()), conn.cid, f"i{n}"),
+                       store.join((event, conn.next_line()), conn.cid, f"#idle-{n // REGISTER_ROOM}")])
+
+    return measured(client, count, work, counter)
+
+
 def private_bench(store: Store, client: redis.Redis, events: int, counter: Callgrind | None) -> Cost:
     pairs = [(_connected(store, f"{GATEWAYS[0]}:p{n}", f"pa{n}", []),
               _connected(store, f"{GATEWAYS[1]}:q{n}", f"pb{n}", [])) for n in range(50)]
@@ -220,6 +237,7 @@ BENCHES: dict[str, tuple[Callable[[Store, redis.Redis, int, Callgrind | None], C
     "dispatch": (dispatch_bench, "room message", 1, DISPATCH_LINES),
     "churn": (churn_bench, "W5 cycle", 4, 1),
     "private": (private_bench, "private message", 1, PRIVATE_LINES),
+    "register": (register_bench, "W3 registration", 1, 1),
 }
 
 
@@ -265,7 +283,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", default="say,dispatch,churn,private")
+    parser.add_argument("--only", default="say,dispatch,churn,private,register")
     parser.add_argument("--stats", action="store_true", help="print the last run's commandstats per unit")
     parser.add_argument("--callgrind", action="store_true", help="count Valkey's instructions (valgrind)")
     args = parser.parse_args()

@@ -9,6 +9,11 @@ encoded: everything a worker does but the ZeroMQ send) on dispatches as the
 broker sends them: `--events` events of `--lines` lines each (a W1 event
 carries about 14: a connection's lines waiting behind its event in flight).
 
+`--shapes register` (W3's registration) times instead the Connected event and the
+Lines event of `/nick` and `/join` into rooms filled to `REGISTER_ROOM` members one
+after the other (a joiner finds about 10), `--events` events a dispatch as for the
+others, per registration (both events).
+
 Reports the CPU time of this thread (Valkey's is not counted) per line, best
 of `--repeat` runs (the machine may be shared: alternate old and new runs). It
 runs against the tree it is started from, so the same file run with an older
@@ -38,6 +43,7 @@ from workers.store import Store
 
 GATEWAY = "gw0.bench"
 TEXT = "1700000000.123456 17 4242 the quick brown"  # about 40 bytes, as the load generator's
+REGISTER_ROOM = 20  # W3's rooms
 
 
 @dataclass
@@ -122,24 +128,57 @@ def timed(handler: Handler, senders: list[Conn], args: argparse.Namespace) -> fl
     return best
 
 
+def _registration(conn: Conn, n: int) -> Lines:
+    """The n-th connection's /nick and /join, in one event (as W3's clients send them)."""
+    return Lines(conn.cid, 1, (f"/nick i{n}", f"/join #idle-{n // REGISTER_ROOM}"))
+
+
+def registered(handler: Handler, args: argparse.Namespace) -> float:
+    """W3's registrations, `--events` connections a dispatch: CPU seconds of this thread per registration
+    (its Connected and its Lines of /nick and /join), best of `--repeat` runs, each with new connections."""
+    best, made = float("inf"), 0
+    per_run = args.dispatches * args.events
+    for _ in range(args.repeat):
+        conns = [Conn(f"{GATEWAY}:{100_000 + made + n}") for n in range(per_run)]
+        connects = [_frames([Connected(conn.cid, 0, "127.0.0.1:1") for conn in conns[i:i + args.events]])
+                    for i in range(0, per_run, args.events)]
+        joins = [_frames([_registration(conn, made + i + k) for k, conn in enumerate(conns[i:i + args.events])])
+                 for i in range(0, per_run, args.events)]
+        made += per_run
+        started = time.thread_time()
+        for connect, join in zip(connects, joins, strict=True):
+            assert len(handler.frames(connect, time.time(), time.monotonic(), 1).events) == args.events
+            assert len(handler.frames(join, time.time(), time.monotonic(), 1).events) == args.events
+        best = min(best, (time.thread_time() - started) / per_run)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dispatches", type=int, default=300, help="dispatches per run")
     parser.add_argument("--events", type=int, default=5, help="events per dispatch")
     parser.add_argument("--lines", type=int, default=14, help="lines per event")
     parser.add_argument("--repeat", type=int, default=5, help="runs; the best counts")
+    parser.add_argument("--shapes", default="w1,w4", help="w1, w4 and/or register")
     args = parser.parse_args()
+    shapes = args.shapes.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         child, url = start_valkey(Path(tmp) / "valkey")
         client = redis.Redis.from_url(url, decode_responses=True)
         try:
             handler = Handler(Chat(Store(client, prefix="b:")), Breaker(1.0))
             for name, shape in (("W1 room message", w1), ("W4 private message", w4)):
+                if shape.__name__ not in shapes:
+                    continue
                 senders = shape(handler)
                 tune_gc()  # as a worker does once it is set up
                 per_line = timed(handler, senders, args)
                 print(f"{name:<24} {per_line * 1e6:8.2f} us CPU per line "
                       f"({args.events} events x {args.lines} lines a dispatch)")
+            if "register" in shapes:
+                tune_gc()
+                print(f"{'W3 registration':<24} {registered(handler, args) * 1e6:8.2f} us CPU per registration "
+                      f"({args.events} events a dispatch)")
         finally:
             client.close()
             stop(child)

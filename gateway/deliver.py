@@ -107,6 +107,7 @@ class Delivery:
         now = trio.current_time()
         rooms, items, runs = self.rooms, batch.items, self._runs
         add = runs.add
+        last: tuple[str, ...] = ()  # the audience of the delivery before
         for index, item in enumerate(items):
             if isinstance(item, Mark):
                 skipping = not self._on_mark(item, answered, now)
@@ -116,7 +117,11 @@ class Delivery:
                 for cids, event in rooms.apply(item, now, items, index):
                     add(cids, event)
             elif isinstance(item, Deliver):
-                add(item.cids, item.event)
+                cids = item.cids
+                if cids == last:  # the replies of an event, one after the other: one run (each decoded apart)
+                    cids = last
+                add(cids, item.event)
+                last = cids
             elif isinstance(item, SetMode):
                 runs.settle()  # what came before the change is shown the way it was asked for then
                 if (client := self.clients.get(item.cid)) is not None:  # else a connection that is gone

@@ -80,6 +80,26 @@ redis.call('EXPIRE', rk, RESULT_TTL)
 return nick
 """
 
+# A room's member nicks: `p room:<room>:nicks` (cid -> nick) holds a member's nick from its join on, and every
+# part, departure and nick change keeps it so; it only ever holds members, so with as many fields as the room
+# has members it is the listing (one HVALS, no look-up per member). A room whose members joined before the
+# hash was kept (older data) lacks some: they are read from their connections, as before, and, where the
+# script may grow the state (`fill`: a join), written in, so the next listing is one call again.
+_MEMBER_NICKS_FN = """
+local function member_nicks(p, rp, size, fill)
+  local nk = rp..':nicks'
+  local nicks = redis.call('HVALS', nk)
+  if #nicks == size then return nicks end
+  nicks = {}
+  for i, m in ipairs(redis.call('SMEMBERS', rp..':members')) do
+    local nick = redis.call('HGET', p..'conn:'..m, 'nick')
+    nicks[i] = nick or '?'
+    if nick and fill then redis.call('HSET', nk, m, nick) end
+  end
+  return nicks
+end
+"""
+
 # /nick and /join: functions of the connection (p, cid) and the line's argument, for the NICK_JOIN group
 _NICK_FN = """
 local function nick(p, cid, new)
@@ -96,6 +116,7 @@ local function nick(p, cid, new)
   local seen, out = {}, {}
   -- no current room: in no room at all (a part makes another of its rooms current)
   for _, room in ipairs(current ~= '' and redis.call('SMEMBERS', ck..':rooms') or {}) do
+    redis.call('HSET', p..'room:'..room..':nicks', cid, new)
     for _, m in ipairs(redis.call('SMEMBERS', p..'room:'..room..':members')) do
       if m ~= cid and not seen[m] then seen[m] = true; out[#out + 1] = m end
     end
@@ -116,11 +137,12 @@ local function join(p, cid, room, max_rooms)
     return {'toomany', room}
   end
   local added = redis.call('SADD', mk, cid)
+  redis.call('HSET', rp..':nicks', cid, nick)
   redis.call('SADD', ck..':rooms', room)
   redis.call('HSET', ck, 'room', room)
-  local members = redis.call('SMEMBERS', mk)
-  redis.call('ZADD', p..'rooms:by-size', #members, room)
-  if #members == 1 then  -- the room was empty: its history, topic and seq were set to expire (`resized`)
+  local size = redis.call('SCARD', mk)
+  redis.call('ZADD', p..'rooms:by-size', size, room)
+  if size == 1 then  -- the room was empty: its history, topic and seq were set to expire (`resized`)
     redis.call('PERSIST', rp..':history')
     redis.call('PERSIST', rp..':topic')
     redis.call('PERSIST', rp..':seq')
@@ -130,9 +152,7 @@ local function join(p, cid, room, max_rooms)
     redis.call('HINCRBY', gk, gw, 1)
     seq = redis.call('INCR', rp..':seq')
   end
-  local nicks = {}
-  for i, m in ipairs(members) do nicks[i] = redis.call('HGET', p..'conn:'..m, 'nick') or '?' end
-  return {'ok', nick, added, #members, nicks, redis.call('HGET', p..'room:'..room..':topic', 'text') or '',
+  return {'ok', nick, added, size, member_nicks(p, rp, size, true), redis.call('HGET', rp..':topic', 'text') or '',
           seq, redis.call('HKEYS', gk)}
 end
 """
@@ -171,6 +191,7 @@ end
 _PART_SRC = """
 local p, cid, room, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 """ + _RESIZE_FN + _ROOM_OF + """if redis.call('SREM', mk, cid) == 0 then return {'notin', room} end
+redis.call('HDEL', p..'room:'..room..':nicks', cid)
 redis.call('SREM', ck..':rooms', room)
 if current == room then
   current = redis.call('SRANDMEMBER', ck..':rooms') or ''
@@ -184,13 +205,10 @@ return {'ok', nick, room, current, redis.call('INCR', sk), redis.call('HKEYS', g
 
 _WHO_SRC = """
 local p, cid, room = ARGV[1], ARGV[2], ARGV[3]
-if room == '' then room = redis.call('HGET', p..'conn:'..cid, 'room') or '' end
+""" + _MEMBER_NICKS_FN + """if room == '' then room = redis.call('HGET', p..'conn:'..cid, 'room') or '' end
 if room == '' then return {'noroom'} end
-local nicks = {}
-for _, m in ipairs(redis.call('SMEMBERS', p..'room:'..room..':members')) do
-  nicks[#nicks + 1] = redis.call('HGET', p..'conn:'..m, 'nick') or '?'
-end
-return {'ok', room, nicks}
+local rp = p..'room:'..room
+return {'ok', room, member_nicks(p, rp, redis.call('SCARD', rp..':members'), false)}
 """
 
 _ROOMS_SRC = """
@@ -249,6 +267,7 @@ local function leave(p, cid, ttl)
   for _, room in ipairs(redis.call('SMEMBERS', ck..':rooms')) do
     local mk = p..'room:'..room..':members'
     redis.call('SREM', mk, cid)
+    redis.call('HDEL', p..'room:'..room..':nicks', cid)
     local rest = redis.call('SMEMBERS', mk)
     resized(p, room, rest, ttl)
     gateway_left(p, room, gw)
@@ -359,7 +378,8 @@ def replayable(script: str, ttl: int = RESULT_TTL, grows: bool = True) -> str:
 _GROUP_RECORDED = """local rk = p..'res:'..cid
 local lines, out, todo, lost, count = {}, {}, {}, {}, 0
 for i = FIRST, #ARGV, FIELDS do count = count + 1; lines[count] = ARGV[i] end
-local current = redis.call('HGET', rk, 'event') == event
+local kept = redis.call('HGET', rk, 'event')  -- the event whose results are kept (nil: none are)
+local current = kept == event
 if current then
   local hits, refs, shared = redis.call('HMGET', rk, unpack(lines)), {}, {}
   for n = 1, #lines do
@@ -408,10 +428,11 @@ local function result(n, res, rec)
   out[n] = res
   record[recorded + 1], record[recorded + 2], recorded = lines[n], rec or cjson.encode(res), recorded + 2
 end
--- keep the records, the event's first with the event number (the results of an earlier event gone)
+-- keep the records, the event's first with the event number (the results of an earlier event gone; none
+-- kept before: nothing to delete but the guard's own field, which the records write again)
 local function keep_records()
   if not current then
-    redis.call('DEL', rk)
+    if kept then redis.call('DEL', rk) end
     record[recorded + 1], record[recorded + 2], recorded = 'event', event, recorded + 2
   end
   redis.call('HSET', rk, unpack(record))
@@ -565,7 +586,7 @@ if type(full) == 'table' and full.err then
   for _, n in ipairs(todo) do out[n] = {'refused', full.err} end
   return out
 end
-""" + _NICK_FN + _JOIN_FN + """
+""" + _MEMBER_NICKS_FN + _NICK_FN + _JOIN_FN + """
 for _, n in ipairs(todo) do
   local i = NICK_JOIN_FIELDS * n + 2
   local arg, res = ARGV[i + 2], nil

@@ -8,6 +8,7 @@ configurable prefix `p`:
     p conn:<cid>             hash: nick, room (current, '' for none), gw, addr
     p conn:<cid>:rooms       set of the rooms the connection is in
     p room:<room>:members    set of cids
+    p room:<room>:nicks      hash: cid -> nick, of members (`scripts.member_nicks`: older rooms lack some)
     p room:<room>:gws        hash: gateway -> how many of the members are its connections
     p room:<room>:seq        counter: each join and part of the room takes the next number (the
                              order gateways keep membership in); expires and persists with the history

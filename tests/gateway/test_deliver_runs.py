@@ -301,3 +301,29 @@ def test_a_join_inside_a_pass_splits_the_runs_and_keeps_every_clients_order(ctx)
         assert room.received(carol) == b"#r <elsewhere> after\n"
 
     in_room(ctx, test)
+
+
+def test_the_replies_of_an_event_to_its_sender_are_one_run_one_push(ctx) -> None:  # type: ignore[no-untyped-def]
+    """A registration's replies (`you are now`, `you joined`) come as deliveries to equal audiences that
+    are decoded apart: one run, so one rendering pass and one push, in order; equal audiences with
+    another delivery to one of theirs between them still keep every client's order."""
+    async def test(room: Room) -> None:
+        alice, bob = room.join("alice"), room.join("bob")
+        gateway = room.gateway
+        room.numbered += 1
+        items = (Mark(alice, 1), Deliver((alice,), ChatEvent(EventType.INFO, "you are now ann")),
+                 Deliver((alice,), ChatEvent(EventType.INFO, "you joined #r")),
+                 Deliver((alice, bob), ChatEvent(EventType.INFO, "both")),
+                 Deliver((alice, bob), ChatEvent(EventType.INFO, "both again")),
+                 Deliver((bob,), ChatEvent(EventType.INFO, "bob's")),
+                 Deliver((alice, bob), ChatEvent(EventType.INFO, "both last")))
+        numbering = (0).to_bytes(8, "big") + room.numbered.to_bytes(8, "big")
+        gateway._on_batch([topic_of(gateway.instance), numbering, codec.encode(Batch(items))])
+        gateway._settle()
+        assert len(gateway.clients[alice]._pending or ()) == 3  # her replies, both + both again, both last
+        assert len(gateway.clients[bob]._pending or ()) == 3
+        gateway._flush()
+        assert room.received(alice) == b"* you are now ann\n* you joined #r\n* both\n* both again\n* both last\n"
+        assert room.received(bob) == b"* both\n* both again\n* bob's\n* both last\n"
+
+    in_room(ctx, test)

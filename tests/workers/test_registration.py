@@ -101,3 +101,17 @@ def test_a_nick_in_no_room_reads_no_room_and_one_in_rooms_tells_them(chat: Chat,
     fx = a.send("/nick ada")
     assert events_to(fx, b.cid) == []
     assert lines_to(fx, a.cid)[-1][1] == "you are now ada"
+
+
+def test_a_first_event_with_no_results_kept_deletes_none(chat: Chat, client: redis.Redis, prefix: str) -> None:
+    """A connection's first lines (its connect keeps no results): the records are written with no DEL
+    of results before them (the one DEL is of the guest nick), and a replay still gives the same."""
+    connected(chat, f"{GW_B}:1", "bob", "#r")
+    a = connected(chat, f"{GW_A}:1")
+    before = _calls(client, "del")
+    first = a.send("/nick alice", "/join #r")
+    assert _calls(client, "del") - before == 1
+    assert client.ttl(f"{prefix}res:{a.cid}") > 0
+    assert replay(a, client, prefix).items == first.items
+    second = a.send("/part #r", "/join #r")  # the next event: the first's results go
+    assert second.items and set(client.hkeys(f"{prefix}res:{a.cid}")) == {"event", str(a.seq - 2), str(a.seq - 1)}
