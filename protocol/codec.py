@@ -348,16 +348,8 @@ def decode_key(frame: bytes) -> tuple[str, int]:
 
 
 def event_frames(item: WorkItem, sampled: bool = False) -> list[bytes]:
-    """An event as it travels to the broker and on to a worker: [key, body]. A connection's Connected and
-    Lines (the two events of every registration) are packed the short way, to the same bytes: their arrays
-    as tuples (msgpack packs them alike), without `to_wire`'s matching and `packb`'s wrapper."""
-    if type(item) is Lines:
-        wire: tuple[Any, ...] = (2, item.cid, item.seq, item.lines)
-    elif type(item) is Connected:
-        wire = (1, item.cid, item.seq, item.addr)
-    else:
-        return [encode_key(*event_key(item), sampled), encode(item)]
-    return [encode_key(item.cid, item.seq, sampled), msgpack.Packer(use_bin_type=True).pack(wire)]
+    """An event as it travels to the broker and on to a worker: [key, body]."""
+    return [encode_key(*event_key(item), sampled), encode(item)]
 
 
 def done_frames(done: Done) -> list[bytes]:

@@ -689,18 +689,3 @@ def test_malformed_room_events_are_refused(wire: list[Any]) -> None:
 def test_a_close_without_departed_is_one_that_did_not_depart() -> None:
     """The form outside publishers wrote before `departed`: the gateway still sends the departure."""
     assert decode(pack([8, [[2, "gw1:3", "kicked"]]])) == Batch((Close("gw1:3", "kicked", departed=False),))
-
-
-def test_event_frames_are_the_key_and_the_body_encode_makes_byte_for_byte() -> None:
-    """The short way for Connected and Lines gives exactly `encode`'s bytes, sampled or not."""
-    cid = "gw-1.abcdef:12345"
-    items = [
-        Connected(cid, 0, "127.0.0.1:40000"), Connected("gw:é", 2**40, ""),
-        Lines(cid, 1, ("/nick ann", "/join #r")), Lines(cid, 7, ()), Lines("gw:ü", 3, ("ä" * 4000,) * 64),
-        Lines(cid, 9, ["a", "b"]),  # type: ignore[arg-type]  # a list packs as the tuple does
-        Disconnected(cid, 5, "bye"), GatewayLost("gw-1.abcdef"),
-    ]
-    for item in items:
-        for sampled in (False, True):
-            key = encode_key(*event_key(item), sampled)
-            assert event_frames(item, sampled) == [key, encode(item)], item
