@@ -149,11 +149,6 @@ def _schedstat_ns(path: str) -> int:
         return int(f.read().split()[0])
 
 
-def switches_of(pid: int) -> int:
-    """Context switches of all threads of `pid` so far, voluntary and not (0 if it is gone)."""
-    return threads_of(pid).switches
-
-
 def part_of(pid: int, part: str) -> str:
     """bench.procstats' part, the pool's multiprocessing helper (its resource tracker) told from a worker."""
     if part != "worker":

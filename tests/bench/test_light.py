@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from bench.light import LOADGEN, SCHEDSTATS, Usage, per_message, switches_of, threads_of
+from bench.light import LOADGEN, SCHEDSTATS, Usage, per_message, threads_of
 
 RUN_LIMIT = 120.0  # seconds: the stack's start, a second of load, its stop
 
@@ -101,7 +101,7 @@ def test_per_message_numbers_the_workers_and_adds_up_the_stack() -> None:
 
 def test_threads_are_read_for_every_thread_and_a_gone_process_is_zero() -> None:
     mine = threads_of(os.getpid())
-    assert mine.switches > 0 and switches_of(os.getpid()) >= mine.switches
+    assert mine.switches > 0 and threads_of(os.getpid()).switches >= mine.switches
     assert (mine.run or 0) > 0 if SCHEDSTATS else mine.run is None
     gone = threads_of(2**22 + 12345)
     assert (gone.run, gone.zmq_io, gone.switches) == (None, 0.0, 0)
