@@ -47,6 +47,7 @@ so under load one dispatch carries many events (adaptive batching).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -113,13 +114,15 @@ class Broker:
         self.name = f"broker.{secrets.token_hex(4)}"  # new each run: peers see a restart
         self._unknown = codec.encode(Unknown(self.name))
         self._fenced = codec.encode(Fenced(self.name))
+        self._beats: dict[bytes, int] = {}  # per gateway we hear: the number of its last heartbeat
         self.pub.restart(self.fenced, self.gateways)
         self.pub.expect_gateways(now + config.heartbeat * config.liveness)
         self._say_role()
 
     def _say_role(self) -> None:
         epoch = self.role.epoch
-        self._heartbeat = codec.encode(Heartbeat(self.name, epoch, self.lease is None or epoch != 0))
+        self._role = Heartbeat(self.name, epoch, self.lease is None or epoch != 0)
+        self._heartbeat = codec.encode(self._role)
         self.pub.epoch = epoch.to_bytes(8, "big")
 
     def endpoints(self) -> dict[str, str]:
@@ -219,6 +222,8 @@ class Broker:
             self._on_fenced(gateway, False, now)
             return
         self._heard(self.gateways, gateway, now)
+        if msg.beat is not None:
+            self._beats[gateway] = msg.beat
 
     def _on_events(self, frames: list[bytes]) -> None:
         """[gateway, key, event, key, event, ...]: each event as if it came alone, in order."""
@@ -353,7 +358,7 @@ class Broker:
         self.pub.expect_gateways(now + self.config.heartbeat * self.config.liveness)
         self.link = LinkWatch(self.keeper.ttl, now)
         self._beat(self.backend, self.workers)  # peers switch to us now, not at our next beat
-        self._beat(self.frontend, self.gateways)
+        self._beat_gateways()
 
     def _housekeeping(self, now: float) -> None:
         self.keeper.keep(self, now)
@@ -362,7 +367,7 @@ class Broker:
                 self.scheduler.lose_worker(worker)
             self.gateways.expired(now)
             self._beat(self.backend, self.workers)
-            self._beat(self.frontend, self.gateways)
+            self._beat_gateways()
             self._snapshot()
             return
         was_silent = self.link.silent
@@ -373,7 +378,7 @@ class Broker:
                         now - self.link.last_heard)
         self.pub.sweep_held(now)
         self._beat(self.backend, self.workers)
-        self._beat(self.frontend, self.gateways)
+        self._beat_gateways()
         self._snapshot()
 
     def _snapshot(self) -> None:
@@ -396,9 +401,21 @@ class Broker:
         for peer in peers:
             self._beat_one(sock, peer)
 
-    def _beat_one(self, sock: zmq.Socket[bytes], peer: bytes) -> None:
+    def _beat_gateways(self) -> None:
+        """A gateway's heartbeat says the number of the last of its heartbeats we heard: after a cut,
+        it tells ours from those that waited in the link meanwhile (gateway.link). A gateway whose
+        heartbeats are not numbered (an older one) gets the plain heartbeat it can read."""
+        beats = self._beats
+        for gateway in [gateway for gateway in beats if gateway not in self.gateways]:  # lost or silent
+            del beats[gateway]
+        for gateway in self.gateways:
+            beat = beats.get(gateway)
+            self._beat_one(self.frontend, gateway,
+                           None if beat is None else codec.encode(dataclasses.replace(self._role, beat=beat)))
+
+    def _beat_one(self, sock: zmq.Socket[bytes], peer: bytes, beat: bytes | None = None) -> None:
         with contextlib.suppress(zmq.ZMQError):  # gone or busy: its liveness will tell
-            sock.send_multipart([peer, self._heartbeat], zmq.NOBLOCK)
+            sock.send_multipart([peer, self._heartbeat if beat is None else beat], zmq.NOBLOCK)
 
     def _drop(self, cause: Drop, detail: str) -> None:
         """Count and log a drop: the metric by its fixed cause, the log line with the detail."""

@@ -18,6 +18,10 @@ be promised anything: each is told to reconnect and closed, and the gateway
 takes a new instance name (DEALER identity, pub-out topic, connection IDs)
 and serves again. `serving` is False while the broker is silent or while we
 re-join: the accept loop refuses clients then, so a balancer sees us down.
+After a silence, hearing the broker is not enough: its heartbeats may have
+waited in the link while it was cut (the broker may have declared us lost
+since). Our heartbeats are numbered, and the broker's say the last of ours it
+heard: we serve again once it heard one we sent after the silence began.
 
 A broker pair: `frontend` and `pub_out` list both brokers (comma-separated,
 in the same order). The gateway keeps one DEALER per broker (one identity),
@@ -101,6 +105,10 @@ class BrokerLink:
         self._silence_logged = False  # "the broker is silent" said once per silence
         self._fenced: str | None = None  # why we were fenced, until we re-instance
         self._rejoining = False  # re-instanced, not yet heard by the broker under the new name
+        self._beats_sent = 0  # our heartbeats so far: each says its number
+        # after a silence: the first of our heartbeats sent during it, which the broker must say it heard
+        # before we serve again (None: not waiting; Heartbeat.beat)
+        self._unconfirmed_from: int | None = None
         self._fence_event = trio.Event()
         self.frontends = [endpoint.strip() for endpoint in config.frontend.split(",")]
         self.choice = BrokerChoice(len(self.frontends), config.heartbeat * config.liveness)
@@ -161,6 +169,8 @@ class BrokerLink:
     async def _tick(self) -> None:
         """Heartbeat the broker; send again what it left unanswered too long."""
         while True:
+            if self.broker_down and self._unconfirmed_from is None:
+                self._unconfirmed_from = self._beats_sent + 1  # the beat below goes out during the silence
             self._sync_accepting()
             self._beat_brokers()
             now = trio.current_time()
@@ -193,7 +203,8 @@ class BrokerLink:
         metrics.drops[Drop.ROOM_CATCH_UP_MISSED] = self._rooms_missed + self.rooms.missed
 
     def _beat_brokers(self) -> None:
-        beat = codec.encode(Heartbeat(self.instance))
+        self._beats_sent += 1
+        beat = codec.encode(Heartbeat(self.instance, beat=self._beats_sent))
         for pump in self.to_brokers:
             pump.put_nowait([beat])
 
@@ -221,6 +232,8 @@ class BrokerLink:
             self._silence_logged = False
             log.warning("the broker is heard again after %.1f s", now - self.broker_heard)
         self.broker_heard = now
+        if self._unconfirmed_from is not None and (msg.beat is None or msg.beat >= self._unconfirmed_from):
+            self._unconfirmed_from = None  # it hears us now (a broker that does not number: as before)
         if self._rejoining and self._fenced is None:
             self._rejoining = False
             log.warning("re-joined as %s", self.instance)

@@ -200,8 +200,10 @@ class Gateway(BrokerLink, Delivery):
 
     @property
     def serving(self) -> bool:
-        """Whether new clients may be accepted: the broker hears us under this name."""
-        return not (self.broker_down or self._fenced is not None or self._rejoining)
+        """Whether new clients may be accepted: the broker hears us under this name (and after a
+        silence, it said it heard us since: gateway.link)."""
+        return not (self.broker_down or self._fenced is not None or self._rejoining
+                    or self._unconfirmed_from is not None)
 
     def _sync_accepting(self) -> None:
         """Keep the client port open exactly while we can serve: a balancer's health

@@ -31,6 +31,8 @@ Every body and control frame is a msgpack array whose first element is its tag:
     [6, [[cid, seq], ...]]              Done (its topics and batches follow in frames of their own)
     [7, sender]                         Heartbeat (epoch 0, active: a broker without a lease)
     [7, sender, epoch, active]          Heartbeat of a broker of a pair (its lease's epoch)
+    [7, sender, epoch, active, beat]    Heartbeat between a gateway and a broker: the gateway's number
+                                        for it, or the last number the broker heard from that gateway
     [9, broker]                         Unknown
     [10, broker]                        Fenced
     [8, [item, ...]]                    Batch, whose items are
@@ -235,10 +237,12 @@ def to_wire(msg: Message) -> list[Any]:
             return [5, credit]
         case Done(events, _):
             return [6, [list(e) for e in events]]
-        case Heartbeat(sender, 0, True):
+        case Heartbeat(sender, 0, True, None):
             return [7, sender]
-        case Heartbeat(sender, epoch, active):
+        case Heartbeat(sender, epoch, active, None):
             return [7, sender, epoch, active]
+        case Heartbeat(sender, epoch, active, beat):
+            return [7, sender, epoch, active, beat]
         case Batch(items):
             return [8, [_item_to_wire(i) for i in items]]
         case Unknown(broker):
@@ -261,6 +265,7 @@ _DECODERS: dict[tuple[int, int], Callable[..., Message]] = {
     (6, 1): _done,
     (7, 1): lambda s: Heartbeat(_str(s)),
     (7, 3): lambda s, e, a: Heartbeat(_str(s), _epoch(e), _bool(a)),
+    (7, 4): lambda s, e, a, b: Heartbeat(_str(s), _epoch(e), _bool(a), _epoch(b)),
     (8, 1): lambda items: Batch(tuple(map(_item_from_wire, _list(items)))),
     (9, 1): lambda b: Unknown(_str(b)),
     (10, 1): lambda b: Fenced(_str(b)),

@@ -200,11 +200,18 @@ MAX_EPOCH = (1 << 63) - 1
 class Heartbeat:
     """A sign of life. A broker of a pair says its lease's `epoch` (a fencing number,
     1 and up) and whether it is the `active` one; a lone broker, a gateway or a
-    worker says epoch 0, active."""
+    worker says epoch 0, active.
+
+    `beat`, between a gateway and a broker: a gateway numbers its heartbeats (1 and
+    up) and a broker's heartbeat to a gateway says the number of the last one it
+    heard from it (0: none yet), so a gateway can tell a broker that hears it now
+    from heartbeats that waited in a link while it was cut. None: not said (workers,
+    and a broker's heartbeats to them)."""
 
     sender: str
     epoch: int = 0
     active: bool = True
+    beat: int | None = None
 
 
 @quick

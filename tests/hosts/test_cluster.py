@@ -362,6 +362,15 @@ def test_an_attacker_on_the_bridge_gets_nothing(deployment: Deployment, people: 
     assert sent > 0
 
 
+def opened_before_fence(log: Path) -> bool:
+    """Whether the gateway opened its client port again after the silence and before it was fenced: what
+    the broker's heartbeats that waited in the cut link did before they were numbered (gateway.link)."""
+    lines = log.read_text(errors="replace").splitlines()
+    fenced = next(i for i, line in enumerate(lines) if "fenced: " in line)
+    closed = max(i for i, line in enumerate(lines[:fenced]) if "cannot serve" in line)
+    return any("serving again" in line for line in lines[closed:fenced])
+
+
 def test_cut_links_cost_a_pause_and_lose_nothing(deployment: Deployment, people: dict[str, ChatClient]) -> None:
     alice, bob, carol, dave = (people[n] for n in ("alice", "bob", "carol", "dave"))
     net, t = deployment.net, deployment.timings
@@ -410,6 +419,7 @@ def test_cut_links_cost_a_pause_and_lose_nothing(deployment: Deployment, people:
     gw_metrics = deployment.gateway_metrics[gw_a]
     wait_until(lambda: deployment.scrape(gw_metrics).get("chat_gateway_serving") == 1.0, 10, "the gateway serving")
     assert deployment.scrape(gw_metrics)["chat_gateway_fences_total"] == 1.0
+    assert not opened_before_fence(deployment.run / f"{gw_a}.log"), "a stale heartbeat opened the client port"
     t["gateway cut: serving again after restore"] = time.monotonic() - restored_at
     wait_until(lambda: deployment.balancer.servers()[gw_a] == "UP", 15, "back in rotation")
     wait_until(lambda: deployment.balancer.sessions()[gw_a] == 0, 15, "alice's and carol's ends counted")

@@ -689,3 +689,17 @@ def test_malformed_room_events_are_refused(wire: list[Any]) -> None:
 def test_a_close_without_departed_is_one_that_did_not_depart() -> None:
     """The form outside publishers wrote before `departed`: the gateway still sends the departure."""
     assert decode(pack([8, [[2, "gw1:3", "kicked"]]])) == Batch((Close("gw1:3", "kicked", departed=False),))
+
+
+def test_a_numbered_heartbeat_round_trips_and_the_plain_forms_keep_their_bytes() -> None:
+    numbered = Heartbeat("gw1.a", 0, True, 42)
+    assert msgpack.unpackb(encode(numbered)) == [7, "gw1.a", 0, True, 42]
+    assert decode(encode(numbered)) == numbered
+    assert msgpack.unpackb(encode(Heartbeat("b"))) == [7, "b"]  # as before: older peers read them
+    assert msgpack.unpackb(encode(Heartbeat("b", 3, False))) == [7, "b", 3, False]
+
+
+@pytest.mark.parametrize("beat", [-1, 2**63, "7", 1.5, None, [1]])
+def test_a_heartbeat_with_a_bad_number_is_refused(beat: object) -> None:
+    with pytest.raises(DecodeError):
+        decode(msgpack.packb([7, "gw1.a", 0, True, beat]))
