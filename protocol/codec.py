@@ -126,6 +126,13 @@ def _epoch(value: Any) -> int:
     return value
 
 
+def _beat(value: Any) -> int:
+    """A gateway's heartbeat number: the same range as an epoch, its own name in errors."""
+    if type(value) is not int or not 0 <= value <= MAX_EPOCH:
+        raise DecodeError("expected a heartbeat number (an int from 0 to 2**63-1)")
+    return value
+
+
 def _strs(value: Any) -> tuple[str, ...]:
     """An array of str. A room's worth of cids is on the hot path: str.join checks every item in C
     (msgpack makes no str subclass, so each item it takes is a str)."""
@@ -265,7 +272,7 @@ _DECODERS: dict[tuple[int, int], Callable[..., Message]] = {
     (6, 1): _done,
     (7, 1): lambda s: Heartbeat(_str(s)),
     (7, 3): lambda s, e, a: Heartbeat(_str(s), _epoch(e), _bool(a)),
-    (7, 4): lambda s, e, a, b: Heartbeat(_str(s), _epoch(e), _bool(a), _epoch(b)),
+    (7, 4): lambda s, e, a, b: Heartbeat(_str(s), _epoch(e), _bool(a), _beat(b)),
     (8, 1): lambda items: Batch(tuple(map(_item_from_wire, _list(items)))),
     (9, 1): lambda b: Unknown(_str(b)),
     (10, 1): lambda b: Fenced(_str(b)),

@@ -701,5 +701,5 @@ def test_a_numbered_heartbeat_round_trips_and_the_plain_forms_keep_their_bytes()
 
 @pytest.mark.parametrize("beat", [-1, 2**63, "7", 1.5, None, [1]])
 def test_a_heartbeat_with_a_bad_number_is_refused(beat: object) -> None:
-    with pytest.raises(DecodeError):
+    with pytest.raises(DecodeError, match="expected a heartbeat number"):
         decode(msgpack.packb([7, "gw1.a", 0, True, beat]))
