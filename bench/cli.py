@@ -197,7 +197,7 @@ def make_shape(quick: bool, **given: Any) -> Shape:
 @click.option("--rooms", type=click.IntRange(1), help="W1/W2 rooms [10].")
 @click.option("--members", type=click.IntRange(2), help="W1/W2 members a room [50].")
 @click.option("--senders", type=click.IntRange(1), help="W1/W2 senders a room [5].")
-@click.option("--window", type=click.IntRange(1), help="W1/W4 messages in flight a sender [16].")
+@click.option("--window", type=click.IntRange(1), help="W1/W4 messages in flight a sender [32].")
 @click.option("--w2-rates", default=None, help="W2 also at these offered msgs/s, comma-separated [1000].")
 @click.option("--duration", type=click.FloatRange(0.1), help="Seconds each workload sends [10].")
 @click.option("--idle", "idle_count", type=click.IntRange(1), help="W3 idle connections [10000].")

@@ -17,7 +17,7 @@ class Shape:
     rooms: int = 10  # W1/W2: rooms ...
     members: int = 50  # ... of this many members
     senders: int = 5  # senders per room
-    window: int = 16  # W1/W4: messages a sender keeps in flight
+    window: int = 32  # W1/W4: messages a sender keeps in flight
     duration: float = 10.0  # seconds each workload sends
     levels: tuple[float, ...] = (0.3, 0.7)  # W2: shares of the W1 send rate
     fixed_rates: tuple[float, ...] = (1000.0,)  # W2: and these offered msgs/s, the same for every server
