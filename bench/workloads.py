@@ -63,6 +63,11 @@ class Context:
 Workload = Callable[[Context, Loop], list[Result]]
 
 
+# seconds a server may take to go idle after a workload closed its clients, before the next starts:
+# ngIRCd takes most of a minute to let W3's 10,000 go on a slow day (the wait ends once it is idle)
+SETTLE_AFTER = 90.0
+
+
 def setup_timeout(clients: int) -> float:
     return 30.0 + clients / 200
 
@@ -236,4 +241,4 @@ def run_workload(name: str, ctx: Context, workloads: dict[str, Workload]) -> lis
     finally:
         loop.close()
         if server.tree is not None:
-            server.tree.settle()
+            server.tree.settle(limit=SETTLE_AFTER)
