@@ -120,17 +120,20 @@ def _bool(value: Any) -> bool:
     return value
 
 
-def _epoch(value: Any) -> int:
+def _counter(value: Any, what: str) -> int:
+    """An int from 0 to MAX_EPOCH (an epoch, a heartbeat number); errors say `what` it should be."""
     if type(value) is not int or not 0 <= value <= MAX_EPOCH:
-        raise DecodeError("expected an epoch (an int from 0 to 2**63-1)")
+        raise DecodeError(f"expected {what} (an int from 0 to 2**63-1)")
     return value
+
+
+def _epoch(value: Any) -> int:
+    return _counter(value, "an epoch")
 
 
 def _beat(value: Any) -> int:
-    """A gateway's heartbeat number: the same range as an epoch, its own name in errors."""
-    if type(value) is not int or not 0 <= value <= MAX_EPOCH:
-        raise DecodeError("expected a heartbeat number (an int from 0 to 2**63-1)")
-    return value
+    """A gateway's heartbeat number."""
+    return _counter(value, "a heartbeat number")
 
 
 def _strs(value: Any) -> tuple[str, ...]:
